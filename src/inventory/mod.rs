@@ -1,0 +1,5 @@
+//! The inventory (`inventory.toml`): model, loading and validation.
+
+pub mod model;
+
+pub use model::*;

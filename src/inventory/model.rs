@@ -1,0 +1,120 @@
+//! The inventory as kubeboot uses it after loading and validation.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a secret comes from. The value itself is never stored in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The named environment variable.
+    Env(String),
+    /// The first line of this file (path resolved relative to the inventory).
+    File(PathBuf),
+}
+
+/// What kubeboot does with a host key it has never seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewHostKeys {
+    /// Refuse the node and show the key's fingerprint (the default).
+    #[default]
+    Refuse,
+    /// Accept it and record it in `known_hosts`. A *changed* key is refused whatever this says.
+    Accept,
+}
+
+/// How to reach and log in to one node; `[ssh]` defaults merged with the node's overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshSettings {
+    pub user: String,
+    pub port: u16,
+    /// Private key file (`~` expanded, relative paths resolved against the inventory's folder).
+    pub key: Option<PathBuf>,
+    /// Try the keys of a running ssh-agent (`SSH_AUTH_SOCK`). Default true.
+    pub agent: bool,
+    /// Login password, when password authentication is wanted.
+    pub password: Option<SecretSource>,
+    /// sudo password for `become`; defaults to the login password when unset.
+    pub sudo_password: Option<SecretSource>,
+    /// The known_hosts file host keys are checked against (default `~/.ssh/known_hosts`).
+    pub known_hosts: PathBuf,
+    pub new_host_keys: NewHostKeys,
+    /// How long connecting and authenticating may take. Default 15s.
+    pub connect_timeout: Duration,
+    /// SSH keepalive interval; a node that misses 3 in a row is lost. Default 10s.
+    pub keepalive: Duration,
+}
+
+/// A cluster's part in the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The cluster that hosts the shared services (Thanos Query, Grafana, OpenSearch).
+    Central,
+    /// A cluster that ships its metrics and logs to the central one.
+    Edge,
+}
+
+impl Role {
+    /// The word used in the inventory and the templates.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Central => "central",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+/// One Kubernetes cluster (`[[clusters]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub role: Role,
+    /// The one LoadBalancer IP all its LoadBalancer services share.
+    pub lb_ip: Option<IpAddr>,
+    /// The ingress domain (`grafana.<domain>` ...).
+    pub domain: Option<String>,
+    /// Cluster-level template variables (override `[vars]`).
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Where the `[[clusters]]` entry starts (1-based line), for messages.
+    pub line: usize,
+}
+
+/// One machine (`[[nodes]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    /// Host name or IP address kubeboot connects to.
+    pub address: String,
+    pub cluster: Option<String>,
+    pub ssh: SshSettings,
+    /// Node-level template variables (override cluster and `[vars]`).
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Where the `[[nodes]]` entry starts (1-based line), for messages.
+    pub line: usize,
+}
+
+/// A loaded, validated `inventory.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inventory {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub clusters: Vec<Cluster>,
+    pub nodes: Vec<Node>,
+    /// `[vars]`: free variables for the playbooks.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// `[secrets]`: named secrets the playbooks may use as `{{ secrets.NAME }}`.
+    pub secrets: BTreeMap<String, SecretSource>,
+}
+
+impl Inventory {
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The cluster with this name.
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}

@@ -1,0 +1,1 @@
+//! A local lab of real OpenSSH nodes on loopback addresses, for tests, demos and benchmarks.

@@ -1,0 +1,5 @@
+//! Playbooks (`playbooks/*.yaml`): model, loading, validation and templating.
+
+pub mod model;
+
+pub use model::*;

@@ -1,0 +1,108 @@
+//! Playbooks as kubeboot uses them after loading and validation.
+//!
+//! One file is one [`Stage`]; stages run in file-name order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A place in a playbook file, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Which nodes a stage runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hosts {
+    /// Every node.
+    All,
+    /// Each entry: `central`, `edge`, a cluster name or a node name.
+    Select(Vec<String>),
+}
+
+/// What a task does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionDef {
+    /// A shell command (a template).
+    Run(String),
+    /// A file from `assets/` (or inline content) put on the node.
+    Copy(CopyDef),
+    /// Poll a command until it exits 0 (or the task's timeout passes).
+    Wait(WaitDef),
+}
+
+/// A `copy:` task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyDef {
+    /// Path under the assets folder, a file or a folder (copied whole, `dest` is then a folder);
+    /// exactly one of `src` and `content` is set.
+    pub src: Option<String>,
+    /// Inline content (a template).
+    pub content: Option<String>,
+    /// Destination path on the node (a template).
+    pub dest: String,
+    /// File mode, e.g. 0o644. Default 0o644.
+    pub mode: u32,
+    /// `user` or `user:group` (needs `become`).
+    pub owner: Option<String>,
+    /// Render `src` through the template engine. Default false for `src`, always for `content`.
+    pub template: bool,
+}
+
+/// A `wait:` task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitDef {
+    /// The command that must exit 0 (a template).
+    pub until: String,
+    /// Pause between tries. Default 5s.
+    pub interval: Duration,
+}
+
+/// One task as written in a playbook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDef {
+    pub name: String,
+    pub action: ActionDef,
+    /// Skip when this command exits 0 (a template).
+    pub unless: Option<String>,
+    /// Run only when this expression is true (`{{ ... }}` or a bare expression).
+    pub when: Option<String>,
+    /// Extra attempts after a failure. Default 0.
+    pub retries: u32,
+    /// Pause between attempts. Default 5s.
+    pub delay: Duration,
+    /// Per-attempt limit; for `wait`, the limit of the whole wait. Default: none for run/copy, 5m for wait.
+    pub timeout: Option<Duration>,
+    /// Overrides the stage's `become`.
+    pub become_: Option<bool>,
+    /// Environment variables for the command (values are templates; secrets belong here, not in `run`).
+    pub env: BTreeMap<String, String>,
+    pub location: Location,
+}
+
+/// One playbook file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    pub hosts: Hosts,
+    /// Run tasks via sudo. Default false.
+    pub become_: bool,
+    /// Stage-level variables.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    pub tasks: Vec<TaskDef>,
+    pub location: Location,
+}
+
+/// All stages of a playbook folder, in run order, with the assets folder they read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Playbooks {
+    pub dir: PathBuf,
+    /// `assets/` next to the playbooks folder (or as configured).
+    pub assets_dir: PathBuf,
+    pub stages: Vec<Stage>,
+}

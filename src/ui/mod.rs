@@ -1,0 +1,1 @@
+//! Frontends: the TUI on a terminal, the headless printer otherwise.
