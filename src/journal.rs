@@ -1,9 +1,135 @@
-//! The run journal: an append-only record of what finished, the only source of
-//! "what already finished" for resume. Also the state-dir lock.
+//! The state directory: the run journal (append-only record of what finished, the only
+//! source of "what already finished" for resume), the lock, and the log folders.
+//!
+//! The journal is JSON lines, one record per line, appended and flushed as events arrive
+//! and synced to disk once per batch. A crash (even `kill -9`) at any byte leaves a
+//! readable journal: a torn last line is ignored when reading.
 
 use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, NodeStatus, SkipReason, TaskStatus};
 use crate::facts::Facts;
+
+const JOURNAL: &str = "journal.jsonl";
+const LOCK: &str = "lock";
+
+/// Problems with the state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {path}: {source} (choose a writable folder with --state-dir)")]
+    Unusable { path: PathBuf, source: io::Error },
+    #[error(
+        "another kubeboot run holds the lock on {path}{holder} — wait for it to finish, or stop it; \
+         a killed run releases the lock by itself"
+    )]
+    Locked { path: PathBuf, holder: String },
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    /// A run began.
+    Run { run: String, ts: String, pid: u32 },
+    /// Facts gathered from a node.
+    Facts { run: String, node: String, facts: Facts },
+    /// A task ended.
+    Task {
+        run: String,
+        ts: String,
+        node: String,
+        stage: String,
+        task: String,
+        fingerprint: String,
+        status: TaskStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<SkipReason>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A node ended.
+    Node {
+        run: String,
+        ts: String,
+        node: String,
+        status: NodeStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A run ended.
+    End { run: String, ts: String, interrupted: bool },
+}
+
+impl Record {
+    /// The journal record for an event, if the event is one the journal keeps.
+    pub fn from_event(run: &str, ts: &str, event: &Event) -> Option<Record> {
+        let run = run.to_string();
+        let ts = ts.to_string();
+        match event {
+            Event::NodeConnected { node, facts } => Some(Record::Facts {
+                run,
+                node: node.clone(),
+                facts: facts.clone(),
+            }),
+            Event::TaskFinished {
+                node,
+                stage,
+                task,
+                status,
+                reason,
+                fingerprint,
+                error,
+                ..
+            } => Some(Record::Task {
+                run,
+                ts,
+                node: node.clone(),
+                stage: stage.clone(),
+                task: task.clone(),
+                fingerprint: fingerprint.clone(),
+                status: *status,
+                reason: *reason,
+                error: error.clone(),
+            }),
+            Event::NodeFinished {
+                node, status, error, ..
+            } => Some(Record::Node {
+                run,
+                ts,
+                node: node.clone(),
+                status: *status,
+                error: error.clone(),
+            }),
+            Event::RunFinished { interrupted, .. } => Some(Record::End {
+                run,
+                ts,
+                interrupted: *interrupted,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What the journal says about one node's latest run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeProgress {
+    /// The run that last touched the node.
+    pub run: String,
+    /// When it was last touched.
+    pub ts: String,
+    /// The last task that finished successfully: (stage, task).
+    pub last_done: Option<(String, String)>,
+    /// The task that failed and why, if the node's latest attempt failed: (stage, task, error).
+    pub failed: Option<(String, String, String)>,
+    /// How the node's latest run ended; None if it never ended (crash or still running).
+    pub status: Option<NodeStatus>,
+}
 
 /// What earlier runs finished, as read from the journal.
 #[derive(Debug, Clone, Default)]
@@ -11,6 +137,9 @@ pub struct Progress {
     /// (node, stage, task) → fingerprint of the last successful finish.
     done: HashMap<(String, String, String), String>,
     facts: HashMap<String, Facts>,
+    nodes: HashMap<String, NodeProgress>,
+    /// Lines that could not be read (a torn last line after a crash, or damage).
+    pub unreadable_lines: usize,
 }
 
 impl Progress {
@@ -31,7 +160,17 @@ impl Progress {
         self.facts.get(node)
     }
 
-    /// Records a successful finish (used while reading the journal, and by tests).
+    /// What the journal says about a node's latest run.
+    pub fn node(&self, node: &str) -> Option<&NodeProgress> {
+        self.nodes.get(node)
+    }
+
+    /// How many tasks of this node are recorded done.
+    pub fn done_count(&self, node: &str) -> usize {
+        self.done.keys().filter(|(n, _, _)| n == node).count()
+    }
+
+    /// Records a successful finish.
     pub fn mark_done(&mut self, node: &str, stage: &str, task: &str, fingerprint: &str) {
         self.done.insert(
             (node.to_string(), stage.to_string(), task.to_string()),
@@ -42,5 +181,376 @@ impl Progress {
     /// Records gathered facts.
     pub fn set_facts(&mut self, node: &str, facts: Facts) {
         self.facts.insert(node.to_string(), facts);
+    }
+
+    /// Folds one record in; records are applied in journal order.
+    pub fn apply(&mut self, record: &Record) {
+        match record {
+            Record::Run { .. } | Record::End { .. } => {}
+            Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
+            Record::Task {
+                run,
+                ts,
+                node,
+                stage,
+                task,
+                fingerprint,
+                status,
+                reason,
+                error,
+            } => {
+                let key = (node.clone(), stage.clone(), task.clone());
+                let entry = self.nodes.entry(node.clone()).or_default();
+                if entry.run != *run {
+                    *entry = NodeProgress {
+                        run: run.clone(),
+                        ..NodeProgress::default()
+                    };
+                }
+                entry.ts = ts.clone();
+                match (status, reason) {
+                    (TaskStatus::Failed, _) => {
+                        // A failure means the node is no longer known to be in that task's state.
+                        self.done.remove(&key);
+                        entry.failed = Some((stage.clone(), task.clone(), error.clone().unwrap_or_default()));
+                    }
+                    // A false `when` says nothing about the node's state: nothing to remember.
+                    (TaskStatus::Skipped, Some(SkipReason::Condition)) => {}
+                    _ => {
+                        self.done.insert(key, fingerprint.clone());
+                        entry.last_done = Some((stage.clone(), task.clone()));
+                        entry.failed = None;
+                    }
+                }
+            }
+            Record::Node {
+                run,
+                ts,
+                node,
+                status,
+                error,
+            } => {
+                let entry = self.nodes.entry(node.clone()).or_default();
+                if entry.run != *run {
+                    *entry = NodeProgress {
+                        run: run.clone(),
+                        ..NodeProgress::default()
+                    };
+                }
+                entry.ts = ts.clone();
+                entry.status = Some(*status);
+                if *status == NodeStatus::Failed && entry.failed.is_none() {
+                    entry.failed = Some((String::new(), String::new(), error.clone().unwrap_or_default()));
+                }
+            }
+        }
+    }
+
+    /// Reads journal text; unreadable lines (a torn tail) are counted and skipped.
+    pub fn read(reader: impl Read) -> io::Result<Progress> {
+        let mut progress = Progress::default();
+        let mut reader = BufReader::new(reader);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<Record>(text) {
+                Ok(record) => progress.apply(&record),
+                Err(_) => progress.unreadable_lines += 1,
+            }
+        }
+        Ok(progress)
+    }
+}
+
+/// The state directory (`--state-dir`, default `.kubeboot/`).
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+/// Held while a run uses the state dir; the OS releases it when the process dies.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl StateDir {
+    /// Opens (creating, private to the user) the state directory and checks it is writable.
+    pub fn open(path: &Path) -> Result<StateDir, StateError> {
+        let unusable = |source| StateError::Unusable {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(unusable)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path.join("logs"))
+            .map_err(unusable)?;
+        // Probe writability now, so a read-only state dir is bad input before anything runs.
+        let probe = path.join(".write-test");
+        File::create(&probe).map_err(unusable)?;
+        let _ = fs::remove_file(&probe);
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing state dir for reading only (`status`, `plan`); a missing one reads as empty.
+    pub fn existing(path: &Path) -> StateDir {
+        StateDir {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The journal file.
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.join(JOURNAL)
+    }
+
+    /// Takes the run lock, or says who holds it.
+    pub fn lock(&self) -> Result<Lock, StateError> {
+        let lock_path = self.path.join(LOCK);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|source| StateError::Unusable {
+                path: self.path.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.set_len(0);
+                let _ = file.rewind();
+                let _ = writeln!(file, "{}", std::process::id());
+                let _ = file.sync_data();
+                Ok(Lock { _file: file })
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let holder = match text.trim() {
+                    "" => String::new(),
+                    pid => format!(" (process {pid})"),
+                };
+                Err(StateError::Locked {
+                    path: self.path.clone(),
+                    holder,
+                })
+            }
+            Err(fs::TryLockError::Error(source)) => Err(StateError::Unusable {
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads what earlier runs finished; a missing journal is an empty one.
+    pub fn progress(&self) -> io::Result<Progress> {
+        match File::open(self.journal_path()) {
+            Ok(f) => Progress::read(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Progress::empty()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the journal for appending.
+    pub fn writer(&self) -> io::Result<JournalWriter> {
+        let path = self.journal_path();
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        // An older file may have other permissions; the journal stays private.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        let torn = ends_without_newline(&path)?;
+        Ok(JournalWriter {
+            file,
+            start_with_newline: torn,
+        })
+    }
+
+    /// The folder for this run's log files (created, private).
+    pub fn run_logs(&self, run_id: &str) -> io::Result<PathBuf> {
+        let dir = self.path.join("logs").join(run_id);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let latest = self.path.join("logs").join("latest");
+        let _ = fs::remove_file(&latest);
+        let _ = std::os::unix::fs::symlink(run_id, &latest);
+        Ok(dir)
+    }
+}
+
+fn ends_without_newline(path: &Path) -> io::Result<bool> {
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    f.seek(io::SeekFrom::Start(len - 1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
+/// Appends records; each record is one `write` of one whole line.
+#[derive(Debug)]
+pub struct JournalWriter {
+    file: File,
+    /// A crash left a torn last line: start on a fresh line so the next record stays readable.
+    start_with_newline: bool,
+}
+
+impl JournalWriter {
+    /// Appends one record (written at once, not yet synced).
+    pub fn append(&mut self, record: &Record) -> io::Result<()> {
+        let mut line = if std::mem::take(&mut self.start_with_newline) {
+            b"\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        serde_json::to_writer(&mut line, record)?;
+        line.push(b'\n');
+        self.file.write_all(&line)
+    }
+
+    /// Makes everything appended so far durable (one sync per batch of records).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(run: &str, node: &str, name: &str, fp: &str, status: TaskStatus) -> Record {
+        Record::Task {
+            run: run.into(),
+            ts: "t".into(),
+            node: node.into(),
+            stage: "s".into(),
+            task: name.into(),
+            fingerprint: fp.into(),
+            status,
+            reason: None,
+            error: (status == TaskStatus::Failed).then(|| "exit 1".to_string()),
+        }
+    }
+
+    fn journal_text(records: &[Record]) -> String {
+        records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect()
+    }
+
+    #[test]
+    fn resume_knows_tasks_finished_before_by_fingerprint() {
+        let text = journal_text(&[
+            task("r1", "n1", "a", "f1", TaskStatus::Changed),
+            task("r1", "n1", "b", "f2", TaskStatus::Ok),
+        ]);
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert!(p.is_done("n1", "s", "a", "f1"));
+        assert!(p.is_done("n1", "s", "b", "f2"));
+        assert!(!p.is_done("n1", "s", "a", "changed-content"));
+        assert!(!p.is_done("n2", "s", "a", "f1"));
+    }
+
+    #[test]
+    fn a_later_failure_forgets_the_earlier_success() {
+        let text = journal_text(&[
+            task("r1", "n1", "a", "f1", TaskStatus::Changed),
+            task("r2", "n1", "a", "f1", TaskStatus::Failed),
+        ]);
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert!(!p.is_done("n1", "s", "a", "f1"));
+        assert_eq!(p.node("n1").unwrap().failed.as_ref().unwrap().1, "a");
+    }
+
+    #[test]
+    fn a_torn_last_line_is_skipped_and_counted() {
+        let mut text = journal_text(&[task("r1", "n1", "a", "f1", TaskStatus::Changed)]);
+        text.push_str("{\"record\":\"task\",\"run\":\"r1\",\"no");
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert!(p.is_done("n1", "s", "a", "f1"));
+        assert_eq!(p.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn writer_after_a_torn_line_keeps_new_records_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut w = state.writer().unwrap();
+        w.append(&task("r1", "n1", "a", "f1", TaskStatus::Changed)).unwrap();
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(state.journal_path()).unwrap();
+        f.write_all(b"{\"record\":\"ta").unwrap();
+        drop(f);
+        let mut w = state.writer().unwrap();
+        w.append(&task("r2", "n1", "b", "f2", TaskStatus::Changed)).unwrap();
+        w.sync().unwrap();
+        let p = state.progress().unwrap();
+        assert!(p.is_done("n1", "s", "a", "f1"));
+        assert!(p.is_done("n1", "s", "b", "f2"));
+        assert_eq!(p.unreadable_lines, 1);
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_state_dir_is_refused_with_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let _held = state.lock().unwrap();
+        let err = StateDir::open(dir.path()).unwrap().lock().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+    }
+
+    #[test]
+    fn state_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        let state = StateDir::open(&root).unwrap();
+        state.writer().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&state.journal_path()), 0o600);
+    }
+
+    proptest::proptest! {
+        /// A crash can cut the journal at any byte: every prefix loads, and it never claims
+        /// more done than the whole journal says.
+        #[test]
+        fn any_prefix_of_a_journal_loads_and_claims_no_extra_done(cut in 0usize..2000) {
+            let records: Vec<Record> = (0..20)
+                .map(|i| task("r1", &format!("n{}", i % 3), &format!("t{i}"), &format!("f{i}"), TaskStatus::Changed))
+                .collect();
+            let text = journal_text(&records);
+            let cut = cut.min(text.len());
+            let prefix = Progress::read(&text.as_bytes()[..cut]).unwrap();
+            let full = Progress::read(text.as_bytes()).unwrap();
+            for ((node, stage, t), fp) in &prefix.done {
+                proptest::prop_assert!(full.is_done(node, stage, t, fp));
+            }
+        }
     }
 }
