@@ -14,7 +14,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, SshSettings};
-use crate::diag::{Diagnostic, Diagnostics, did_you_mean};
+use crate::diag::{Diagnostic, Diagnostics, closest};
 
 const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets"];
 const SSH_KEYS: &[&str] = &[
@@ -38,16 +38,19 @@ const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env 
 
 /// Reads and validates an inventory file.
 pub fn load(path: &Path) -> Result<Inventory, Diagnostics> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Diagnostic::file(path, format!("cannot read the inventory: {e}")).with_hint("check the -i path"))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        Diagnostic::file(path, format!("cannot read the inventory: {e}")).with_hint("check the -i path")
+    })?;
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
             let offset = e.utf8_error().valid_up_to();
             let text = String::from_utf8_lossy(&e.into_bytes()[..offset]).into_owned();
-            return Err(Diagnostic::at_offset(path, &text, offset, "the inventory is not valid UTF-8 text")
-                .with_hint("save the file as UTF-8")
-                .into());
+            return Err(
+                Diagnostic::at_offset(path, &text, offset, "the inventory is not valid UTF-8 text")
+                    .with_hint("save the file as UTF-8")
+                    .into(),
+            );
         }
     };
     parse(path, &text)
@@ -117,7 +120,11 @@ impl SshPartial {
                 .clone()
                 .or_else(|| defaults.known_hosts.clone())
                 .unwrap_or_else(|| home.join(".ssh/known_hosts")),
-            new_host_keys: if self.accept_new_host_keys.or(defaults.accept_new_host_keys).unwrap_or(false) {
+            new_host_keys: if self
+                .accept_new_host_keys
+                .or(defaults.accept_new_host_keys)
+                .unwrap_or(false)
+            {
                 NewHostKeys::Accept
             } else {
                 NewHostKeys::Refuse
@@ -132,7 +139,9 @@ impl SshPartial {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"))
 }
 
 type Table<'i> = DeTable<'i>;
@@ -175,7 +184,7 @@ impl Reader<'_> {
             if allowed.contains(&key) || special.contains(&key) {
                 continue;
             }
-            let hint = match did_you_mean(key, allowed.iter().copied()) {
+            let hint = match closest(key, allowed.iter().copied()) {
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("known keys in {what}: {}", allowed.join(", ")),
             };
@@ -276,7 +285,11 @@ impl Reader<'_> {
             }
             (Some((var, span)), None) => {
                 if var.is_empty() {
-                    self.error(span, format!("`{env_key}` is empty"), Some("name an environment variable".into()));
+                    self.error(
+                        span,
+                        format!("`{env_key}` is empty"),
+                        Some("name an environment variable".into()),
+                    );
                 }
                 Some(SecretSource::Env(var))
             }
@@ -344,7 +357,11 @@ impl Reader<'_> {
     fn name(&mut self, table: &Table<'_>, span: Range<usize>, what: &str) -> Option<(String, Range<usize>)> {
         let Some((name, name_span)) = self.string(table, "name") else {
             if !table.contains_key("name") {
-                self.error(span, format!("this {what} has no `name`"), Some("add `name = \"...\"`".into()));
+                self.error(
+                    span,
+                    format!("this {what} has no `name`"),
+                    Some("add `name = \"...\"`".into()),
+                );
             }
             return None;
         };
@@ -498,7 +515,7 @@ impl Reader<'_> {
             let cluster = match self.string(t, "cluster") {
                 Some((c, cspan)) => {
                     if !clusters.iter().any(|(k, _)| k.name == c) {
-                        let hint = match did_you_mean(&c, clusters.iter().map(|(k, _)| k.name.as_str())) {
+                        let hint = match closest(&c, clusters.iter().map(|(k, _)| k.name.as_str())) {
                             Some(m) => format!("did you mean `{m}`?"),
                             None => "define it in a [[clusters]] entry".into(),
                         };
@@ -510,7 +527,9 @@ impl Reader<'_> {
             };
             let ssh = self.ssh(t).merged(defaults);
             let vars = self.vars(t, "vars");
-            let (Some((name, name_span)), Some(address)) = (name, address) else { continue };
+            let (Some((name, name_span)), Some(address)) = (name, address) else {
+                continue;
+            };
             if out.iter().any(|n| n.name == name) {
                 self.error(
                     name_span,
@@ -599,7 +618,10 @@ impl Reader<'_> {
                 self.error(
                     span.clone(),
                     format!("cluster `{}` has no nodes", c.name),
-                    Some(format!("add `cluster = \"{}\"` to its nodes, or remove the cluster", c.name)),
+                    Some(format!(
+                        "add `cluster = \"{}\"` to its nodes, or remove the cluster",
+                        c.name
+                    )),
                 );
             }
         }
@@ -618,8 +640,8 @@ fn resolve_path(base: &Path, raw: &str) -> PathBuf {
     if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
 }
 
-/// `[A-Za-z0-9][A-Za-z0-9._-]*`
-pub(crate) fn valid_name(s: &str) -> bool {
+/// True for names matching `[A-Za-z0-9][A-Za-z0-9._-]*` (nodes, clusters, stages).
+pub fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))

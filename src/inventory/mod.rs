@@ -3,5 +3,5 @@
 mod load;
 pub mod model;
 
-pub use load::{load, parse};
+pub use load::{load, parse, valid_name};
 pub use model::*;
