@@ -2,6 +2,7 @@
 
 mod load;
 pub mod model;
+pub mod template;
 mod yaml;
 
 pub use load::load;
