@@ -298,7 +298,7 @@ fn undefined_names(
                 .map(|it| it.filter_map(|k| k.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
             let Ok(next) = value.get_attr(attr) else { break };
-            if next.is_undefined() {
+            if next.is_undefined() && !guarded(source, &format!("{walked}.{attr}")) {
                 let hint = if top == "secrets" {
                     match closest(attr, keys.iter().map(String::as_str)) {
                         Some(m) => format!("did you mean `{m}`? secrets are declared in the inventory's [secrets]"),
