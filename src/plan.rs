@@ -819,6 +819,6 @@ mod tests {
             text.contains("$ apt-get update\n             apt-get install -y containerd.io\n"),
             "{text}"
         );
-        assert_eq!(render(&[p.clone()], true), text, "deterministic");
+        assert_eq!(render(&[p], true), text, "deterministic");
     }
 }

@@ -82,6 +82,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Inventory, Diagnostics> {
     }
     let doc = doc.into_inner();
     let inv = r.inventory(&doc);
+    r.diags.0.sort_by_key(|d| (d.line, d.column));
     r.diags.into_result(inv)
 }
 
@@ -193,10 +194,16 @@ impl Reader<'_> {
     }
 
     fn wrong_type(&mut self, key: &str, v: &Val<'_>, expected: &str) {
+        let hint = match expected {
+            "a string" => format!("quote it: {key} = \"...\""),
+            "an integer" => "write the number without quotes".to_string(),
+            "true or false" => "write true or false without quotes".to_string(),
+            _ => format!("write it as a [{key}] table"),
+        };
         self.error(
             v.span(),
             format!("`{key}` must be {expected}, not {}", v.get_ref().type_str()),
-            None,
+            Some(hint),
         );
     }
 
@@ -356,7 +363,7 @@ impl Reader<'_> {
     /// A required `name` that matches `[A-Za-z0-9][A-Za-z0-9._-]*`.
     fn name(&mut self, table: &Table<'_>, span: Range<usize>, what: &str) -> Option<(String, Range<usize>)> {
         let Some((name, name_span)) = self.string(table, "name") else {
-            if !table.contains_key("name") {
+            if !table.contains_key("name") && !misspelled(table, "name") {
                 self.error(
                     span,
                     format!("this {what} has no `name`"),
@@ -552,7 +559,7 @@ impl Reader<'_> {
 
     fn address(&mut self, t: &Table<'_>, span: Range<usize>) -> Option<String> {
         let Some((a, aspan)) = self.string(t, "address") else {
-            if !t.contains_key("address") {
+            if !t.contains_key("address") && !misspelled(t, "address") {
                 self.error(
                     span,
                     "this node has no `address`",
@@ -626,6 +633,13 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// True when the table has an unknown key that looks like `wanted` (reported as a typo already).
+fn misspelled(table: &Table<'_>, wanted: &str) -> bool {
+    table
+        .keys()
+        .any(|k| k.get_ref() != wanted && closest(k.get_ref(), [wanted]).is_some())
 }
 
 /// `~` is the home folder; a relative path is relative to the inventory's folder.

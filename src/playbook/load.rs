@@ -55,6 +55,16 @@ pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
         }
         stages.push(stage);
     }
+    // Files in run order, problems in each file top to bottom.
+    let order: Vec<PathBuf> = diags.0.iter().map(|d| d.file.clone()).fold(Vec::new(), |mut v, f| {
+        if !v.contains(&f) {
+            v.push(f);
+        }
+        v
+    });
+    diags
+        .0
+        .sort_by_key(|d| (order.iter().position(|f| *f == d.file), d.line, d.column));
     diags.into_result(Playbooks {
         dir: dir.to_path_buf(),
         assets_dir: assets_dir.to_path_buf(),
@@ -96,6 +106,13 @@ fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<
             return None;
         }
     };
+    if doc.value == Yaml::Null {
+        diags.push(
+            Diagnostic::file(file, "the playbook is empty")
+                .with_hint("a playbook needs `name`, `hosts` and `tasks`, or remove the file"),
+        );
+        return None;
+    }
     let mut r = Reader {
         file,
         assets_dir,
@@ -283,7 +300,7 @@ impl Reader<'_> {
         let mut become_ = false;
         let mut vars = BTreeMap::new();
         let mut tasks = Vec::new();
-        let mut saw_tasks = false;
+        let mut written_tasks = 0;
         for (key, _k, v) in &entries {
             match key.as_str() {
                 "name" => {
@@ -306,36 +323,38 @@ impl Reader<'_> {
                 "become" => become_ = self.boolean("become", v).unwrap_or(false),
                 "vars" => vars = self.vars(v),
                 "tasks" => {
-                    saw_tasks = true;
+                    written_tasks = match &v.value {
+                        Yaml::Seq(items) => items.len(),
+                        Yaml::Null => 0,
+                        _ => 1,
+                    };
                     tasks = self.tasks(v);
                 }
                 _ => {}
             }
         }
         let missing = |key: &str| entries.iter().all(|(k, _, _)| k != key);
-        if missing("name") {
+        if missing("name") && !misspelled(doc, &["name"]) {
             self.error(doc, "the playbook has no `name`", "add `name: <stage name>` at the top");
         }
-        if missing("hosts") {
+        if missing("hosts") && !misspelled(doc, &["hosts"]) {
             self.error(
                 doc,
                 "the playbook has no `hosts`",
                 "add `hosts: all` (or central, edge, a cluster or node name)",
             );
         }
-        if !saw_tasks || tasks.is_empty() {
+        if written_tasks == 0 {
             let at = entries
                 .iter()
                 .find(|(k, _, _)| k == "tasks")
                 .map(|(_, _, v)| *v)
                 .unwrap_or(doc);
-            if !saw_tasks || matches!(&at.value, Yaml::Null | Yaml::Seq(_)) {
-                self.error(
-                    at,
-                    "the playbook has no tasks",
-                    "add a `tasks:` list with at least one task",
-                );
-            }
+            self.error(
+                at,
+                "the playbook has no tasks",
+                "add a `tasks:` list with at least one task",
+            );
         }
         Some(Stage {
             name: name?,
@@ -437,6 +456,7 @@ impl Reader<'_> {
             }
         }
         let action = match actions.as_slice() {
+            [] if misspelled(n, &["run", "copy", "wait"]) => None,
             [] => {
                 self.error(n, "the task has no action", "give it one of `run`, `copy` or `wait`");
                 None
@@ -451,7 +471,7 @@ impl Reader<'_> {
                 None
             }
         };
-        if entries.iter().all(|(k, _, _)| k != "name") {
+        if entries.iter().all(|(k, _, _)| k != "name") && !misspelled(n, &["name"]) {
             self.error(n, "the task has no `name`", "add `name: <what it does>`");
         }
         let mut action = action?;
@@ -565,7 +585,7 @@ impl Reader<'_> {
                 "`src` is a path under assets/, `content` is inline text",
             );
         }
-        if !has("dest") {
+        if !has("dest") && !misspelled(n, &["dest"]) {
             self.error(n, "`copy` has no `dest`", "add `dest: /absolute/path/on/the/node`");
         }
         if let (Some(src), Some(at)) = (&c.src, src_node) {
@@ -617,6 +637,16 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// True when the mapping has an unknown key that looks like one of `wanted` (already reported as a typo,
+/// so "missing key" would only repeat it).
+fn misspelled(n: &Node, wanted: &[&str]) -> bool {
+    let Yaml::Map(entries) = &n.value else { return false };
+    entries.iter().any(|(k, _)| {
+        let key = k.value.scalar_text().unwrap_or_default();
+        !wanted.contains(&key.as_str()) && closest(&key, wanted.iter().copied()).is_some()
+    })
 }
 
 /// The closest existing sibling of a missing asset, for a did-you-mean.
@@ -741,7 +771,7 @@ tasks:
         let e = load(&books, &assets).unwrap_err().to_string();
         assert!(e.contains("a.yaml:5:5: error: unknown key `rnu` in a task"), "{e}");
         assert!(e.contains("did you mean `run`?"), "{e}");
-        assert!(e.contains("a.yaml:4:5: error: the task has no action"), "{e}");
+        assert!(!e.contains("the task has no action"), "the typo already says it: {e}");
         assert!(
             e.contains("a.yaml:7:18: error: asset `containerd/config.tom` does not exist"),
             "{e}"
