@@ -378,6 +378,7 @@ fn plan_task(
         .map(|(k, v)| (k.clone(), text(v, &format!("env.{k}"))))
         .collect();
     problems.extend(asset_problems);
+    problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -396,6 +397,44 @@ fn plan_task(
         fingerprint,
         decision,
     })
+}
+
+/// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,
+/// visible in the node's process list.
+fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>) -> Vec<Diagnostic> {
+    let marker = crate::secrets::placeholder("");
+    let marker = marker.trim_end_matches("@@");
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    match action {
+        Action::Run { command } => fields.push(("run", command)),
+        Action::Wait { until, .. } => fields.push(("wait", until)),
+        Action::Copy { files, owner } => {
+            fields.extend(files.iter().map(|f| ("copy.dest", f.dest.as_str())));
+            if let Some(o) = owner {
+                fields.push(("copy.owner", o));
+            }
+        }
+    }
+    if let Some(u) = unless {
+        fields.push(("unless", u));
+    }
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for (field, text) in fields {
+        if !text.contains(marker) || out.iter().any(|d| d.message.contains(&format!("`{field}`"))) {
+            continue;
+        }
+        let at = def.fields.get(field).unwrap_or(&def.location);
+        out.push(
+            Diagnostic::at(
+                &at.file,
+                at.line,
+                at.column,
+                format!("a secret in `{field}` would show on the node's command line"),
+            )
+            .with_hint("pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.NAME }}\" }`) and use $TOKEN"),
+        );
+    }
+    out
 }
 
 /// The files a `copy.src` puts on the node: the file itself, or every file below the folder (sorted).

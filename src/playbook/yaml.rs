@@ -195,6 +195,13 @@ mod tests {
     }
 
     #[test]
+    fn oversized_files_are_refused_before_parsing() {
+        let big = format!("name: x\nvars:\n  blob: \"{}\"\n", "a".repeat(MAX_FILE_BYTES));
+        let e = parse(Path::new("x.yaml"), &big).unwrap_err();
+        assert!(e.message.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    #[test]
     fn duplicate_keys_and_alias_bombs_are_errors() {
         let e = parse(Path::new("x.yaml"), "a: 1\na: 2\n").unwrap_err();
         eprintln!("{e}");
