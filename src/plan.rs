@@ -299,9 +299,18 @@ pub fn plan_node(
     diags.into_result(NodePlan {
         node: n.name.clone(),
         cluster: n.cluster.clone(),
-        address: format!("{}:{}", n.address, n.ssh.port),
+        address: host_port(&n.address, n.ssh.port),
         tasks,
     })
+}
+
+/// `host:port`, with IPv6 addresses in brackets.
+fn host_port(address: &str, port: u16) -> String {
+    if address.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
 }
 
 /// Renders one task for one node. A task whose `when` is false is still checked, but a runtime template
@@ -832,6 +841,33 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("--limit `node-19` matches no node or cluster"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        assert_eq!(host_port("fd00::1", 22), "[fd00::1]:22");
+        assert_eq!(host_port("node-1.lab", 2222), "node-1.lab:2222");
+    }
+
+    #[test]
+    fn the_fixture_plan_matches_its_golden_file() {
+        let (inv, books) = fixture();
+        let sel = Selection::default();
+        let plans: Vec<NodePlan> = select_nodes(&inv, &books, &sel)
+            .unwrap()
+            .iter()
+            .map(|n| plan(&inv, &books, &n.name, &Progress::empty(), &sel))
+            .collect();
+        let text = render(&plans, true);
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good/plan.txt");
+        if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+            std::fs::write(&golden, &text).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&golden).unwrap_or_default(),
+            text,
+            "UPDATE_GOLDEN=1 to accept"
+        );
     }
 
     #[test]
