@@ -129,6 +129,18 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
         .map(|(_, c)| c)
 }
 
+/// [`did_you_mean`], falling back to a one-edit typo (`rnu` → `run`) that similarity scoring misses on short words.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    did_you_mean(word, candidates.clone()).or_else(|| {
+        candidates
+            .into_iter()
+            .map(|c| (strsim::damerau_levenshtein(word, c), c))
+            .filter(|(d, _)| *d == 1)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, c)| c)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +157,12 @@ mod tests {
     fn did_you_mean_finds_a_close_key() {
         assert_eq!(did_you_mean("adress", ["address", "cluster", "port"]), Some("address"));
         assert_eq!(did_you_mean("zzz", ["address", "cluster"]), None);
+    }
+
+    #[test]
+    fn closest_also_catches_short_transpositions() {
+        assert_eq!(closest("rnu", ["run", "copy", "wait"]), Some("run"));
+        assert_eq!(closest("zzz", ["run", "copy"]), None);
     }
 
     #[test]

@@ -1,19 +1,27 @@
 //! Inventory × playbooks × journal → per-node plans. Pure: no SSH, no clock, no terminal.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
+
+use crate::diag::{Diagnostic, Diagnostics, closest};
 use crate::event::{NodeOutline, SkipReason, TaskOutline};
+use crate::facts::Facts;
+use crate::inventory::{Inventory, Node, Role};
+use crate::journal::Progress;
+use crate::playbook::template::{Context, Renderer, file_start};
+use crate::playbook::{ActionDef, CopyDef, Hosts, Playbooks, Stage, TaskDef};
 
 /// What a planned task does on the node, fully rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Run this shell script.
     Run { command: String },
-    /// Put these bytes at `dest` with `mode` (and `owner`).
+    /// Put these files on the node (one for a file `src` or inline `content`, every file below a folder
+    /// `src`, sorted), each owned by `owner` when set.
     Copy {
-        dest: String,
-        content: Vec<u8>,
-        mode: u32,
+        files: Vec<FileCopy>,
         owner: Option<String>,
     },
     /// Run `until` every `interval` until it exits 0.
@@ -102,4 +110,790 @@ pub struct Selection {
     pub from: Option<String>,
     /// Ignore remembered progress.
     pub fresh: bool,
+}
+
+const COMMAND_LINE: &str = "command line";
+
+/// A problem with the command line (`--limit`, `--only`, `--from`).
+fn command_line(message: impl Into<String>, hint: impl Into<String>) -> Diagnostic {
+    Diagnostic::at(COMMAND_LINE, 1, 1, message).with_hint(hint)
+}
+
+/// Problems with `--only`/`--from`/`--limit` themselves.
+fn check_selection(inv: &Inventory, books: &Playbooks, sel: &Selection) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    if !sel.only.is_empty() && sel.from.is_some() {
+        diags.push(command_line(
+            "--only and --from cannot be used together",
+            "use --only to pick stages, or --from to start at one",
+        ));
+    }
+    let stage_names = || books.stages.iter().map(|s| s.name.as_str());
+    for name in sel.only.iter().chain(sel.from.iter()) {
+        if !stage_names().any(|s| s == name) {
+            let hint = match closest(name, stage_names()) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!("stages: {}", stage_names().collect::<Vec<_>>().join(", ")),
+            };
+            diags.push(command_line(format!("no stage is named `{name}`"), hint));
+        }
+    }
+    let targets = || {
+        inv.nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(inv.clusters.iter().map(|c| c.name.as_str()))
+    };
+    for name in &sel.limit {
+        if !targets().any(|t| t == name) {
+            let hint = match closest(name, targets()) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => "--limit takes node or cluster names from the inventory".into(),
+            };
+            diags.push(command_line(
+                format!("--limit `{name}` matches no node or cluster"),
+                hint,
+            ));
+        }
+    }
+    diags
+}
+
+/// The stages the selection keeps, in run order.
+fn selected_stages<'b>(books: &'b Playbooks, sel: &Selection) -> Vec<&'b Stage> {
+    let start = sel
+        .from
+        .as_ref()
+        .and_then(|f| books.stages.iter().position(|s| &s.name == f))
+        .unwrap_or(0);
+    books.stages[start..]
+        .iter()
+        .filter(|s| sel.only.is_empty() || sel.only.contains(&s.name))
+        .collect()
+}
+
+/// True when a stage's `hosts` selects this node.
+fn stage_runs_on(inv: &Inventory, stage: &Stage, node: &Node) -> bool {
+    let Hosts::Select(names) = &stage.hosts else {
+        return true;
+    };
+    let cluster = node.cluster.as_deref().and_then(|c| inv.cluster(c));
+    names.iter().any(|sel| match sel.as_str() {
+        "central" => cluster.is_some_and(|c| c.role == Role::Central),
+        "edge" => cluster.is_some_and(|c| c.role == Role::Edge),
+        other => other == node.name || node.cluster.as_deref() == Some(other),
+    })
+}
+
+/// `hosts` entries that name nothing in the inventory.
+fn check_hosts(inv: &Inventory, books: &Playbooks) -> Diagnostics {
+    let mut diags = Diagnostics::default();
+    let known = || {
+        ["all", "central", "edge"]
+            .into_iter()
+            .chain(inv.clusters.iter().map(|c| c.name.as_str()))
+            .chain(inv.nodes.iter().map(|n| n.name.as_str()))
+    };
+    for stage in &books.stages {
+        let Hosts::Select(names) = &stage.hosts else { continue };
+        for name in names {
+            if !known().any(|k| k == name) {
+                let hint = match closest(name, known()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "all | central | edge | a cluster name | a node name".into(),
+                };
+                let l = &stage.hosts_location;
+                diags.push(
+                    Diagnostic::at(
+                        &l.file,
+                        l.line,
+                        l.column,
+                        format!("hosts `{name}` matches no cluster or node"),
+                    )
+                    .with_hint(hint),
+                );
+            }
+        }
+    }
+    diags
+}
+
+/// Nodes selected by --limit (node or cluster names) that have at least one selected stage.
+pub fn select_nodes<'a>(inv: &'a Inventory, books: &Playbooks, sel: &Selection) -> Result<Vec<&'a Node>, Diagnostics> {
+    check_selection(inv, books, sel).into_result(())?;
+    let stages = selected_stages(books, sel);
+    Ok(inv
+        .nodes
+        .iter()
+        .filter(|n| {
+            sel.limit.is_empty()
+                || sel
+                    .limit
+                    .iter()
+                    .any(|l| *l == n.name || n.cluster.as_deref() == Some(l.as_str()))
+        })
+        .filter(|n| stages.iter().any(|s| stage_runs_on(inv, s, n)))
+        .collect())
+}
+
+/// Everything checkable before any node is reached: renders every task of every selected node with the remembered
+/// facts (progress.facts) or Facts::assumed(); reports template errors, unknown hosts selectors, unknown --only/--from
+/// stages, --only with --from together, --limit names that match nothing.
+pub fn check(inv: &Inventory, books: &Playbooks, progress: &Progress, sel: &Selection) -> Result<(), Diagnostics> {
+    let mut diags = check_selection(inv, books, sel);
+    diags.0.extend(check_hosts(inv, books).0);
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let assumed = Facts::assumed();
+    for node in select_nodes(inv, books, sel)? {
+        let facts = progress.facts(&node.name).unwrap_or(&assumed);
+        if let Err(d) = plan_node(inv, books, &node.name, facts, progress, sel) {
+            for problem in d.0 {
+                // The same template problem shows up once per node; report it once.
+                if !diags.0.contains(&problem) {
+                    diags.push(problem);
+                }
+            }
+        }
+    }
+    diags.into_result(())
+}
+
+/// One node's ordered rendered tasks. `when` is evaluated here (false -> Decision::Skip(Condition));
+/// a task recorded done with the same fingerprint (progress.is_done, unless sel.fresh) -> Decision::Skip(Done).
+pub fn plan_node(
+    inv: &Inventory,
+    books: &Playbooks,
+    node: &str,
+    facts: &Facts,
+    progress: &Progress,
+    sel: &Selection,
+) -> Result<NodePlan, Diagnostics> {
+    let Some(n) = inv.node(node) else {
+        return Err(command_line(format!("no node is named `{node}`"), "check the inventory").into());
+    };
+    let renderer = Renderer::new();
+    let mut diags = Diagnostics::default();
+    let mut tasks = Vec::new();
+    for stage in selected_stages(books, sel) {
+        if !stage_runs_on(inv, stage, n) {
+            continue;
+        }
+        let ctx = Context::new(inv, n, stage, facts);
+        for def in &stage.tasks {
+            match plan_task(&renderer, books, stage, def, &ctx) {
+                Ok(mut t) => {
+                    if t.decision == Decision::Run
+                        && !sel.fresh
+                        && progress.is_done(&n.name, &t.stage, &t.task, &t.fingerprint)
+                    {
+                        t.decision = Decision::Skip(SkipReason::Done);
+                    }
+                    tasks.push(t);
+                }
+                Err(problems) => diags.0.extend(problems),
+            }
+        }
+    }
+    diags.into_result(NodePlan {
+        node: n.name.clone(),
+        cluster: n.cluster.clone(),
+        address: host_port(&n.address, n.ssh.port),
+        tasks,
+    })
+}
+
+/// `host:port`, with IPv6 addresses in brackets.
+fn host_port(address: &str, port: u16) -> String {
+    if address.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+/// Renders one task for one node. A task whose `when` is false is still checked, but a runtime template
+/// failure in it is not an error (it will not run); its raw text is kept instead.
+fn plan_task(
+    r: &Renderer,
+    books: &Playbooks,
+    stage: &Stage,
+    def: &TaskDef,
+    ctx: &Context,
+) -> Result<PlannedTask, Vec<Diagnostic>> {
+    let field = |name: &str| def.fields.get(name).cloned().unwrap_or_else(|| def.location.clone());
+    let mut problems = Vec::new();
+    let mut asset_problems = Vec::new();
+    let decision = match &def.when {
+        Some(w) => match r.condition(w, &field("when"), ctx) {
+            Ok(true) => Decision::Run,
+            Ok(false) => Decision::Skip(SkipReason::Condition),
+            Err(p) => {
+                problems.extend(p);
+                Decision::Run
+            }
+        },
+        None => Decision::Run,
+    };
+    let lenient = decision != Decision::Run;
+    let mut text = |raw: &str, name: &str| -> String {
+        match r.render(raw, &field(name), name, ctx) {
+            Ok(s) => s,
+            Err(p) => {
+                // Static problems (undefined names, syntax) are errors even for a task skipped by `when`.
+                if !lenient || p.iter().any(|d| !d.message.starts_with("template error")) {
+                    problems.extend(p);
+                }
+                raw.to_string()
+            }
+        }
+    };
+    let action = match &def.action {
+        ActionDef::Run(cmd) => Action::Run {
+            command: text(cmd, "run"),
+        },
+        ActionDef::Wait(w) => Action::Wait {
+            until: text(&w.until, "wait"),
+            interval: w.interval,
+        },
+        ActionDef::Copy(c) => {
+            let dest = text(&c.dest, "copy.dest");
+            let files = match (&c.content, &c.src) {
+                (Some(content), _) => vec![FileCopy {
+                    dest,
+                    content: text(content, "copy.content").into_bytes(),
+                    mode: c.mode,
+                }],
+                (None, Some(src)) => match asset_files(r, books, src, &dest, c, ctx) {
+                    Ok(files) => files,
+                    Err(p) => {
+                        asset_problems.extend(p);
+                        Vec::new()
+                    }
+                },
+                (None, None) => Vec::new(),
+            };
+            Action::Copy {
+                files,
+                owner: c.owner.clone(),
+            }
+        }
+    };
+    let unless = def.unless.as_ref().map(|u| text(u, "unless"));
+    let env: Vec<(String, String)> = def
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), text(v, &format!("env.{k}"))))
+        .collect();
+    problems.extend(asset_problems);
+    problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let become_ = def.become_.unwrap_or(stage.become_);
+    let fingerprint = fingerprint(&stage.name, &def.name, &action, unless.as_deref(), become_, &env);
+    Ok(PlannedTask {
+        stage: stage.name.clone(),
+        task: def.name.clone(),
+        action,
+        become_,
+        unless,
+        retries: def.retries,
+        delay: def.delay,
+        timeout: def.timeout,
+        env,
+        fingerprint,
+        decision,
+    })
+}
+
+/// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,
+/// visible in the node's process list.
+fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>) -> Vec<Diagnostic> {
+    let marker = crate::secrets::placeholder("");
+    let marker = marker.trim_end_matches("@@");
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    match action {
+        Action::Run { command } => fields.push(("run", command)),
+        Action::Wait { until, .. } => fields.push(("wait", until)),
+        Action::Copy { files, owner } => {
+            fields.extend(files.iter().map(|f| ("copy.dest", f.dest.as_str())));
+            if let Some(o) = owner {
+                fields.push(("copy.owner", o));
+            }
+        }
+    }
+    if let Some(u) = unless {
+        fields.push(("unless", u));
+    }
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for (field, text) in fields {
+        if !text.contains(marker) || out.iter().any(|d| d.message.contains(&format!("`{field}`"))) {
+            continue;
+        }
+        let at = def.fields.get(field).unwrap_or(&def.location);
+        out.push(
+            Diagnostic::at(
+                &at.file,
+                at.line,
+                at.column,
+                format!("a secret in `{field}` would show on the node's command line"),
+            )
+            .with_hint("pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.NAME }}\" }`) and use $TOKEN"),
+        );
+    }
+    out
+}
+
+/// The files a `copy.src` puts on the node: the file itself, or every file below the folder (sorted).
+fn asset_files(
+    r: &Renderer,
+    books: &Playbooks,
+    src: &str,
+    dest: &str,
+    c: &CopyDef,
+    ctx: &Context,
+) -> Result<Vec<FileCopy>, Vec<Diagnostic>> {
+    let root = books.assets_dir.join(src);
+    let mut paths = Vec::new();
+    if root.is_dir() {
+        walk(&root, &mut paths)
+            .map_err(|e| vec![Diagnostic::file(&root, format!("cannot read the asset folder: {e}"))])?;
+        paths.sort();
+    } else {
+        paths.push(root.clone());
+    }
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        let target = match path.strip_prefix(&root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => {
+                format!("{}/{}", dest.trim_end_matches('/'), rel.to_string_lossy())
+            }
+            _ => dest.to_string(),
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(Diagnostic::file(&path, format!("cannot read the asset: {e}")));
+                continue;
+            }
+        };
+        let content = if c.template {
+            match String::from_utf8(bytes) {
+                Ok(text) => match r.render(&text, &file_start(&path), "template", ctx) {
+                    Ok(s) => s.into_bytes(),
+                    Err(p) => {
+                        problems.extend(p);
+                        continue;
+                    }
+                },
+                Err(_) => {
+                    problems.push(
+                        Diagnostic::file(&path, "a templated asset must be UTF-8 text")
+                            .with_hint("set `template: false` for binary files"),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            bytes
+        };
+        files.push(FileCopy {
+            dest: target,
+            content,
+            mode: c.mode,
+        });
+    }
+    if problems.is_empty() { Ok(files) } else { Err(problems) }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Hex sha256 over a length-prefixed encoding of everything that decides what the task does.
+fn fingerprint(
+    stage: &str,
+    task: &str,
+    action: &Action,
+    unless: Option<&str>,
+    become_: bool,
+    env: &[(String, String)],
+) -> String {
+    let mut h = Sha256::new();
+    let mut put = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put(b"kubeboot-task-v1");
+    put(stage.as_bytes());
+    put(task.as_bytes());
+    match action {
+        Action::Run { command } => {
+            put(b"run");
+            put(command.as_bytes());
+        }
+        Action::Copy { files, owner } => {
+            put(b"copy");
+            put(owner.as_deref().unwrap_or("").as_bytes());
+            put(&(files.len() as u64).to_le_bytes());
+            for f in files {
+                put(f.dest.as_bytes());
+                put(&f.mode.to_le_bytes());
+                put(&f.content);
+            }
+        }
+        Action::Wait { until, interval } => {
+            put(b"wait");
+            put(until.as_bytes());
+            put(&interval.as_millis().to_le_bytes());
+        }
+    }
+    match unless {
+        Some(u) => {
+            put(b"unless");
+            put(u.as_bytes());
+        }
+        None => put(b"no-unless"),
+    }
+    put(if become_ { b"become" } else { b"as-user" });
+    for (k, v) in env {
+        put(k.as_bytes());
+        put(v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// `kubeboot plan` / `--dry-run` text: per node, per stage, each task with what will happen (run / skip: done /
+/// skip: condition), readable like an install runbook; with `show_commands` the rendered command/copy/wait under
+/// each task (secrets stay placeholders). Deterministic (golden-testable); no colors.
+pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
+    let mut out = String::new();
+    for (i, plan) in plans.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let to_run = plan.tasks.iter().filter(|t| t.decision == Decision::Run).count();
+        let cluster = plan
+            .cluster
+            .as_deref()
+            .map(|c| format!(", cluster {c}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "node {} ({}{cluster}): {} tasks, {to_run} to run, {} to skip\n",
+            plan.node,
+            plan.address,
+            plan.tasks.len(),
+            plan.tasks.len() - to_run
+        ));
+        let mut stage: Option<&str> = None;
+        let mut number = 0;
+        for t in &plan.tasks {
+            if stage != Some(t.stage.as_str()) {
+                stage = Some(t.stage.as_str());
+                out.push_str(&format!("  stage {}\n", t.stage));
+            }
+            number += 1;
+            let what = match t.decision {
+                Decision::Run => "run".to_string(),
+                Decision::Skip(r) => format!("skip: {}", r.as_str()),
+            };
+            let sudo = if t.become_ { " (sudo)" } else { "" };
+            out.push_str(&format!("    {number:>3}. [{what:<15}] {}{sudo}\n", t.task));
+            if show_commands {
+                details(&mut out, t);
+            }
+        }
+    }
+    out
+}
+
+/// The rendered command, copy or wait under a task, indented.
+fn details(out: &mut String, t: &PlannedTask) {
+    const PAD: &str = "           ";
+    let block = |out: &mut String, first: &str, text: &str| {
+        for (i, line) in text.lines().enumerate() {
+            let lead = if i == 0 { first } else { "  " };
+            out.push_str(&format!("{PAD}{lead}{line}\n"));
+        }
+    };
+    for (k, v) in &t.env {
+        out.push_str(&format!("{PAD}env {k}={v}\n"));
+    }
+    if let Some(u) = &t.unless {
+        block(out, "unless: ", u);
+    }
+    match &t.action {
+        Action::Run { command } => block(out, "$ ", command),
+        Action::Wait { until, interval } => {
+            out.push_str(&format!("{PAD}wait every {}:\n", humantime::format_duration(*interval)));
+            block(out, "$ ", until);
+        }
+        Action::Copy { files, owner } => {
+            for f in files {
+                let owner = owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default();
+                out.push_str(&format!(
+                    "{PAD}copy -> {} (mode {:04o}{owner}, {} bytes)\n",
+                    f.dest,
+                    f.mode,
+                    f.content.len()
+                ));
+            }
+        }
+    }
+    if t.retries > 0 {
+        out.push_str(&format!(
+            "{PAD}retries {} every {}\n",
+            t.retries,
+            humantime::format_duration(t.delay)
+        ));
+    }
+    if let Some(limit) = t.timeout {
+        out.push_str(&format!("{PAD}timeout {}\n", humantime::format_duration(limit)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (Inventory, Playbooks) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good");
+        let inv = match crate::inventory::load(&root.join("inventory.toml")) {
+            Ok(i) => i,
+            Err(d) => panic!("{d}"),
+        };
+        let books = match crate::playbook::load(&root.join("playbooks"), &root.join("assets")) {
+            Ok(b) => b,
+            Err(d) => panic!("{d}"),
+        };
+        (inv, books)
+    }
+
+    fn plan(inv: &Inventory, books: &Playbooks, node: &str, progress: &Progress, sel: &Selection) -> NodePlan {
+        match plan_node(inv, books, node, &Facts::assumed(), progress, sel) {
+            Ok(p) => p,
+            Err(d) => panic!("{d}"),
+        }
+    }
+
+    fn names(p: &NodePlan) -> Vec<String> {
+        p.tasks.iter().map(|t| format!("{}/{}", t.stage, t.task)).collect()
+    }
+
+    #[test]
+    fn the_good_fixture_checks_clean() {
+        let (inv, books) = fixture();
+        assert_eq!(check(&inv, &books, &Progress::empty(), &Selection::default()), Ok(()));
+    }
+
+    #[test]
+    fn when_false_skips_by_condition_and_templates_render() {
+        let (inv, books) = fixture();
+        let p = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+        assert_eq!(p.address, "192.168.101.194:22");
+        let redhat = p
+            .tasks
+            .iter()
+            .find(|t| t.task == "install containerd (redhat)")
+            .unwrap();
+        assert_eq!(redhat.decision, Decision::Skip(SkipReason::Condition));
+        let debian = p.tasks.iter().find(|t| t.task == "install containerd").unwrap();
+        assert_eq!(debian.decision, Decision::Run);
+        assert_eq!(debian.unless.as_deref(), Some("dpkg -s containerd.io"));
+        assert!(debian.become_);
+        let Action::Copy { files, owner } = &p.tasks.iter().find(|t| t.task == "containerd config").unwrap().action
+        else {
+            panic!("not a copy")
+        };
+        assert_eq!(owner.as_deref(), Some("root:root"));
+        assert!(String::from_utf8_lossy(&files[0].content).contains("sandbox_image = \"registry.k8s.io/pause:3.10\""));
+        let lb = p.tasks.iter().find(|t| t.task == "lb address").unwrap();
+        let Action::Copy { files, .. } = &lb.action else {
+            panic!()
+        };
+        assert_eq!(files[0].content, b"lb=192.168.101.210\n");
+    }
+
+    #[test]
+    fn a_folder_src_copies_every_file_below_it_sorted() {
+        let (inv, books) = fixture();
+        let p = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+        let t = p.tasks.iter().find(|t| t.task == "addons").unwrap();
+        let Action::Copy { files, .. } = &t.action else {
+            panic!()
+        };
+        let dests: Vec<&str> = files.iter().map(|f| f.dest.as_str()).collect();
+        assert_eq!(
+            dests,
+            ["/etc/kubeboot/addons/a.yaml", "/etc/kubeboot/addons/sub/b.yaml"]
+        );
+    }
+
+    #[test]
+    fn secrets_stay_placeholders_in_the_plan() {
+        let (inv, books) = fixture();
+        let p = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+        let t = p.tasks.iter().find(|t| t.task == "s3 credentials").unwrap();
+        assert_eq!(
+            t.env,
+            vec![(
+                "AWS_ACCESS_KEY_ID".to_string(),
+                crate::secrets::placeholder("s3_access_key")
+            )]
+        );
+    }
+
+    #[test]
+    fn resume_skips_tasks_finished_before_unless_their_content_changed() {
+        let (inv, mut books) = fixture();
+        let first = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+        let mut progress = Progress::empty();
+        for t in &first.tasks[..2] {
+            progress.mark_done("node-194", &t.stage, &t.task, &t.fingerprint);
+        }
+        let again = plan(&inv, &books, "node-194", &progress, &Selection::default());
+        assert_eq!(again.tasks[0].decision, Decision::Skip(SkipReason::Done));
+        assert_eq!(again.tasks[1].decision, Decision::Skip(SkipReason::Done));
+        assert_eq!(again.tasks[2].decision, Decision::Skip(SkipReason::Condition));
+
+        // --fresh ignores what was remembered.
+        let fresh = Selection {
+            fresh: true,
+            ..Selection::default()
+        };
+        assert_eq!(
+            plan(&inv, &books, "node-194", &progress, &fresh).tasks[0].decision,
+            Decision::Run
+        );
+
+        // A changed command gets a new fingerprint and runs again.
+        books.stages[1].tasks[0].action = ActionDef::Run("apt-get install -y containerd.io=2.0".into());
+        let changed = plan(&inv, &books, "node-194", &progress, &Selection::default());
+        assert_eq!(changed.tasks[0].decision, Decision::Skip(SkipReason::Done));
+        assert_eq!(changed.tasks[1].decision, Decision::Run);
+        assert_ne!(changed.tasks[1].fingerprint, first.tasks[1].fingerprint);
+    }
+
+    #[test]
+    fn only_from_and_limit_choose_stages_and_nodes() {
+        let (inv, books) = fixture();
+        let only = Selection {
+            only: vec!["api".into()],
+            ..Selection::default()
+        };
+        let nodes: Vec<&str> = select_nodes(&inv, &books, &only)
+            .unwrap()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(nodes, ["node-194"], "api runs on the central cluster only");
+
+        let from = Selection {
+            from: Some("containerd".into()),
+            ..Selection::default()
+        };
+        let p = plan(&inv, &books, "node-195", &Progress::empty(), &from);
+        assert!(
+            names(&p).iter().all(|n| n.starts_with("containerd/")),
+            "{:?}",
+            names(&p)
+        );
+
+        let limit = Selection {
+            limit: vec!["cluster-02".into()],
+            ..Selection::default()
+        };
+        let nodes: Vec<&str> = select_nodes(&inv, &books, &limit)
+            .unwrap()
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        assert_eq!(nodes, ["node-195"]);
+    }
+
+    #[test]
+    fn bad_selections_are_command_line_errors() {
+        let (inv, books) = fixture();
+        let sel = Selection {
+            limit: vec!["node-19".into()],
+            only: vec!["containrd".into()],
+            from: Some("api".into()),
+            fresh: false,
+        };
+        let e = check(&inv, &books, &Progress::empty(), &sel).unwrap_err().to_string();
+        assert!(
+            e.contains("command line:1:1: error: --only and --from cannot be used together"),
+            "{e}"
+        );
+        assert!(
+            e.contains("no stage is named `containrd`\n  hint: did you mean `containerd`?"),
+            "{e}"
+        );
+        assert!(e.contains("--limit `node-19` matches no node or cluster"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_addresses_are_bracketed() {
+        assert_eq!(host_port("fd00::1", 22), "[fd00::1]:22");
+        assert_eq!(host_port("node-1.lab", 2222), "node-1.lab:2222");
+    }
+
+    #[test]
+    fn the_fixture_plan_matches_its_golden_file() {
+        let (inv, books) = fixture();
+        let sel = Selection::default();
+        let plans: Vec<NodePlan> = select_nodes(&inv, &books, &sel)
+            .unwrap()
+            .iter()
+            .map(|n| plan(&inv, &books, &n.name, &Progress::empty(), &sel))
+            .collect();
+        let text = render(&plans, true);
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good/plan.txt");
+        if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+            std::fs::write(&golden, &text).unwrap();
+        }
+        assert_eq!(
+            std::fs::read_to_string(&golden).unwrap_or_default(),
+            text,
+            "UPDATE_GOLDEN=1 to accept"
+        );
+    }
+
+    #[test]
+    fn the_plan_text_reads_like_a_runbook() {
+        let (inv, books) = fixture();
+        let mut progress = Progress::empty();
+        let first = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+        progress.mark_done("node-194", "preflight", "show the OS", &first.tasks[0].fingerprint);
+        let p = plan(&inv, &books, "node-194", &progress, &Selection::default());
+        let text = render(std::slice::from_ref(&p), true);
+        assert!(
+            text.starts_with("node node-194 (192.168.101.194:22, cluster cluster-01): 8 tasks, 6 to run, 2 to skip\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  stage preflight\n      1. [skip: done     ] show the OS\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[skip: condition] install containerd (redhat) (sudo)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("$ apt-get update\n             apt-get install -y containerd.io\n"),
+            "{text}"
+        );
+        assert_eq!(render(&[p], true), text, "deterministic");
+    }
 }

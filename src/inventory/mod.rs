@@ -1,5 +1,7 @@
 //! The inventory (`inventory.toml`): model, loading and validation.
 
+mod load;
 pub mod model;
 
+pub use load::{load, parse, valid_name};
 pub use model::*;

@@ -1,5 +1,9 @@
 //! Playbooks (`playbooks/*.yaml`): model, loading, validation and templating.
 
+mod load;
 pub mod model;
+pub mod template;
+mod yaml;
 
+pub use load::load;
 pub use model::*;

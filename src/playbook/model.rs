@@ -81,6 +81,9 @@ pub struct TaskDef {
     /// Environment variables for the command (values are templates; secrets belong here, not in `run`).
     pub env: BTreeMap<String, String>,
     pub location: Location,
+    /// Where each templated field's value starts (`run`, `unless`, `when`, `copy.dest`, `env.NAME`, ...),
+    /// so template problems point at the field.
+    pub fields: BTreeMap<String, Location>,
 }
 
 /// One playbook file.
@@ -96,6 +99,8 @@ pub struct Stage {
     pub vars: BTreeMap<String, serde_json::Value>,
     pub tasks: Vec<TaskDef>,
     pub location: Location,
+    /// Where the `hosts` value is, for unknown-selector messages.
+    pub hosts_location: Location,
 }
 
 /// All stages of a playbook folder, in run order, with the assets folder they read.

@@ -1,0 +1,781 @@
+//! Reading `playbooks/*.yaml` into [`Playbooks`], reporting every problem with file, line and column.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+use super::model::{ActionDef, CopyDef, Hosts, Location, Playbooks, Stage, TaskDef, WaitDef};
+use super::yaml::{self, Node, Yaml, pos};
+use crate::diag::{Diagnostic, Diagnostics, closest};
+
+const STAGE_KEYS: &[&str] = &["name", "hosts", "become", "vars", "tasks"];
+const TASK_KEYS: &[&str] = &[
+    "name", "run", "copy", "wait", "interval", "unless", "when", "retries", "delay", "timeout", "become", "env",
+];
+const COPY_KEYS: &[&str] = &["src", "content", "dest", "mode", "owner", "template"];
+const DEFAULT_DELAY: Duration = Duration::from_secs(5);
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Reads every `*.yaml`/`*.yml` in `dir` (one stage each, in file-name order); `copy.src` resolves under `assets_dir`.
+pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Diagnostic::file(dir, format!("cannot read the playbooks folder: {e}")).with_hint("check the -p path")
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    if files.is_empty() {
+        return Err(Diagnostic::file(dir, "the playbooks folder has no *.yaml files")
+            .with_hint("add one file per stage, e.g. 00-preflight.yaml")
+            .into());
+    }
+    let mut diags = Diagnostics::default();
+    let mut stages: Vec<Stage> = Vec::new();
+    for file in files {
+        let Some(stage) = load_file(&file, assets_dir, &mut diags) else {
+            continue;
+        };
+        if let Some(first) = stages.iter().find(|s| s.name == stage.name) {
+            diags.push(
+                Diagnostic::at(
+                    &file,
+                    stage.location.line,
+                    stage.location.column,
+                    format!("stage `{}` is also defined in {}", stage.name, first.file.display()),
+                )
+                .with_hint("stage names must be unique across playbook files"),
+            );
+            continue;
+        }
+        stages.push(stage);
+    }
+    // Files in run order, problems in each file top to bottom.
+    let order: Vec<PathBuf> = diags.0.iter().map(|d| d.file.clone()).fold(Vec::new(), |mut v, f| {
+        if !v.contains(&f) {
+            v.push(f);
+        }
+        v
+    });
+    diags
+        .0
+        .sort_by_key(|d| (order.iter().position(|f| *f == d.file), d.line, d.column));
+    diags.into_result(Playbooks {
+        dir: dir.to_path_buf(),
+        assets_dir: assets_dir.to_path_buf(),
+        stages,
+    })
+}
+
+fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<Stage> {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.push(Diagnostic::file(file, format!("cannot read the playbook: {e}")));
+            return None;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.utf8_error().valid_up_to();
+            let before = String::from_utf8_lossy(&e.as_bytes()[..offset]).into_owned();
+            diags.push(
+                Diagnostic::at_offset(file, &before, offset, "the playbook is not valid UTF-8 text")
+                    .with_hint("save the file as UTF-8"),
+            );
+            return None;
+        }
+    };
+    if text.trim().is_empty() {
+        diags.push(
+            Diagnostic::file(file, "the playbook is empty")
+                .with_hint("a playbook needs `name`, `hosts` and `tasks`, or remove the file"),
+        );
+        return None;
+    }
+    let doc = match yaml::parse(file, &text) {
+        Ok(d) => d,
+        Err(d) => {
+            diags.push(d);
+            return None;
+        }
+    };
+    if doc.value == Yaml::Null {
+        diags.push(
+            Diagnostic::file(file, "the playbook is empty")
+                .with_hint("a playbook needs `name`, `hosts` and `tasks`, or remove the file"),
+        );
+        return None;
+    }
+    let mut r = Reader {
+        file,
+        assets_dir,
+        diags,
+    };
+    r.stage(&doc)
+}
+
+struct Reader<'a> {
+    file: &'a Path,
+    assets_dir: &'a Path,
+    diags: &'a mut Diagnostics,
+}
+
+/// A mapping's entries by key text, in file order.
+type Entries<'n> = Vec<(String, &'n Node, &'n Node)>;
+
+impl Reader<'_> {
+    fn loc(&self, n: &Node) -> Location {
+        let (line, column) = pos(n);
+        Location {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    fn error(&mut self, n: &Node, message: impl Into<String>, hint: impl Into<String>) {
+        let (line, column) = pos(n);
+        self.diags
+            .push(Diagnostic::at(self.file, line, column, message).with_hint(hint));
+    }
+
+    /// The entries of a mapping, with unknown keys reported (did you mean).
+    fn mapping<'n>(&mut self, n: &'n Node, allowed: &[&str], what: &str) -> Option<Entries<'n>> {
+        let Yaml::Map(entries) = &n.value else {
+            self.error(
+                n,
+                format!("{what} must be a mapping (`key: value` lines), not {}", n.value.kind()),
+                "see the playbook format in the README",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (k, v) in entries {
+            let key = k.value.scalar_text().unwrap_or_default();
+            if !allowed.contains(&key.as_str()) {
+                let hint = match closest(&key, allowed.iter().copied()) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => format!("known keys in {what}: {}", allowed.join(", ")),
+                };
+                self.error(k, format!("unknown key `{key}` in {what}"), hint);
+                continue;
+            }
+            out.push((key, k, v));
+        }
+        Some(out)
+    }
+
+    fn string(&mut self, key: &str, v: &Node) -> Option<String> {
+        match &v.value {
+            Yaml::Str(s) => Some(s.clone()),
+            // `run: 42` or `dest: 1.0` are plainly meant as text.
+            Yaml::Int(_) | Yaml::Float(_) | Yaml::Bool(_) => v.value.scalar_text(),
+            other => {
+                let kind = other.kind();
+                self.error(v, format!("`{key}` must be a string, not {kind}"), "quote the value");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, key: &str, v: &Node) -> Option<bool> {
+        match &v.value {
+            Yaml::Bool(b) => Some(*b),
+            other => {
+                let kind = other.kind();
+                self.error(
+                    v,
+                    format!("`{key}` must be true or false, not {kind}"),
+                    "write true or false",
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, v: &Node) -> Option<u32> {
+        match &v.value {
+            Yaml::Int(i) if (0..=1000).contains(i) => u32::try_from(*i).ok(),
+            _ => {
+                self.error(
+                    v,
+                    format!("`{key}` must be a whole number from 0 to 1000"),
+                    "e.g. `retries: 3`",
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, v: &Node) -> Option<Duration> {
+        let Yaml::Str(s) = &v.value else {
+            self.error(
+                v,
+                format!("`{key}` must be a duration like \"10s\" or \"5m\""),
+                "durations need a unit: 10s, 5m, 1h",
+            );
+            return None;
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(
+                    v,
+                    format!("`{key}` is not a duration: {e}"),
+                    "write durations like \"10s\", \"5m\" or \"1h 30m\"",
+                );
+                None
+            }
+        }
+    }
+
+    fn vars(&mut self, v: &Node) -> BTreeMap<String, Json> {
+        match &v.value {
+            Yaml::Map(entries) => entries
+                .iter()
+                .map(|(k, v)| (k.value.scalar_text().unwrap_or_default(), to_json(&v.value)))
+                .collect(),
+            Yaml::Null => BTreeMap::new(),
+            other => {
+                let kind = other.kind();
+                self.error(
+                    v,
+                    format!("`vars` must be a mapping, not {kind}"),
+                    "e.g. `vars: { a: 1 }`",
+                );
+                BTreeMap::new()
+            }
+        }
+    }
+
+    fn hosts(&mut self, v: &Node) -> Option<Hosts> {
+        let one = |r: &mut Self, n: &Node| -> Option<String> {
+            match &n.value {
+                Yaml::Str(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                _ => {
+                    r.error(
+                        n,
+                        "`hosts` entries must be names",
+                        "all | central | edge | a cluster name | a node name",
+                    );
+                    None
+                }
+            }
+        };
+        match &v.value {
+            Yaml::Str(s) if s.trim() == "all" => Some(Hosts::All),
+            Yaml::Str(_) => one(self, v).map(|s| Hosts::Select(vec![s])),
+            Yaml::Seq(items) if !items.is_empty() => {
+                let names: Vec<String> = items.iter().filter_map(|n| one(self, n)).collect();
+                if names.iter().any(|n| n == "all") {
+                    Some(Hosts::All)
+                } else {
+                    Some(Hosts::Select(names))
+                }
+            }
+            _ => {
+                self.error(
+                    v,
+                    "`hosts` must be a name or a list of names",
+                    "all | central | edge | a cluster name | a node name | [a list of those]",
+                );
+                None
+            }
+        }
+    }
+
+    fn stage(&mut self, doc: &Node) -> Option<Stage> {
+        let entries = self.mapping(doc, STAGE_KEYS, "a playbook")?;
+        let mut name = None;
+        let mut name_loc = self.loc(doc);
+        let mut hosts = None;
+        let mut hosts_loc = self.loc(doc);
+        let mut become_ = false;
+        let mut vars = BTreeMap::new();
+        let mut tasks = Vec::new();
+        let mut written_tasks = 0;
+        for (key, _k, v) in &entries {
+            match key.as_str() {
+                "name" => {
+                    name_loc = self.loc(v);
+                    name = self.string("name", v);
+                    if let Some(n) = &name
+                        && !crate::inventory::valid_name(n)
+                    {
+                        self.error(
+                            v,
+                            format!("stage name `{n}` is not allowed"),
+                            "names start with a letter or digit and contain only letters, digits, `.`, `_` and `-`",
+                        );
+                    }
+                }
+                "hosts" => {
+                    hosts_loc = self.loc(v);
+                    hosts = self.hosts(v);
+                }
+                "become" => become_ = self.boolean("become", v).unwrap_or(false),
+                "vars" => vars = self.vars(v),
+                "tasks" => {
+                    written_tasks = match &v.value {
+                        Yaml::Seq(items) => items.len(),
+                        Yaml::Null => 0,
+                        _ => 1,
+                    };
+                    tasks = self.tasks(v);
+                }
+                _ => {}
+            }
+        }
+        let missing = |key: &str| entries.iter().all(|(k, _, _)| k != key);
+        if missing("name") && !misspelled(doc, &["name"]) {
+            self.error(doc, "the playbook has no `name`", "add `name: <stage name>` at the top");
+        }
+        if missing("hosts") && !misspelled(doc, &["hosts"]) {
+            self.error(
+                doc,
+                "the playbook has no `hosts`",
+                "add `hosts: all` (or central, edge, a cluster or node name)",
+            );
+        }
+        if written_tasks == 0 {
+            let at = entries
+                .iter()
+                .find(|(k, _, _)| k == "tasks")
+                .map(|(_, _, v)| *v)
+                .unwrap_or(doc);
+            self.error(
+                at,
+                "the playbook has no tasks",
+                "add a `tasks:` list with at least one task",
+            );
+        }
+        Some(Stage {
+            name: name?,
+            file: self.file.to_path_buf(),
+            hosts: hosts?,
+            become_,
+            vars,
+            tasks,
+            location: name_loc,
+            hosts_location: hosts_loc,
+        })
+    }
+
+    fn tasks(&mut self, v: &Node) -> Vec<TaskDef> {
+        let Yaml::Seq(items) = &v.value else {
+            if !matches!(v.value, Yaml::Null) {
+                let kind = v.value.kind();
+                self.error(
+                    v,
+                    format!("`tasks` must be a list, not {kind}"),
+                    "start each task with `- name: ...`",
+                );
+            }
+            return Vec::new();
+        };
+        let mut out: Vec<TaskDef> = Vec::new();
+        for item in items {
+            let Some(task) = self.task(item) else { continue };
+            if out.iter().any(|t| t.name == task.name) {
+                let l = &task.location;
+                self.diags.push(
+                    Diagnostic::at(
+                        self.file,
+                        l.line,
+                        l.column,
+                        format!("task `{}` appears twice in this stage", task.name),
+                    )
+                    .with_hint("task names identify tasks for resume; make each one unique within the stage"),
+                );
+                continue;
+            }
+            out.push(task);
+        }
+        out
+    }
+
+    fn task(&mut self, n: &Node) -> Option<TaskDef> {
+        let entries = self.mapping(n, TASK_KEYS, "a task")?;
+        let mut fields = BTreeMap::new();
+        let mut name = None;
+        let mut name_loc = self.loc(n);
+        let mut actions: Vec<(&str, &Node)> = Vec::new();
+        let mut interval = None;
+        let mut interval_node = None;
+        let mut t = TaskDef {
+            name: String::new(),
+            action: ActionDef::Run(String::new()),
+            unless: None,
+            when: None,
+            retries: 0,
+            delay: DEFAULT_DELAY,
+            timeout: None,
+            become_: None,
+            env: BTreeMap::new(),
+            location: self.loc(n),
+            fields: BTreeMap::new(),
+        };
+        for (key, k, v) in &entries {
+            match key.as_str() {
+                "name" => {
+                    name_loc = self.loc(v);
+                    name = self.string("name", v).filter(|s| !s.trim().is_empty());
+                    if name.is_none() {
+                        self.error(v, "a task name must not be empty", "give the task a short, unique name");
+                    }
+                }
+                "run" | "copy" | "wait" => actions.push((key.as_str(), v)),
+                "interval" => {
+                    interval_node = Some(*k);
+                    interval = self.duration("interval", v);
+                }
+                "unless" => {
+                    fields.insert("unless".to_string(), self.loc(v));
+                    t.unless = self.string("unless", v);
+                }
+                "when" => {
+                    fields.insert("when".to_string(), self.loc(v));
+                    t.when = match &v.value {
+                        Yaml::Bool(b) => Some(b.to_string()),
+                        _ => self.string("when", v),
+                    };
+                }
+                "retries" => t.retries = self.count("retries", v).unwrap_or(0),
+                "delay" => t.delay = self.duration("delay", v).unwrap_or(DEFAULT_DELAY),
+                "timeout" => t.timeout = self.duration("timeout", v),
+                "become" => t.become_ = self.boolean("become", v),
+                "env" => t.env = self.env(v, &mut fields),
+                _ => {}
+            }
+        }
+        let action = match actions.as_slice() {
+            [] if misspelled(n, &["run", "copy", "wait"]) => None,
+            [] => {
+                self.error(n, "the task has no action", "give it one of `run`, `copy` or `wait`");
+                None
+            }
+            [(kind, v)] => self.action(kind, v, &mut fields),
+            [_, (kind, v), ..] => {
+                self.error(
+                    v,
+                    format!("the task has more than one action (`{kind}` is the second)"),
+                    "a task does exactly one of `run`, `copy` or `wait`; split it into two tasks",
+                );
+                None
+            }
+        };
+        if entries.iter().all(|(k, _, _)| k != "name") && !misspelled(n, &["name"]) {
+            self.error(n, "the task has no `name`", "add `name: <what it does>`");
+        }
+        let mut action = action?;
+        match (&mut action, interval_node) {
+            (ActionDef::Wait(w), _) => {
+                w.interval = interval.unwrap_or(DEFAULT_INTERVAL);
+                t.timeout = t.timeout.or(Some(DEFAULT_WAIT_TIMEOUT));
+            }
+            (_, Some(k)) => self.error(
+                k,
+                "`interval` only applies to `wait` tasks",
+                "remove it, or use `delay`",
+            ),
+            _ => {}
+        }
+        t.name = name?;
+        t.action = action;
+        t.location = name_loc;
+        t.fields = fields;
+        Some(t)
+    }
+
+    fn env(&mut self, v: &Node, fields: &mut BTreeMap<String, Location>) -> BTreeMap<String, String> {
+        let Yaml::Map(entries) = &v.value else {
+            let kind = v.value.kind();
+            self.error(
+                v,
+                format!("`env` must be a mapping, not {kind}"),
+                "e.g. `env: { KEY: value }`",
+            );
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for (k, val) in entries {
+            let key = k.value.scalar_text().unwrap_or_default();
+            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.error(
+                    k,
+                    format!("`{key}` is not a valid environment variable name"),
+                    "use letters, digits and `_`, not starting with a digit",
+                );
+                continue;
+            }
+            if let Some(s) = self.string(&key, val) {
+                fields.insert(format!("env.{key}"), self.loc(val));
+                out.insert(key, s);
+            }
+        }
+        out
+    }
+
+    fn action(&mut self, kind: &str, v: &Node, fields: &mut BTreeMap<String, Location>) -> Option<ActionDef> {
+        match kind {
+            "run" => {
+                fields.insert("run".into(), self.loc(v));
+                self.string("run", v).map(ActionDef::Run)
+            }
+            "wait" => {
+                fields.insert("wait".into(), self.loc(v));
+                self.string("wait", v).map(|until| {
+                    ActionDef::Wait(WaitDef {
+                        until,
+                        interval: DEFAULT_INTERVAL,
+                    })
+                })
+            }
+            _ => self.copy(v, fields).map(ActionDef::Copy),
+        }
+    }
+
+    fn copy(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<CopyDef> {
+        let entries = self.mapping(n, COPY_KEYS, "`copy`")?;
+        let mut c = CopyDef {
+            src: None,
+            content: None,
+            dest: String::new(),
+            mode: 0o644,
+            owner: None,
+            template: false,
+        };
+        let mut dest = None;
+        let mut src_node = None;
+        for (key, _k, v) in &entries {
+            match key.as_str() {
+                "src" => {
+                    fields.insert("copy.src".into(), self.loc(v));
+                    src_node = Some(*v);
+                    c.src = self.string("src", v);
+                }
+                "content" => {
+                    fields.insert("copy.content".into(), self.loc(v));
+                    c.content = self.string("content", v);
+                }
+                "dest" => {
+                    fields.insert("copy.dest".into(), self.loc(v));
+                    dest = self.string("dest", v);
+                }
+                "mode" => c.mode = self.mode(v).unwrap_or(0o644),
+                "owner" => c.owner = self.string("owner", v),
+                "template" => c.template = self.boolean("template", v).unwrap_or(false),
+                _ => {}
+            }
+        }
+        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
+        if has("src") == has("content") {
+            self.error(
+                n,
+                "`copy` needs exactly one of `src` and `content`",
+                "`src` is a path under assets/, `content` is inline text",
+            );
+        }
+        if !has("dest") && !misspelled(n, &["dest"]) {
+            self.error(n, "`copy` has no `dest`", "add `dest: /absolute/path/on/the/node`");
+        }
+        if let (Some(src), Some(at)) = (&c.src, src_node) {
+            self.check_src(src, at);
+        }
+        if c.content.is_some() {
+            c.template = true;
+        }
+        c.dest = dest?;
+        Some(c)
+    }
+
+    fn check_src(&mut self, src: &str, at: &Node) {
+        let rel = Path::new(src);
+        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
+            self.error(
+                at,
+                format!("`src` must be a path inside the assets folder, not `{src}`"),
+                "write it relative to assets/, without `..`",
+            );
+            return;
+        }
+        let full = self.assets_dir.join(rel);
+        if !full.exists() {
+            let hint = match nearby_asset(self.assets_dir, rel) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!("put the file under {}", self.assets_dir.display()),
+            };
+            self.error(at, format!("asset `{src}` does not exist"), hint);
+        }
+    }
+
+    fn mode(&mut self, v: &Node) -> Option<u32> {
+        let text = match &v.value {
+            Yaml::Str(s) => s.trim().trim_start_matches("0o").to_string(),
+            // An unquoted `644` is written meaning octal digits.
+            Yaml::Int(i) => i.to_string(),
+            _ => String::new(),
+        };
+        match u32::from_str_radix(&text, 8) {
+            Ok(m) if m <= 0o7777 => Some(m),
+            _ => {
+                self.error(
+                    v,
+                    "`mode` must be an octal file mode like \"0644\"",
+                    "quote it: mode: \"0644\"",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// True when the mapping has an unknown key that looks like one of `wanted` (already reported as a typo,
+/// so "missing key" would only repeat it).
+fn misspelled(n: &Node, wanted: &[&str]) -> bool {
+    let Yaml::Map(entries) = &n.value else { return false };
+    entries.iter().any(|(k, _)| {
+        let key = k.value.scalar_text().unwrap_or_default();
+        !wanted.contains(&key.as_str()) && closest(&key, wanted.iter().copied()).is_some()
+    })
+}
+
+/// The closest existing sibling of a missing asset, for a did-you-mean.
+fn nearby_asset(assets_dir: &Path, rel: &Path) -> Option<String> {
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let wanted = rel.file_name()?.to_string_lossy().into_owned();
+    let names: Vec<String> = std::fs::read_dir(assets_dir.join(parent))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let best = closest(&wanted, names.iter().map(String::as_str))?;
+    Some(parent.join(best).display().to_string())
+}
+
+fn to_json(v: &Yaml) -> Json {
+    match v {
+        Yaml::Null => Json::Null,
+        Yaml::Bool(b) => Json::Bool(*b),
+        Yaml::Int(i) => Json::from(*i),
+        Yaml::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
+        Yaml::Str(s) => Json::String(s.clone()),
+        Yaml::Seq(items) => Json::Array(items.iter().map(|n| to_json(&n.value)).collect()),
+        Yaml::Map(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.value.scalar_text().unwrap_or_default(), to_json(&v.value)))
+                .collect(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    fn setup(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let books = tmp.path().join("playbooks");
+        let assets = tmp.path().join("assets");
+        std::fs::create_dir_all(&books).unwrap();
+        std::fs::create_dir_all(assets.join("containerd")).unwrap();
+        std::fs::write(assets.join("containerd/config.toml"), "x").unwrap();
+        for (n, t) in files {
+            write(&books, n, t);
+        }
+        (tmp, books, assets)
+    }
+
+    const CONTAINERD: &str = r#"name: containerd
+hosts: [central, node-1]
+become: true
+vars: { a: 1 }
+tasks:
+  - name: install containerd
+    run: apt-get install -y containerd.io
+    unless: dpkg -s containerd.io
+    when: "{{ os_family == 'debian' }}"
+    retries: 3
+    delay: 10s
+    timeout: 10m
+    become: false
+    env: { AWS_ACCESS_KEY_ID: "{{ secrets.s3 }}" }
+  - name: containerd config
+    copy: { src: containerd/config.toml, dest: /etc/containerd/config.toml, mode: 0600, owner: "root:root", template: true }
+  - name: inline file
+    copy: { content: "x={{ a }}\n", dest: /etc/x.conf }
+  - name: wait for the API server
+    wait: kubectl get --raw=/readyz
+    interval: 2s
+"#;
+
+    #[test]
+    fn a_good_playbook_set_loads_in_file_name_order() {
+        let (_tmp, books, assets) = setup(&[
+            ("10-containerd.yaml", CONTAINERD),
+            (
+                "00-first.yml",
+                "name: first\nhosts: all\ntasks:\n  - name: a\n    run: 'true'\n",
+            ),
+        ]);
+        let p = match load(&books, &assets) {
+            Ok(p) => p,
+            Err(d) => panic!("{d}"),
+        };
+        assert_eq!(
+            p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["first", "containerd"]
+        );
+        let s = &p.stages[1];
+        assert!(s.become_);
+        assert_eq!(s.hosts, Hosts::Select(vec!["central".into(), "node-1".into()]));
+        let t = &s.tasks[0];
+        assert_eq!(t.retries, 3);
+        assert_eq!(t.delay, Duration::from_secs(10));
+        assert_eq!(t.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(t.become_, Some(false));
+        assert_eq!(t.location.line, 6);
+        assert_eq!(t.fields["run"].line, 7);
+        let ActionDef::Copy(c) = &s.tasks[1].action else {
+            panic!()
+        };
+        assert_eq!(c.mode, 0o600);
+        assert!(c.template);
+        let ActionDef::Wait(w) = &s.tasks[3].action else {
+            panic!()
+        };
+        assert_eq!(w.interval, Duration::from_secs(2));
+        assert_eq!(s.tasks[3].timeout, Some(DEFAULT_WAIT_TIMEOUT));
+    }
+
+    #[test]
+    fn task_problems_point_at_the_offending_key() {
+        let (_tmp, books, assets) = setup(&[(
+            "a.yaml",
+            "name: a\nhosts: all\ntasks:\n  - name: x\n    rnu: ls\n  - name: y\n    copy: { src: containerd/config.tom, dest: /x }\n",
+        )]);
+        let e = load(&books, &assets).unwrap_err().to_string();
+        assert!(e.contains("a.yaml:5:5: error: unknown key `rnu` in a task"), "{e}");
+        assert!(e.contains("did you mean `run`?"), "{e}");
+        assert!(!e.contains("the task has no action"), "the typo already says it: {e}");
+        assert!(
+            e.contains("a.yaml:7:18: error: asset `containerd/config.tom` does not exist"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `containerd/config.toml`?"), "{e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Malformed inventories, playbooks, assets and command lines, each in `tests/bad_input/<case>/`, must be
+//! refused with exactly the diagnostics in the case's `expected.txt`.
+//!
+//! A case holds whichever of `inventory.toml`, `playbooks/`, `assets/` it needs (the rest comes from
+//! `tests/fixtures/good/`) and optionally `selection.txt` (`limit=a,b`, `only=x`, `from=y` lines).
+//! Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate change.
+
+use std::path::{Path, PathBuf};
+
+use kubeboot::diag::Diagnostics;
+use kubeboot::journal::Progress;
+use kubeboot::plan::{self, Selection};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
+}
+
+/// The first of `case/name` and the good fixture's `name` that exists.
+fn input(case: &Path, name: &str) -> PathBuf {
+    let own = case.join(name);
+    if own.exists() {
+        own
+    } else {
+        root().join("fixtures/good").join(name)
+    }
+}
+
+fn selection(case: &Path) -> Selection {
+    let mut sel = Selection::default();
+    let Ok(text) = std::fs::read_to_string(case.join("selection.txt")) else {
+        return sel;
+    };
+    let list = |v: &str| v.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("limit", v)) => sel.limit = list(v),
+            Some(("only", v)) => sel.only = list(v),
+            Some(("from", v)) => sel.from = Some(v.trim().to_string()),
+            Some(("fresh", v)) => sel.fresh = v.trim() == "true",
+            _ => {}
+        }
+    }
+    sel
+}
+
+/// Everything kubeboot reports for the case before it would connect to any node.
+fn diagnose(case: &Path) -> Diagnostics {
+    let inv = kubeboot::inventory::load(&input(case, "inventory.toml"));
+    let books = kubeboot::playbook::load(&input(case, "playbooks"), &input(case, "assets"));
+    match (inv, books) {
+        (Ok(inv), Ok(books)) => match plan::check(&inv, &books, &Progress::empty(), &selection(case)) {
+            Ok(()) => Diagnostics::default(),
+            Err(d) => d,
+        },
+        (inv, books) => {
+            let mut all = inv.err().unwrap_or_default();
+            all.0.extend(books.err().unwrap_or_default().0);
+            all
+        }
+    }
+}
+
+/// Rendered diagnostics with machine-specific path prefixes removed.
+fn rendered(case: &Path, diags: &Diagnostics) -> String {
+    let case_prefix = format!("{}/", case.display());
+    let good_prefix = format!("{}/", root().join("fixtures/good").display());
+    let text = diags
+        .to_string()
+        .replace(&case_prefix, "")
+        .replace(&good_prefix, "<good>/");
+    format!("{text}\n")
+}
+
+#[test]
+fn every_malformed_input_is_refused_with_the_expected_diagnostics() {
+    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("bad_input"))
+        .expect("tests/bad_input exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 20, "only {} cases", cases.len());
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let diags = diagnose(case);
+        if diags.is_empty() {
+            failures.push(format!("{name}: accepted, but it is malformed"));
+            continue;
+        }
+        for d in &diags.0 {
+            assert!(d.line >= 1 && d.column >= 1, "{name}: {d}");
+            assert!(!d.file.as_os_str().is_empty(), "{name}: {d}");
+        }
+        let text = rendered(case, &diags);
+        for line in text.lines().filter(|l| !l.starts_with("  hint: ")) {
+            let mut parts = line.splitn(4, ':');
+            let (file, l, c) = (parts.next(), parts.next(), parts.next());
+            let ok = file.is_some_and(|f| !f.is_empty())
+                && l.is_some_and(|l| l.parse::<usize>().is_ok())
+                && c.is_some_and(|c| c.parse::<usize>().is_ok());
+            assert!(ok, "{name}: not file:line:col: {line}");
+        }
+        assert!(
+            !text.contains("do-not-echo"),
+            "{name}: a secret value was echoed:\n{text}"
+        );
+        let expected_path = case.join("expected.txt");
+        if update {
+            std::fs::write(&expected_path, &text).expect("write expected.txt");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != text {
+            failures.push(format!(
+                "{name}: diagnostics differ (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}--- actual\n{text}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_good_fixture_is_accepted() {
+    let good = root().join("fixtures/good");
+    let diags = diagnose(&good);
+    assert!(diags.is_empty(), "{diags}");
+}
