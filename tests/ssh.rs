@@ -547,3 +547,23 @@ async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
     lab::start_node(&t.lab.dir, "node-1").unwrap();
     connect(&t).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_small_commands_on_one_node_run_quickly() {
+    let t = start_lab(47, 1);
+    let s = connect(&t).await;
+    for become_ in [false, true] {
+        let c = Command { become_, ..cmd("true") };
+        run(&s, &c).await.0.unwrap();
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(run(&s, &c).await.0.unwrap(), Exit::Code(0));
+        }
+        let took = started.elapsed();
+        println!("50 x true (become {become_}): {took:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "50 x true (become {become_}) took {took:?}"
+        );
+    }
+}

@@ -4,11 +4,13 @@
 //! as `sh -s` with the script on stdin (see [`script`]), so neither scripts nor secrets ever show
 //! up in the node's process list.
 
+mod executor;
 mod host_key;
 mod script;
 mod upload;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 pub use crate::event::Stream;
 pub use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
-use host_key::{Client, Verdict};
+pub(crate) use host_key::Client;
+use host_key::Verdict;
 use script::LineBuffer;
 
 /// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
@@ -173,7 +176,11 @@ struct Inner {
     target: Target,
     handle: Handle<Client>,
     fingerprint: String,
-    channels: Semaphore,
+    channels: Arc<Semaphore>,
+    /// Run commands through a persistent remote shell (see [`executor`]) instead of a channel each.
+    persistent: AtomicBool,
+    /// The persistent shells: `[login user, root]`, started on first use and again if one ends.
+    executors: [tokio::sync::Mutex<Option<Arc<executor::Executor>>>; 2],
     become_mode: OnceCell<Become>,
     temp_dir: OnceCell<String>,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
@@ -223,7 +230,10 @@ impl Session {
                 target,
                 handle,
                 fingerprint,
-                channels: Semaphore::new(MAX_CHANNELS),
+                channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
+                // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
+                persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
+                executors: Default::default(),
                 become_mode: OnceCell::new(),
                 temp_dir: OnceCell::new(),
                 sftp: OnceCell::new(),
@@ -255,6 +265,11 @@ impl Session {
                 "`{name}` is not a valid environment variable name (use letters, digits and _)"
             )));
         }
+        if self.inner.persistent.load(Ordering::SeqCst)
+            && let Some(shell) = self.executor(cmd.become_, cancel).await?
+        {
+            return shell.run(cmd, output, cancel, |what| self.lost(what)).await;
+        }
         let mut stdin = String::new();
         let command = if cmd.become_ {
             match self.become_mode(cancel).await? {
@@ -274,6 +289,11 @@ impl Session {
         self.run(command, stdin.into_bytes(), false, output, cancel).await
     }
 
+    /// Chooses between the persistent shell (default, faster) and one channel per command.
+    pub fn set_persistent_shell(&self, on: bool) {
+        self.inner.persistent.store(on, Ordering::SeqCst);
+    }
+
     /// Closes the connection (after removing the session's temporary folder, if it made one).
     pub async fn close(&self) {
         if let Some(dir) = self.inner.temp_dir.get() {
@@ -283,11 +303,66 @@ impl Session {
             };
             let _ = self.exec(&cmd, &|_, _| {}, &CancellationToken::new()).await;
         }
+        for slot in &self.inner.executors {
+            slot.lock().await.take();
+        }
         let _ = self
             .inner
             .handle
             .disconnect(russh::Disconnect::ByApplication, "kubeboot is done", "en")
             .await;
+    }
+
+    /// The persistent shell for the login user or root, started when needed; None when the node
+    /// cannot host one (then every command gets its own channel).
+    async fn executor(
+        &self,
+        become_: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Arc<executor::Executor>>, SshError> {
+        let mut slot = self.inner.executors[usize::from(become_)].lock().await;
+        if let Some(shell) = slot.as_ref()
+            && shell.is_alive()
+        {
+            return Ok(Some(shell.clone()));
+        }
+        let mut prefix = Vec::new();
+        let command = if become_ {
+            match self.become_mode(cancel).await? {
+                Become::Root => "sh -s",
+                Become::NoPassword => "sudo -n -- sh -s",
+                Become::Password => {
+                    prefix.extend_from_slice(self.sudo_password()?.expose().as_bytes());
+                    prefix.push(b'\n');
+                    "sudo -k -S -p '' -- sh -s"
+                }
+            }
+        } else {
+            "sh -s"
+        };
+        let permit = tokio::select! {
+            p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, |w| self.lost(w));
+        let started = tokio::select! {
+            r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        // A shell that does not come up in time is treated like one the node cannot host.
+        let started = started.unwrap_or(Err(executor::StartError::Unsupported));
+        match started {
+            Ok(shell) => {
+                let shell = Arc::new(shell);
+                *slot = Some(shell.clone());
+                Ok(Some(shell))
+            }
+            Err(executor::StartError::Unsupported) => {
+                self.inner.persistent.store(false, Ordering::SeqCst);
+                Ok(None)
+            }
+            Err(executor::StartError::Ssh(e)) => Err(e),
+        }
     }
 
     fn sudo_password(&self) -> Result<&Secret, SshError> {
