@@ -1,1 +1,653 @@
 //! SSH: connect, authenticate, verify host keys, run commands with streamed output, sudo, upload.
+//!
+//! One [`Session`] is one SSH connection to one node, reused for every task on it. Commands run
+//! as `sh -s` with the script on stdin (see [`script`]), so neither scripts nor secrets ever show
+//! up in the node's process list.
+
+mod executor;
+mod host_key;
+mod script;
+mod upload;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use russh::client::{AuthResult, Handle};
+use russh::keys::PrivateKeyWithHashAlg;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::event::Stream;
+pub use crate::inventory::model::NewHostKeys;
+use crate::secrets::Secret;
+pub(crate) use host_key::Client;
+use host_key::Verdict;
+use script::LineBuffer;
+
+/// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
+const MAX_CHANNELS: usize = 8;
+/// How long to keep reading after the exit status, for output still in flight. A background
+/// process that keeps stdout open must not hold the task forever.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Where and how to log in to one node.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The node's name (for messages).
+    pub node: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    /// Private key file to try first.
+    pub key: Option<PathBuf>,
+    /// Try the keys of a running ssh-agent (`SSH_AUTH_SOCK`).
+    pub agent: bool,
+    /// Login password, tried last.
+    pub password: Option<Secret>,
+    /// Password for `sudo` when a command runs with become.
+    pub sudo_password: Option<Secret>,
+    pub known_hosts: PathBuf,
+    pub new_host_keys: NewHostKeys,
+    /// Limit for connecting and authenticating.
+    pub connect_timeout: Duration,
+    /// Keepalive interval; 3 unanswered keepalives mean the node is lost.
+    pub keepalive: Duration,
+}
+
+impl Target {
+    /// `host` for port 22, `[host]:port` otherwise, as known_hosts and ssh-keygen write it.
+    pub fn host_port(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A command to run on a node.
+#[derive(Debug, Clone, Default)]
+pub struct Command {
+    /// Shell script (POSIX sh).
+    pub script: String,
+    /// Environment variables for the script; values may hold secrets (they travel on stdin).
+    pub env: Vec<(String, String)>,
+    /// Run as root through sudo.
+    pub become_: bool,
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Killed by this signal (name without `SIG`).
+    Signal(String),
+}
+
+impl Exit {
+    /// True for exit code 0.
+    pub fn success(&self) -> bool {
+        *self == Exit::Code(0)
+    }
+}
+
+/// Why an SSH operation failed. Every message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("cannot connect to {host}:{port}: {source} — check the address and port, and that sshd runs there")]
+    Connect {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error(
+        "connecting to {host}:{port} took longer than {after:?} — check the node is up and reachable, or raise connect_timeout"
+    )]
+    ConnectTimeout { host: String, port: u16, after: Duration },
+    #[error(
+        "host key for {host} has CHANGED (known_hosts line {line} of {path}), now {fingerprint} — if the node was reinstalled, remove that line (`ssh-keygen -R '{host}' -f {path}`) and accept the new key explicitly"
+    )]
+    HostKeyChanged {
+        host: String,
+        path: String,
+        line: usize,
+        fingerprint: String,
+    },
+    #[error(
+        "host key for {host} is unknown ({fingerprint}) — check it, then add it to {known_hosts} or run with --accept-new-host-keys"
+    )]
+    HostKeyUnknown {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error(
+        "cannot log in as {user} on {host} (tried: {}) — check the user, key, agent or password in the inventory",
+        tried_list(tried)
+    )]
+    Auth {
+        user: String,
+        host: String,
+        tried: Vec<&'static str>,
+    },
+    #[error("cannot use the private key {path}: {reason}")]
+    KeyFile { path: String, reason: String },
+    #[error("{0}")]
+    Sudo(String),
+    #[error("{0}")]
+    ConnectionLost(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("cannot upload {dest}: {reason}")]
+    Upload { dest: String, reason: String },
+    #[error("{0}")]
+    Protocol(String),
+}
+
+fn tried_list(tried: &[&'static str]) -> String {
+    if tried.is_empty() {
+        "nothing: no key, agent or password is set".into()
+    } else {
+        tried.join(", ")
+    }
+}
+
+/// How `become` works on this node, found out once per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Become {
+    /// The login user is root: no sudo.
+    Root,
+    /// sudo needs no password (NOPASSWD).
+    NoPassword,
+    /// sudo needs the password; it goes first on stdin.
+    Password,
+}
+
+/// One authenticated SSH connection to a node; cheap to clone, shared by every task on the node.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: Target,
+    handle: Handle<Client>,
+    fingerprint: String,
+    channels: Arc<Semaphore>,
+    /// Run commands through a persistent remote shell (see [`executor`]) instead of a channel each.
+    persistent: AtomicBool,
+    /// The persistent shells: `[login user, root]`, started on first use and again if one ends.
+    executors: [tokio::sync::Mutex<Option<Arc<executor::Executor>>>; 2],
+    become_mode: OnceCell<Become>,
+    temp_dir: OnceCell<String>,
+    sftp: OnceCell<russh_sftp::client::SftpSession>,
+}
+
+impl Session {
+    /// Connects, checks the host key and logs in, all within `target.connect_timeout`.
+    pub async fn connect(target: Target) -> Result<Session, SshError> {
+        let after = target.connect_timeout;
+        match tokio::time::timeout(after, Self::connect_inner(target.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(SshError::ConnectTimeout {
+                host: target.host,
+                port: target.port,
+                after,
+            }),
+        }
+    }
+
+    async fn connect_inner(target: Target) -> Result<Session, SshError> {
+        let config = Arc::new(russh::client::Config {
+            // Without it every small packet waits for Nagle: ~45 ms more per command.
+            nodelay: true,
+            keepalive_interval: Some(target.keepalive),
+            keepalive_max: 3,
+            inactivity_timeout: None,
+            ..Default::default()
+        });
+        let seen = Arc::new(Mutex::new(None));
+        let client = Client {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+            policy: target.new_host_keys,
+            seen: seen.clone(),
+        };
+        let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
+        let seen = seen.lock().ok().and_then(|s| s.clone());
+        let mut handle = match connected {
+            Ok(handle) => handle,
+            Err(e) => return Err(connect_error(&target, e, seen)),
+        };
+        let fingerprint = seen.map(|(_, f)| f).unwrap_or_default();
+        authenticate(&mut handle, &target).await?;
+        Ok(Session {
+            inner: Arc::new(Inner {
+                target,
+                handle,
+                fingerprint,
+                channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
+                // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
+                persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
+                executors: Default::default(),
+                become_mode: OnceCell::new(),
+                temp_dir: OnceCell::new(),
+                sftp: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The node's host key fingerprint, `SHA256:...` as ssh-keygen shows it.
+    pub fn host_key_fingerprint(&self) -> String {
+        self.inner.fingerprint.clone()
+    }
+
+    /// The target this session was opened for.
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    /// Runs `cmd`; every complete line of stdout/stderr goes to `output` as soon as it arrives (a final
+    /// partial line too, `\r` trimmed, very long lines split at 64 KiB). Cancelling `cancel` or dropping
+    /// the future ends it promptly and kills the remote command.
+    pub async fn exec(
+        &self,
+        cmd: &Command,
+        output: &(dyn Fn(Stream, String) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<Exit, SshError> {
+        if let Some((name, _)) = cmd.env.iter().find(|(name, _)| !script::is_env_name(name)) {
+            return Err(SshError::Protocol(format!(
+                "`{name}` is not a valid environment variable name (use letters, digits and _)"
+            )));
+        }
+        if self.inner.persistent.load(Ordering::SeqCst)
+            && let Some(shell) = self.executor(cmd.become_, cancel).await?
+        {
+            return shell.run(cmd, output, cancel, |what| self.lost(what)).await;
+        }
+        let mut stdin = String::new();
+        let command = if cmd.become_ {
+            match self.become_mode(cancel).await? {
+                Become::Root => "sh -s",
+                Become::NoPassword => "sudo -n -- sh -s",
+                Become::Password => {
+                    // -k: sudo always asks, so the first line is always taken as the password (never run).
+                    stdin.push_str(self.sudo_password()?.expose());
+                    stdin.push('\n');
+                    "sudo -k -S -p '' -- sh -s"
+                }
+            }
+        } else {
+            "sh -s"
+        };
+        stdin.push_str(&script::wrap(&cmd.script, &cmd.env));
+        self.run(command, stdin.into_bytes(), false, output, cancel).await
+    }
+
+    /// Chooses between the persistent shell (default, faster) and one channel per command.
+    pub fn set_persistent_shell(&self, on: bool) {
+        self.inner.persistent.store(on, Ordering::SeqCst);
+    }
+
+    /// Closes the connection (after removing the session's temporary folder, if it made one).
+    pub async fn close(&self) {
+        if let Some(dir) = self.inner.temp_dir.get() {
+            let cmd = Command {
+                script: format!("rm -rf -- {}", script::quote(dir)),
+                ..Default::default()
+            };
+            let _ = self.exec(&cmd, &|_, _| {}, &CancellationToken::new()).await;
+        }
+        for slot in &self.inner.executors {
+            slot.lock().await.take();
+        }
+        let _ = self
+            .inner
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "kubeboot is done", "en")
+            .await;
+    }
+
+    /// The persistent shell for the login user or root, started when needed; None when the node
+    /// cannot host one (then every command gets its own channel).
+    async fn executor(
+        &self,
+        become_: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Arc<executor::Executor>>, SshError> {
+        let mut slot = self.inner.executors[usize::from(become_)].lock().await;
+        if let Some(shell) = slot.as_ref()
+            && shell.is_alive()
+        {
+            return Ok(Some(shell.clone()));
+        }
+        let mut prefix = Vec::new();
+        let command = if become_ {
+            match self.become_mode(cancel).await? {
+                Become::Root => "sh -s",
+                Become::NoPassword => "sudo -n -- sh -s",
+                Become::Password => {
+                    prefix.extend_from_slice(self.sudo_password()?.expose().as_bytes());
+                    prefix.push(b'\n');
+                    "sudo -k -S -p '' -- sh -s"
+                }
+            }
+        } else {
+            "sh -s"
+        };
+        let permit = tokio::select! {
+            p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, |w| self.lost(w));
+        let started = tokio::select! {
+            r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        // A shell that does not come up in time is treated like one the node cannot host.
+        let started = started.unwrap_or(Err(executor::StartError::Unsupported));
+        match started {
+            Ok(shell) => {
+                let shell = Arc::new(shell);
+                *slot = Some(shell.clone());
+                Ok(Some(shell))
+            }
+            Err(executor::StartError::Unsupported) => {
+                self.inner.persistent.store(false, Ordering::SeqCst);
+                Ok(None)
+            }
+            Err(executor::StartError::Ssh(e)) => Err(e),
+        }
+    }
+
+    fn sudo_password(&self) -> Result<&Secret, SshError> {
+        let t = &self.inner.target;
+        t.sudo_password.as_ref().or(t.password.as_ref()).ok_or_else(|| {
+            SshError::Sudo(format!(
+                "sudo on {} needs a password for {} but none is set — set sudo_password_env or sudo_password_file in the inventory",
+                t.node, t.user
+            ))
+        })
+    }
+
+    /// Finds out once how to become root: already root, sudo without password, or sudo with one
+    /// (checked, so a wrong password is one clear error instead of a failure in every task).
+    async fn become_mode(&self, cancel: &CancellationToken) -> Result<Become, SshError> {
+        self.inner
+            .become_mode
+            .get_or_try_init(|| async {
+                let probe = script::wrap(
+                    "id -u; if sudo -k -n true >/dev/null 2>&1; then echo nopasswd; else echo password; fi",
+                    &[],
+                );
+                let lines = Mutex::new(Vec::new());
+                let collect = |s: Stream, l: String| {
+                    if s == Stream::Stdout
+                        && let Ok(mut v) = lines.lock()
+                    {
+                        v.push(l);
+                    }
+                };
+                self.run("sh -s", probe.into_bytes(), false, &collect, cancel).await?;
+                let lines = lines.into_inner().unwrap_or_default();
+                let t = &self.inner.target;
+                if lines.first().map(String::as_str) == Some("0") {
+                    return Ok(Become::Root);
+                }
+                if lines.get(1).map(String::as_str) == Some("nopasswd") {
+                    return Ok(Become::NoPassword);
+                }
+                let mut stdin = self.sudo_password()?.expose().as_bytes().to_vec();
+                stdin.push(b'\n');
+                let errors = Mutex::new(Vec::new());
+                let collect = |s: Stream, l: String| {
+                    if s == Stream::Stderr
+                        && let Ok(mut v) = errors.lock()
+                    {
+                        v.push(l);
+                    }
+                };
+                let exit = self.run("sudo -k -S -p '' true", stdin, true, &collect, cancel).await?;
+                if exit.success() {
+                    return Ok(Become::Password);
+                }
+                let errors = errors.into_inner().unwrap_or_default().join(" ");
+                if errors.contains("not in the sudoers") || errors.contains("not allowed") {
+                    return Err(SshError::Sudo(format!(
+                        "{} may not use sudo on {} — add a sudoers rule for it, or log in as a user that may",
+                        t.user, t.node
+                    )));
+                }
+                Err(SshError::Sudo(format!(
+                    "sudo refused the password for {} on {} — check sudo_password_env / sudo_password_file in the inventory",
+                    t.user, t.node
+                )))
+            })
+            .await
+            .copied()
+    }
+
+    fn lost(&self, what: &str) -> SshError {
+        let t = &self.inner.target;
+        SshError::ConnectionLost(format!(
+            "connection to {} ({}) was lost {what} — check the node is up, then run again (finished tasks are skipped)",
+            t.node,
+            t.host_port()
+        ))
+    }
+
+    /// Runs `command` on a new channel with `stdin`, streaming its output. `eof` closes stdin after it;
+    /// commands run through [`script::wrap`] must keep it open, their watchdog kills them on EOF.
+    async fn run(
+        &self,
+        command: &str,
+        stdin: Vec<u8>,
+        eof: bool,
+        output: &(dyn Fn(Stream, String) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<Exit, SshError> {
+        let _permit = tokio::select! {
+            permit = self.inner.channels.acquire() => permit.map_err(|_| self.lost("(session closed)"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        if self.inner.handle.is_closed() {
+            return Err(self.lost("before the command could start"));
+        }
+        let channel = tokio::select! {
+            c = self.inner.handle.channel_open_session() => c.map_err(|_| self.lost("while opening a channel"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let (mut read, write) = channel.split();
+        let mut guard = CloseOnDrop(Some(write));
+        let Some(write) = guard.0.as_ref() else {
+            return Err(SshError::Protocol("channel already closed".into()));
+        };
+        write
+            .exec(true, command)
+            .await
+            .map_err(|_| self.lost("while starting a command"))?;
+        write
+            .data_bytes(stdin)
+            .await
+            .map_err(|_| self.lost("while sending a command"))?;
+        if eof {
+            write.eof().await.map_err(|_| self.lost("while sending a command"))?;
+        }
+
+        let mut out = LineBuffer::default();
+        let mut err = LineBuffer::default();
+        let mut exit = None;
+        loop {
+            let drain = async {
+                match exit {
+                    Some(_) => tokio::time::sleep(DRAIN_AFTER_EXIT).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    // Dropping the guard sends EOF and closes the channel: the watchdog kills the command.
+                    drop(guard);
+                    return Err(SshError::Cancelled);
+                }
+                msg = read.wait() => msg,
+                _ = drain => break,
+            };
+            match msg {
+                Some(ChannelMsg::Data { data }) => out.push(&data, &mut |l| output(Stream::Stdout, l)),
+                Some(ChannelMsg::ExtendedData { data, .. }) => err.push(&data, &mut |l| output(Stream::Stderr, l)),
+                Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(Exit::Code(exit_status as i32)),
+                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                    exit = Some(Exit::Signal(signal_name_of(&signal_name)))
+                }
+                Some(ChannelMsg::Failure) => {
+                    return Err(SshError::Protocol(format!(
+                        "{} refused to run a command (exec request failed) — check its sshd allows sessions for {}",
+                        self.inner.target.node, self.inner.target.user
+                    )));
+                }
+                Some(ChannelMsg::Close) => {
+                    guard.0 = None;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        out.finish(&mut |l| output(Stream::Stdout, l));
+        err.finish(&mut |l| output(Stream::Stderr, l));
+        exit.ok_or_else(|| self.lost("while a command ran"))
+    }
+}
+
+/// Sends EOF and closes the channel when dropped, unless disarmed: dropping the future of a running
+/// command must still kill it (the remote watchdog acts on EOF).
+struct CloseOnDrop(Option<russh::ChannelWriteHalf<russh::client::Msg>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(write) = self.0.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move {
+                let _ = write.eof().await;
+                let _ = write.close().await;
+            });
+        }
+    }
+}
+
+fn signal_name_of(sig: &russh::Sig) -> String {
+    let debug = format!("{sig:?}");
+    match debug.strip_prefix("Custom(\"").and_then(|s| s.strip_suffix("\")")) {
+        Some(name) => name.to_string(),
+        None => debug,
+    }
+}
+
+fn connect_error(target: &Target, e: russh::Error, seen: Option<(Verdict, String)>) -> SshError {
+    let host = target.host_port();
+    let known_hosts = target.known_hosts.display().to_string();
+    match seen {
+        Some((Verdict::Changed { line }, fingerprint)) => SshError::HostKeyChanged {
+            host,
+            path: known_hosts,
+            line,
+            fingerprint,
+        },
+        Some((Verdict::Unknown, fingerprint)) => SshError::HostKeyUnknown {
+            host,
+            fingerprint,
+            known_hosts,
+        },
+        Some((Verdict::Broken(reason), _)) => {
+            SshError::Protocol(format!("cannot check the host key of {host}: {reason}"))
+        }
+        Some((Verdict::Certificate, _)) => SshError::Protocol(format!(
+            "{host} presented a host certificate; kubeboot checks plain host keys only — configure a plain host key"
+        )),
+        _ => match e {
+            russh::Error::IO(source) => SshError::Connect {
+                host: target.host.clone(),
+                port: target.port,
+                source,
+            },
+            other => SshError::Protocol(format!(
+                "SSH handshake with {host} failed: {other} — check that an SSH server listens there"
+            )),
+        },
+    }
+}
+
+/// Logs in: the key file, then the agent's keys, then the password.
+async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<(), SshError> {
+    let user = target.user.as_str();
+    let mut tried = Vec::new();
+    let lost = |e: russh::Error| {
+        SshError::ConnectionLost(format!(
+            "connection to {} dropped during login: {e}",
+            target.host_port()
+        ))
+    };
+    if let Some(path) = &target.key {
+        let key = russh::keys::load_secret_key(path, None).map_err(|e| SshError::KeyFile {
+            path: path.display().to_string(),
+            reason: match e {
+                russh::keys::Error::KeyIsEncrypted => {
+                    "it is encrypted with a passphrase — load it into ssh-agent (ssh-add) and set agent = true".into()
+                }
+                other => format!("{other} — check the `key` path in the inventory"),
+            },
+        })?;
+        tried.push("publickey");
+        let hash = handle_rsa_hash(handle).await;
+        let result = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+            .await
+            .map_err(lost)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    if target.agent
+        && std::env::var_os("SSH_AUTH_SOCK").is_some()
+        && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+    {
+        tried.push("agent");
+        let identities = agent.request_identities().await.unwrap_or_default();
+        for identity in identities {
+            let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
+                continue;
+            };
+            let hash = handle_rsa_hash(handle).await;
+            if let Ok(AuthResult::Success) = handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+                return Ok(());
+            }
+        }
+    }
+    if let Some(password) = &target.password {
+        tried.push("password");
+        let result = handle
+            .authenticate_password(user, password.expose())
+            .await
+            .map_err(lost)?;
+        if result.success() {
+            return Ok(());
+        }
+    }
+    Err(SshError::Auth {
+        user: user.to_string(),
+        host: target.host_port(),
+        tried,
+    })
+}
+
+async fn handle_rsa_hash(handle: &Handle<Client>) -> Option<russh::keys::HashAlg> {
+    handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+}

@@ -1,0 +1,366 @@
+//! The persistent per-node shell: one long-lived `sh -s` per session (and one root shell for
+//! become, so sudo is paid once), to which each command is sent as a framed job instead of
+//! opening a channel (and for become, a sudo) per command.
+//!
+//! Each job runs in its own session and process group (`setsid`), with stdin `/dev/null`. Its
+//! stdout and stderr go through small line-prefixing loops, so every line the client reads is
+//! `<nonce> <id> <kind> <text>`: output can never pass for a control frame, and the per-session
+//! random nonce makes frames unforgeable by anything the job runs. Control frames, written by the
+//! shell itself to a descriptor the job does not have: `P pid` (started), `X code` (exited),
+//! `D` (all its output is flushed). Cancel writes `kill -s KILL -- -pgid` to the shell; when the shell's
+//! stdin ends (connection closed or lost) its EXIT trap kills every job still running.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use russh::ChannelMsg;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::script::{LineBuffer, quote};
+use super::{Command, DRAIN_AFTER_EXIT, Exit, SshError, Stream};
+
+/// What the shell reported for one job.
+enum Frame {
+    Line(Stream, String),
+    Exit(i32),
+    Done,
+    /// The shell (or the whole connection) went away.
+    Gone,
+}
+
+#[derive(Default)]
+struct Job {
+    frames: Option<mpsc::UnboundedSender<Frame>>,
+    pid: Option<u32>,
+    kill_when_started: bool,
+}
+
+/// One running remote shell that runs jobs.
+pub(crate) struct Executor {
+    nonce: String,
+    writes: mpsc::UnboundedSender<Vec<u8>>,
+    jobs: Arc<Mutex<HashMap<u64, Job>>>,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Why a shell could not be started; the caller falls back to one channel per command.
+pub(crate) enum StartError {
+    /// The node cannot host it (no `setsid`, no `mktemp`): use channels for this session.
+    Unsupported,
+    Ssh(SshError),
+}
+
+impl Executor {
+    /// Starts the shell with `command` (`sh -s` or a sudo of it) and `stdin_prefix` (the sudo password line).
+    pub(crate) async fn start(
+        handle: &russh::client::Handle<super::Client>,
+        permit: OwnedSemaphorePermit,
+        command: &str,
+        stdin_prefix: Vec<u8>,
+        lost: impl Fn(&str) -> SshError,
+    ) -> Result<Executor, StartError> {
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
+        let channel = handle
+            .channel_open_session()
+            .await
+            .map_err(|_| StartError::Ssh(lost("while opening a channel")))?;
+        let (mut read, write) = channel.split();
+        write
+            .exec(true, command)
+            .await
+            .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
+        let mut stdin = stdin_prefix;
+        stdin.extend_from_slice(prelude(&nonce).as_bytes());
+        write
+            .data_bytes(stdin)
+            .await
+            .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
+
+        // Wait for the ready frame before handing the shell out.
+        let mut buf = LineBuffer::default();
+        let ready = format!("{nonce} - R");
+        let unsupported = format!("{nonce} - U");
+        let mut state = None;
+        while state.is_none() {
+            match read.wait().await {
+                Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
+                    if l == ready {
+                        state = Some(true);
+                    } else if l == unsupported {
+                        state = Some(false);
+                    }
+                }),
+                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => state = Some(false),
+                Some(_) => {}
+            }
+        }
+        if state != Some(true) {
+            let _ = write.close().await;
+            return Err(StartError::Unsupported);
+        }
+
+        let (writes, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
+        let jobs: Arc<Mutex<HashMap<u64, Job>>> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        // The writer: one place that writes to the shell's stdin, so frames never interleave.
+        tokio::spawn(async move {
+            while let Some(bytes) = queue.recv().await {
+                if write.data_bytes(bytes).await.is_err() {
+                    break;
+                }
+            }
+            let _ = write.eof().await;
+            let _ = write.close().await;
+        });
+        // The reader: routes each frame to its job.
+        tokio::spawn({
+            let jobs = jobs.clone();
+            let alive = alive.clone();
+            let nonce = nonce.clone();
+            // Weak: the shell's stdin must close once every Executor handle is gone.
+            let writes = writes.downgrade();
+            async move {
+                let mut buf = buf;
+                loop {
+                    match read.wait().await {
+                        Some(ChannelMsg::Data { data }) => {
+                            buf.push(&data, &mut |l| route(&jobs, &nonce, &writes, &l));
+                        }
+                        Some(ChannelMsg::Close) | None => break,
+                        Some(_) => {}
+                    }
+                }
+                alive.store(false, Ordering::SeqCst);
+                if let Ok(mut jobs) = jobs.lock() {
+                    for (_, job) in jobs.drain() {
+                        if let Some(tx) = job.frames {
+                            let _ = tx.send(Frame::Gone);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Executor {
+            nonce,
+            writes,
+            jobs,
+            next_id: AtomicU64::new(1),
+            alive,
+            _permit: permit,
+        })
+    }
+
+    /// False once the shell has ended; a new one is started for the next command.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst) && !self.writes.is_closed()
+    }
+
+    /// Runs one command as a job; same contract as `Session::exec`.
+    pub(crate) async fn run(
+        &self,
+        cmd: &Command,
+        output: &(dyn Fn(Stream, String) + Send + Sync),
+        cancel: &CancellationToken,
+        lost: impl Fn(&str) -> SshError,
+    ) -> Result<Exit, SshError> {
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let (tx, mut frames) = mpsc::unbounded_channel();
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(
+                id,
+                Job {
+                    frames: Some(tx),
+                    ..Default::default()
+                },
+            );
+        }
+        if !self.is_alive() || self.writes.send(job_text(&self.nonce, id, cmd).into_bytes()).is_err() {
+            self.forget(id);
+            return Err(lost("before the command could start"));
+        }
+        let mut guard = KillOnDrop {
+            executor: self,
+            id,
+            armed: true,
+        };
+        let mut exit = None;
+        loop {
+            let drain = async {
+                match exit {
+                    Some(_) => tokio::time::sleep(DRAIN_AFTER_EXIT).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let frame = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(SshError::Cancelled),
+                f = frames.recv() => f,
+                _ = drain => break,
+            };
+            match frame {
+                Some(Frame::Line(stream, line)) => output(stream, line),
+                Some(Frame::Exit(code)) => exit = Some(Exit::Code(code)),
+                Some(Frame::Done) => break,
+                Some(Frame::Gone) | None => {
+                    guard.armed = false;
+                    return exit.ok_or_else(|| lost("while a command ran"));
+                }
+            }
+        }
+        guard.armed = false;
+        self.forget(id);
+        exit.ok_or_else(|| lost("while a command ran"))
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(&id);
+        }
+    }
+
+    /// Kills a job's process group now, or as soon as it reports its PID.
+    fn kill(&self, id: u64) {
+        let Ok(mut jobs) = self.jobs.lock() else { return };
+        let Some(job) = jobs.get_mut(&id) else { return };
+        job.frames = None;
+        match job.pid {
+            Some(pid) => {
+                let _ = self.writes.send(kill_text(pid).into_bytes());
+                jobs.remove(&id);
+            }
+            None => job.kill_when_started = true,
+        }
+    }
+}
+
+/// Kills the job when `run` ends early: cancelled, or its future dropped.
+struct KillOnDrop<'a> {
+    executor: &'a Executor,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.executor.kill(self.id);
+        }
+    }
+}
+
+fn kill_text(pid: u32) -> String {
+    format!("kill -s KILL -- -{pid} 2>/dev/null\n")
+}
+
+/// Handles one line from the shell: `<nonce> <id> <kind> [text]`. Lines without the nonce are not ours.
+fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboundedSender<Vec<u8>>, line: &str) {
+    let Some(rest) = line.strip_prefix(nonce).and_then(|r| r.strip_prefix(' ')) else {
+        return;
+    };
+    let mut parts = rest.splitn(3, ' ');
+    let (Some(id), Some(kind)) = (parts.next().and_then(|i| i.parse::<u64>().ok()), parts.next()) else {
+        return;
+    };
+    let text = parts.next().unwrap_or("");
+    let Ok(mut jobs) = jobs.lock() else { return };
+    let Some(job) = jobs.get_mut(&id) else { return };
+    let frame = match kind {
+        "O" => Frame::Line(Stream::Stdout, text.to_string()),
+        "E" => Frame::Line(Stream::Stderr, text.to_string()),
+        "X" => Frame::Exit(text.trim().parse().unwrap_or(-1)),
+        "D" => Frame::Done,
+        "P" => {
+            if let Ok(pid) = text.trim().parse::<u32>() {
+                job.pid = Some(pid);
+                if job.kill_when_started
+                    && let Some(writes) = writes.upgrade()
+                {
+                    let _ = writes.send(kill_text(pid).into_bytes());
+                    jobs.remove(&id);
+                }
+            }
+            return;
+        }
+        _ => return,
+    };
+    if let Some(tx) = &job.frames {
+        let _ = tx.send(frame);
+    }
+}
+
+/// What the shell runs first: its frame descriptor, its job folder and the EXIT trap that kills
+/// every job still running when the shell ends. Prints `U` when the node lacks what jobs need.
+fn prelude(nonce: &str) -> String {
+    format!(
+        "exec 4>&1\n\
+         if ! command -v setsid >/dev/null 2>&1; then echo '{nonce} - U'; exit 0; fi\n\
+         __kb_d=$(mktemp -d \"${{TMPDIR:-/tmp}}/kubeboot-jobs.XXXXXXXX\") || {{ echo '{nonce} - U'; exit 0; }}\n\
+         trap 'for f in \"$__kb_d\"/*.pid; do [ -f \"$f\" ] && kill -s KILL -- \"-$(cat \"$f\")\" 2>/dev/null; done; rm -rf \"$__kb_d\"' EXIT\n\
+         trap 'exit 143' HUP INT TERM\n\
+         __kb_pfx() {{ while IFS= read -r __kb_l || [ -n \"$__kb_l\" ]; do printf '%s %s\\n' \"$1\" \"$__kb_l\"; done; }}\n\
+         echo '{nonce} - R'\n"
+    )
+}
+
+/// One job, as shell text for the executor. The job's own script goes in a quoted here-document
+/// (no expansion) whose terminator holds the nonce, so no script line can end it early.
+fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
+    let tag = format!("{nonce} {id}");
+    let end = format!("__KB_{nonce}_{id}");
+    let mut inner = format!("echo \"{tag} P $$\" >&4; exec 4>&-; echo $$ > \"$__KB_D/{id}.pid\"; unset __KB_D\n");
+    for (name, value) in &cmd.env {
+        inner.push_str(&format!("export {name}={}\n", quote(value)));
+    }
+    inner.push_str("(\n");
+    inner.push_str(&cmd.script);
+    if !cmd.script.ends_with('\n') {
+        inner.push('\n');
+    }
+    inner.push_str(") </dev/null\n");
+    format!(
+        "{{ {{ {{ __KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n\
+         echo \"{tag} X $?\" >&4; }} 2>&1 1>&3 3>&- | __kb_pfx '{tag} E' >&4; }} 3>&1 | __kb_pfx '{tag} O' >&4; \
+         rm -f \"$__kb_d/{id}.pid\"; echo '{tag} D' >&4; }} </dev/null &\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_cannot_end_its_here_document_early() {
+        let cmd = Command {
+            script: "echo EOF\n__KB_x_1\n".into(),
+            ..Default::default()
+        };
+        let text = job_text("abc", 7, &cmd);
+        assert_eq!(text.matches("\n__KB_abc_7\n").count(), 1);
+        assert!(text.contains("<<'__KB_abc_7'"));
+    }
+
+    #[test]
+    fn lines_without_the_nonce_are_ignored_and_frames_reach_their_job() {
+        let jobs = Mutex::new(HashMap::new());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        jobs.lock().unwrap().insert(
+            3,
+            Job {
+                frames: Some(tx),
+                ..Default::default()
+            },
+        );
+        let (writes, _queue) = mpsc::unbounded_channel();
+        let writes = writes.downgrade();
+        route(&jobs, "n0nce", &writes, "fake 3 X 0");
+        route(&jobs, "n0nce", &writes, "n0nce 3 O X 0 looks like a frame");
+        route(&jobs, "n0nce", &writes, "n0nce 3 X 5");
+        assert!(matches!(rx.try_recv(), Ok(Frame::Line(Stream::Stdout, l)) if l == "X 0 looks like a frame"));
+        assert!(matches!(rx.try_recv(), Ok(Frame::Exit(5))));
+        assert!(rx.try_recv().is_err());
+    }
+}

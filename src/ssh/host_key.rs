@@ -1,0 +1,100 @@
+//! Host key checking against a known_hosts file, inside russh's handshake.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate, known_hosts};
+
+use crate::inventory::model::NewHostKeys;
+
+/// What the check found, kept so `connect` can turn russh's bare "key rejected" into a useful error.
+#[derive(Debug, Clone)]
+pub(crate) enum Verdict {
+    Known,
+    Learned,
+    Changed {
+        line: usize,
+    },
+    Unknown,
+    /// The file could not be read or written.
+    Broken(String),
+    Certificate,
+}
+
+/// The russh client handler: checks the server's key and remembers what it saw.
+pub(crate) struct Client {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) known_hosts: PathBuf,
+    pub(crate) policy: NewHostKeys,
+    /// `(verdict, SHA256 fingerprint)` once the server's key was seen.
+    pub(crate) seen: Arc<Mutex<Option<(Verdict, String)>>>,
+}
+
+impl russh::client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let (verdict, fingerprint) = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => (self.verdict(key), fingerprint(key)),
+            PublicKeyOrCertificate::Certificate(cert) => (
+                Verdict::Certificate,
+                cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
+            ),
+        };
+        let accept = matches!(verdict, Verdict::Known | Verdict::Learned);
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some((verdict, fingerprint));
+        }
+        Ok(accept)
+    }
+}
+
+impl Client {
+    fn verdict(&self, key: &PublicKey) -> Verdict {
+        match known_hosts::check_known_hosts_path(&self.host, self.port, key, &self.known_hosts) {
+            Ok(true) => Verdict::Known,
+            Err(russh::keys::Error::KeyChanged { line }) => Verdict::Changed { line },
+            Err(e) => Verdict::Broken(format!("cannot read {}: {e}", self.known_hosts.display())),
+            Ok(false) => match self.policy {
+                NewHostKeys::Refuse => Verdict::Unknown,
+                NewHostKeys::Accept => match self.learn(key) {
+                    Ok(()) => Verdict::Learned,
+                    Err(e) => Verdict::Broken(format!("cannot record the key in {}: {e}", self.known_hosts.display())),
+                },
+            },
+        }
+    }
+}
+
+impl Client {
+    /// Records the key. russh's helper starts an empty file with a blank line, so a new file is written here.
+    fn learn(&self, key: &PublicKey) -> Result<(), Box<dyn std::error::Error>> {
+        let empty = std::fs::metadata(&self.known_hosts)
+            .map(|m| m.len() == 0)
+            .unwrap_or(true);
+        if !empty {
+            return Ok(known_hosts::learn_known_hosts_path(
+                &self.host,
+                self.port,
+                key,
+                &self.known_hosts,
+            )?);
+        }
+        if let Some(parent) = self.known_hosts.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let host = if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        };
+        std::fs::write(&self.known_hosts, format!("{host} {}\n", key.to_openssh()?))?;
+        Ok(())
+    }
+}
+
+/// `SHA256:...`, as `ssh-keygen -l` shows it.
+pub(crate) fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}

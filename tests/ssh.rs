@@ -1,0 +1,569 @@
+//! The SSH layer against real OpenSSH servers from the local lab (needs root, sshd, sudo).
+//! Each test has its own loopback range 127.0.<n>.x and ports, so they run in parallel.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kubeboot::lab::{self, LabGuard, LabOptions};
+use kubeboot::secrets::Secret;
+use kubeboot::ssh::{Command, Exit, NewHostKeys, Session, SshError, Stream, Target};
+use tokio_util::sync::CancellationToken;
+
+/// A lab that goes away when the test ends (the guard stops sshd before the folder is removed).
+struct TestLab {
+    lab: LabGuard,
+    _dir: tempfile::TempDir,
+}
+
+fn start_lab(net: u8, nodes: usize) -> TestLab {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let opts = LabOptions {
+        dir: dir.path().to_path_buf(),
+        nodes,
+        first_address: Ipv4Addr::new(127, 0, net, 1),
+        first_port: 20000 + u16::from(net) * 10,
+    };
+    // Fails loudly (never skips) when sshd or sudo is missing or we are not root.
+    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
+    TestLab {
+        lab: LabGuard(lab),
+        _dir: dir,
+    }
+}
+
+fn target(t: &TestLab) -> Target {
+    t.lab.target("node-1").expect("node-1 exists")
+}
+
+async fn connect(t: &TestLab) -> Session {
+    Session::connect(target(t))
+        .await
+        .unwrap_or_else(|e| panic!("connect failed: {e}"))
+}
+
+fn cmd(script: &str) -> Command {
+    Command {
+        script: script.to_string(),
+        ..Default::default()
+    }
+}
+
+/// Runs a command and returns its exit and every output line.
+async fn run(s: &Session, c: &Command) -> (Result<Exit, SshError>, Vec<(Stream, String)>) {
+    let lines = Mutex::new(Vec::new());
+    let exit = s
+        .exec(
+            c,
+            &|stream, line| lines.lock().unwrap().push((stream, line)),
+            &CancellationToken::new(),
+        )
+        .await;
+    (exit, lines.into_inner().unwrap())
+}
+
+fn stdout(lines: &[(Stream, String)]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .map(|(_, l)| l.as_str())
+        .collect()
+}
+
+/// Whether any process on this machine has `needle` in its command line.
+fn process_running(needle: &str) -> bool {
+    let out = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.contains(needle) && !l.contains("ps -eo"))
+}
+
+async fn wait_until_gone(needle: &str) -> bool {
+    for _ in 0..100 {
+        if !process_running(needle) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_streams_lines_as_they_are_printed() {
+    let t = start_lab(31, 1);
+    let s = connect(&t).await;
+    let start = Instant::now();
+    let seen = Mutex::new(Vec::new());
+    let exit = s
+        .exec(
+            &cmd("echo a; sleep 1; echo b >&2; printf 'no newline'"),
+            &|stream, line| seen.lock().unwrap().push((stream, line, start.elapsed())),
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let end = start.elapsed();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(exit, Exit::Code(0));
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!((seen[0].0, seen[0].1.as_str()), (Stream::Stdout, "a"));
+    assert_eq!((seen[1].0, seen[1].1.as_str()), (Stream::Stderr, "b"));
+    assert_eq!(seen[2].1, "no newline");
+    assert!(
+        end - seen[0].2 >= Duration::from_millis(800),
+        "first line came late: {seen:?}, end {end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact() {
+    let t = start_lab(32, 1);
+    let s = connect(&t).await;
+    assert_eq!(run(&s, &cmd("exit 7")).await.0.unwrap(), Exit::Code(7));
+    assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
+
+    let value = "it's \"quoted\" $HOME `id`\nsecond line \\ end";
+    let c = Command {
+        script: "printf '%s\\n' \"$V\"".into(),
+        env: vec![("V".into(), value.into())],
+        become_: false,
+    };
+    let (exit, lines) = run(&s, &c).await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), value.lines().collect::<Vec<_>>());
+
+    let bad = Command {
+        env: vec![("A-B".into(), "x".into())],
+        ..cmd("true")
+    };
+    assert!(matches!(run(&s, &bad).await.0, Err(SshError::Protocol(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdin_of_the_user_command_is_empty() {
+    let t = start_lab(33, 1);
+    let s = connect(&t).await;
+    let (exit, lines) = run(
+        &s,
+        &cmd("if read -r x; then echo \"got $x\"; else echo empty; fi; cat; echo end"),
+    )
+    .await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), ["empty", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn become_runs_as_root_and_ps_never_shows_the_password() {
+    let t = start_lab(34, 1);
+    let password = lab::password(&t.lab.dir).unwrap();
+    let s = connect(&t).await;
+    let become_ = Command {
+        become_: true,
+        ..cmd("id -u; echo ready; sleep 2.34")
+    };
+    let watcher = tokio::spawn({
+        let password = password.expose().to_string();
+        async move {
+            let mut saw_sleep = false;
+            for _ in 0..40 {
+                let out = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                assert!(!text.contains(&password), "the sudo password shows in ps");
+                saw_sleep |= text.contains("sleep 2.34");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            saw_sleep
+        }
+    });
+    let (exit, lines) = run(&s, &become_).await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), ["0", "ready"]);
+    assert!(
+        watcher.await.unwrap(),
+        "ps never showed the command, so the check proved nothing"
+    );
+    let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    assert!(!all.iter().any(|l| l.contains(password.expose())));
+
+    // A second become in the same session works too (the password is sent each time, sudo is asked with -k).
+    let (exit, lines) = run(
+        &s,
+        &Command {
+            become_: true,
+            ..cmd("whoami")
+        },
+    )
+    .await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), ["root"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_sudo_password_is_a_clear_error() {
+    let t = start_lab(35, 1);
+    let mut target = target(&t);
+    target.sudo_password = Some(Secret::new("not-the-password"));
+    let s = Session::connect(target).await.unwrap();
+    let started = Instant::now();
+    let err = run(
+        &s,
+        &Command {
+            become_: true,
+            ..cmd("touch /tmp/kubeboot-should-not-exist")
+        },
+    )
+    .await
+    .0
+    .unwrap_err();
+    assert!(matches!(err, SshError::Sudo(_)), "{err:?}");
+    assert_eq!(
+        err.to_string().split(" — ").next().unwrap(),
+        "sudo refused the password for kblab on node-1"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_kills_the_remote_process() {
+    let t = start_lab(36, 1);
+    let s = connect(&t).await;
+    for (script, become_) in [("sleep 317", false), ("sleep 318", true)] {
+        let cancel = CancellationToken::new();
+        let c = Command { become_, ..cmd(script) };
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            trigger.cancel();
+        });
+        let watch = tokio::spawn({
+            let needle = script.to_string();
+            async move {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                process_running(&needle)
+            }
+        });
+        let started = Instant::now();
+        let result = s.exec(&c, &|_, _| {}, &cancel).await;
+        assert!(matches!(result, Err(SshError::Cancelled)), "{result:?}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert!(watch.await.unwrap(), "{script} never ran");
+        assert!(
+            wait_until_gone(script).await,
+            "{script} (become {become_}) still runs after cancel"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropping_the_exec_future_kills_the_remote_process() {
+    let t = start_lab(37, 1);
+    let s = connect(&t).await;
+    let c = cmd("sleep 327");
+    let result = tokio::time::timeout(
+        Duration::from_secs(1),
+        s.exec(&c, &|_, _| {}, &CancellationToken::new()),
+    )
+    .await;
+    assert!(result.is_err(), "the command should still have been running");
+    assert!(
+        wait_until_gone("sleep 327").await,
+        "the remote command outlived its dropped future"
+    );
+    // The session is still usable.
+    assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_sets_mode_and_owner_and_reports_an_unchanged_file() {
+    let t = start_lab(38, 1);
+    let s = connect(&t).await;
+    let root = &t.lab.node("node-1").unwrap().root;
+    let none = CancellationToken::new();
+
+    let plain = root.join("plain.conf");
+    let dest = plain.to_str().unwrap();
+    assert!(s.upload(dest, b"a=1\n", 0o640, None, false, &none).await.unwrap());
+    assert_eq!(std::fs::read(&plain).unwrap(), b"a=1\n");
+    assert_eq!(std::fs::metadata(&plain).unwrap().mode() & 0o7777, 0o640);
+    assert!(
+        !s.upload(dest, b"a=1\n", 0o640, None, false, &none).await.unwrap(),
+        "same file: unchanged"
+    );
+    assert!(
+        s.upload(dest, b"a=1\n", 0o600, None, false, &none).await.unwrap(),
+        "mode differs: changed"
+    );
+    assert!(
+        s.upload(dest, b"a=2\n", 0o600, None, false, &none).await.unwrap(),
+        "content differs: changed"
+    );
+
+    let owned = root.join("root-owned.conf");
+    let dest = owned.to_str().unwrap();
+    assert!(
+        s.upload(dest, b"x\n", 0o644, Some("root:root"), true, &none)
+            .await
+            .unwrap()
+    );
+    let meta = std::fs::metadata(&owned).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, 0, 0o644));
+    assert!(
+        !s.upload(dest, b"x\n", 0o644, Some("root:root"), true, &none)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.upload(dest, b"x\n", 0o644, Some("kblab"), true, &none).await.unwrap(),
+        "owner differs: changed"
+    );
+    assert_eq!(std::fs::read(&owned).unwrap(), b"x\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_into_a_missing_folder_is_a_clear_error() {
+    let t = start_lab(39, 1);
+    let s = connect(&t).await;
+    let dest = t.lab.node("node-1").unwrap().root.join("no/such/dir/f");
+    let err = s
+        .upload(
+            dest.to_str().unwrap(),
+            b"x",
+            0o644,
+            None,
+            false,
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SshError::Upload { .. }), "{err:?}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    let err = s
+        .upload("/proc/kubeboot-x", b"x", 0o644, None, false, &CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SshError::Upload { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_host_key_is_refused_naming_the_known_hosts_line() {
+    let t = start_lab(40, 2);
+    let good = std::fs::read_to_string(t.lab.dir.join("known_hosts")).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    // Line 2 claims node-1 has node-2's key.
+    let node2_key = lines[1].split_once(' ').unwrap().1;
+    let node1 = t.lab.node("node-1").unwrap();
+    let forged = format!("{}\n[{}]:{} {node2_key}\n", lines[1], node1.address, node1.port);
+    let path = t.lab.dir.join("forged_known_hosts");
+    std::fs::write(&path, forged).unwrap();
+    for policy in [NewHostKeys::Refuse, NewHostKeys::Accept] {
+        let mut target = target(&t);
+        target.known_hosts = path.clone();
+        target.new_host_keys = policy;
+        let err = Session::connect(target)
+            .await
+            .err()
+            .expect("a changed key must be refused");
+        match &err {
+            SshError::HostKeyChanged { line, .. } => assert_eq!(*line, 2),
+            other => panic!("expected HostKeyChanged, got {other:?}"),
+        }
+        assert!(err.to_string().contains("ssh-keygen -R"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_host_key_shows_its_fingerprint_and_is_recorded_when_accepted() {
+    let t = start_lab(41, 1);
+    let host_pub = t.lab.dir.join("nodes/node-1/ssh_host_ed25519_key.pub");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&host_pub)
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&keygen.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(expected.starts_with("SHA256:"));
+
+    let path = t.lab.dir.join("empty_known_hosts");
+    let mut target = target(&t);
+    target.known_hosts = path.clone();
+    let err = Session::connect(target.clone())
+        .await
+        .err()
+        .expect("an unknown key must be refused");
+    match &err {
+        SshError::HostKeyUnknown { fingerprint, .. } => assert_eq!(fingerprint, &expected),
+        other => panic!("expected HostKeyUnknown, got {other:?}"),
+    }
+    assert!(err.to_string().contains("--accept-new-host-keys"));
+
+    target.new_host_keys = NewHostKeys::Accept;
+    let s = Session::connect(target.clone()).await.unwrap();
+    assert_eq!(s.host_key_fingerprint(), expected);
+    let node = t.lab.node("node-1").unwrap();
+    let recorded = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        recorded.starts_with(&format!("[{}]:{} ssh-ed25519 ", node.address, node.port)),
+        "{recorded}"
+    );
+
+    target.new_host_keys = NewHostKeys::Refuse;
+    Session::connect(target).await.expect("the recorded key is now known");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_and_password_logins_both_work_and_a_wrong_password_fails_fast() {
+    let t = start_lab(42, 1);
+    let password = lab::password(&t.lab.dir).unwrap();
+    connect(&t).await;
+
+    let mut by_password = target(&t);
+    by_password.key = None;
+    by_password.password = Some(password);
+    let s = Session::connect(by_password.clone()).await.unwrap();
+    assert_eq!(run(&s, &cmd("whoami")).await.1[0].1, "kblab");
+
+    by_password.password = Some(Secret::new("wrong-password"));
+    let started = Instant::now();
+    let err = Session::connect(by_password)
+        .await
+        .err()
+        .expect("a wrong password must fail");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    match &err {
+        SshError::Auth { user, tried, .. } => {
+            assert_eq!((user.as_str(), tried.as_slice()), ("kblab", &["password"][..]))
+        }
+        other => panic!("expected Auth, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_key_file_is_a_clear_error() {
+    let t = start_lab(43, 1);
+    let key = t.lab.dir.join("encrypted_key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "secret-passphrase", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut target = target(&t);
+    target.key = Some(key);
+    let err = Session::connect(target)
+        .await
+        .err()
+        .expect("an encrypted key cannot be used");
+    assert!(matches!(err, SshError::KeyFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("ssh-add"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_commands_share_one_connection() {
+    let t = start_lab(44, 1);
+    let s = connect(&t).await;
+    for i in 0..20 {
+        let (exit, lines) = run(&s, &cmd(&format!("echo {i}"))).await;
+        assert_eq!(exit.unwrap(), Exit::Code(0));
+        assert_eq!(stdout(&lines), [i.to_string()]);
+    }
+    // Ten at once, more than MaxSessions would allow without the channel limit.
+    let mut all = Vec::new();
+    for _ in 0..12 {
+        let s = s.clone();
+        all.push(tokio::spawn(async move {
+            run(&s, &cmd("sleep 0.3; echo ok")).await.0.unwrap()
+        }));
+    }
+    for h in all {
+        assert_eq!(h.await.unwrap(), Exit::Code(0));
+    }
+    let log = std::fs::read_to_string(t.lab.sshd_log("node-1")).unwrap();
+    assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
+    let t = start_lab(45, 2);
+    let s = connect(&t).await;
+    let dir = t.lab.dir.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        lab::kill_node(&dir, "node-1").unwrap();
+    });
+    let started = Instant::now();
+    let err = run(&s, &cmd("sleep 30")).await.0.unwrap_err();
+    assert!(matches!(err, SshError::ConnectionLost(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(
+        run(&s, &cmd("true")).await.0,
+        Err(SshError::ConnectionLost(_))
+    ));
+
+    // A frozen node (SIGSTOP) is found dead by the keepalives.
+    let mut target = t.lab.target("node-2").unwrap();
+    target.keepalive = Duration::from_millis(500);
+    let s = Session::connect(target).await.unwrap();
+    lab::pause_node(&t.lab.dir, "node-2").unwrap();
+    let started = Instant::now();
+    let err = run(&s, &cmd("true")).await.0.unwrap_err();
+    lab::resume_node(&t.lab.dir, "node-2").unwrap();
+    assert!(matches!(err, SshError::ConnectionLost(_)), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
+    let t = start_lab(46, 2);
+    let text = std::fs::read_to_string(&t.lab.inventory).unwrap();
+    assert!(text.contains("user = \"kblab\""));
+    assert!(text.contains("role = \"central\""));
+    assert!(text.contains("port = 20461"));
+    assert!(text.contains("lab_root = "));
+    let again = LabOptions {
+        dir: t.lab.dir.clone(),
+        nodes: 1,
+        first_address: Ipv4Addr::new(127, 0, 46, 1),
+        first_port: 20460,
+    };
+    assert!(matches!(lab::up(&again), Err(lab::LabError::AlreadyRunning(_))));
+
+    lab::stop_node(&t.lab.dir, "node-1").unwrap();
+    assert!(matches!(
+        Session::connect(target(&t)).await,
+        Err(SshError::Connect { .. })
+    ));
+    lab::start_node(&t.lab.dir, "node-1").unwrap();
+    connect(&t).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_small_commands_on_one_node_run_quickly() {
+    let t = start_lab(47, 1);
+    let s = connect(&t).await;
+    for become_ in [false, true] {
+        let c = Command { become_, ..cmd("true") };
+        run(&s, &c).await.0.unwrap();
+        let started = Instant::now();
+        for _ in 0..50 {
+            assert_eq!(run(&s, &c).await.0.unwrap(), Exit::Code(0));
+        }
+        let took = started.elapsed();
+        println!("50 x true (become {become_}): {took:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "50 x true (become {become_}) took {took:?}"
+        );
+    }
+}
