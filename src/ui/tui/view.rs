@@ -139,6 +139,10 @@ fn stage_column_width(width: u16, app: &App) -> u16 {
     if stages == 0 {
         return 0;
     }
+    if width < 100 {
+        // On a small terminal the node list's stage/task text matters more than stage names: one symbol a stage.
+        return 2;
+    }
     let longest = app.stages.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u16;
     let budget = (width * 2 / 5).saturating_sub(2) / stages;
     (longest + 1).min(12).min(budget).max(2)
@@ -209,6 +213,17 @@ fn truncate(text: &str, width: usize) -> String {
     }
     let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
     out.push('…');
+    out
+}
+
+/// Keeps the end of `text` (the file name of a long path), marking the cut with `…`.
+fn truncate_left(text: &str, width: usize) -> String {
+    let count = text.chars().count();
+    if count <= width {
+        return text.to_string();
+    }
+    let mut out = String::from("…");
+    out.extend(text.chars().skip(count + 1 - width.max(1)));
     out
 }
 
@@ -760,7 +775,7 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let failure_rows = if failed.is_empty() {
         0
     } else {
-        (failed.len() as u16 + 2).min(area.height / 4)
+        (failed.len() as u16 * 2 + 2).min(area.height / 3)
     };
     let [intro_area, table_area, failures_area, footer_area] = Layout::vertical([
         Constraint::Length(4),
@@ -787,6 +802,11 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .max()
         .unwrap_or(4)
         .clamp(4, 18) as u16;
+    // Short count headers on a small terminal leave room for the log path, which matters more.
+    let wide = table_area.width >= 100;
+    let (ok_w, changed_w, skipped_w, failed_w) = if wide { (3, 7, 7, 6) } else { (3, 4, 4, 4) };
+    let fixed = 1 + name_width + 9 + ok_w + changed_w + skipped_w + failed_w + 6 + 8 + 2;
+    let log_width = table_area.width.saturating_sub(fixed) as usize;
     let rows = app
         .nodes
         .iter()
@@ -795,16 +815,17 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .take(rows_visible)
         .map(|(i, node)| {
             let c = node.counts();
+            let log = app.log_path(&node.name).display().to_string();
             let row = Row::new(vec![
                 Span::styled(node_symbol(node.state), theme.node_state(node.state)),
                 Span::raw(node.name.clone()),
                 Span::styled(result_word(node.state), theme.node_state(node.state)),
-                Span::raw(format!("{:>3}", c.ok)),
-                Span::raw(format!("{:>7}", c.changed)),
-                Span::raw(format!("{:>7}", c.skipped)),
-                Span::raw(format!("{:>6}", c.failed)),
+                Span::raw(format!("{:>w$}", c.ok, w = ok_w as usize)),
+                Span::raw(format!("{:>w$}", c.changed, w = changed_w as usize)),
+                Span::raw(format!("{:>w$}", c.skipped, w = skipped_w as usize)),
+                Span::raw(format!("{:>w$}", c.failed, w = failed_w as usize)),
                 Span::raw(node.elapsed_ms(app.now_ms).map(format_duration).unwrap_or_default()),
-                Span::styled(app.log_path(&node.name).display().to_string(), theme.dim()),
+                Span::styled(truncate_left(&log, log_width), theme.dim()),
             ]);
             if i == app.selected {
                 row.style(Style::new().add_modifier(Modifier::REVERSED))
@@ -812,26 +833,28 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 row
             }
         });
+    let header = if wide {
+        vec![
+            "", "node", "result", " ok", "changed", "skipped", "failed", "time", "log",
+        ]
+    } else {
+        vec!["", "node", "result", " ok", " chg", "skip", "fail", "time", "log"]
+    };
     let table = Table::new(
         rows,
         [
             Constraint::Length(1),
             Constraint::Length(name_width),
             Constraint::Length(9),
-            Constraint::Length(3),
-            Constraint::Length(7),
-            Constraint::Length(7),
-            Constraint::Length(6),
+            Constraint::Length(ok_w),
+            Constraint::Length(changed_w),
+            Constraint::Length(skipped_w),
+            Constraint::Length(failed_w),
             Constraint::Length(6),
             Constraint::Fill(1),
         ],
     )
-    .header(
-        Row::new(vec![
-            "", "node", "result", " ok", "changed", "skipped", "failed", "time", "log",
-        ])
-        .style(theme.bold()),
-    )
+    .header(Row::new(header).style(theme.bold()))
     .block(Block::bordered().title(" nodes ").border_style(theme.border(false)));
     frame.render_widget(table, table_area);
 
@@ -842,7 +865,9 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .map(|node| Line::styled(failure_text(node), red))
             .collect();
         frame.render_widget(
-            Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(" failures ").border_style(red)),
+            Paragraph::new(lines)
+                .wrap(Wrap { trim: false })
+                .block(Block::new().borders(Borders::ALL).title(" failures ").border_style(red)),
             failures_area,
         );
     }
