@@ -36,11 +36,20 @@ fn outline(node: &str) -> NodeOutline {
 }
 
 fn status() -> impl Strategy<Value = TaskStatus> {
-    prop_oneof![Just(TaskStatus::Ok), Just(TaskStatus::Changed), Just(TaskStatus::Skipped), Just(TaskStatus::Failed)]
+    prop_oneof![
+        Just(TaskStatus::Ok),
+        Just(TaskStatus::Changed),
+        Just(TaskStatus::Skipped),
+        Just(TaskStatus::Failed)
+    ]
 }
 
 fn node_status() -> impl Strategy<Value = NodeStatus> {
-    prop_oneof![Just(NodeStatus::Ok), Just(NodeStatus::Failed), Just(NodeStatus::Cancelled)]
+    prop_oneof![
+        Just(NodeStatus::Ok),
+        Just(NodeStatus::Failed),
+        Just(NodeStatus::Cancelled)
+    ]
 }
 
 /// Events about a few nodes (one not in the plan), stages and tasks (one not in the plan), in any order.
@@ -55,9 +64,19 @@ fn event() -> impl Strategy<Value = Event> {
             nodes: NODES.iter().map(|n| outline(n)).collect(),
             dry_run: false,
         }),
-        node.clone().prop_map(|node| Event::NodeConnecting { node, address: String::new() }),
+        node.clone().prop_map(|node| Event::NodeConnecting {
+            node,
+            address: String::new()
+        }),
         (node.clone(), stage.clone(), task.clone(), 1u32..4).prop_map(|(node, stage, task, attempt)| {
-            Event::TaskStarted { node, stage, task, index: 0, total: 6, attempt }
+            Event::TaskStarted {
+                node,
+                stage,
+                task,
+                index: 0,
+                total: 6,
+                attempt,
+            }
         }),
         (node.clone(), ".{0,40}", any::<bool>()).prop_map(|(node, line, err)| Event::Output {
             node,
@@ -138,7 +157,12 @@ fn step() -> impl Strategy<Value = Step> {
 
 fn new_app() -> App {
     let nodes: Vec<NodeOutline> = NODES.iter().map(|n| outline(n)).collect();
-    let mut app = App::new("r", STAGES.iter().map(|s| s.to_string()).collect(), &nodes, PathBuf::from("logs"));
+    let mut app = App::new(
+        "r",
+        STAGES.iter().map(|s| s.to_string()).collect(),
+        &nodes,
+        PathBuf::from("logs"),
+    );
     let _ = app.act(Action::Start, 10);
     app
 }
@@ -147,13 +171,20 @@ fn assert_consistent(app: &App) {
     let (done, total) = app.task_progress();
     assert!(done <= total, "{done} done of {total}");
     for node in &app.nodes {
-        assert!(node.tasks_done() + node.tasks_failed() <= node.tasks_total(), "{}", node.name);
+        assert!(
+            node.tasks_done() + node.tasks_failed() <= node.tasks_total(),
+            "{}",
+            node.name
+        );
         assert!(node.output.len() <= OUTPUT_LINES_PER_NODE);
         assert!(node.current.is_none_or(|i| i < node.tasks.len()));
     }
     assert!(app.nodes.is_empty() || app.selected < app.nodes.len());
     let tally = app.node_tally();
-    assert_eq!(tally.waiting + tally.running + tally.done + tally.failed + tally.cancelled, app.nodes.len());
+    assert_eq!(
+        tally.waiting + tally.running + tally.done + tally.failed + tally.cancelled,
+        app.nodes.len()
+    );
 }
 
 proptest! {
@@ -222,10 +253,16 @@ fn keys_map_to_actions_by_screen_and_dialog() {
     assert_eq!(keys::action_for(&key(KeyCode::Enter), &app), Some(Action::ToggleFocus));
     assert_eq!(keys::action_for(&key(KeyCode::PageUp), &app), Some(Action::PageUp));
     assert_eq!(keys::action_for(&key(KeyCode::End), &app), Some(Action::End));
-    assert_eq!(keys::action_for(&key(KeyCode::Char('f')), &app), Some(Action::ToggleFollow));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('f')), &app),
+        Some(Action::ToggleFollow)
+    );
     assert_eq!(keys::action_for(&key(KeyCode::Char('r')), &app), Some(Action::Retry));
     assert_eq!(keys::action_for(&key(KeyCode::Char('q')), &app), Some(Action::AskQuit));
-    assert_eq!(keys::action_for(&key(KeyCode::Char('?')), &app), Some(Action::ToggleHelp));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('?')), &app),
+        Some(Action::ToggleHelp)
+    );
     assert_eq!(keys::action_for(&ctrl_c, &app), Some(Action::Interrupt));
     let wheel = InputEvent::Mouse(crossterm::event::MouseEvent {
         kind: crossterm::event::MouseEventKind::ScrollUp,
@@ -233,10 +270,16 @@ fn keys_map_to_actions_by_screen_and_dialog() {
         row: 0,
         modifiers: KeyModifiers::NONE,
     });
-    assert_eq!(keys::action_for(&wheel, &app), Some(Action::ScrollUp(keys::WHEEL_LINES)));
+    assert_eq!(
+        keys::action_for(&wheel, &app),
+        Some(Action::ScrollUp(keys::WHEEL_LINES))
+    );
 
     app.quit_confirm = true;
-    assert_eq!(keys::action_for(&key(KeyCode::Char('y')), &app), Some(Action::ConfirmQuit));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('y')), &app),
+        Some(Action::ConfirmQuit)
+    );
     assert_eq!(keys::action_for(&key(KeyCode::Char('n')), &app), Some(Action::Dismiss));
     assert_eq!(keys::action_for(&key(KeyCode::Char('j')), &app), None);
 

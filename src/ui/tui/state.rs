@@ -1043,7 +1043,11 @@ mod tests {
     use super::*;
 
     fn plan(node: &str) -> NodeOutline {
-        let task = |stage: &str, task: &str| TaskOutline { stage: stage.into(), task: task.into(), skip: None };
+        let task = |stage: &str, task: &str| TaskOutline {
+            stage: stage.into(),
+            task: task.into(),
+            skip: None,
+        };
         NodeOutline {
             node: node.into(),
             cluster: Some("c1".into()),
@@ -1053,13 +1057,25 @@ mod tests {
     }
 
     fn app() -> App {
-        let mut app = App::new("run", vec!["prep".into(), "install".into()], &[plan("n1"), plan("n2")], "logs".into());
+        let mut app = App::new(
+            "run",
+            vec!["prep".into(), "install".into()],
+            &[plan("n1"), plan("n2")],
+            "logs".into(),
+        );
         let _ = app.act(Action::Start, 10);
         app
     }
 
     fn started(node: &str, stage: &str, task: &str) -> Event {
-        Event::TaskStarted { node: node.into(), stage: stage.into(), task: task.into(), index: 0, total: 3, attempt: 1 }
+        Event::TaskStarted {
+            node: node.into(),
+            stage: stage.into(),
+            task: task.into(),
+            index: 0,
+            total: 3,
+            attempt: 1,
+        }
     }
 
     fn finished(node: &str, stage: &str, task: &str, status: TaskStatus) -> Event {
@@ -1077,7 +1093,13 @@ mod tests {
     }
 
     fn node_finished(node: &str, status: NodeStatus) -> Event {
-        Event::NodeFinished { node: node.into(), status, error: None, counts: Counts::default(), duration_ms: 9 }
+        Event::NodeFinished {
+            node: node.into(),
+            status,
+            error: None,
+            counts: Counts::default(),
+            duration_ms: 9,
+        }
     }
 
     fn run_finished() -> Event {
@@ -1131,12 +1153,22 @@ mod tests {
     fn a_failed_task_keeps_its_exit_code_and_last_lines() {
         let mut app = app();
         app.apply(&started("n1", "prep", "a"), 1);
-        app.apply(&Event::Output { node: "n1".into(), stream: Stream::Stderr, line: "boom".into() }, 1);
+        app.apply(
+            &Event::Output {
+                node: "n1".into(),
+                stream: Stream::Stderr,
+                line: "boom".into(),
+            },
+            1,
+        );
         app.apply(&finished("n1", "prep", "a", TaskStatus::Failed), 2);
         app.apply(&node_finished("n1", NodeStatus::Failed), 3);
         let node = &app.nodes[0];
         assert_eq!(node.state, NodeState::Failed);
-        let failure = node.failure.as_ref().map(|f| (f.exit_code, f.task.clone(), f.last_lines.last().cloned()));
+        let failure = node
+            .failure
+            .as_ref()
+            .map(|f| (f.exit_code, f.task.clone(), f.last_lines.last().cloned()));
         assert_eq!(failure, Some((Some(2), Some("a".into()), Some("boom".into()))));
         assert_eq!(node.stage_cell("prep"), StageCell::Failed);
     }
@@ -1147,7 +1179,10 @@ mod tests {
         assert_eq!(app.act(Action::Retry, 10), None);
         app.apply(&finished("n1", "prep", "a", TaskStatus::Failed), 2);
         app.apply(&node_finished("n1", NodeStatus::Failed), 3);
-        assert_eq!(app.act(Action::Retry, 10), Some(Effect::Control(Control::Retry { node: "n1".into() })));
+        assert_eq!(
+            app.act(Action::Retry, 10),
+            Some(Effect::Control(Control::Retry { node: "n1".into() }))
+        );
         assert!(app.nodes[0].retry_requested);
         app.apply(&started("n1", "prep", "a"), 4);
         let node = &app.nodes[0];
@@ -1197,14 +1232,28 @@ mod tests {
     fn scrolling_up_pauses_follow_and_reaching_the_end_resumes_it() {
         let mut app = app();
         for i in 0..100 {
-            app.apply(&Event::Output { node: "n1".into(), stream: Stream::Stdout, line: format!("{i}") }, 1);
+            app.apply(
+                &Event::Output {
+                    node: "n1".into(),
+                    stream: Stream::Stdout,
+                    line: format!("{i}"),
+                },
+                1,
+            );
         }
         assert_eq!(app.output_top(10), 90);
         let _ = app.act(Action::PageUp, 10);
         assert!(!app.follow);
         assert_eq!(app.output_top(10), 81);
         // New output does not move a paused pane.
-        app.apply(&Event::Output { node: "n1".into(), stream: Stream::Stdout, line: "new".into() }, 2);
+        app.apply(
+            &Event::Output {
+                node: "n1".into(),
+                stream: Stream::Stdout,
+                line: "new".into(),
+            },
+            2,
+        );
         assert_eq!(app.output_top(10), 81);
         let _ = app.act(Action::Home, 10);
         assert_eq!(app.output_top(10), 0);
@@ -1229,8 +1278,18 @@ mod tests {
         let mut app = app();
         app.apply(&finished("n1", "prep", "a", TaskStatus::Ok), 1);
         let mut replan = plan("n1");
-        replan.tasks.push(TaskOutline { stage: "install".into(), task: "d".into(), skip: None });
-        app.apply(&Event::NodePlanned { node: "n1".into(), plan: replan }, 2);
+        replan.tasks.push(TaskOutline {
+            stage: "install".into(),
+            task: "d".into(),
+            skip: None,
+        });
+        app.apply(
+            &Event::NodePlanned {
+                node: "n1".into(),
+                plan: replan,
+            },
+            2,
+        );
         assert_eq!(app.nodes[0].tasks_total(), 4);
         assert_eq!(app.nodes[0].tasks_done(), 1);
     }
@@ -1261,7 +1320,13 @@ mod tests {
     #[test]
     fn elapsed_times_come_from_the_times_given() {
         let mut app = app();
-        app.apply(&Event::NodeConnecting { node: "n1".into(), address: String::new() }, 1_000);
+        app.apply(
+            &Event::NodeConnecting {
+                node: "n1".into(),
+                address: String::new(),
+            },
+            1_000,
+        );
         app.tick(61_000);
         assert_eq!(app.nodes[0].elapsed_ms(app.now_ms), Some(60_000));
         assert_eq!(format_duration(60_000), "1m00s");
