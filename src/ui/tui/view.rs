@@ -152,7 +152,10 @@ fn matrix_width(width: u16, app: &App) -> u16 {
     if app.stages.is_empty() {
         return 0;
     }
-    (stage_column_width(width, app) * app.stages.len() as u16 + 2).min(width / 2)
+    // At least wide enough for its " stages " title.
+    (stage_column_width(width, app) * app.stages.len() as u16 + 2)
+        .max(10)
+        .min(width / 2)
 }
 
 /// First node row shown in a list `rows` high so the selection stays visible.
