@@ -1,1 +1,3 @@
 //! Frontends: the TUI on a terminal, the headless printer otherwise.
+
+pub mod tui;

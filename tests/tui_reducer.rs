@@ -1,0 +1,291 @@
+//! Property tests of the TUI reducer: any sequence of events and keys, in any order, never panics, keeps the
+//! counts consistent and draws at any terminal size.
+
+use std::path::PathBuf;
+
+use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyModifiers};
+use kubeboot::engine::Control;
+use kubeboot::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
+use kubeboot::ui::tui::keys::{self, Action, Effect};
+use kubeboot::ui::tui::state::{App, OUTPUT_LINES_PER_NODE, Screen};
+use kubeboot::ui::tui::view;
+use proptest::prelude::*;
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+const STAGES: [&str; 2] = ["prep", "install"];
+const TASKS: [&str; 3] = ["a", "b", "c"];
+
+fn outline(node: &str) -> NodeOutline {
+    NodeOutline {
+        node: node.into(),
+        cluster: Some("c1".into()),
+        address: "127.0.0.1:22".into(),
+        tasks: STAGES
+            .iter()
+            .flat_map(|s| TASKS.iter().map(move |t| (s, t)))
+            .enumerate()
+            .map(|(i, (s, t))| TaskOutline {
+                stage: s.to_string(),
+                task: t.to_string(),
+                skip: (i == 0).then_some(SkipReason::Done),
+            })
+            .collect(),
+    }
+}
+
+fn status() -> impl Strategy<Value = TaskStatus> {
+    prop_oneof![
+        Just(TaskStatus::Ok),
+        Just(TaskStatus::Changed),
+        Just(TaskStatus::Skipped),
+        Just(TaskStatus::Failed)
+    ]
+}
+
+fn node_status() -> impl Strategy<Value = NodeStatus> {
+    prop_oneof![
+        Just(NodeStatus::Ok),
+        Just(NodeStatus::Failed),
+        Just(NodeStatus::Cancelled)
+    ]
+}
+
+/// Events about a few nodes (one not in the plan), stages and tasks (one not in the plan), in any order.
+fn event() -> impl Strategy<Value = Event> {
+    let node = prop::sample::select(vec!["n1", "n2", "n3", "stranger"]).prop_map(String::from);
+    let stage = prop::sample::select(vec!["prep", "install", "extra"]).prop_map(String::from);
+    let task = prop::sample::select(vec!["a", "b", "c", "d"]).prop_map(String::from);
+    prop_oneof![
+        Just(Event::RunStarted {
+            run_id: "r".into(),
+            stages: STAGES.iter().map(|s| s.to_string()).collect(),
+            nodes: NODES.iter().map(|n| outline(n)).collect(),
+            dry_run: false,
+        }),
+        node.clone().prop_map(|node| Event::NodeConnecting {
+            node,
+            address: String::new()
+        }),
+        (node.clone(), stage.clone(), task.clone(), 1u32..4).prop_map(|(node, stage, task, attempt)| {
+            Event::TaskStarted {
+                node,
+                stage,
+                task,
+                index: 0,
+                total: 6,
+                attempt,
+            }
+        }),
+        (node.clone(), ".{0,40}", any::<bool>()).prop_map(|(node, line, err)| Event::Output {
+            node,
+            stream: if err { Stream::Stderr } else { Stream::Stdout },
+            line
+        }),
+        (node.clone(), stage.clone(), task.clone()).prop_map(|(node, stage, task)| Event::TaskRetrying {
+            node,
+            stage,
+            task,
+            attempt: 1,
+            error: "timeout".into(),
+            delay_ms: 2000
+        }),
+        (node.clone(), stage, task, status(), any::<Option<i32>>()).prop_map(|(node, stage, task, status, code)| {
+            Event::TaskFinished {
+                node,
+                stage,
+                task,
+                status,
+                reason: (status == TaskStatus::Skipped).then_some(SkipReason::Done),
+                fingerprint: String::new(),
+                exit_code: code,
+                error: None,
+                duration_ms: 3,
+            }
+        }),
+        (node, node_status()).prop_map(|(node, status)| Event::NodeFinished {
+            node,
+            status,
+            error: Some("lost".into()),
+            counts: Counts::default(),
+            duration_ms: 10
+        }),
+        Just(Event::RunFinished {
+            nodes_ok: 0,
+            nodes_failed: 0,
+            nodes_cancelled: 0,
+            counts: Counts::default(),
+            duration_ms: 100,
+            interrupted: true
+        }),
+    ]
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        Just(Action::Up),
+        Just(Action::Down),
+        Just(Action::ToggleFocus),
+        (0usize..50).prop_map(Action::ScrollUp),
+        (0usize..50).prop_map(Action::ScrollDown),
+        Just(Action::PageUp),
+        Just(Action::PageDown),
+        Just(Action::Home),
+        Just(Action::End),
+        Just(Action::ToggleFollow),
+        Just(Action::Retry),
+        Just(Action::AskQuit),
+        Just(Action::Dismiss),
+        Just(Action::ToggleHelp),
+        Just(Action::ShowRun),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Event(Event, u64),
+    Action(Action, usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (event(), 0u64..1_000_000).prop_map(|(e, t)| Step::Event(e, t)),
+        1 => (action(), 0usize..60).prop_map(|(a, p)| Step::Action(a, p)),
+    ]
+}
+
+fn new_app() -> App {
+    let nodes: Vec<NodeOutline> = NODES.iter().map(|n| outline(n)).collect();
+    let mut app = App::new(
+        "r",
+        STAGES.iter().map(|s| s.to_string()).collect(),
+        &nodes,
+        PathBuf::from("logs"),
+    );
+    let _ = app.act(Action::Start, 10);
+    app
+}
+
+fn assert_consistent(app: &App) {
+    let (done, total) = app.task_progress();
+    assert!(done <= total, "{done} done of {total}");
+    for node in &app.nodes {
+        assert!(
+            node.tasks_done() + node.tasks_failed() <= node.tasks_total(),
+            "{}",
+            node.name
+        );
+        assert!(node.output.len() <= OUTPUT_LINES_PER_NODE);
+        assert!(node.current.is_none_or(|i| i < node.tasks.len()));
+    }
+    assert!(app.nodes.is_empty() || app.selected < app.nodes.len());
+    let tally = app.node_tally();
+    assert_eq!(
+        tally.waiting + tally.running + tally.done + tally.failed + tally.cancelled,
+        app.nodes.len()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn any_sequence_of_events_and_keys_keeps_the_model_consistent(steps in prop::collection::vec(step(), 0..120)) {
+        let mut app = new_app();
+        for step in steps {
+            match step {
+                Step::Event(event, now) => app.apply(&event, now),
+                Step::Action(action, page) => {
+                    if let Some(Effect::Control(Control::Retry { node })) = app.act(action, page) {
+                        prop_assert!(app.nodes.iter().any(|n| n.name == node));
+                    }
+                }
+            }
+            assert_consistent(&app);
+        }
+    }
+
+    #[test]
+    fn any_model_draws_at_any_terminal_size(
+        steps in prop::collection::vec(step(), 0..60),
+        width in 1u16..160,
+        height in 1u16..50,
+    ) {
+        let mut app = new_app();
+        for step in steps {
+            match step {
+                Step::Event(event, now) => app.apply(&event, now),
+                Step::Action(action, page) => { let _ = app.act(action, page); }
+            }
+        }
+        let mut terminal = match Terminal::new(TestBackend::new(width, height)) {
+            Ok(terminal) => terminal,
+            Err(never) => match never {},
+        };
+        for screen in [Screen::Confirm, Screen::Running, Screen::Summary] {
+            app.screen = screen;
+            let _ = terminal.draw(|frame| view::draw(frame, &app));
+        }
+        let _ = view::summary_text(&app);
+    }
+}
+
+fn key(code: KeyCode) -> InputEvent {
+    InputEvent::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+#[test]
+fn keys_map_to_actions_by_screen_and_dialog() {
+    let nodes = [outline("n1")];
+    let mut app = App::new("r", vec![], &nodes, PathBuf::from("logs"));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('y')), &app), Some(Action::Start));
+    assert_eq!(keys::action_for(&key(KeyCode::Enter), &app), Some(Action::Start));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('n')), &app), Some(Action::Decline));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('q')), &app), Some(Action::Decline));
+    let ctrl_c = InputEvent::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(keys::action_for(&ctrl_c, &app), Some(Action::Interrupt));
+
+    app.screen = Screen::Running;
+    assert_eq!(keys::action_for(&key(KeyCode::Char('j')), &app), Some(Action::Down));
+    assert_eq!(keys::action_for(&key(KeyCode::Up), &app), Some(Action::Up));
+    assert_eq!(keys::action_for(&key(KeyCode::Tab), &app), Some(Action::ToggleFocus));
+    assert_eq!(keys::action_for(&key(KeyCode::Enter), &app), Some(Action::ToggleFocus));
+    assert_eq!(keys::action_for(&key(KeyCode::PageUp), &app), Some(Action::PageUp));
+    assert_eq!(keys::action_for(&key(KeyCode::End), &app), Some(Action::End));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('f')), &app),
+        Some(Action::ToggleFollow)
+    );
+    assert_eq!(keys::action_for(&key(KeyCode::Char('r')), &app), Some(Action::Retry));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('q')), &app), Some(Action::AskQuit));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('?')), &app),
+        Some(Action::ToggleHelp)
+    );
+    assert_eq!(keys::action_for(&ctrl_c, &app), Some(Action::Interrupt));
+    let wheel = InputEvent::Mouse(crossterm::event::MouseEvent {
+        kind: crossterm::event::MouseEventKind::ScrollUp,
+        column: 0,
+        row: 0,
+        modifiers: KeyModifiers::NONE,
+    });
+    assert_eq!(
+        keys::action_for(&wheel, &app),
+        Some(Action::ScrollUp(keys::WHEEL_LINES))
+    );
+
+    app.quit_confirm = true;
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('y')), &app),
+        Some(Action::ConfirmQuit)
+    );
+    assert_eq!(keys::action_for(&key(KeyCode::Char('n')), &app), Some(Action::Dismiss));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('j')), &app), None);
+
+    app.quit_confirm = false;
+    app.screen = Screen::Summary;
+    assert_eq!(keys::action_for(&key(KeyCode::Char('q')), &app), Some(Action::Leave));
+    assert_eq!(keys::action_for(&key(KeyCode::Enter), &app), Some(Action::Leave));
+    assert_eq!(keys::action_for(&key(KeyCode::Tab), &app), Some(Action::ShowRun));
+}
