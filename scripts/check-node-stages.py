@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+# Usage: python3 scripts/check-node-stages.py [repo root]   (needs pyyaml, jinja2, shellcheck, dash, kubectl)
+"""Offline checks of the node stages: render every template for every node (Ubuntu and RHEL facts), parse YAML,
+shell-check every command, build the lb-ipam kustomization, and reject variables outside the documented context."""
+import os, re, subprocess, sys, tempfile, tomllib, shutil, glob
+import yaml, jinja2
+from jinja2 import meta
+
+ROOT = sys.argv[1] if len(sys.argv) > 1 else '/work/wt-nodes'
+STAGES = ['00-preflight', '10-os-prep', '20-containerd', '30-kubernetes', '40-kubeadm-init', '50-cilium',
+          '60-longhorn-prereqs', '95-verify']
+inv = tomllib.load(open(f'{ROOT}/inventory.toml', 'rb'))
+env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+FACTS = {
+    'debian': dict(os_family='debian', os_id='ubuntu', os_version='22.04', os_version_major=22, arch='x86_64',
+                   hostname='h', cpus=8, memory_mb=16000, disk_gb=200, user='bsh'),
+    'redhat': dict(os_family='redhat', os_id='rhel', os_version='9.4', os_version_major=9, arch='aarch64',
+                   hostname='h', cpus=8, memory_mb=16000, disk_gb=200, user='bsh'),
+}
+errors = []
+def err(msg): errors.append(msg); print('ERROR', msg)
+
+def node_obj(n): return dict(name=n['name'], address=n['address'], port=22, user=inv['ssh']['user'], cluster=n['cluster'])
+def cluster_obj(c, full=False):
+    nodes = [n for n in inv['nodes'] if n['cluster'] == c['name']]
+    o = dict(name=c['name'], role=c['role'], lb_ip=c['lb_ip'], domain=c['domain'])
+    o['nodes'] = [node_obj(n) for n in nodes] if full else [n['name'] for n in nodes]
+    return o
+
+def context(n, facts, stage_vars):
+    c = [c for c in inv['clusters'] if c['name'] == n['cluster']][0]
+    ctx = dict(inv['vars'])
+    ctx.update(stage_vars or {})
+    ctx.update(node=node_obj(n), cluster=cluster_obj(c), clusters=[cluster_obj(x, True) for x in inv['clusters']],
+               nodes=[node_obj(x) for x in inv['nodes']],
+               central=cluster_obj([x for x in inv['clusters'] if x['role'] == 'central'][0]),
+               secrets={k: f'KUBEBOOT_SECRET_{k}' for k in inv['secrets']}, facts=facts)
+    ctx.update(facts)
+    return ctx
+
+def render(src, ctx, where):
+    try:
+        ast = env.parse(src)
+        for name in meta.find_undeclared_variables(ast):
+            if name not in ctx:
+                err(f'{where}: undeclared variable {name}')
+        return env.from_string(src).render(ctx)
+    except jinja2.TemplateError as e:
+        err(f'{where}: {e}'); return ''
+
+def shellcheck(script, where):
+    r = subprocess.run(['shellcheck', '-s', 'sh', '-S', os.environ.get('SEV','warning'), '-'], input=script, text=True, capture_output=True)
+    if r.returncode != 0: err(f'{where}: shellcheck\n{r.stdout}{script}')
+    r = subprocess.run(['dash', '-n'], input=script, text=True, capture_output=True)
+    if r.returncode != 0: err(f'{where}: dash -n: {r.stderr}')
+
+ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'interval', 'unless', 'when', 'retries', 'delay', 'timeout', 'become', 'env'}
+count = 0
+for stage in STAGES:
+    path = f'{ROOT}/playbooks/{stage}.yaml'
+    book = yaml.safe_load(open(path))
+    assert set(book) <= {'name', 'hosts', 'become', 'vars', 'tasks'}, (path, set(book))
+    names = [t['name'] for t in book['tasks']]
+    if len(names) != len(set(names)): err(f'{path}: duplicate task names')
+    for fam, facts in FACTS.items():
+        for n in inv['nodes']:
+            ctx = context(n, facts, book.get('vars'))
+            for t in book['tasks']:
+                where = f'{stage}/{t["name"]}/{n["name"]}/{fam}'
+                if set(t) - ALLOWED_TASK: err(f'{where}: unknown keys {set(t) - ALLOWED_TASK}')
+                if sum(k in t for k in ('run', 'copy', 'wait')) != 1: err(f'{where}: need exactly one action')
+                if 'when' in t:
+                    w = render(t['when'], ctx, where + '/when').strip()
+                    if w not in ('True', 'False'): err(f'{where}: when renders {w!r}')
+                    if w == 'False': continue
+                for key in ('run', 'unless', 'wait'):
+                    if key in t:
+                        s = render(t[key], ctx, f'{where}/{key}')
+                        shellcheck(s, f'{where}/{key}'); count += 1
+                        if 'KUBEBOOT_SECRET_' in s: err(f'{where}/{key}: secret in a command')
+                if 'copy' in t:
+                    cp = t['copy']
+                    if 'content' in cp: render(cp['content'], ctx, where + '/content')
+                    render(cp['dest'], ctx, where + '/dest')
+                    if 'src' in cp and not os.path.exists(f'{ROOT}/assets/{cp["src"]}'): err(f'{where}: missing asset')
+print(f'{count} scripts checked')
+
+# The kubeadm config heredoc renders to valid multi-document YAML.
+book = yaml.safe_load(open(f'{ROOT}/playbooks/40-kubeadm-init.yaml'))
+for n in inv['nodes']:
+    s = render(book['tasks'][0]['run'], context(n, FACTS['debian'], None), 'kubeadm config')
+    body = s.split('<<EOF\n', 1)[1].split('\nEOF\n', 1)[0].replace('$kv', 'v1.34.2')
+    docs = list(yaml.safe_load_all(body))
+    kinds = [d['kind'] for d in docs]
+    assert kinds == ['InitConfiguration', 'ClusterConfiguration', 'KubeletConfiguration'], kinds
+    assert docs[0]['nodeRegistration']['taints'] == [] and docs[0]['skipPhases'] == ['addon/kube-proxy']
+    assert docs[1]['proxy'] == {'disabled': True}
+    assert docs[1]['controlPlaneEndpoint'] == f'{n["address"]}:6443'
+
+# Cilium assets: render per node, YAML parse, expected values, kustomize build of lb-ipam.
+for n in inv['nodes']:
+    ctx = context(n, FACTS['debian'], None)
+    out = tempfile.mkdtemp()
+    for f in glob.glob(f'{ROOT}/assets/cilium/**/*', recursive=True):
+        if os.path.isdir(f): continue
+        rel = os.path.relpath(f, f'{ROOT}/assets/cilium')
+        os.makedirs(os.path.dirname(f'{out}/{rel}'), exist_ok=True)
+        text = render(open(f).read(), ctx, f'assets/cilium/{rel}/{n["name"]}')
+        open(f'{out}/{rel}', 'w').write(text)
+        list(yaml.safe_load_all(text))
+    v = yaml.safe_load(open(f'{out}/chart/values.yaml'))
+    c = [c for c in inv['clusters'] if c['name'] == n['cluster']][0]
+    assert v['kubeProxyReplacement'] is True and v['k8sServiceHost'] == n['address'] and v['k8sServicePort'] == 6443
+    assert v['ipam']['mode'] == 'kubernetes' and v['l2announcements']['enabled'] is True
+    assert v['ingressController']['loadbalancerMode'] == 'shared'
+    ann = v['ingressController']['service']['annotations']
+    assert ann == {'lbipam.cilium.io/sharing-key': c['name'], 'lbipam.cilium.io/ips': c['lb_ip']}, ann
+    assert v['hubble']['tls']['auto']['method'] == 'cronJob' and v['operator']['replicas'] == 1
+    k = yaml.safe_load(open(f'{out}/chart/kustomization.yaml'))
+    assert k['helmCharts'][0]['version'] == inv['vars']['cilium_version']
+    r = subprocess.run(['kubectl', 'kustomize', f'{out}/lb-ipam'], capture_output=True, text=True)
+    if r.returncode != 0: err(f'kubectl kustomize lb-ipam {n["name"]}: {r.stderr}'); continue
+    objs = {o['kind']: o for o in yaml.safe_load_all(r.stdout)}
+    pool = objs['CiliumLoadBalancerIPPool']
+    assert pool['apiVersion'] == 'cilium.io/v2' and pool['spec']['blocks'] == [{'start': c['lb_ip'], 'stop': c['lb_ip']}]
+    pol = objs['CiliumL2AnnouncementPolicy']
+    assert pol['spec']['interfaces'] == inv['vars']['cilium_l2_interfaces'] and pol['spec']['loadBalancerIPs'] is True
+    shutil.rmtree(out)
+print('cilium assets rendered and built for', len(inv['nodes']), 'nodes')
+print(f'{len(errors)} errors')
+sys.exit(1 if errors else 0)
