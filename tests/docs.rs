@@ -62,11 +62,11 @@ fn check_commands(name: &str) -> usize {
             continue;
         }
         for args in invocations(&line) {
-            if let Err(e) = Cli::try_parse_from(&args) {
-                if e.kind() != clap::error::ErrorKind::DisplayHelp && e.kind() != clap::error::ErrorKind::DisplayVersion
-                {
-                    panic!("{name}: `{line}` does not parse:\n{e}");
-                }
+            if let Err(e) = Cli::try_parse_from(&args)
+                && e.kind() != clap::error::ErrorKind::DisplayHelp
+                && e.kind() != clap::error::ErrorKind::DisplayVersion
+            {
+                panic!("{name}: `{line}` does not parse:\n{e}");
             }
             checked += 1;
         }
