@@ -92,6 +92,20 @@ fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<
             return None;
         }
     };
+    parse_text(file, &text, assets_dir, diags)
+}
+
+/// Parses one playbook's text as if it were read from `file` (for tests and fuzzing).
+pub fn parse(file: &Path, text: &str, assets_dir: &Path) -> Result<Stage, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let stage = parse_text(file, text, assets_dir, &mut diags);
+    match stage {
+        Some(stage) if diags.is_empty() => Ok(stage),
+        _ => Err(diags),
+    }
+}
+
+fn parse_text(file: &Path, text: &str, assets_dir: &Path, diags: &mut Diagnostics) -> Option<Stage> {
     if text.trim().is_empty() {
         diags.push(
             Diagnostic::file(file, "the playbook is empty")
@@ -99,7 +113,7 @@ fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<
         );
         return None;
     }
-    let doc = match yaml::parse(file, &text) {
+    let doc = match yaml::parse(file, text) {
         Ok(d) => d,
         Err(d) => {
             diags.push(d);

@@ -5,5 +5,5 @@ pub mod model;
 pub mod template;
 mod yaml;
 
-pub use load::load;
+pub use load::{load, parse};
 pub use model::*;

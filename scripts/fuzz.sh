@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (cargo-fuzz, libFuzzer) for SECONDS each (default 600) and appends the
+# outcome to fuzz/RESULTS.md. Needs cargo-fuzz (`cargo install cargo-fuzz`); the stable toolchain
+# is used with RUSTC_BOOTSTRAP=1 because cargo-fuzz needs nightly-only sanitizer flags.
+#
+#   bash scripts/fuzz.sh            # 10 minutes per target
+#   bash scripts/fuzz.sh 60         # a quick pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-600}
+export RUSTC_BOOTSTRAP=1
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+results=fuzz/RESULTS.md
+[ -f "$results" ] || printf '# Fuzzing results\n\n| date | target | seconds | runs | corpus | outcome |\n|---|---|---|---|---|---|\n' > "$results"
+for target in inventory playbook template journal; do
+  corpus="fuzz/corpus/$target"
+  mkdir -p "$corpus"
+  log=$(mktemp)
+  status=ok
+  if ! cargo fuzz run "$target" "$corpus" "fuzz/seeds/$target" -- \
+      -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1; then
+    status="FAILED (see fuzz/artifacts/$target)"
+  fi
+  runs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
+  files=$(find "$corpus" -type f | wc -l)
+  printf '| %s | %s | %s | %s | %s | %s |\n' "$(date -u +%F)" "$target" "$seconds" "${runs:-0}" "$files" "$status" | tee -a "$results"
+  tail -3 "$log"
+  rm -f "$log"
+done
