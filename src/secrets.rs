@@ -124,6 +124,23 @@ impl Vault {
     }
 }
 
+/// The secret names whose placeholders appear in `text`.
+pub fn referenced(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        match after.find(CLOSE) {
+            Some(end) => {
+                names.push(after[..end].to_string());
+                rest = &after[end + CLOSE.len()..];
+            }
+            None => break,
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +158,12 @@ mod tests {
         v.add_mask(Secret::new("abc"));
         v.add_mask(Secret::new("abcdef"));
         assert_eq!(v.redact("x abcdef y abc"), "x **** y ****");
+    }
+
+    #[test]
+    fn referenced_lists_every_placeholder_name() {
+        let text = format!("a={} b={} c", placeholder("one"), placeholder("two"));
+        assert_eq!(referenced(&text), vec!["one".to_string(), "two".to_string()]);
     }
 
     #[test]

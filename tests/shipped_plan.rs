@@ -1,0 +1,178 @@
+//! The shipped inventory and playbooks: `kubeboot plan` reads like the install runbook, and
+//! per-node rendering carries the values of TARGET.md. Pure planning: no nodes are contacted.
+
+use std::path::Path;
+
+use kubeboot::facts::Facts;
+use kubeboot::journal::Progress;
+use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
+use kubeboot::{inventory, playbook};
+
+fn plans(facts: &Facts) -> Vec<NodePlan> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inv = inventory::load(&root.join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
+    let sel = Selection::default();
+    plan::check(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"));
+    inv.nodes
+        .iter()
+        .map(|n| {
+            plan::plan_node(&inv, &books, &n.name, facts, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"))
+        })
+        .collect()
+}
+
+fn rhel() -> Facts {
+    Facts {
+        os_family: "redhat".into(),
+        os_id: "rhel".into(),
+        os_version: "9.4".into(),
+        os_version_major: 9,
+        ..Facts::assumed()
+    }
+}
+
+/// Everything the node would run, as one text (commands, copied files, waits, env names).
+fn script(plan: &NodePlan) -> String {
+    let mut out = String::new();
+    for t in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
+        out.push_str(&format!("## {}/{}\n", t.stage, t.task));
+        match &t.action {
+            Action::Run { command } => out.push_str(command),
+            Action::Wait { until, .. } => out.push_str(until),
+            Action::Copy { files, .. } => {
+                for f in files {
+                    out.push_str(&format!("# file {}\n{}\n", f.dest, String::from_utf8_lossy(&f.content)));
+                }
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_shipped_plan_matches_its_golden_runbook() {
+    let text = plan::render(&plans(&Facts::assumed()), false);
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shipped-plan.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    assert!(
+        text == expected,
+        "the plan of the shipped install changed; review it and run UPDATE_GOLDEN=1 cargo test --test shipped_plan\n{text}"
+    );
+}
+
+#[test]
+fn every_node_gets_its_own_cluster_lb_ip_and_api_address_in_the_cilium_values() {
+    for (plan, ip) in plans(&Facts::assumed()).iter().zip(["210", "211", "212", "213"]) {
+        let s = script(plan);
+        assert!(
+            s.contains(&format!("192.168.101.{ip}")),
+            "{}: LB IP .{ip} missing",
+            plan.node
+        );
+        assert!(
+            s.contains("kubeProxyReplacement: true"),
+            "{}: no kubeProxyReplacement",
+            plan.node
+        );
+        let address = plan.address.trim_end_matches(":22");
+        assert!(
+            s.contains(&format!("k8sServiceHost: {address}")) || s.contains(&format!("k8sServiceHost: \"{address}\"")),
+            "{}: API host",
+            plan.node
+        );
+        let pool = format!("- start: \"192.168.101.{ip}\"\n      stop: \"192.168.101.{ip}\"");
+        assert!(s.contains(&pool), "{}: the IP pool must hold exactly .{ip}", plan.node);
+        for other in ["210", "211", "212", "213"].iter().filter(|o| **o != ip) {
+            assert!(
+                !s.contains(&format!("start: \"192.168.101.{other}\"")),
+                "{} got another cluster's pool",
+                plan.node
+            );
+        }
+    }
+}
+
+#[test]
+fn kubeadm_config_skips_kube_proxy_and_has_no_taint() {
+    for plan in plans(&Facts::assumed()) {
+        let s = script(&plan);
+        assert!(
+            s.contains("addon/kube-proxy"),
+            "{}: kube-proxy phase not skipped",
+            plan.node
+        );
+        assert!(
+            s.contains("taints: []"),
+            "{}: control-plane taint not removed",
+            plan.node
+        );
+    }
+}
+
+#[test]
+fn thanos_query_is_only_on_the_central_cluster_with_all_four_sidecars() {
+    for plan in plans(&Facts::assumed()) {
+        let has_thanos = plan.tasks.iter().any(|t| t.stage == "thanos");
+        assert_eq!(
+            has_thanos,
+            plan.cluster.as_deref() == Some("cluster-01"),
+            "{}",
+            plan.node
+        );
+        if has_thanos {
+            let s = script(&plan);
+            for ip in ["210", "211", "212", "213"] {
+                assert!(
+                    s.contains(&format!("192.168.101.{ip}:10901")),
+                    "sidecar .{ip} missing from Query"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn ubuntu_and_rhel_nodes_take_their_own_package_branches() {
+    let apt = |p: &NodePlan| {
+        p.tasks
+            .iter()
+            .any(|t| t.task.contains("(apt)") && t.decision == Decision::Run)
+    };
+    let dnf = |p: &NodePlan| {
+        p.tasks
+            .iter()
+            .any(|t| t.task.contains("(dnf)") && t.decision == Decision::Run)
+    };
+    for p in plans(&Facts::assumed()) {
+        assert!(apt(&p) && !dnf(&p), "{}: ubuntu should use apt only", p.node);
+    }
+    for p in plans(&rhel()) {
+        assert!(dnf(&p) && !apt(&p), "{}: rhel should use dnf only", p.node);
+        assert!(
+            script(&p).contains("setenforce 0"),
+            "{}: selinux permissive missing",
+            p.node
+        );
+    }
+}
+
+#[test]
+fn no_secret_is_rendered_into_the_plan() {
+    for p in plans(&Facts::assumed()) {
+        for t in &p.tasks {
+            if let Action::Run { command } = &t.action {
+                assert!(
+                    !command.contains("@@kubeboot-secret:"),
+                    "{}/{}: secret on a command line",
+                    t.stage,
+                    t.task
+                );
+            }
+        }
+    }
+}
