@@ -22,8 +22,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if ! python3 -c 'import yaml, jinja2' 2>/dev/null; then
-  python3 -m pip install --quiet pyyaml jinja2
+if ! python3 -c 'import yaml, jinja2, moto.server' 2>/dev/null; then
+  # PyYAML + Jinja2 for the offline playbook/asset checks; moto is the S3 server of the bucket test.
+  python3 -m pip install --quiet pyyaml jinja2 'moto[server]'
 fi
 if [ "$(id -u)" != 0 ]; then
   # The lab starts sshd on loopback addresses and creates its login user: that needs root.

@@ -1,0 +1,161 @@
+//! The `s3-buckets` stage against a real S3-compatible server (moto, from PyPI) on loopback:
+//! the command kubeboot would send is rendered from the shipped playbook and run as it is.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kubeboot::facts::Facts;
+use kubeboot::journal::Progress;
+use kubeboot::plan::{self, Action, Selection};
+use kubeboot::{inventory, playbook};
+
+struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn start_moto() -> (Moto, String) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed");
+    let moto = Moto(child);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto's S3 server did not start: install it with `pip install 'moto[server]'` (scripts/test.sh does)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (moto, endpoint)
+}
+
+/// The rendered `s3-buckets` command for the central node, pointed at `endpoint`.
+fn bucket_command(endpoint: &str) -> (String, Vec<String>) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut inv = inventory::load(&root.join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
+    inv.vars
+        .insert("s3_endpoint".into(), serde_json::Value::String(endpoint.into()));
+    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
+    let sel = Selection {
+        only: vec!["s3-buckets".into()],
+        ..Selection::default()
+    };
+    let plan = plan::plan_node(&inv, &books, "node-194", &Facts::assumed(), &Progress::empty(), &sel)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let task = plan.tasks.first().expect("the s3-buckets stage has a task");
+    let Action::Run { command } = &task.action else {
+        panic!("s3-buckets runs a command")
+    };
+    let buckets = ["s3_bucket_thanos", "s3_bucket_opensearch", "s3_bucket_longhorn"]
+        .iter()
+        .map(|k| inv.vars[*k].as_str().unwrap_or_default().to_string())
+        .collect();
+    (command.clone(), buckets)
+}
+
+fn run(command: &str) -> (bool, String) {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .env("AWS_ACCESS_KEY_ID", "testkey")
+        .env("AWS_SECRET_ACCESS_KEY", "testsecret-do-not-print")
+        .output()
+        .expect("sh runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--aws-sigv4",
+            "aws:amz:us-east-1:s3",
+            "--user",
+            "testkey:testsecret-do-not-print",
+        ])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn missing_buckets_are_created_and_existing_data_is_never_touched() {
+    let (_moto, endpoint) = start_moto();
+    let (command, buckets) = bucket_command(&endpoint);
+    assert_eq!(buckets, ["thanos-bucket", "opensearch-logs", "longhorn-backups"]);
+
+    let (ok, text) = run(&command);
+    assert!(ok, "first run failed:\n{text}");
+    for b in &buckets {
+        assert!(
+            text.contains(&format!("bucket {b}: created")),
+            "{b} not created:\n{text}"
+        );
+    }
+    let listing = curl(&[&format!("{endpoint}/")]);
+    for b in &buckets {
+        assert!(
+            listing.contains(&format!("<Name>{b}</Name>")),
+            "{b} missing from ListBuckets:\n{listing}"
+        );
+    }
+
+    // Data written by the clusters must survive any number of re-runs.
+    let object = format!("{endpoint}/thanos-bucket/01HBLOCK/meta.json");
+    curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        "block",
+        &object,
+    ]);
+    assert_eq!(curl(&[&object]), "block", "the test object was not stored");
+    let (ok, text) = run(&command);
+    assert!(ok, "second run failed:\n{text}");
+    for b in &buckets {
+        assert!(
+            text.contains(&format!("bucket {b}: exists")),
+            "{b} should be reported as existing:\n{text}"
+        );
+    }
+    assert_eq!(curl(&[&object]), "block", "a re-run touched existing data");
+    assert!(
+        !text.contains("testsecret-do-not-print"),
+        "the secret key was printed:\n{text}"
+    );
+}
+
+#[test]
+fn an_unreachable_endpoint_fails_with_a_clear_message() {
+    let port = free_port();
+    let (command, _) = bucket_command(&format!("http://127.0.0.1:{port}"));
+    let (ok, text) = run(&command);
+    assert!(!ok, "must fail without an S3 server:\n{text}");
+    assert!(text.contains("is not reachable"), "{text}");
+}
