@@ -1,7 +1,7 @@
 //! Isolated lab nodes: each sshd runs in its own mount namespace where /etc, /var/lib, /usr/local, /opt, /root
 //! and /home are overlays (lower = this machine's folder, upper = the node's own folder), so whatever the
 //! playbooks write lands in `<lab>/nodes/<name>/fs/<dir>/upper` and never on this machine. Recording stand-ins
-//! for the privileged commands sit first on PATH in the node's /usr/local/sbin.
+//! for the privileged commands sit first on PATH in the node's /usr/local/bin (on the login PATH and sudo's secure_path alike).
 
 use std::fs;
 use std::os::unix::fs::symlink;
@@ -157,7 +157,7 @@ pub(super) fn prepare(node_dir: &Path, info: &NodeInfo<'_>) -> Result<(), LabErr
     };
     let target = Path::new("/usr/local").join(STANDIN_HOME).join("standin.py");
     for cmd in COMMON.iter().chain(os_commands) {
-        symlink(&target, local.join("sbin").join(cmd)).map_err(io(format!("cannot link the stand-in {cmd}")))?;
+        symlink(&target, local.join("bin").join(cmd)).map_err(io(format!("cannot link the stand-in {cmd}")))?;
     }
 
     let etc = upper(node_dir, "/etc");

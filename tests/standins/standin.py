@@ -28,7 +28,8 @@ import time
 
 HOME = "/usr/local/lib/kubeboot-standins"
 SELF = HOME + "/standin.py"
-SBIN = "/usr/local/sbin"
+# First on PATH for the login user and for sudo's secure_path alike.
+BIN = "/usr/local/bin"
 
 # What each package puts on PATH, and the services it brings.
 PACKAGE_COMMANDS = {
@@ -63,11 +64,19 @@ NODE = load_node()
 STATE_DIR = NODE["state_dir"]
 
 
+def shared_open(path, flags):
+    """Opens a file root and the login user both write (stand-ins run with and without sudo)."""
+    fd = os.open(path, flags | os.O_CREAT, 0o666)
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o666)
+    return fd
+
+
 def record(name, argv, **extra):
     line = {"t": round(time.time(), 6), "cmd": name, "argv": argv}
     line.update(extra)
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
-    fd = os.open(os.path.join(STATE_DIR, "record.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = shared_open(os.path.join(STATE_DIR, "record.jsonl"), os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, data)
     finally:
@@ -79,7 +88,7 @@ class _State:
 
     def __init__(self):
         self.path = os.path.join(STATE_DIR, "state.json")
-        self.lock = open(os.path.join(STATE_DIR, "state.lock"), "a")
+        self.lock = os.fdopen(shared_open(os.path.join(STATE_DIR, "state.lock"), os.O_WRONLY | os.O_APPEND), "a")
         fcntl.flock(self.lock, fcntl.LOCK_EX)
         try:
             with open(self.path) as f:
@@ -91,6 +100,7 @@ class _State:
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=1, sort_keys=True)
+        os.chmod(tmp, 0o666)
         os.replace(tmp, self.path)
 
     def __getitem__(self, key):
@@ -123,6 +133,7 @@ def initial_state():
         "cluster": None,
         "applied": [],
         "downloads": {},
+        "buckets": [],
     }
 
 
@@ -180,7 +191,7 @@ def install_packages(state, specs):
             version = next((v for v in versions if v.startswith(prefix)), versions[0])
         state["packages"][name] = version
         for cmd in PACKAGE_COMMANDS.get(name, []):
-            link = os.path.join(SBIN, cmd)
+            link = os.path.join(BIN, cmd)
             if not os.path.lexists(link):
                 os.symlink(SELF, link)
         for unit in PACKAGE_UNITS.get(name, []):
@@ -501,7 +512,8 @@ def curl(argv):
         elif a in ("-w", "--write-out"):
             i += 1
             write_out = argv[i]
-        elif a in ("-X", "-H", "-m", "--retry", "-K", "--config", "-d", "--data", "--data-binary", "--max-time"):
+        elif a in ("-X", "-H", "-m", "--retry", "-K", "--config", "-d", "--data", "--data-binary", "--max-time",
+                   "--aws-sigv4"):
             i += 1
         elif not a.startswith("-"):
             url = a
@@ -512,8 +524,14 @@ def curl(argv):
     if url is None:
         err("curl: no URL specified\n")
         return 2
+    code = 200
     if ":9200/" in url:
         body = opensearch_answer(url, argv)
+    elif "--aws-sigv4" in argv:
+        code, body = s3_answer(url, argv)
+        if code >= 400 and ("-f" in argv or "--fail" in argv):
+            err(f"curl: (22) The requested URL returned error: {code}\n")
+            return 22
     else:
         body = download_body(url)
     if output and output != "/dev/null":
@@ -525,8 +543,21 @@ def curl(argv):
     elif not output:
         sys.stdout.buffer.write(body if isinstance(body, bytes) else body.encode())
     if write_out:
-        out(write_out.replace("%{http_code}", "200"))
+        out(write_out.replace("%{http_code}", str(code)))
     return 0
+
+
+def s3_answer(url, argv):
+    """MinIO, path-style: a bucket is there once a PUT created it."""
+    bucket = url.rstrip("/").rsplit("/", 1)[-1]
+    method = argv[argv.index("-X") + 1] if "-X" in argv else ("HEAD" if "-I" in argv else "GET")
+    state = State()
+    if method == "PUT":
+        if bucket not in state["buckets"]:
+            state["buckets"].append(bucket)
+            state.save()
+        return 200, b""
+    return (200 if bucket in state["buckets"] else 404), b""
 
 
 def opensearch_answer(url, argv):
