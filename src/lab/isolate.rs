@@ -141,6 +141,8 @@ pub(super) fn prepare(node_dir: &Path, info: &NodeInfo<'_>) -> Result<(), LabErr
     fs::create_dir_all(state.join("fail")).map_err(io("cannot create a node's stand-in folder"))?;
     // Stand-ins the login user runs (without sudo) record too.
     set_mode(&state, 0o777)?;
+    let modules = fs::read_to_string("/proc/modules").unwrap_or_default();
+    fs::write(state.join("proc_modules"), modules).map_err(io("cannot write a node's /proc/modules"))?;
 
     let local = upper(node_dir, "/usr/local");
     let home = local.join(STANDIN_HOME);
@@ -160,6 +162,19 @@ pub(super) fn prepare(node_dir: &Path, info: &NodeInfo<'_>) -> Result<(), LabErr
         symlink(&target, local.join("bin").join(cmd)).map_err(io(format!("cannot link the stand-in {cmd}")))?;
     }
 
+    // modprobe cannot load modules here (a container may not even have /proc/modules), so the stand-in appends
+    // to the node's own list, and a grep wrapper reads that list wherever a guard names /proc/modules.
+    let grep = which("grep").ok_or(LabError::Missing("grep"))?;
+    let wrapper = format!(
+        "#!/bin/sh\n# Written by kubeboot's local lab: /proc/modules of this node is the stand-ins' list.\n\
+         n=$#; i=0\nwhile [ \"$i\" -lt \"$n\" ]; do\n  a=$1; shift\n  [ \"$a\" = /proc/modules ] && a='{list}'\n\
+         set -- \"$@\" \"$a\"; i=$((i + 1))\ndone\nexec {grep} \"$@\"\n",
+        list = state.join("proc_modules").display(),
+        grep = grep.display(),
+    );
+    fs::write(local.join("bin/grep"), wrapper).map_err(io("cannot write the grep wrapper"))?;
+    set_mode(&local.join("bin/grep"), 0o755)?;
+
     let etc = upper(node_dir, "/etc");
     fs::write(etc.join("os-release"), os_release(info.kind.os)).map_err(io("cannot write a node's os-release"))?;
     // A swap line, as on a fresh install: the os-prep stage must turn swap off and comment it out.
@@ -168,6 +183,8 @@ pub(super) fn prepare(node_dir: &Path, info: &NodeInfo<'_>) -> Result<(), LabErr
         .map_err(io("cannot write a node's fstab"))?;
     if info.kind.os == NodeOs::Rhel {
         fs::create_dir_all(etc.join("selinux")).map_err(io("cannot create a node's /etc/selinux"))?;
+        // Present on every RHEL install; the playbooks drop their repository files there.
+        fs::create_dir_all(etc.join("yum.repos.d")).map_err(io("cannot create a node's /etc/yum.repos.d"))?;
         fs::write(etc.join("selinux/config"), "SELINUX=enforcing\nSELINUXTYPE=targeted\n")
             .map_err(io("cannot write a node's selinux config"))?;
     }

@@ -55,6 +55,9 @@ PACKAGE_UNITS = {
 }
 
 
+INITIATOR = "/etc/iscsi/initiatorname.iscsi"
+
+
 def load_node():
     with open(HOME + "/node.json") as f:
         return json.load(f)
@@ -194,6 +197,11 @@ def install_packages(state, specs):
             link = os.path.join(BIN, cmd)
             if not os.path.lexists(link):
                 os.symlink(SELF, link)
+        if name == "open-iscsi" and not os.path.exists(INITIATOR):
+            # Debian's postinst generates the node's initiator name; RHEL's package leaves it to the admin.
+            os.makedirs("/etc/iscsi", exist_ok=True)
+            with open(INITIATOR, "w") as f:
+                f.write("InitiatorName=" + initiator_name() + "\n")
         for unit in PACKAGE_UNITS.get(name, []):
             state["units"].setdefault(unit, {"enabled": False, "active": False})
 
@@ -387,10 +395,18 @@ def systemctl(argv):
 
 
 def modprobe(argv):
+    # The node's /proc/modules is this file (bind-mounted by the lab), so guards reading it see the module.
+    path = os.path.join(STATE_DIR, "proc_modules")
+    loaded = {line.split(" ", 1)[0] for line in open(path)}
     state = State()
-    for m in argv:
-        if not m.startswith("-") and m not in state["modules"]:
-            state["modules"].append(m)
+    with open(path, "a") as f:
+        for m in argv:
+            if m.startswith("-"):
+                continue
+            if m not in state["modules"]:
+                state["modules"].append(m)
+            if m not in loaded:
+                f.write(f"{m} 16384 0 - Live 0x0000000000000000\n")
     state.save()
     return 0
 
@@ -965,8 +981,12 @@ def helm(argv):
     return 0
 
 
+def initiator_name():
+    return "iqn.2004-10.com.ubuntu:01:" + hashlib.sha256(NODE["name"].encode()).hexdigest()[:12]
+
+
 def iscsi_iname(argv):
-    out("iqn.2004-10.com.ubuntu:01:" + hashlib.sha256(NODE["name"].encode()).hexdigest()[:12] + "\n")
+    out(initiator_name() + "\n")
     return 0
 
 
