@@ -595,6 +595,7 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
                 nodes: *nodes,
                 first_address: *first_address,
                 first_port: *first_port,
+                ..Default::default()
             };
             let lab = lab::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;
             println!("lab up: {} node(s) as user {}", lab.nodes.len(), lab.user);

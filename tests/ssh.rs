@@ -24,6 +24,7 @@ fn start_lab(net: u8, nodes: usize) -> TestLab {
         nodes,
         first_address: Ipv4Addr::new(127, 0, net, 1),
         first_port: 20000 + u16::from(net) * 10,
+        ..Default::default()
     };
     // Fails loudly (never skips) when sshd or sudo is missing or we are not root.
     let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
@@ -536,6 +537,7 @@ async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
         nodes: 1,
         first_address: Ipv4Addr::new(127, 0, 46, 1),
         first_port: 20460,
+        ..Default::default()
     };
     assert!(matches!(lab::up(&again), Err(lab::LabError::AlreadyRunning(_))));
 

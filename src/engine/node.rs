@@ -289,6 +289,25 @@ impl TaskRunner<'_> {
                 Ok((TaskStatus::Changed, None))
             }
             Action::Copy { files, owner } => {
+                // The plan's contract: folders on the way to a copied file are created (0755, like mkdir -p).
+                let mut dirs: Vec<&str> = files
+                    .iter()
+                    .filter_map(|f| f.dest.rsplit_once('/').map(|(dir, _)| dir))
+                    .filter(|dir| !dir.is_empty())
+                    .collect();
+                dirs.sort_unstable();
+                dirs.dedup();
+                if !dirs.is_empty() {
+                    let quoted: Vec<String> = dirs.iter().map(|d| format!("'{}'", d.replace('\'', "'\\''"))).collect();
+                    let (exit, tail) = self
+                        .exec(
+                            &format!("umask 022; mkdir -p -- {}", quoted.join(" ")),
+                            false,
+                            self.task.timeout,
+                        )
+                        .await?;
+                    check_exit(exit, tail)?;
+                }
                 let mut changed = false;
                 for file in files {
                     let content = self.fill_bytes(&file.content);

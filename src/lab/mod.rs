@@ -4,6 +4,15 @@
 //! `root` folder (owned by the lab user, for side effects tests can look at). All nodes share
 //! one login user (`kblab`, created once per machine) whose sudo rule requires a password, so
 //! `become` is exercised the way it runs on real machines.
+//!
+//! An isolated lab ([`LabOptions::isolated`]) gives every node a private view of /etc, /var/lib, /usr/local, /opt,
+//! /root and /home and puts recording stand-ins for the privileged commands first on its PATH, so the shipped
+//! playbooks can run end to end on this machine without changing it (see `isolate`).
+
+mod isolate;
+mod like;
+
+pub use isolate::{ContainerdLayout, ISOLATED_DIRS, NodeKind, NodeOs};
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -40,6 +49,26 @@ pub struct LabOptions {
     pub first_address: Ipv4Addr,
     /// Node i listens on port `first_port + i`.
     pub first_port: u16,
+    /// Each node gets a private file system view and recording stand-ins (see the module docs).
+    pub isolated: bool,
+    /// Node i looks like `kinds[i]` (isolated labs only); nodes past the end are Ubuntu with containerd 2.
+    pub kinds: Vec<NodeKind>,
+    /// Model the inventory on this one: its node names and count, clusters, vars and secrets.
+    pub like: Option<PathBuf>,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            dir: PathBuf::from(".kubeboot-lab"),
+            nodes: 4,
+            first_address: Ipv4Addr::new(127, 0, 100, 1),
+            first_port: 22200,
+            isolated: false,
+            kinds: Vec::new(),
+            like: None,
+        }
+    }
 }
 
 /// One running lab node.
@@ -51,6 +80,8 @@ pub struct LabNode {
     pub port: u16,
     /// A folder owned by the lab user, for side effects tests can check.
     pub root: PathBuf,
+    /// What the node looks like, when it is isolated.
+    pub kind: Option<NodeKind>,
 }
 
 /// A started lab.
@@ -105,6 +136,12 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
     fs::create_dir_all("/run/sshd").map_err(io("cannot create /run/sshd"))?;
 
     let dir = opts.dir.clone();
+    if opts.isolated {
+        isolate::check(&dir)?;
+    }
+    let model = opts.like.as_deref().map(like::read).transpose()?;
+    let model_nodes = model.as_ref().map(like::nodes);
+    let count = model_nodes.as_ref().map_or(opts.nodes, Vec::len);
     if running_nodes(&dir).next().is_some() {
         return Err(LabError::AlreadyRunning(dir));
     }
@@ -126,16 +163,31 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
     fs::write(&authorized, public).map_err(io("cannot write authorized_keys"))?;
     set_mode(&authorized, 0o644)?;
 
-    let mut nodes = Vec::with_capacity(opts.nodes);
+    let mut nodes = Vec::with_capacity(count);
     let mut known_hosts = String::new();
-    for i in 0..opts.nodes {
+    for i in 0..count {
+        let model_node = model_nodes.as_ref().and_then(|m| m.get(i));
+        let name = model_node.map_or_else(|| format!("node-{}", i + 1), |m| m.name.clone());
         let node = LabNode {
-            name: format!("node-{}", i + 1),
             address: Ipv4Addr::from(u32::from(opts.first_address) + i as u32),
             port: opts.first_port + i as u16,
-            root: dir.join("nodes").join(format!("node-{}", i + 1)).join("root"),
+            root: dir.join("nodes").join(&name).join("root"),
+            kind: opts.isolated.then(|| opts.kinds.get(i).copied().unwrap_or_default()),
+            name,
         };
         let host_key = prepare_node(&tools, &dir, &node)?;
+        if let Some(kind) = node.kind {
+            let info = isolate::NodeInfo {
+                name: &node.name,
+                address: node.address,
+                kind,
+                domain: model_node.and_then(|m| m.domain.clone()),
+            };
+            isolate::prepare(&node_dir(&dir, &node.name), &info)?;
+        } else {
+            // A node that was isolated in an earlier lab in this folder is not any more.
+            let _ = fs::remove_file(node_dir(&dir, &node.name).join("isolate.sh"));
+        }
         known_hosts.push_str(&format!("[{}]:{} {}\n", node.address, node.port, host_key));
         nodes.push(node);
     }
@@ -147,7 +199,12 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
         user: USER.to_string(),
         nodes,
     };
-    write_inventory(&lab, &InventoryOptions::for_lab(&lab))?;
+    match &model {
+        Some(model) => like::write(&lab, model)?,
+        None => {
+            write_inventory(&lab, &InventoryOptions::for_lab(&lab))?;
+        }
+    }
     for node in &lab.nodes {
         if let Err(e) = start_node(&lab.dir, &node.name) {
             let _ = down(&lab.dir);
@@ -241,7 +298,19 @@ pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
         .map_err(io(format!("cannot open {}", log_path.display())))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let log2 = log.try_clone().map_err(io("cannot share the sshd log file"))?;
-    let mut child = Command::new(&tools.sshd)
+    let isolate_script = ndir.join("isolate.sh");
+    let mut command = if isolate_script.exists() {
+        // unshare and sh both exec, so the PID is sshd's own once it runs.
+        let unshare = which("unshare").ok_or(LabError::Missing("unshare"))?;
+        let mut c = Command::new(unshare);
+        c.args(["--mount", "--propagation", "private", "--", "/bin/sh"])
+            .arg(&isolate_script)
+            .arg(&tools.sshd);
+        c
+    } else {
+        Command::new(&tools.sshd)
+    };
+    let mut child = command
         .arg("-D")
         .arg("-e")
         .arg("-f")
@@ -309,6 +378,28 @@ impl Lab {
     /// The node's sshd log (OpenSSH's own lines: logins, disconnects).
     pub fn sshd_log(&self, name: &str) -> PathBuf {
         node_dir(&self.dir, name).join("sshd.log")
+    }
+
+    /// Where a file the node wrote (at `path` in its own view) can be read from here: for an isolated node
+    /// the overlay's upper folder (only what the node changed), else `path` itself.
+    pub fn node_file(&self, name: &str, path: &str) -> PathBuf {
+        let isolated = self.node(name).is_some_and(|n| n.kind.is_some());
+        let hit = ISOLATED_DIRS
+            .iter()
+            .filter(|d| Path::new(path).starts_with(d))
+            .max_by_key(|d| d.len());
+        match hit {
+            Some(dir) if isolated => {
+                let rest = Path::new(path).strip_prefix(dir).unwrap_or(Path::new(""));
+                isolate::upper(&node_dir(&self.dir, name), dir).join(rest)
+            }
+            _ => PathBuf::from(path),
+        }
+    }
+
+    /// The host folder holding an isolated node's stand-in record (`record.jsonl`), state and `fail/` flags.
+    pub fn standin_dir(&self, name: &str) -> PathBuf {
+        isolate::standin_dir(&node_dir(&self.dir, name))
     }
 
     /// An SSH target for one node: key auth, the lab's known_hosts, the sudo password.

@@ -1,0 +1,128 @@
+//! A lab inventory modelled on an existing one (`kubeboot lab up --like inventory.toml`): the same clusters,
+//! node names, roles, LB IPs, domains, vars and secrets, with each node's address and port replaced by its lab
+//! sshd and the resource minimums lowered so a small machine passes preflight.
+
+use std::fs;
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use super::{Lab, LabError, io, password_file};
+
+/// The preflight minimums a lab node gets (the vars the shipped preflight reads).
+const LAB_MINIMUMS: &[(&str, i64)] = &[("min_cpus", 1), ("min_memory_gb", 1), ("min_disk_gb", 1)];
+
+/// One node of the model inventory: its name, cluster, and that cluster's domain and LB IP.
+#[derive(Debug, Clone)]
+pub(super) struct ModelNode {
+    pub name: String,
+    pub domain: Option<(String, String)>,
+}
+
+/// Reads the model inventory as a TOML table.
+pub(super) fn read(path: &Path) -> Result<Table, LabError> {
+    let text = fs::read_to_string(path).map_err(io(format!("cannot read {}", path.display())))?;
+    text.parse::<Table>().map_err(|e| LabError::Io {
+        what: format!("{} is not valid TOML: {e}", path.display()),
+        source: std::io::ErrorKind::InvalidData.into(),
+    })
+}
+
+/// The model's nodes in file order.
+pub(super) fn nodes(model: &Table) -> Vec<ModelNode> {
+    let clusters = array(model, "clusters");
+    array(model, "nodes")
+        .iter()
+        .filter_map(|n| {
+            let name = n.get("name")?.as_str()?.to_string();
+            let cluster = n.get("cluster").and_then(Value::as_str);
+            let domain = clusters
+                .iter()
+                .find(|c| c.get("name").and_then(Value::as_str) == cluster)
+                .and_then(|c| {
+                    let domain = c.get("domain")?.as_str()?;
+                    let lb_ip = c.get("lb_ip")?.as_str()?;
+                    Some((domain.to_string(), lb_ip.to_string()))
+                });
+            Some(ModelNode { name, domain })
+        })
+        .collect()
+}
+
+fn array<'a>(t: &'a Table, key: &str) -> Vec<&'a Table> {
+    t.get(key)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_table).collect())
+        .unwrap_or_default()
+}
+
+/// Writes the lab's inventory: the model with the lab's SSH settings and node addresses.
+pub(super) fn write(lab: &Lab, model: &Table) -> Result<(), LabError> {
+    let mut inv = model.clone();
+    let mut ssh = Table::new();
+    let path = |p: &Path| Value::String(p.display().to_string());
+    ssh.insert("user".into(), Value::String(lab.user.clone()));
+    ssh.insert("key".into(), path(&lab.dir.join("id_ed25519")));
+    ssh.insert("agent".into(), Value::Boolean(false));
+    ssh.insert("sudo_password_file".into(), path(&password_file(&lab.dir)));
+    ssh.insert("known_hosts".into(), path(&lab.dir.join("known_hosts")));
+    // Keep the model's timeouts: they are part of what is being exercised.
+    for k in ["connect_timeout", "keepalive"] {
+        if let Some(v) = model.get("ssh").and_then(|s| s.get(k)) {
+            ssh.insert(k.into(), v.clone());
+        }
+    }
+    inv.insert("ssh".into(), Value::Table(ssh));
+
+    if let Some(Value::Array(nodes)) = inv.get_mut("nodes") {
+        for n in nodes.iter_mut().filter_map(Value::as_table_mut) {
+            let name = n.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            if let Some(node) = lab.node(&name) {
+                n.insert("address".into(), Value::String(node.address.to_string()));
+                n.insert("port".into(), Value::Integer(i64::from(node.port)));
+                for k in ["user", "key", "password_env", "password_file", "sudo_password_env"] {
+                    n.remove(k);
+                }
+            }
+        }
+    }
+    let vars = inv.entry("vars").or_insert_with(|| Value::Table(Table::new()));
+    if let Some(vars) = vars.as_table_mut() {
+        for (k, v) in LAB_MINIMUMS {
+            vars.insert((*k).into(), Value::Integer(*v));
+        }
+    }
+    let text = toml::to_string(&inv).map_err(|e| LabError::Io {
+        what: format!("cannot write the lab inventory: {e}"),
+        source: std::io::ErrorKind::InvalidData.into(),
+    })?;
+    let header = "# Written by kubeboot's local lab from a model inventory: same clusters, vars and secrets;\n\
+                  # every node is an isolated sshd on a loopback address.\n";
+    fs::write(&lab.inventory, format!("{header}{text}"))
+        .map_err(io(format!("cannot write {}", lab.inventory.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_nodes_carry_their_cluster_domain_and_lb_ip() {
+        let model: Table = r#"
+            [[clusters]]
+            name = "c1"
+            lb_ip = "10.0.0.1"
+            domain = "c1.lab"
+            [[nodes]]
+            name = "n1"
+            address = "10.0.0.9"
+            cluster = "c1"
+        "#
+        .parse()
+        .unwrap();
+        let nodes = nodes(&model);
+        assert_eq!(nodes.len(), 1);
+        assert_eq!(nodes[0].name, "n1");
+        assert_eq!(nodes[0].domain, Some(("c1.lab".into(), "10.0.0.1".into())));
+    }
+}

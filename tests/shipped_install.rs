@@ -1,0 +1,576 @@
+//! The SHIPPED playbooks and assets, end to end, on an isolated local lab modelled on the shipped inventory.toml.
+//!
+//! Four real OpenSSH nodes on loopback (one RHEL-like, three Ubuntu-like), each with a private view of /etc,
+//! /var/lib, /usr/local, /opt, /root and /home and with recording stand-ins for the privileged commands
+//! (tests/standins/standin.py). The real `kubeboot apply --yes --output json` runs against them; the test then
+//! reads what each node wrote and the order in which the stand-ins were called.
+//!
+//! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
+use serde_json::Value;
+
+const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
+const RHEL_NODE: &str = "node-196";
+/// The node whose `kubeadm init` is made to fail in the first run.
+const FAILING_NODE: &str = "node-197";
+
+/// The secrets the shipped inventory names, set to random values for this run.
+fn secrets() -> Vec<(&'static str, String)> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut value = |prefix: &str| {
+        let tail: String = (0..20)
+            .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rng.random_range(0..33)]))
+            .collect();
+        format!("{prefix}-{tail}")
+    };
+    vec![
+        ("KUBEBOOT_S3_ACCESS_KEY", value("s3access")),
+        ("KUBEBOOT_S3_SECRET_KEY", value("s3secret")),
+        ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", value("grafana")),
+        ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", value("opensearch")),
+    ]
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+struct TestLab {
+    lab: LabGuard,
+    state: PathBuf,
+    secrets: Vec<(&'static str, String)>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_lab() -> TestLab {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let ubuntu = |containerd| NodeKind {
+        os: NodeOs::Ubuntu,
+        containerd,
+    };
+    let opts = LabOptions {
+        dir: dir.path().join("lab"),
+        first_address: Ipv4Addr::new(127, 0, 61, 1),
+        first_port: 22610,
+        isolated: true,
+        // node-196 is the RHEL-like one; the Ubuntu ones cover both containerd config layouts.
+        kinds: vec![
+            ubuntu(ContainerdLayout::V3),
+            NodeKind {
+                os: NodeOs::Rhel,
+                containerd: ContainerdLayout::V2,
+            },
+            ubuntu(ContainerdLayout::V2),
+            ubuntu(ContainerdLayout::V3),
+        ],
+        like: Some(repo().join("inventory.toml")),
+        ..Default::default()
+    };
+    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated local lab did not start: {e}"));
+    let names: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, NODES, "the lab mirrors the shipped inventory's nodes");
+    TestLab {
+        lab: LabGuard(lab),
+        state: dir.path().join("state"),
+        secrets: secrets(),
+        _dir: dir,
+    }
+}
+
+/// One `kubeboot apply` and what it printed.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    events: Vec<Value>,
+    elapsed: Duration,
+}
+
+impl Run {
+    fn finished(&self, node: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "task_finished" && e["node"] == node)
+            .collect()
+    }
+
+    fn started(&self, node: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "task_started" && e["node"] == node)
+            .collect()
+    }
+
+    fn explain(&self) -> String {
+        let tail: Vec<&str> = self.stdout.lines().rev().take(40).collect();
+        format!(
+            "exit {:?}\n--- stderr\n{}\n--- last stdout lines (newest first)\n{}",
+            self.code,
+            self.stderr,
+            tail.join("\n")
+        )
+    }
+}
+
+fn apply(t: &TestLab) -> Run {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+        .current_dir(repo())
+        .arg("-i")
+        .arg(&t.lab.inventory)
+        .args(["-p", "playbooks", "--state-dir"])
+        .arg(&t.state)
+        .args(["apply", "--yes", "--output", "json"])
+        .envs(t.secrets.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("the kubeboot binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    Run {
+        code: out.status.code(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        events,
+        elapsed: started.elapsed(),
+    }
+}
+
+/// One stand-in call as recorded on a node.
+#[derive(Debug, Clone)]
+struct Call {
+    cmd: String,
+    argv: Vec<String>,
+    objects: Vec<(String, String)>,
+}
+
+impl Call {
+    fn is(&self, cmd: &str, first: &str) -> bool {
+        self.cmd == cmd && self.argv.first().is_some_and(|a| a == first)
+    }
+
+    fn applies(&self, kind: &str, name: &str) -> bool {
+        self.objects.iter().any(|(k, n)| k == kind && n == name)
+    }
+
+    fn line(&self) -> String {
+        format!("{} {}", self.cmd, self.argv.join(" "))
+    }
+}
+
+fn calls(t: &TestLab, node: &str) -> Vec<Call> {
+    let path = t.lab.standin_dir(node).join("record.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"));
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+                    .unwrap_or_default()
+            };
+            let objects = v["objects"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|o| {
+                            (
+                                o["kind"].as_str().unwrap_or_default().to_string(),
+                                o["name"].as_str().unwrap_or_default().to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Call {
+                cmd: v["cmd"].as_str().unwrap_or_default().to_string(),
+                argv: strings(&v["argv"]),
+                objects,
+            }
+        })
+        .collect()
+}
+
+/// Index of the first call matching `pred`, with a readable failure.
+fn first(calls: &[Call], node: &str, what: &str, pred: impl Fn(&Call) -> bool) -> usize {
+    calls
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| panic!("{node}: no stand-in call for {what}; calls:\n{}", dump(calls)))
+}
+
+fn dump(calls: &[Call]) -> String {
+    calls.iter().map(Call::line).collect::<Vec<_>>().join("\n")
+}
+
+fn node_file(t: &TestLab, node: &str, path: &str) -> String {
+    let p = t.lab.node_file(node, path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
+}
+
+fn lab_address(t: &TestLab, node: &str) -> String {
+    t.lab.node(node).expect("node exists").address.to_string()
+}
+
+/// Every regular file below `dir` (missing folders count as empty).
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = entry.path();
+            match entry.file_type() {
+                Ok(ft) if ft.is_dir() => todo.push(p),
+                Ok(ft) if ft.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn assert_no_secret_in(t: &TestLab, what: &str, bytes: &[u8]) {
+    for (env, value) in &t.secrets {
+        assert!(
+            !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
+            "the value of {env} leaked into {what}"
+        );
+    }
+}
+
+fn assert_all_succeeded(run: &Run, node: &str) {
+    let finished = run.finished(node);
+    assert!(!finished.is_empty(), "{node}: no task finished\n{}", run.explain());
+    for e in finished {
+        let status = e["status"].as_str().unwrap_or_default();
+        assert!(
+            matches!(status, "ok" | "changed" | "skipped"),
+            "{node}: task {} / {} ended {status}: {}\n{}",
+            e["stage"],
+            e["task"],
+            e["error"],
+            run.explain()
+        );
+    }
+}
+
+/// What each node must look like after a complete install.
+fn check_installed_node(t: &TestLab, node: &str, index: usize) {
+    let calls = calls(t, node);
+    let address = lab_address(t, node);
+    let lb_ip = format!("192.168.101.{}", 210 + index);
+
+    // Order: swap off and containerd before kubeadm init; init before Cilium; Cilium before the manifest stages.
+    let swapoff = first(&calls, node, "swapoff", |c| c.cmd == "swapoff");
+    let containerd = first(&calls, node, "installing containerd.io", |c| {
+        (c.cmd == "apt-get" || c.cmd == "dnf") && c.argv.iter().any(|a| a == "containerd.io")
+    });
+    let kubeadm_pkg = first(&calls, node, "installing kubeadm", |c| {
+        (c.cmd == "apt-get" || c.cmd == "dnf") && c.argv.iter().any(|a| a.starts_with("kubeadm"))
+    });
+    let init = first(&calls, node, "kubeadm init", |c| c.is("kubeadm", "init"));
+    let cilium = first(&calls, node, "applying the Cilium chart", |c| {
+        c.applies("ConfigMap", "cilium-chart-values")
+    });
+    let pool = first(&calls, node, "applying the LB IP pool", |c| {
+        c.applies("CiliumLoadBalancerIPPool", &format!("cluster-0{}", index + 1))
+    });
+    let longhorn = first(&calls, node, "applying Longhorn", |c| {
+        c.applies("ConfigMap", "longhorn-chart-values")
+    });
+    let monitoring = first(&calls, node, "applying kube-prometheus-stack", |c| {
+        c.applies("ConfigMap", "kube-prometheus-stack-chart-values")
+    });
+    let fluent_bit = first(&calls, node, "applying Fluent Bit", |c| {
+        c.applies("ConfigMap", "fluent-bit-chart-values")
+    });
+    let order = [
+        ("swapoff", swapoff),
+        ("containerd.io installed", containerd),
+        ("kubeadm installed", kubeadm_pkg),
+        ("kubeadm init", init),
+        ("cilium applied", cilium),
+        ("LB IP pool applied", pool),
+        ("longhorn applied", longhorn),
+        ("monitoring applied", monitoring),
+        ("fluent bit applied", fluent_bit),
+    ];
+    for pair in order.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].1,
+            "{node}: {} (call {}) must come before {} (call {}); calls:\n{}",
+            pair[0].0,
+            pair[0].1,
+            pair[1].0,
+            pair[1].1,
+            dump(&calls)
+        );
+    }
+    // Once, plus the attempt that failed on purpose on the failing node.
+    let inits = if node == FAILING_NODE { 2 } else { 1 };
+    assert_eq!(
+        calls.iter().filter(|c| c.is("kubeadm", "init")).count(),
+        inits,
+        "{node}: kubeadm init ran again on an initialised node"
+    );
+
+    // Swap is off for good: the fstab line the lab planted is commented out.
+    let fstab = node_file(t, node, "/etc/fstab");
+    assert!(
+        fstab.contains("#/swap.img"),
+        "{node}: swap line not commented out:\n{fstab}"
+    );
+
+    // kubeadm: no kube-proxy, no taint, this node's address.
+    let kubeadm = node_file(t, node, "/etc/kubernetes/kubeadm-config.yaml");
+    assert!(
+        kubeadm.contains("skipPhases:\n  - addon/kube-proxy"),
+        "{node}: kube-proxy not skipped:\n{kubeadm}"
+    );
+    assert!(
+        kubeadm.contains("  taints: []"),
+        "{node}: taint not removed:\n{kubeadm}"
+    );
+    assert!(
+        kubeadm.contains(&format!("advertiseAddress: \"{address}\"")),
+        "{node}: wrong address:\n{kubeadm}"
+    );
+    assert!(
+        kubeadm.contains("kubernetesVersion: \"v1.34."),
+        "{node}: version:\n{kubeadm}"
+    );
+
+    // containerd: systemd cgroups and the inventory's sandbox image, in the layout this node's containerd uses.
+    let config = node_file(t, node, "/etc/containerd/config.toml");
+    assert!(config.contains("SystemdCgroup = true"), "{node}: {config}");
+    assert!(config.contains("\"registry.k8s.io/pause:3.10.1\""), "{node}: {config}");
+
+    // Cilium: kube-proxy replacement, the node's API address, the cluster's one LB IP.
+    let values = node_file(t, node, "/var/lib/kubeboot/cilium/chart/values.yaml");
+    assert!(values.contains("kubeProxyReplacement: true"), "{node}: {values}");
+    assert!(
+        values.contains(&format!("k8sServiceHost: \"{address}\"")),
+        "{node}: {values}"
+    );
+    let pool = node_file(t, node, "/var/lib/kubeboot/cilium/lb-ipam/ip-pool.yaml");
+    assert!(pool.contains(&format!("start: \"{lb_ip}\"")), "{node}: {pool}");
+    assert!(pool.contains(&format!("stop: \"{lb_ip}\"")), "{node}: {pool}");
+
+    // The secrets reached the cluster as Secrets (on stdin), by name only in the record.
+    for secret in ["thanos-objstore", "longhorn-s3-secret", "fluent-bit-opensearch"] {
+        first(&calls, node, secret, |c| c.applies("Secret", secret));
+    }
+
+    // Thanos Query only on the central cluster, fanning out to all four sidecars.
+    let thanos = calls.iter().any(|c| c.applies("Deployment", "thanos-query"));
+    let grafana_secret = calls.iter().any(|c| c.applies("Secret", "grafana-admin"));
+    if node == "node-194" {
+        assert!(thanos, "{node}: Thanos Query not applied on the central cluster");
+        assert!(grafana_secret, "{node}: no grafana-admin Secret on the central cluster");
+        let overlay = node_file(t, node, "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml");
+        for i in 210..=213 {
+            let endpoint = format!("--endpoint=192.168.101.{i}:10901");
+            assert!(
+                overlay.contains(&endpoint),
+                "{node}: Thanos Query lacks {endpoint}:\n{overlay}"
+            );
+        }
+    } else {
+        assert!(!thanos, "{node}: Thanos Query applied on an edge cluster");
+        assert!(!grafana_secret, "{node}: grafana-admin applied on an edge cluster");
+    }
+
+    // The OS branch: dnf, SELinux and firewalld on RHEL; apt and ufw on Ubuntu.
+    let used = |cmd: &str| calls.iter().any(|c| c.cmd == cmd);
+    if node == RHEL_NODE {
+        assert!(
+            used("dnf") && !used("apt-get"),
+            "{node}: not the dnf branch:\n{}",
+            dump(&calls)
+        );
+        first(&calls, node, "setenforce 0", |c| {
+            c.cmd == "setenforce" && c.argv == ["0"]
+        });
+        first(&calls, node, "firewalld disabled", |c| {
+            c.cmd == "systemctl" && c.argv == ["disable", "--now", "firewalld"]
+        });
+        let selinux = node_file(t, node, "/etc/selinux/config");
+        assert!(selinux.contains("SELINUX=permissive"), "{node}: {selinux}");
+        assert!(node_file(t, node, "/etc/yum.repos.d/kubernetes.repo").contains("/v1.34/rpm/"));
+    } else {
+        assert!(
+            used("apt-get") && !used("dnf"),
+            "{node}: not the apt branch:\n{}",
+            dump(&calls)
+        );
+        first(&calls, node, "ufw disable", |c| c.is("ufw", "disable"));
+        first(&calls, node, "apt-mark hold", |c| c.is("apt-mark", "hold"));
+        assert!(!used("setenforce"), "{node}: SELinux touched on Ubuntu");
+    }
+}
+
+#[test]
+fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_nothing_left_to_do() {
+    let t = start_lab();
+    let fail_flag = t.lab.standin_dir(FAILING_NODE).join("fail/kubeadm-init");
+    std::fs::write(&fail_flag, "").expect("the fail flag can be written");
+
+    // 1. kubeadm init fails on one node: exit 1, the other three finish.
+    let first_run = apply(&t);
+    assert_eq!(
+        first_run.code,
+        Some(1),
+        "a failed node must exit 1\n{}",
+        first_run.explain()
+    );
+    let failed: Vec<String> = first_run
+        .finished(FAILING_NODE)
+        .iter()
+        .filter(|e| e["status"] == "failed")
+        .map(|e| e["task"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        failed,
+        ["kubeadm init"],
+        "only kubeadm init fails\n{}",
+        first_run.explain()
+    );
+    for node in NODES.iter().filter(|n| **n != FAILING_NODE) {
+        assert_all_succeeded(&first_run, node);
+    }
+    let before_resume = calls(&t, FAILING_NODE);
+
+    // 2. The flag is gone: the same apply resumes at kubeadm init and nothing before it runs again.
+    std::fs::remove_file(&fail_flag).expect("the fail flag can be removed");
+    let second_run = apply(&t);
+    assert_eq!(
+        second_run.code,
+        Some(0),
+        "the resumed run must succeed\n{}",
+        second_run.explain()
+    );
+    let resumed_first = second_run
+        .started(FAILING_NODE)
+        .first()
+        .map(|e| e["task"].as_str().unwrap_or_default().to_string());
+    assert_eq!(
+        resumed_first.as_deref(),
+        Some("kubeadm init"),
+        "{}",
+        second_run.explain()
+    );
+    let after_resume = calls(&t, FAILING_NODE);
+    assert!(
+        after_resume.len() > before_resume.len(),
+        "the resumed node called no stand-in"
+    );
+    let new_calls = &after_resume[before_resume.len()..];
+    assert!(
+        new_calls.first().is_some_and(|c| c.is("kubeadm", "init")),
+        "the resumed node's first stand-in call must be kubeadm init, got:\n{}",
+        dump(new_calls)
+    );
+    // Nothing the stages before kubeadm init do happens again (later stages call apt-get/curl for their own
+    // packages and downloads, so those count only with the earlier stages' arguments).
+    let earlier = |c: &Call| {
+        matches!(
+            c.cmd.as_str(),
+            "swapoff" | "containerd" | "gpg" | "ufw" | "apt-mark" | "apt-cache" | "setenforce"
+        ) || ((c.cmd == "apt-get" || c.cmd == "dnf")
+            && c.argv.iter().any(|a| {
+                a == "containerd.io" || a == "ca-certificates" || a.starts_with("kubeadm") || a.starts_with("kubelet")
+            }))
+    };
+    let again: Vec<String> = new_calls.iter().filter(|c| earlier(c)).map(Call::line).collect();
+    assert!(
+        again.is_empty(),
+        "{FAILING_NODE}: earlier stages ran again after the resume: {again:?}"
+    );
+    let not_resumed: Vec<String> = second_run
+        .started(FAILING_NODE)
+        .iter()
+        .filter(|e| ["preflight", "os-prep", "containerd", "kubernetes"].contains(&e["stage"].as_str().unwrap_or("")))
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        not_resumed.is_empty(),
+        "{FAILING_NODE}: earlier tasks started again: {not_resumed:?}"
+    );
+    let config_writes = |calls: &[Call]| calls.iter().filter(|c| c.is("kubeadm", "config")).count();
+    assert_eq!(
+        config_writes(new_calls),
+        0,
+        "{FAILING_NODE}: the kubeadm config task before kubeadm init ran again"
+    );
+    for node in NODES {
+        assert_all_succeeded(&second_run, node);
+    }
+    for (i, node) in NODES.iter().enumerate() {
+        check_installed_node(&t, node, i);
+    }
+
+    // 3. A third apply has nothing to do: every task skipped as done (or by its condition), no stand-in called.
+    let counts: BTreeMap<&str, usize> = NODES.iter().map(|n| (*n, calls(&t, n).len())).collect();
+    let third_run = apply(&t);
+    assert_eq!(third_run.code, Some(0), "{}", third_run.explain());
+    for node in NODES {
+        let finished = third_run.finished(node);
+        assert!(
+            !finished.is_empty(),
+            "{node}: no task reported\n{}",
+            third_run.explain()
+        );
+        for e in finished {
+            assert!(
+                // `when: false` tasks (the other OS's branch) stay skipped by their condition.
+                e["status"] == "skipped" && (e["reason"] == "done" || e["reason"] == "condition"),
+                "{node}: {} / {} was not skipped as done: {e}",
+                e["stage"],
+                e["task"]
+            );
+        }
+        assert_eq!(
+            calls(&t, node).len(),
+            counts[node],
+            "{node}: the third run called stand-ins"
+        );
+    }
+    assert!(
+        third_run.elapsed < Duration::from_secs(30),
+        "a run with nothing to do took {:?}",
+        third_run.elapsed
+    );
+
+    // 4. No secret value anywhere it must not be: argv, kubeboot's state, its output, the nodes' files.
+    for run in [&first_run, &second_run, &third_run] {
+        assert_no_secret_in(&t, "kubeboot's stdout", run.stdout.as_bytes());
+        assert_no_secret_in(&t, "kubeboot's stderr", run.stderr.as_bytes());
+    }
+    for node in NODES {
+        for call in calls(&t, node) {
+            assert_no_secret_in(&t, &format!("{node}'s argv `{}`", call.line()), call.line().as_bytes());
+        }
+    }
+    let mut stored = files_below(&t.state);
+    for node in NODES {
+        stored.extend(files_below(&t.lab.standin_dir(node)));
+        for dir in lab::ISOLATED_DIRS {
+            stored.extend(files_below(&t.lab.node_file(node, dir)));
+        }
+    }
+    assert!(stored.iter().any(|p| p.starts_with(&t.state)), "kubeboot kept no state");
+    for path in stored {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert_no_secret_in(&t, &path.display().to_string(), &bytes);
+    }
+}
