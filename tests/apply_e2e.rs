@@ -197,6 +197,12 @@ fn a_second_apply_exits_3_naming_the_state_dir_and_pid_and_a_killed_runs_lock_do
         first.id()
     );
 
+    // `status` during the run reads the journal without the lock and says the run is still going.
+    let status = run(t.kubeboot(&["status"]));
+    status.assert_code(0);
+    assert!(status.stdout.contains("running"), "status during a run\n{status}");
+    assert!(!status.stdout.contains("interrupted"), "status during a run\n{status}");
+
     // kill -9 the holder: its lock must not block the next run.
     signal(first.id(), libc::SIGKILL);
     let _ = first.wait();

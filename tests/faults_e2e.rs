@@ -325,15 +325,17 @@ fn kill9_trials(t: &TestLab, trials: usize) -> Vec<Trial> {
     // Calibrate: one whole run tells how long a run takes, so kills spread over all of it.
     let start = Instant::now();
     t.apply(&[]).assert_code(0);
-    let full = start.elapsed().as_millis() as u64 + 200;
+    let full = start.elapsed().as_millis() as u64;
     let mut rng = rand::rng();
     let mut out = Vec::new();
-    for _ in 0..trials {
+    for trial in 0..trials {
         let _ = fs::remove_dir_all(t.state_dir());
         for n in &nodes {
             let _ = fs::remove_file(t.root(n).join("log"));
         }
-        let kill_at_ms = rng.random_range(0..full);
+        // Stratified: trial i of n lands somewhere in the i-th slice of a run, so the kills cover all of it.
+        let slice = full / trials as u64;
+        let kill_at_ms = trial as u64 * slice + rng.random_range(0..slice.max(1));
         let child = t.spawn_apply();
         std::thread::sleep(Duration::from_millis(kill_at_ms));
         signal(child.id(), libc::SIGKILL);
