@@ -270,6 +270,31 @@ fn host_keys_changed_are_refused_unknown_need_accepting_and_accepted_ones_are_re
         recorded.contains(&format!("[{}]:{}", n2.address, n2.port)),
         "recorded:\n{recorded}"
     );
+
+    // Once recorded, the key is known: no flag needed any more.
+    let again = common::run(t.kubeboot_with(&inv, &["apply", "--yes", "--output", "json", "--limit", "node-2"]));
+    again.assert_code(0);
+    assert_eq!(t.log_lines("node-2"), ["hi"]);
+}
+
+#[test]
+fn dry_run_connects_to_nothing_and_limit_runs_only_the_named_nodes() {
+    let t = start_lab(118, 2);
+    t.write_playbook(
+        "00-hello.yaml",
+        &stage("hello", &[logging_task("hi", "echo dry-run-marker")]),
+    );
+    let before = (t.logins("node-1"), t.logins("node-2"));
+    let dry = run(t.kubeboot(&["apply", "--yes", "--dry-run"]));
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("echo dry-run-marker"), "shows the command\n{dry}");
+    assert_eq!((t.logins("node-1"), t.logins("node-2")), before, "a dry run logged in");
+    assert!(t.log_lines("node-1").is_empty() && t.log_lines("node-2").is_empty());
+
+    t.apply(&["--limit", "node-2"]).assert_code(0);
+    assert!(t.log_lines("node-1").is_empty(), "node-1 was not selected");
+    assert_eq!(t.log_lines("node-2"), ["hi"]);
+    assert_eq!(t.logins("node-1"), before.0, "node-1 was contacted");
 }
 
 fn run_accepting(t: &TestLab, inv: &Path) -> Run {
