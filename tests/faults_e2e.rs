@@ -154,7 +154,14 @@ fn sigint_exits_130_cancels_the_remote_command_records_progress_and_the_rerun_co
     let sleeper = "sleep 300.123";
     t.write_playbook(
         "00-s.yaml",
-        &stage("s", &[logging_task("one", "true"), logging_task("long", sleeper)]),
+        // As root through sudo: the lab user could not stop that process by itself; kubeboot must.
+        &stage(
+            "s",
+            &[
+                logging_task("one", "true"),
+                logging_task("long", sleeper).replace("    run: |", "    become: true\n    run: |"),
+            ],
+        ),
     );
     let child = t.spawn_apply();
     let pid = child.id();
