@@ -433,6 +433,7 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
     };
     let input = load(cli, &select, false, &progress)?;
     let plans = preliminary_plans(&input, &progress)?;
+    let running = state.running_holder();
     let mut rows = Vec::new();
     for p in &plans {
         let left: Vec<&plan::PlannedTask> = p.tasks.iter().filter(|t| t.decision == Decision::Run).collect();
@@ -464,10 +465,12 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
     }
     for row in &rows {
         let s = |k: &str| row[k].as_str().unwrap_or("").to_string();
-        let status = match row["status"].as_str() {
-            Some(st) => st.to_string(),
-            None if row["run"].is_null() => "never run".into(),
-            None => "interrupted".into(),
+        // No end record: the run holding the lock is still at it, or it never started, or it was cut off.
+        let status = match (row["status"].as_str(), running) {
+            (Some(st), _) => st.to_string(),
+            (None, Some(pid)) => format!("running (process {pid})"),
+            (None, None) if row["run"].is_null() => "never run".into(),
+            (None, None) => "interrupted".into(),
         };
         println!("{} ({})  {}", s("node"), row["cluster"].as_str().unwrap_or("-"), status);
         println!(

@@ -366,6 +366,14 @@ impl StateDir {
         }
     }
 
+    /// The PID of a live kubeboot run holding the lock, read without taking it (so `status` never
+    /// gets in the way of an `apply` starting). A killed run's PID is gone from /proc, so it reads as none.
+    pub fn running_holder(&self) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(self.path.join(LOCK)).ok()?.trim().parse().ok()?;
+        let command = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (pid != std::process::id() && command.trim() == "kubeboot").then_some(pid)
+    }
+
     /// Reads what earlier runs finished; a missing journal is an empty one.
     pub fn progress(&self) -> io::Result<Progress> {
         match File::open(self.journal_path()) {

@@ -1,6 +1,7 @@
 //! Host key checking against a known_hosts file, inside russh's handshake.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate, known_hosts};
@@ -29,6 +30,9 @@ pub(crate) struct Client {
     pub(crate) policy: NewHostKeys,
     /// `(verdict, SHA256 fingerprint)` once the server's key was seen.
     pub(crate) seen: Arc<Mutex<Option<(Verdict, String)>>>,
+    /// Set when russh gave up on the connection because keepalives went unanswered, so the
+    /// "connection lost" error can say the node stopped answering rather than just "lost".
+    pub(crate) keepalive_timed_out: Arc<AtomicBool>,
 }
 
 impl russh::client::Handler for Client {
@@ -47,6 +51,19 @@ impl russh::client::Handler for Client {
             *seen = Some((verdict, fingerprint));
         }
         Ok(accept)
+    }
+
+    async fn disconnected(&mut self, reason: russh::client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {
+        // As russh's default, plus remembering a keepalive timeout.
+        match reason {
+            russh::client::DisconnectReason::ReceivedDisconnect(_) => Ok(()),
+            russh::client::DisconnectReason::Error(e) => {
+                if matches!(e, russh::Error::KeepaliveTimeout) {
+                    self.keepalive_timed_out.store(true, Ordering::SeqCst);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -176,6 +176,8 @@ struct Inner {
     target: Target,
     handle: Handle<Client>,
     fingerprint: String,
+    /// Set by the russh handler when the node stopped answering keepalives.
+    keepalive_timed_out: Arc<AtomicBool>,
     channels: Arc<Semaphore>,
     /// Run commands through a persistent remote shell (see [`executor`]) instead of a channel each.
     persistent: AtomicBool,
@@ -210,12 +212,14 @@ impl Session {
             ..Default::default()
         });
         let seen = Arc::new(Mutex::new(None));
+        let keepalive_timed_out = Arc::new(AtomicBool::new(false));
         let client = Client {
             host: target.host.clone(),
             port: target.port,
             known_hosts: target.known_hosts.clone(),
             policy: target.new_host_keys,
             seen: seen.clone(),
+            keepalive_timed_out: keepalive_timed_out.clone(),
         };
         let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
         let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -230,6 +234,7 @@ impl Session {
                 target,
                 handle,
                 fingerprint,
+                keepalive_timed_out,
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
                 persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
@@ -434,8 +439,16 @@ impl Session {
 
     fn lost(&self, what: &str) -> SshError {
         let t = &self.inner.target;
+        let why = if self.inner.keepalive_timed_out.load(Ordering::SeqCst) {
+            format!(
+                ": the node stopped answering (3 keepalives every {} went unanswered)",
+                humantime::format_duration(t.keepalive)
+            )
+        } else {
+            String::new()
+        };
         SshError::ConnectionLost(format!(
-            "connection to {} ({}) was lost {what} — check the node is up, then run again (finished tasks are skipped)",
+            "connection to {} ({}) was lost {what}{why} — check the node is up, then run again (finished tasks are skipped)",
             t.node,
             t.host_port()
         ))

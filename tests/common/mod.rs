@@ -1,0 +1,355 @@
+//! Shared helpers for the end-to-end tests: start a lab of real sshd nodes, write playbooks,
+//! run the kubeboot binary, read its JSON events, its journal and the side effects on the nodes.
+//!
+//! Each test passes its own `net` (127.0.<net>.x, ports 20000 + net * 10 ...) so tests run in parallel.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kubeboot::lab::{self, LabGuard, LabOptions};
+use serde_json::Value;
+
+/// The kubeboot binary cargo built for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kubeboot"))
+}
+
+/// A running lab plus a work folder (playbooks, state dir) that both go away when the test ends.
+pub struct TestLab {
+    /// Stops sshd when dropped; declared first so it drops before the folders are removed.
+    pub lab: LabGuard,
+    _lab_dir: tempfile::TempDir,
+    work: tempfile::TempDir,
+}
+
+/// Starts `nodes` lab nodes on 127.0.<net>.1.. with ports 20000 + net * 10 ...; panics (never skips) when it cannot.
+pub fn start_lab(net: u8, nodes: usize) -> TestLab {
+    let lab_dir = tempfile::tempdir().expect("a temporary folder");
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let opts = LabOptions {
+        dir: lab_dir.path().to_path_buf(),
+        nodes,
+        first_address: Ipv4Addr::new(127, 0, net, 1),
+        first_port: 20000 + u16::from(net) * 10,
+    };
+    // Fails loudly when sshd or sudo is missing or we are not root: a skipped e2e test proves nothing.
+    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
+    fs::create_dir_all(work.path().join("playbooks")).expect("a playbooks folder");
+    TestLab {
+        lab: LabGuard(lab),
+        _lab_dir: lab_dir,
+        work,
+    }
+}
+
+impl TestLab {
+    /// The work folder (playbooks, state dir, extra inventories).
+    pub fn work(&self) -> &Path {
+        self.work.path()
+    }
+
+    /// The lab's own inventory (key auth, its known_hosts, its sudo password).
+    pub fn inventory(&self) -> PathBuf {
+        self.lab.inventory.clone()
+    }
+
+    pub fn playbooks(&self) -> PathBuf {
+        self.work().join("playbooks")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.work().join("state")
+    }
+
+    /// Writes (or replaces) one playbook file.
+    pub fn write_playbook(&self, file: &str, yaml: &str) {
+        fs::write(self.playbooks().join(file), yaml).expect("write a playbook");
+    }
+
+    /// A node's lab root (owned by the lab user; tasks leave side effects there).
+    pub fn root(&self, node: &str) -> PathBuf {
+        self.lab.node(node).expect("a lab node").root.clone()
+    }
+
+    /// Lines of `{{ lab_root }}/log` on a node: one per task that ran (see [`logging_task`]).
+    pub fn log_lines(&self, node: &str) -> Vec<String> {
+        fs::read_to_string(self.root(node).join("log"))
+            .map(|t| t.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// How often each task ran on a node, by side effect.
+    pub fn runs(&self, node: &str) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for l in self.log_lines(node) {
+            *m.entry(l).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// `kubeboot -i INV -p PLAYBOOKS --state-dir STATE <args>` (not yet started).
+    pub fn kubeboot(&self, args: &[&str]) -> Command {
+        self.kubeboot_with(&self.inventory(), args)
+    }
+
+    /// Like [`TestLab::kubeboot`] with another inventory.
+    pub fn kubeboot_with(&self, inventory: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("-i")
+            .arg(inventory)
+            .arg("-p")
+            .arg(self.playbooks())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `apply --yes --output json <extra>`, run to the end.
+    pub fn apply(&self, extra: &[&str]) -> Run {
+        let mut args = vec!["apply", "--yes", "--output", "json"];
+        args.extend_from_slice(extra);
+        run(self.kubeboot(&args))
+    }
+
+    /// Starts `apply --yes --output json` in the background.
+    pub fn spawn_apply(&self) -> Child {
+        self.kubeboot(&["apply", "--yes", "--output", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubeboot starts")
+    }
+
+    /// How many logins the node's sshd accepted so far.
+    pub fn logins(&self, node: &str) -> usize {
+        fs::read_to_string(self.lab.sshd_log(node))
+            .unwrap_or_default()
+            .matches("Accepted ")
+            .count()
+    }
+
+    /// The journal's records; panics when a full line is not JSON (a torn last line is allowed).
+    pub fn journal(&self) -> Vec<Value> {
+        journal_records(&self.state_dir())
+    }
+}
+
+/// A finished kubeboot run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub took: Duration,
+}
+
+/// Runs a command to the end, with a generous cap so a hang fails the test instead of stalling CI.
+pub fn run(mut cmd: Command) -> Run {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubeboot starts");
+    let out = wait_with_cap(child, Duration::from_secs(90));
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        took: start.elapsed(),
+    }
+}
+
+/// Waits for a child; kills it (and fails) after `cap`.
+pub fn wait_with_cap(child: Child, cap: Duration) -> Output {
+    let pid = child.id() as i32;
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + cap;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return false;
+            }
+        }
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        true
+    });
+    let out = child.wait_with_output().expect("wait for kubeboot");
+    let _ = watchdog;
+    out
+}
+
+impl Run {
+    /// The JSON events on stdout; panics on a line that is not JSON.
+    pub fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event ({e}): {l}\n{self}")))
+            .collect()
+    }
+
+    /// Events of one kind.
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["event"] == kind).collect()
+    }
+
+    /// The `task_finished` event of one node's task.
+    pub fn finished(&self, node: &str, task: &str) -> Option<Value> {
+        self.events_of("task_finished")
+            .into_iter()
+            .find(|e| e["node"] == node && e["task"] == task)
+    }
+
+    /// stdout and stderr together, for searching messages.
+    pub fn all_output(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+
+    pub fn assert_code(&self, code: i32) {
+        assert_eq!(self.code, Some(code), "unexpected exit code\n{self}");
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+            self.code,
+            self.took,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+/// The journal's records; panics when a complete line is not JSON. Only a torn last line
+/// (no newline after it, from a kill -9 mid-write) may be unreadable.
+pub fn journal_records(state_dir: &Path) -> Vec<Value> {
+    let text = match fs::read(state_dir.join("journal.jsonl")) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => return Vec::new(),
+    };
+    let complete = match text.rfind('\n') {
+        Some(i) => &text[..i],
+        None => "",
+    };
+    complete
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("journal line is not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// (node, task) of every task the journal records as finished successfully (not failed).
+pub fn journal_done(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r["record"] == "task" && r["status"] != "failed" && r["reason"].is_null())
+        .map(|r| (str_of(&r["node"]), str_of(&r["task"])))
+        .collect()
+}
+
+pub fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// A task that appends its own name to `{{ lab_root }}/log` after `run` succeeds (the side effect tests count).
+pub fn logging_task(name: &str, run: &str) -> String {
+    format!(
+        "  - name: {name}\n    run: |\n      set -e\n      {run}\n      echo '{name}' >> {{{{ lab_root }}}}/log\n",
+        run = run.replace('\n', "\n      ")
+    )
+}
+
+/// A stage (`hosts: all`) of logging tasks.
+pub fn stage(name: &str, tasks: &[String]) -> String {
+    format!("name: {name}\nhosts: all\ntasks:\n{}", tasks.concat())
+}
+
+/// Seconds since the epoch of an event's RFC 3339 `ts` (`2026-01-02T03:04:05.123456789Z`).
+pub fn ts(event: &Value) -> f64 {
+    let s = event["ts"].as_str().unwrap_or_else(|| panic!("no ts in {event}"));
+    parse_ts(s).unwrap_or_else(|| panic!("bad ts {s}"))
+}
+
+fn parse_ts(s: &str) -> Option<f64> {
+    let (date, time) = s.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+/// Every process's command line on this machine (the lab nodes share it).
+pub fn process_list() -> String {
+    let out = Command::new("ps").args(["-eo", "args"]).output().expect("ps runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `cond` holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    cond()
+}
+
+/// Every file under a folder, with its bytes.
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = fs::read(&p) {
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
+/// Sends a signal to a process.
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+#[test]
+fn timestamps_parse_to_epoch_seconds() {
+    assert_eq!(parse_ts("1970-01-02T00:00:01Z"), Some(86401.0));
+    let a = parse_ts("2026-03-01T00:00:00.5Z").unwrap_or_default();
+    let b = parse_ts("2026-02-28T23:59:59.5Z").unwrap_or_default();
+    assert!((a - b - 1.0).abs() < 1e-6);
+}
