@@ -463,7 +463,7 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
         password: secrets.password,
         sudo_password: secrets.sudo_password,
         known_hosts: s.known_hosts.clone(),
-        new_host_keys: if spec.accept_new_host_keys {
+        new_host_keys: if spec.accept_new_host_keys || spec.accept_host_keys_for.contains(name) {
             NewHostKeys::Accept
         } else {
             s.new_host_keys

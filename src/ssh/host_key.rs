@@ -29,6 +29,8 @@ pub(crate) struct Client {
     pub(crate) policy: NewHostKeys,
     /// `(verdict, SHA256 fingerprint)` once the server's key was seen.
     pub(crate) seen: Arc<Mutex<Option<(Verdict, String)>>>,
+    /// Only look at the key: end the handshake right after it, whatever the verdict.
+    pub(crate) probe_only: bool,
 }
 
 impl russh::client::Handler for Client {
@@ -42,7 +44,7 @@ impl russh::client::Handler for Client {
                 cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
             ),
         };
-        let accept = matches!(verdict, Verdict::Known | Verdict::Learned);
+        let accept = !self.probe_only && matches!(verdict, Verdict::Known | Verdict::Learned);
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some((verdict, fingerprint));
         }
@@ -89,7 +91,12 @@ impl Client {
         } else {
             format!("[{}]:{}", self.host, self.port)
         };
-        std::fs::write(&self.known_hosts, format!("{host} {}\n", key.to_openssh()?))?;
+        // Appended, not written whole: nodes accepted together learn their keys at the same time.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.known_hosts)?;
+        std::io::Write::write_all(&mut file, format!("{host} {}\n", key.to_openssh()?).as_bytes())?;
         Ok(())
     }
 }
