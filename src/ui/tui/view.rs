@@ -769,6 +769,7 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 }
 
 /// Lines of the host key box: one per unknown key, two per changed key (the second says why it cannot be accepted).
+/// The full fingerprint fits on an 80-column line for node names up to 10 characters: the operator compares it.
 fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
     let name_width = app
         .host_keys
@@ -797,7 +798,7 @@ fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
                     Span::styled(word, style.patch(selected)),
                     Span::raw("  "),
                     Span::styled(node, theme.bold()),
-                    Span::raw("  unknown key "),
+                    Span::raw("  "),
                     Span::raw(key.prompt.fingerprint.clone()),
                 ]));
             }
@@ -808,14 +809,11 @@ fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
                     Span::styled("✗ CHANGED  ", red.patch(selected)),
                     Span::raw("  "),
                     Span::styled(node, theme.bold()),
-                    Span::styled("  now ", red),
+                    Span::raw("  "),
                     Span::styled(key.prompt.fingerprint.clone(), red),
                 ]));
                 lines.push(Line::styled(
-                    format!(
-                        "    differs from known_hosts line {line} of {path}: never accepted here; if the node was \
-                         reinstalled, remove that line (ssh-keygen -R) and run again"
-                    ),
+                    format!("    not acceptable: line {line} of {path} has another key for it"),
                     red,
                 ));
             }
