@@ -594,7 +594,9 @@ async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_loggin
     let mut changed = target(&t);
     changed.known_hosts = forged;
     match probe_host_key(&changed).await.unwrap() {
-        HostKeyState::Changed { line, fingerprint: f, .. } => {
+        HostKeyState::Changed {
+            line, fingerprint: f, ..
+        } => {
             assert_eq!(line, 1);
             assert_eq!(f, fingerprint);
         }

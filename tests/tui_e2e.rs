@@ -203,9 +203,20 @@ fn node_log(state: &Path, node: &str) -> String {
         .collect()
 }
 
+/// The number of the first `check line N` visible in the scrolling part of the output pane.
+fn first_output_line(screen: &str) -> Option<u32> {
+    screen
+        .lines()
+        .filter_map(|l| l.strip_prefix("│check line "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .next()
+}
+
 /// The row of the node list naming `node` (the running screen's list starts each row with a state symbol).
 fn node_row<'a>(screen: &'a str, node: &str) -> Option<&'a str> {
-    screen.lines().find(|l| l.contains(&format!(" {node} ")) && l.contains('│'))
+    screen
+        .lines()
+        .find(|l| l.contains(&format!(" {node} ")) && l.contains('│'))
 }
 
 #[test]
@@ -217,7 +228,10 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
     // The confirmation screen: nodes, stages and task counts, and nothing runs yet.
     let screen = tmux.wait_for("the confirmation screen", |s| s.contains("y/Enter"));
     assert!(tmux.alternate_on(), "the TUI uses the alternate screen:\n{screen}");
-    assert!(screen.contains("4 nodes in 4 clusters · 2 stages · 8 tasks"), "{screen}");
+    assert!(
+        screen.contains("4 nodes in 4 clusters · 2 stages · 8 tasks"),
+        "{screen}"
+    );
     for node in ["node-1", "node-2", "node-3", "node-4"] {
         assert!(screen.contains(node), "{node} is listed:\n{screen}");
     }
@@ -229,9 +243,14 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
 
     // Start: the running screen with the node list, the stage matrix and the output pane.
     tmux.keys(&["y"]);
-    let screen = tmux.wait_for("node-2 to fail", |s| node_row(s, "node-2").is_some_and(|r| r.contains('✗')));
+    let screen = tmux.wait_for("node-2 to fail", |s| {
+        node_row(s, "node-2").is_some_and(|r| r.contains('✗'))
+    });
     assert!(screen.contains(" stages "), "the stage matrix is shown:\n{screen}");
-    assert!(screen.contains("node-1 ·"), "the output pane shows the selected node:\n{screen}");
+    assert!(
+        screen.contains("node-1 ·"),
+        "the output pane shows the selected node:\n{screen}"
+    );
     assert!(
         node_row(&screen, "node-1").is_some_and(|r| r.contains('▶')),
         "node-1 still works while node-2 has failed:\n{screen}"
@@ -240,27 +259,39 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
     // Select node-2: its failed task and error are on top of its output.
     tmux.keys(&["j"]);
     let screen = tmux.wait_for("node-2's output", |s| s.contains("node-2 ·"));
-    assert!(screen.contains("check / need flag"), "the failed task is named:\n{screen}");
+    assert!(
+        screen.contains("check / need flag"),
+        "the failed task is named:\n{screen}"
+    );
     assert!(screen.contains("exit 3"), "the exit code is shown:\n{screen}");
-    assert!(screen.contains("flag file missing on node-2"), "the error output is shown:\n{screen}");
+    assert!(
+        screen.contains("flag file missing on node-2"),
+        "the error output is shown:\n{screen}"
+    );
 
     // Scroll back to earlier output, then to the end again.
+    let newest = first_output_line(&screen).unwrap_or_else(|| panic!("output lines are shown:\n{screen}"));
     tmux.keys(&["PPage"]);
-    tmux.keys(&["PPage"]);
-    let screen = tmux.wait_for("scrolled output", |s| s.contains("paused"));
-    assert!(screen.contains("check line 1"), "older output after PgUp:\n{screen}");
+    tmux.wait_for("older output after PgUp", |s| {
+        s.contains("paused") && first_output_line(s).is_some_and(|n| n < newest)
+    });
     tmux.keys(&["End"]);
-    let screen = tmux.wait_for("the newest output", |s| !s.contains("paused"));
-    assert!(!screen.contains("check line 1 "), "back at the end:\n{screen}");
+    tmux.wait_for("the newest output after End", |s| {
+        !s.contains("paused") && first_output_line(s) == Some(newest)
+    });
 
     // Fix the node, retry: it runs again from the failed task and finishes.
     let root = setup.lab.node("node-2").expect("node-2 exists").root.clone();
     std::fs::write(root.join("ok"), "").expect("create the flag file");
     tmux.keys(&["r"]);
-    let screen = tmux.wait_for("the summary screen", |s| s.contains("q/Enter") && s.contains(" result "));
+    let screen = tmux.wait_for("the summary screen", |s| {
+        s.contains("q/Enter") && s.contains(" result ")
+    });
     for node in ["node-1", "node-2", "node-3", "node-4"] {
         assert!(
-            screen.lines().any(|l| l.contains(&format!("{node} ")) && l.contains(" ok ")),
+            screen
+                .lines()
+                .any(|l| l.contains(&format!("{node} ")) && l.contains(" ok ")),
             "{node} finished:\n{screen}"
         );
     }
@@ -279,9 +310,19 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
     let history = format!("{history}\n{}", tmux.history());
     assert_eq!(code, 0, "exit code; the terminal showed:\n{history}");
     assert!(!tmux.alternate_on(), "the alternate screen was left:\n{history}");
-    assert!(history.contains("terminal modes restored"), "raw mode was undone:\n{history}");
-    assert!(history.contains("node-2"), "the summary is printed after exit:\n{history}");
-    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(
+        history.contains("terminal modes restored"),
+        "raw mode was undone:\n{history}"
+    );
+    assert!(
+        history.contains("node-2"),
+        "the summary is printed after exit:\n{history}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -302,5 +343,77 @@ fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
     let history = format!("{history}\n{}", tmux.history());
     assert_eq!(code, 130, "exit code; the terminal showed:\n{history}");
     assert!(!tmux.alternate_on(), "the alternate screen was left:\n{history}");
-    assert!(history.contains("terminal modes restored"), "raw mode was undone:\n{history}");
+    assert!(
+        history.contains("terminal modes restored"),
+        "raw mode was undone:\n{history}"
+    );
+}
+
+#[test]
+fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen() {
+    let setup = Setup::new(152, 1);
+    let node2 = setup.lab.node("node-2").expect("node-2 exists");
+    std::fs::write(node2.root.join("ok"), "").expect("create the flag file");
+    // known_hosts forgets node-3 and node-4.
+    let known_hosts = setup.lab.dir.join("known_hosts");
+    let all = std::fs::read_to_string(&known_hosts).expect("the lab's known_hosts");
+    let kept: String = all.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&known_hosts, kept).expect("rewrite known_hosts");
+
+    let tmux = setup.start();
+    let screen = tmux.wait_for("the host key box", |s| s.contains("host keys") && s.contains("y/Enter"));
+    for node in ["node-3", "node-4"] {
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains("? undecided") && l.contains(node) && l.contains("SHA256:")),
+            "{node}'s key waits with its fingerprint:\n{screen}"
+        );
+    }
+    assert!(
+        !screen
+            .lines()
+            .any(|l| l.contains("? undecided") && l.contains("node-1")),
+        "known keys are not asked about:\n{screen}"
+    );
+    tmux.keys(&["a"]);
+    tmux.keys(&["j"]);
+    tmux.keys(&["x"]);
+    let screen = tmux.wait_for("both decisions", |s| s.contains("✓ accept") && s.contains("✗ refuse"));
+    assert!(
+        screen.lines().any(|l| l.contains("✓ accept") && l.contains("node-3")),
+        "{screen}"
+    );
+    tmux.keys(&["y"]);
+    let screen = tmux.wait_for("the summary screen", |s| {
+        s.contains("q/Enter") && s.contains(" result ")
+    });
+    assert!(
+        screen.lines().any(|l| l.contains("node-3 ") && l.contains(" ok ")),
+        "the accepted node ran:\n{screen}"
+    );
+    assert!(
+        screen.lines().any(|l| l.contains("node-4 ") && l.contains("failed")),
+        "the refused node failed:\n{screen}"
+    );
+    assert!(screen.contains("unknown"), "with the unknown-host error:\n{screen}");
+    let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts");
+    let node3 = setup.lab.node("node-3").expect("node-3 exists");
+    let node4 = setup.lab.node("node-4").expect("node-4 exists");
+    assert!(
+        recorded.contains(&format!("[{}]:{} ", node3.address, node3.port)),
+        "{recorded}"
+    );
+    assert!(
+        !recorded.contains(&format!("[{}]:{} ", node4.address, node4.port)),
+        "{recorded}"
+    );
+
+    tmux.keys(&["q"]);
+    assert_eq!(
+        setup.exit_code(&tmux),
+        1,
+        "a refused node is a failed node:\n{}",
+        tmux.history()
+    );
 }

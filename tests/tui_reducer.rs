@@ -327,7 +327,10 @@ fn host_keys_are_accepted_or_refused_per_node_with_the_arrows_choosing_which() {
     let _ = app.act(Action::RefuseHostKey, 10);
     assert_eq!(app.host_keys[0].decision, HostKeyDecision::Accept);
     assert_eq!(app.host_keys[1].decision, HostKeyDecision::Refuse);
-    assert_eq!(app.accepted_host_keys(), std::collections::HashSet::from(["n1".to_string()]));
+    assert_eq!(
+        app.accepted_host_keys(),
+        std::collections::HashSet::from(["n1".to_string()])
+    );
     // The selection stays on the list.
     for _ in 0..5 {
         let _ = app.act(Action::Down, 10);
@@ -363,8 +366,14 @@ fn host_key_decisions_end_when_the_run_starts() {
 #[test]
 fn host_key_keys_work_only_on_the_confirmation_screen_with_keys_to_decide() {
     let mut app = app_with_host_keys();
-    assert_eq!(keys::action_for(&key(KeyCode::Char('a')), &app), Some(Action::AcceptHostKey));
-    assert_eq!(keys::action_for(&key(KeyCode::Char('x')), &app), Some(Action::RefuseHostKey));
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('a')), &app),
+        Some(Action::AcceptHostKey)
+    );
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('x')), &app),
+        Some(Action::RefuseHostKey)
+    );
     assert_eq!(keys::action_for(&key(KeyCode::Down), &app), Some(Action::Down));
     assert_eq!(keys::action_for(&key(KeyCode::Char('k')), &app), Some(Action::Up));
     app.screen = Screen::Running;

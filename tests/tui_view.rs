@@ -400,6 +400,9 @@ fn a_changed_host_key_is_a_hard_error_on_the_confirmation_screen() {
     let _ = app.act(Action::AcceptHostKey, 10);
     let screen = render(&app, 120, 40);
     assert!(screen.contains("CHANGED"), "{screen}");
-    assert!(screen.contains("not acceptable: line 4 of /root/.ssh/known_hosts"), "{screen}");
+    assert!(
+        screen.contains("not acceptable: line 4 of /root/.ssh/known_hosts"),
+        "{screen}"
+    );
     assert!(!app.accepted_host_keys().contains("edge-201"));
 }
