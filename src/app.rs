@@ -1,11 +1,12 @@
 //! The commands behind the command line: load and check the input, choose the frontend,
 //! run the engine, and map the outcome to an exit code.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,11 +17,13 @@ use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::{self, Control, NodeSecrets, RunResult, RunSpec};
 use crate::event::Event;
 use crate::facts::Facts;
-use crate::inventory::{self, Inventory};
+use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::{Progress, StateDir, StateError};
 use crate::plan::{self, Action, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Vault};
+use crate::ssh::{self, HostKeyState};
+use crate::ui::tui::state::{HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
 use crate::{fanout, lab};
 
@@ -194,7 +197,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
     )
     .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let spec = RunSpec {
+    let mut spec = RunSpec {
         run_id: run_id.clone(),
         inventory: input.inventory.clone(),
         playbooks: input.playbooks.clone(),
@@ -205,6 +208,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         vault,
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
+        accept_host_keys_for: HashSet::new(),
         interactive: tui_wanted,
     };
     let started = Event::RunStarted {
@@ -216,15 +220,27 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
 
     let result = if tui_wanted {
         let (go_tx, go_rx) = oneshot::channel();
+        let host_keys = if args.accept_new_host_keys {
+            Vec::new()
+        } else {
+            host_key_prompts(&input.inventory, &input.nodes).await
+        };
         let setup = tui::TuiSetup {
             stages,
             nodes: outlines,
             log_dir: log_dir.clone(),
             run_id,
+            host_keys,
         };
         let screen = tokio::spawn(tui::run(setup, go_tx, front_rx, control_tx));
-        let go = go_rx.await.unwrap_or(false);
-        let result = if go {
+        let answer = go_rx.await.unwrap_or(tui::Answer::Decline);
+        let result = if let tui::Answer::Start { accept_host_keys_for } = answer {
+            if !accept_host_keys_for.is_empty() {
+                let mut names: Vec<&String> = accept_host_keys_for.iter().collect();
+                names.sort();
+                tracing::info!(nodes = ?names, "the operator accepted these unknown host keys");
+            }
+            spec.accept_host_keys_for = accept_host_keys_for;
             let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
@@ -262,6 +278,59 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         result
     };
     Ok(exit_for(result))
+}
+
+/// How long the host key look before the confirmation screen may take per node.
+const HOST_KEY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Looks at the host keys of the nodes whose policy refuses an unknown one, all at once, so the operator can decide
+/// on the confirmation screen. Unreachable nodes are left out: the run reports them with their own error.
+async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKeyPrompt> {
+    let probes = nodes
+        .iter()
+        .filter_map(|name| inventory.node(name))
+        .filter(|node| node.ssh.new_host_keys == NewHostKeys::Refuse)
+        .map(|node| {
+            let s = &node.ssh;
+            // No credentials: the probe never logs in.
+            let target = ssh::Target {
+                node: node.name.clone(),
+                host: node.address.clone(),
+                port: s.port,
+                user: s.user.clone(),
+                key: None,
+                agent: false,
+                password: None,
+                sudo_password: None,
+                known_hosts: s.known_hosts.clone(),
+                new_host_keys: NewHostKeys::Refuse,
+                connect_timeout: s.connect_timeout.min(HOST_KEY_PROBE_TIMEOUT),
+                keepalive: s.keepalive,
+            };
+            async move { (target.node.clone(), ssh::probe_host_key(&target).await) }
+        });
+    let mut prompts = Vec::new();
+    for (node, state) in futures::future::join_all(probes).await {
+        let (fingerprint, issue) = match state {
+            Ok(HostKeyState::Unknown { fingerprint }) => (fingerprint, HostKeyIssue::Unknown),
+            Ok(HostKeyState::Changed {
+                line,
+                path,
+                fingerprint,
+            }) => (fingerprint, HostKeyIssue::Changed { line, path }),
+            Ok(HostKeyState::Known) => continue,
+            Err(e) => {
+                tracing::info!(node = %node, error = %e, "host key not checked before the run");
+                continue;
+            }
+        };
+        prompts.push(HostKeyPrompt {
+            node,
+            fingerprint,
+            issue,
+        });
+    }
+    prompts
 }
 
 fn exit_for(result: RunResult) -> Exit {
@@ -567,6 +636,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         vault,
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
+        accept_host_keys_for: HashSet::new(),
         interactive: false,
     };
     let outlines = plans.iter().map(NodePlan::outline).collect();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kubeboot::lab::{self, LabGuard, LabOptions};
 use kubeboot::secrets::Secret;
-use kubeboot::ssh::{Command, Exit, NewHostKeys, Session, SshError, Stream, Target};
+use kubeboot::ssh::{Command, Exit, HostKeyState, NewHostKeys, Session, SshError, Stream, Target, probe_host_key};
 use tokio_util::sync::CancellationToken;
 
 /// A lab that goes away when the test ends (the guard stops sshd before the folder is removed).
@@ -512,6 +512,8 @@ async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
     let mut target = t.lab.target("node-2").unwrap();
     target.keepalive = Duration::from_millis(500);
     let s = Session::connect(target).await.unwrap();
+    // The session is fully set up (its shell runs) before the node freezes.
+    assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
     lab::pause_node(&t.lab.dir, "node-2").unwrap();
     let started = Instant::now();
     let err = run(&s, &cmd("true")).await.0.unwrap_err();
@@ -568,4 +570,45 @@ async fn fifty_small_commands_on_one_node_run_quickly() {
             "50 x true (become {become_}) took {took:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_logging_in_or_recording() {
+    let t = start_lab(48, 2);
+    let known = target(&t);
+    assert_eq!(probe_host_key(&known).await.unwrap(), HostKeyState::Known);
+
+    let empty = t.lab.dir.join("probe_empty_known_hosts");
+    let mut unknown = target(&t);
+    unknown.known_hosts = empty.clone();
+    // Even an accepting policy only looks: nothing is recorded by a probe.
+    unknown.new_host_keys = NewHostKeys::Accept;
+    let fingerprint = match probe_host_key(&unknown).await.unwrap() {
+        HostKeyState::Unknown { fingerprint } => fingerprint,
+        other => panic!("expected Unknown, got {other:?}"),
+    };
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    assert!(!empty.exists() || std::fs::read_to_string(&empty).unwrap().trim().is_empty());
+
+    let good = std::fs::read_to_string(t.lab.dir.join("known_hosts")).unwrap();
+    let node2_key = good.lines().nth(1).unwrap().split_once(' ').unwrap().1.to_string();
+    let node1 = t.lab.node("node-1").unwrap();
+    let forged = t.lab.dir.join("probe_forged_known_hosts");
+    std::fs::write(&forged, format!("[{}]:{} {node2_key}\n", node1.address, node1.port)).unwrap();
+    let mut changed = target(&t);
+    changed.known_hosts = forged;
+    match probe_host_key(&changed).await.unwrap() {
+        HostKeyState::Changed {
+            line, fingerprint: f, ..
+        } => {
+            assert_eq!(line, 1);
+            assert_eq!(f, fingerprint);
+        }
+        other => panic!("expected Changed, got {other:?}"),
+    }
+
+    let mut closed = target(&t);
+    closed.port = 1;
+    closed.connect_timeout = Duration::from_secs(2);
+    assert!(probe_host_key(&closed).await.is_err());
 }

@@ -7,7 +7,7 @@ use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyModifiers};
 use kubeboot::engine::Control;
 use kubeboot::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 use kubeboot::ui::tui::keys::{self, Action, Effect};
-use kubeboot::ui::tui::state::{App, OUTPUT_LINES_PER_NODE, Screen};
+use kubeboot::ui::tui::state::{App, HostKeyDecision, HostKeyIssue, HostKeyPrompt, OUTPUT_LINES_PER_NODE, Screen};
 use kubeboot::ui::tui::view;
 use proptest::prelude::*;
 use ratatui::Terminal;
@@ -139,6 +139,8 @@ fn action() -> impl Strategy<Value = Action> {
         Just(Action::Dismiss),
         Just(Action::ToggleHelp),
         Just(Action::ShowRun),
+        Just(Action::AcceptHostKey),
+        Just(Action::RefuseHostKey),
     ]
 }
 
@@ -288,4 +290,143 @@ fn keys_map_to_actions_by_screen_and_dialog() {
     assert_eq!(keys::action_for(&key(KeyCode::Char('q')), &app), Some(Action::Leave));
     assert_eq!(keys::action_for(&key(KeyCode::Enter), &app), Some(Action::Leave));
     assert_eq!(keys::action_for(&key(KeyCode::Tab), &app), Some(Action::ShowRun));
+}
+
+fn host_key(node: &str, issue: HostKeyIssue) -> HostKeyPrompt {
+    HostKeyPrompt {
+        node: node.into(),
+        fingerprint: format!("SHA256:{node}"),
+        issue,
+    }
+}
+
+fn app_with_host_keys() -> App {
+    let nodes: Vec<NodeOutline> = NODES.iter().map(|n| outline(n)).collect();
+    let mut app = App::new("r", vec![], &nodes, PathBuf::from("logs"));
+    app.set_host_keys(vec![
+        host_key("n1", HostKeyIssue::Unknown),
+        host_key("n2", HostKeyIssue::Unknown),
+        host_key(
+            "n3",
+            HostKeyIssue::Changed {
+                line: 2,
+                path: "known_hosts".into(),
+            },
+        ),
+    ]);
+    app
+}
+
+#[test]
+fn host_keys_are_accepted_or_refused_per_node_with_the_arrows_choosing_which() {
+    let mut app = app_with_host_keys();
+    assert!(app.accepted_host_keys().is_empty(), "undecided keys count as refused");
+    assert_eq!(app.act(Action::AcceptHostKey, 10), None);
+    assert_eq!(app.act(Action::Down, 10), None);
+    let _ = app.act(Action::AcceptHostKey, 10);
+    let _ = app.act(Action::RefuseHostKey, 10);
+    assert_eq!(app.host_keys[0].decision, HostKeyDecision::Accept);
+    assert_eq!(app.host_keys[1].decision, HostKeyDecision::Refuse);
+    assert_eq!(
+        app.accepted_host_keys(),
+        std::collections::HashSet::from(["n1".to_string()])
+    );
+    // The selection stays on the list.
+    for _ in 0..5 {
+        let _ = app.act(Action::Down, 10);
+    }
+    assert_eq!(app.host_key_selected, 2);
+    for _ in 0..5 {
+        let _ = app.act(Action::Up, 10);
+    }
+    assert_eq!(app.host_key_selected, 0);
+}
+
+#[test]
+fn a_changed_host_key_can_never_be_accepted() {
+    let mut app = app_with_host_keys();
+    let _ = app.act(Action::Down, 10);
+    let _ = app.act(Action::Down, 10);
+    let _ = app.act(Action::AcceptHostKey, 10);
+    assert_eq!(app.host_keys[2].decision, HostKeyDecision::Refuse);
+    assert!(!app.accepted_host_keys().contains("n3"));
+}
+
+#[test]
+fn host_key_decisions_end_when_the_run_starts() {
+    let mut app = app_with_host_keys();
+    assert_eq!(app.act(Action::Start, 10), Some(Effect::Go(true)));
+    let _ = app.act(Action::AcceptHostKey, 10);
+    assert!(app.accepted_host_keys().is_empty());
+    // The arrows move between nodes again.
+    let _ = app.act(Action::Down, 10);
+    assert_eq!(app.selected, 1);
+}
+
+#[test]
+fn host_key_keys_work_only_on_the_confirmation_screen_with_keys_to_decide() {
+    let mut app = app_with_host_keys();
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('a')), &app),
+        Some(Action::AcceptHostKey)
+    );
+    assert_eq!(
+        keys::action_for(&key(KeyCode::Char('x')), &app),
+        Some(Action::RefuseHostKey)
+    );
+    assert_eq!(keys::action_for(&key(KeyCode::Down), &app), Some(Action::Down));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('k')), &app), Some(Action::Up));
+    app.screen = Screen::Running;
+    assert_eq!(keys::action_for(&key(KeyCode::Char('a')), &app), None);
+    let plain = App::new("r", vec![], &[outline("n1")], PathBuf::from("logs"));
+    assert_eq!(keys::action_for(&key(KeyCode::Char('a')), &plain), None);
+}
+
+#[test]
+fn a_failed_node_can_be_retried_from_the_summary_while_the_engine_still_listens() {
+    let mut app = new_app();
+    app.apply(
+        &Event::NodeFinished {
+            node: "n2".into(),
+            status: NodeStatus::Failed,
+            error: Some("boom".into()),
+            counts: Counts::default(),
+            duration_ms: 1,
+        },
+        1,
+    );
+    app.apply(
+        &Event::RunFinished {
+            nodes_ok: 0,
+            nodes_failed: 1,
+            nodes_cancelled: 0,
+            counts: Counts::default(),
+            duration_ms: 2,
+            interrupted: false,
+        },
+        2,
+    );
+    assert_eq!(app.screen, Screen::Summary);
+    assert_eq!(keys::action_for(&key(KeyCode::Char('r')), &app), Some(Action::Retry));
+    let _ = app.act(Action::Down, 10);
+    assert_eq!(
+        app.act(Action::Retry, 10),
+        Some(Effect::Control(Control::Retry { node: "n2".into() }))
+    );
+    assert_eq!(app.screen, Screen::Running);
+    assert!(!app.run_over());
+    // Once the engine is gone there is nothing to retry with.
+    let mut gone = app.clone();
+    gone.apply(
+        &Event::NodeFinished {
+            node: "n2".into(),
+            status: NodeStatus::Failed,
+            error: None,
+            counts: Counts::default(),
+            duration_ms: 1,
+        },
+        3,
+    );
+    gone.close_events(4);
+    assert_eq!(gone.act(Action::Retry, 10), None);
 }

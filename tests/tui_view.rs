@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use kubeboot::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 use kubeboot::facts::Facts;
 use kubeboot::ui::tui::keys::Action;
-use kubeboot::ui::tui::state::{App, Focus};
+use kubeboot::ui::tui::state::{App, Focus, HostKeyIssue, HostKeyPrompt};
 use kubeboot::ui::tui::view;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -356,4 +356,53 @@ fn sixty_four_nodes_keep_the_selection_visible() {
     let screen = render(&app, 80, 24);
     assert!(screen.contains("node-40"), "{screen}");
     assert!(screen.contains("41/64"), "{screen}");
+}
+
+/// Two unknown host keys (one accepted, one still undecided) and one that changed since known_hosts was written.
+fn host_key_app() -> App {
+    let mut app = new_app(0);
+    app.set_host_keys(vec![
+        HostKeyPrompt {
+            node: "node-195".into(),
+            fingerprint: "SHA256:rTpY0Zr1Cz8mQ2v3XnV8a7bCdEfGhIjKlMnOpQrStUv".into(),
+            issue: HostKeyIssue::Unknown,
+        },
+        HostKeyPrompt {
+            node: "node-196".into(),
+            fingerprint: "SHA256:Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6Ll".into(),
+            issue: HostKeyIssue::Unknown,
+        },
+        HostKeyPrompt {
+            node: "edge-201".into(),
+            fingerprint: "SHA256:Aa1Bb2Cc3Dd4Ee5Ff6Gg7Hh8Ii9Jj0Kk1Ll2Mm3Nn4Oo".into(),
+            issue: HostKeyIssue::Changed {
+                line: 4,
+                path: "/root/.ssh/known_hosts".into(),
+            },
+        },
+    ]);
+    let _ = app.act(Action::AcceptHostKey, 10);
+    let _ = app.act(Action::Down, 10);
+    app
+}
+
+#[test]
+fn confirmation_screen_shows_unknown_host_keys_with_fingerprints_and_decisions() {
+    let app = host_key_app();
+    insta::assert_snapshot!("confirm_host_keys_80x24", render(&app, 80, 24));
+    insta::assert_snapshot!("confirm_host_keys_120x40", render(&app, 120, 40));
+}
+
+#[test]
+fn a_changed_host_key_is_a_hard_error_on_the_confirmation_screen() {
+    let mut app = host_key_app();
+    let _ = app.act(Action::Down, 10);
+    let _ = app.act(Action::AcceptHostKey, 10);
+    let screen = render(&app, 120, 40);
+    assert!(screen.contains("CHANGED"), "{screen}");
+    assert!(
+        screen.contains("not acceptable: line 4 of /root/.ssh/known_hosts"),
+        "{screen}"
+    );
+    assert!(!app.accepted_host_keys().contains("edge-201"));
 }

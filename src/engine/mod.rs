@@ -7,7 +7,7 @@
 
 mod node;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -59,6 +59,8 @@ pub struct RunSpec {
     pub secrets: HashMap<String, NodeSecrets>,
     /// `--accept-new-host-keys`: record unknown host keys instead of refusing them.
     pub accept_new_host_keys: bool,
+    /// Nodes whose unknown host key the operator accepted on the confirmation screen: recorded, for these only.
+    pub accept_host_keys_for: HashSet<String>,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
 }

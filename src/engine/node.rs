@@ -372,7 +372,11 @@ impl TaskRunner<'_> {
             become_: self.task.become_,
         };
         let tail = Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES));
+        let last_error = Mutex::new(None);
         let output = |stream: Stream, line: String| {
+            if stream == Stream::Stderr && !line.trim().is_empty() {
+                *lock(&last_error) = Some(line.clone());
+            }
             {
                 let mut tail = lock(&tail);
                 if tail.len() == TAIL_LINES {
@@ -397,7 +401,14 @@ impl TaskRunner<'_> {
                 .map_err(|_| Failure::Timeout(limit))??,
             None => run.await?,
         };
-        let tail = lock(&tail).drain(..).collect();
+        let mut tail: Vec<String> = lock(&tail).drain(..).collect();
+        // The last error line explains a failure better than the last output line, and the two streams may
+        // arrive in any order (stdout comes in batches): it goes last, where the failure message looks.
+        if let Some(line) = lock(&last_error).take()
+            && tail.last() != Some(&line)
+        {
+            tail.push(line);
+        }
         Ok((exit, tail))
     }
 
@@ -482,7 +493,7 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
         password: secrets.password,
         sudo_password: secrets.sudo_password,
         known_hosts: s.known_hosts.clone(),
-        new_host_keys: if spec.accept_new_host_keys {
+        new_host_keys: if spec.accept_new_host_keys || spec.accept_host_keys_for.contains(name) {
             NewHostKeys::Accept
         } else {
             s.new_host_keys

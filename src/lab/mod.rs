@@ -249,7 +249,12 @@ pub fn stop_node(dir: &Path, name: &str) -> Result<(), LabError> {
 /// Kills one node at once (SIGKILL to its sshd and every session under it), like a power cut.
 pub fn kill_node(dir: &Path, name: &str) -> Result<(), LabError> {
     if let Some(pid) = node_pid(dir, name)? {
-        signal_tree(pid, libc::SIGKILL);
+        // Freeze first so no process escapes by forking while the tree is walked; a killed
+        // parent's children would be handed to init and no longer be found under it.
+        for p in freeze_tree(pid) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -262,9 +267,26 @@ pub fn kill_node(dir: &Path, name: &str) -> Result<(), LabError> {
 /// Freezes one node (SIGSTOP to its sshd and every session): it stops answering without closing anything.
 pub fn pause_node(dir: &Path, name: &str) -> Result<(), LabError> {
     if let Some(pid) = node_pid(dir, name)? {
-        signal_tree(pid, libc::SIGSTOP);
+        freeze_tree(pid);
     }
     Ok(())
+}
+
+/// SIGSTOPs `pid` and its descendants until no new one turns up: a session process may be
+/// forking while the tree is walked (sshd starts the post-login child right after
+/// authentication). Returns every process stopped.
+fn freeze_tree(pid: i32) -> Vec<i32> {
+    let mut stopped = signal_tree(pid, libc::SIGSTOP);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(25));
+        let again = signal_tree(pid, libc::SIGSTOP);
+        let settled = again.iter().all(|p| stopped.contains(p));
+        stopped = again;
+        if settled {
+            break;
+        }
+    }
+    stopped
 }
 
 /// Thaws a node frozen by [`pause_node`].
@@ -767,7 +789,8 @@ fn stat_field(stat: &str, n: usize) -> Option<&str> {
 }
 
 /// Sends `signal` to `pid` and every process below it (the sessions it serves and their commands).
-fn signal_tree(pid: i32, signal: i32) {
+/// Sends `signal` to `pid` and all its descendants; returns the processes signalled.
+fn signal_tree(pid: i32, signal: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -786,10 +809,11 @@ fn signal_tree(pid: i32, signal: i32) {
         tree.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(c, _)| *c));
         i += 1;
     }
-    for p in tree {
+    for &p in &tree {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(p, signal) };
     }
+    tree
 }
 
 fn listen_address(config: &Path) -> Result<SocketAddr, LabError> {

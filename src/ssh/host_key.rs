@@ -33,6 +33,8 @@ pub(crate) struct Client {
     /// Set when russh gave up on the connection because keepalives went unanswered, so the
     /// "connection lost" error can say the node stopped answering rather than just "lost".
     pub(crate) keepalive_timed_out: Arc<AtomicBool>,
+    /// Only look at the key: end the handshake right after it, whatever the verdict.
+    pub(crate) probe_only: bool,
 }
 
 impl russh::client::Handler for Client {
@@ -46,7 +48,7 @@ impl russh::client::Handler for Client {
                 cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
             ),
         };
-        let accept = matches!(verdict, Verdict::Known | Verdict::Learned);
+        let accept = !self.probe_only && matches!(verdict, Verdict::Known | Verdict::Learned);
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some((verdict, fingerprint));
         }
@@ -82,9 +84,7 @@ impl Client {
             },
         }
     }
-}
 
-impl Client {
     /// Records the key. russh's helper starts an empty file with a blank line, so a new file is written here.
     fn learn(&self, key: &PublicKey) -> Result<(), Box<dyn std::error::Error>> {
         let empty = std::fs::metadata(&self.known_hosts)
@@ -106,7 +106,12 @@ impl Client {
         } else {
             format!("[{}]:{}", self.host, self.port)
         };
-        std::fs::write(&self.known_hosts, format!("{host} {}\n", key.to_openssh()?))?;
+        // Appended, not written whole: nodes accepted together learn their keys at the same time.
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.known_hosts)?;
+        std::io::Write::write_all(&mut file, format!("{host} {}\n", key.to_openssh()?).as_bytes())?;
         Ok(())
     }
 }

@@ -37,6 +37,7 @@ pub fn start_lab(net: u8, nodes: usize) -> TestLab {
         nodes,
         first_address: Ipv4Addr::new(127, 0, net, 1),
         first_port: 20000 + u16::from(net) * 10,
+        ..LabOptions::default()
     };
     // Fails loudly when sshd or sudo is missing or we are not root: a skipped e2e test proves nothing.
     let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));

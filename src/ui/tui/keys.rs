@@ -17,6 +17,10 @@ pub enum Action {
     Start,
     /// Confirmation screen: leave without running.
     Decline,
+    /// Confirmation screen: accept the selected unknown host key.
+    AcceptHostKey,
+    /// Confirmation screen: refuse the selected host key.
+    RefuseHostKey,
     /// Previous node (list focus) or one line up (output focus).
     Up,
     /// Next node (list focus) or one line down (output focus).
@@ -105,6 +109,10 @@ fn key_action(key: &KeyEvent, app: &App) -> Option<Action> {
             KeyCode::Char('y') | KeyCode::Char('Y') | KeyCode::Enter => Some(Action::Start),
             KeyCode::Char('n') | KeyCode::Char('N') | KeyCode::Char('q') | KeyCode::Esc => Some(Action::Decline),
             KeyCode::Char('?') => Some(Action::ToggleHelp),
+            KeyCode::Up | KeyCode::Char('k') if !app.host_keys.is_empty() => Some(Action::Up),
+            KeyCode::Down | KeyCode::Char('j') if !app.host_keys.is_empty() => Some(Action::Down),
+            KeyCode::Char('a') if !app.host_keys.is_empty() => Some(Action::AcceptHostKey),
+            KeyCode::Char('x') if !app.host_keys.is_empty() => Some(Action::RefuseHostKey),
             _ => None,
         },
         Screen::Summary => match key.code {
@@ -112,6 +120,7 @@ fn key_action(key: &KeyEvent, app: &App) -> Option<Action> {
             KeyCode::Tab | KeyCode::Char('o') => Some(Action::ShowRun),
             KeyCode::Up | KeyCode::Char('k') => Some(Action::Up),
             KeyCode::Down | KeyCode::Char('j') => Some(Action::Down),
+            KeyCode::Char('r') => Some(Action::Retry),
             KeyCode::Char('?') => Some(Action::ToggleHelp),
             _ => None,
         },

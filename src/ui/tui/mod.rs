@@ -8,6 +8,7 @@ pub mod keys;
 pub mod state;
 pub mod view;
 
+use std::collections::HashSet;
 use std::io::{self, Stdout};
 use std::path::PathBuf;
 use std::sync::Once;
@@ -29,7 +30,7 @@ use crate::engine::Control;
 use crate::event::{Event, NodeOutline};
 
 use keys::{Action, Effect};
-use state::App;
+use state::{App, HostKeyPrompt};
 
 /// Time between frames (about 15 per second).
 const FRAME: Duration = Duration::from_millis(66);
@@ -47,6 +48,17 @@ pub struct TuiSetup {
     pub log_dir: PathBuf,
     /// The run's id.
     pub run_id: String,
+    /// Host keys found unknown (or changed) before the run, for the operator to decide on.
+    pub host_keys: Vec<HostKeyPrompt>,
+}
+
+/// The operator's answer on the confirmation screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Start the run, recording the unknown host keys of these nodes (accepted on the screen).
+    Start { accept_host_keys_for: HashSet<String> },
+    /// Leave without running anything.
+    Decline,
 }
 
 /// How the TUI ended.
@@ -60,17 +72,19 @@ pub struct TuiOutcome {
     pub summary: String,
 }
 
-/// Takes over the terminal: confirmation screen from `setup`; on `y`/Enter sends `true` on `go` (the caller then
-/// starts the engine, whose events arrive on `events`); `n`/`q` sends `false` and returns. While running, keys send
+/// Takes over the terminal: confirmation screen from `setup` (with host key decisions); on `y`/Enter sends
+/// [`Answer::Start`] on `go` (the caller then starts the engine, whose events arrive on `events`); `n`/`q` sends
+/// [`Answer::Decline`] and returns. While running, keys send
 /// `Control::Retry{node}` / `Control::Cancel` on `control`. Returns when the run finished and the operator left the
 /// summary screen (or quit). The terminal is always restored (normal return, error, panic, Ctrl-C).
 pub async fn run(
     setup: TuiSetup,
-    go: oneshot::Sender<bool>,
+    go: oneshot::Sender<Answer>,
     mut events: mpsc::UnboundedReceiver<Event>,
     control: mpsc::UnboundedSender<Control>,
 ) -> io::Result<TuiOutcome> {
     let mut app = App::new(&setup.run_id, setup.stages, &setup.nodes, setup.log_dir);
+    app.set_host_keys(setup.host_keys);
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut started = false;
     let result = {
@@ -96,7 +110,7 @@ pub async fn run(
 async fn run_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
-    go: oneshot::Sender<bool>,
+    go: oneshot::Sender<Answer>,
     events: &mut mpsc::UnboundedReceiver<Event>,
     control: &mpsc::UnboundedSender<Control>,
     started: &mut bool,
@@ -140,8 +154,15 @@ async fn run_loop(
         match app.act(action, page) {
             Some(Effect::Go(yes)) => {
                 if let Some(go) = go.take() {
+                    let answer = if yes {
+                        Answer::Start {
+                            accept_host_keys_for: app.accepted_host_keys(),
+                        }
+                    } else {
+                        Answer::Decline
+                    };
                     // A dropped receiver means the caller gave up; there is nothing to start then.
-                    *started = yes && go.send(yes).is_ok();
+                    *started = yes && go.send(answer).is_ok();
                 }
                 if !*started {
                     return Ok(());

@@ -1,7 +1,7 @@
 //! The TUI's view model: everything the screen shows, updated only by [`App::apply`] (events) and
 //! [`App::act`] (keys). Both are pure: time comes in as milliseconds, nothing reads the clock or the terminal.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
 use crate::engine::Control;
@@ -421,6 +421,46 @@ impl NodeView {
     }
 }
 
+/// What is wrong with a node's host key, found before the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyIssue {
+    /// known_hosts has no key for the node: the operator may accept this one.
+    Unknown,
+    /// known_hosts has another key (line `line` of `path`): never accepted from the screen.
+    Changed { line: usize, path: String },
+}
+
+/// A node's host key that needs the operator before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyPrompt {
+    /// The node's name.
+    pub node: String,
+    /// The key's fingerprint, `SHA256:...` as `ssh-keygen -l` shows it.
+    pub fingerprint: String,
+    /// Unknown or changed.
+    pub issue: HostKeyIssue,
+}
+
+/// What the operator decided about one host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyDecision {
+    /// Not decided yet: treated like refused when the run starts.
+    Undecided,
+    /// Record the key in known_hosts when connecting.
+    Accept,
+    /// Do not record it: the node fails with the unknown-host error.
+    Refuse,
+}
+
+/// A host key prompt with the operator's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyView {
+    /// What was found.
+    pub prompt: HostKeyPrompt,
+    /// What the operator decided.
+    pub decision: HostKeyDecision,
+}
+
 /// How the run ended, from `run_finished`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunEnd {
@@ -495,6 +535,10 @@ pub struct App {
     pub run_end: Option<RunEnd>,
     /// The engine's event channel closed.
     pub events_closed: bool,
+    /// Host keys waiting for a decision on the confirmation screen (unknown or changed), in node order.
+    pub host_keys: Vec<HostKeyView>,
+    /// Index into `host_keys` of the selected one.
+    pub host_key_selected: usize,
 }
 
 impl App {
@@ -521,11 +565,48 @@ impl App {
             run_started_ms: None,
             run_end: None,
             events_closed: false,
+            host_keys: Vec::new(),
+            host_key_selected: 0,
         };
         for outline in nodes {
             app.upsert(outline);
         }
         app
+    }
+
+    /// Shows these host keys on the confirmation screen, all undecided (changed ones stay refused).
+    pub fn set_host_keys(&mut self, prompts: Vec<HostKeyPrompt>) {
+        self.host_keys = prompts
+            .into_iter()
+            .map(|prompt| HostKeyView {
+                decision: match prompt.issue {
+                    HostKeyIssue::Unknown => HostKeyDecision::Undecided,
+                    HostKeyIssue::Changed { .. } => HostKeyDecision::Refuse,
+                },
+                prompt,
+            })
+            .collect();
+        self.host_key_selected = 0;
+    }
+
+    /// The nodes whose unknown host key the operator accepted.
+    pub fn accepted_host_keys(&self) -> HashSet<String> {
+        self.host_keys
+            .iter()
+            .filter(|k| k.decision == HostKeyDecision::Accept && k.prompt.issue == HostKeyIssue::Unknown)
+            .map(|k| k.prompt.node.clone())
+            .collect()
+    }
+
+    fn decide_host_key(&mut self, decision: HostKeyDecision) {
+        if self.screen != Screen::Confirm {
+            return;
+        }
+        if let Some(key) = self.host_keys.get_mut(self.host_key_selected)
+            && key.prompt.issue == HostKeyIssue::Unknown
+        {
+            key.decision = decision;
+        }
     }
 
     fn upsert(&mut self, outline: &NodeOutline) -> usize {
@@ -837,6 +918,14 @@ impl App {
                 return Some(Effect::Go(true));
             }
             Action::Decline => return Some(Effect::Go(false)),
+            Action::Up if self.screen == Screen::Confirm => {
+                self.host_key_selected = self.host_key_selected.saturating_sub(1);
+            }
+            Action::Down if self.screen == Screen::Confirm => {
+                self.host_key_selected = (self.host_key_selected + 1).min(self.host_keys.len().saturating_sub(1));
+            }
+            Action::AcceptHostKey => self.decide_host_key(HostKeyDecision::Accept),
+            Action::RefuseHostKey => self.decide_host_key(HostKeyDecision::Refuse),
             Action::Up => match self.focus {
                 Focus::List => self.select(self.selected.saturating_sub(1)),
                 Focus::Output => self.scroll_up(1, page),
@@ -867,12 +956,17 @@ impl App {
                 self.follow = !self.follow;
             }
             Action::Retry => {
-                let run_over = self.run_over();
+                // After `run_finished` the engine still takes retries until the screen lets go of it.
+                let engine_gone = self.events_closed;
                 let node = self.nodes.get_mut(self.selected)?;
-                if node.state != NodeState::Failed || run_over || self.cancelling {
+                if node.state != NodeState::Failed || engine_gone || self.cancelling {
                     return None;
                 }
                 node.retry_requested = true;
+                if self.run_end.take().is_some() {
+                    self.screen = Screen::Running;
+                    self.follow = true;
+                }
                 return Some(Effect::Control(Control::Retry {
                     node: node.name.clone(),
                 }));

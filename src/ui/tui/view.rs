@@ -10,7 +10,10 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 
 use super::keys::HELP;
-use super::state::{App, FAILURE_TAIL, Focus, LineKind, NodeState, NodeView, Screen, StageCell, format_duration};
+use super::state::{
+    App, FAILURE_TAIL, Focus, HostKeyDecision, HostKeyIssue, LineKind, NodeState, NodeView, Screen, StageCell,
+    format_duration,
+};
 
 /// Width of the text progress bars in the node list.
 const BAR_WIDTH: usize = 6;
@@ -642,9 +645,16 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     });
 
     let stage_rows = app.stages.len() as u16 + 3;
-    let [intro_area, stages_area, nodes_area, footer_area] = Layout::vertical([
+    let key_lines = host_key_lines(app, theme);
+    let key_rows = if key_lines.is_empty() {
+        0
+    } else {
+        (key_lines.len() as u16 + 2).min(area.height.saturating_sub(5) / 2)
+    };
+    let [intro_area, keys_area, stages_area, nodes_area, footer_area] = Layout::vertical([
         Constraint::Length(4),
-        Constraint::Length(stage_rows.min(area.height.saturating_sub(5) / 2)),
+        Constraint::Length(key_rows),
+        Constraint::Length(stage_rows.min(area.height.saturating_sub(5 + key_rows) / 2)),
         Constraint::Fill(1),
         Constraint::Length(1),
     ])
@@ -690,6 +700,29 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .block(Block::bordered().title(" stages ").border_style(theme.border(false)));
     frame.render_widget(stage_table, stages_area);
 
+    if key_rows > 0 {
+        // Keep the selected key in view when there are more than fit.
+        let inner = key_rows.saturating_sub(2) as usize;
+        let selected_line = host_key_line_index(app, app.host_key_selected);
+        let scroll = (selected_line + 1).saturating_sub(inner) as u16;
+        let undecided = app
+            .host_keys
+            .iter()
+            .filter(|k| k.decision == HostKeyDecision::Undecided)
+            .count();
+        let title = if undecided > 0 {
+            format!(" host keys · {undecided} waiting for a decision (undecided = refused) ")
+        } else {
+            " host keys ".to_string()
+        };
+        frame.render_widget(
+            Paragraph::new(key_lines)
+                .scroll((scroll, 0))
+                .block(Block::bordered().title(title).border_style(theme.fg(Color::Yellow))),
+            keys_area,
+        );
+    }
+
     let rows_visible = nodes_area.height.saturating_sub(3) as usize;
     let hidden = app.nodes.len().saturating_sub(rows_visible);
     let node_rows = app.nodes.iter().take(rows_visible).map(|node| {
@@ -721,10 +754,84 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .block(Block::bordered().title(title).border_style(theme.border(false)));
     frame.render_widget(node_table, nodes_area);
 
-    frame.render_widget(
-        footer(&[("y/Enter", "start"), ("n/q", "leave"), ("?", "help")], theme),
-        footer_area,
-    );
+    let hints: &[(&str, &str)] = if app.host_keys.is_empty() {
+        &[("y/Enter", "start"), ("n/q", "leave"), ("?", "help")]
+    } else {
+        &[
+            ("y/Enter", "start"),
+            ("↑↓", "key"),
+            ("a", "accept key"),
+            ("x", "refuse key"),
+            ("n/q", "leave"),
+        ]
+    };
+    frame.render_widget(footer(hints, theme), footer_area);
+}
+
+/// Lines of the host key box: one per unknown key, two per changed key (the second says why it cannot be accepted).
+/// The full fingerprint fits on an 80-column line for node names up to 10 characters: the operator compares it.
+fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    let name_width = app
+        .host_keys
+        .iter()
+        .map(|k| k.prompt.node.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut lines = Vec::new();
+    for (i, key) in app.host_keys.iter().enumerate() {
+        let marker = if i == app.host_key_selected { "▸ " } else { "  " };
+        let node = format!("{:<name_width$}", key.prompt.node);
+        let selected = if i == app.host_key_selected {
+            Style::new().add_modifier(Modifier::REVERSED)
+        } else {
+            Style::new()
+        };
+        match &key.prompt.issue {
+            HostKeyIssue::Unknown => {
+                let (word, style) = match key.decision {
+                    HostKeyDecision::Undecided => ("? undecided", theme.fg(Color::Yellow)),
+                    HostKeyDecision::Accept => ("✓ accept   ", theme.fg(Color::Green)),
+                    HostKeyDecision::Refuse => ("✗ refuse   ", theme.fg(Color::Red)),
+                };
+                lines.push(Line::from(vec![
+                    Span::raw(marker),
+                    Span::styled(word, style.patch(selected)),
+                    Span::raw("  "),
+                    Span::styled(node, theme.bold()),
+                    Span::raw("  "),
+                    Span::raw(key.prompt.fingerprint.clone()),
+                ]));
+            }
+            HostKeyIssue::Changed { line, path } => {
+                let red = theme.fg(Color::Red).add_modifier(Modifier::BOLD);
+                lines.push(Line::from(vec![
+                    Span::raw(marker),
+                    Span::styled("✗ CHANGED  ", red.patch(selected)),
+                    Span::raw("  "),
+                    Span::styled(node, theme.bold()),
+                    Span::raw("  "),
+                    Span::styled(key.prompt.fingerprint.clone(), red),
+                ]));
+                lines.push(Line::styled(
+                    format!("    not acceptable: line {line} of {path} has another key for it"),
+                    red,
+                ));
+            }
+        }
+    }
+    lines
+}
+
+/// The line in the host key box where key `index` starts.
+fn host_key_line_index(app: &App, index: usize) -> usize {
+    app.host_keys
+        .iter()
+        .take(index)
+        .map(|k| match k.prompt.issue {
+            HostKeyIssue::Unknown => 1,
+            HostKeyIssue::Changed { .. } => 2,
+        })
+        .sum()
 }
 
 fn result_word(state: NodeState) -> &'static str {
@@ -874,18 +981,13 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             failures_area,
         );
     }
-    frame.render_widget(
-        footer(
-            &[
-                ("q/Enter", "leave"),
-                ("Tab", "run view"),
-                ("↑↓", "select"),
-                ("?", "help"),
-            ],
-            theme,
-        ),
-        footer_area,
-    );
+    let mut hints = vec![("q/Enter", "leave"), ("Tab", "run view"), ("↑↓", "select")];
+    if !app.events_closed && app.nodes.iter().any(|n| n.state == NodeState::Failed) {
+        // The engine still takes retries after the run ended.
+        hints.push(("r", "retry"));
+    }
+    hints.push(("?", "help"));
+    frame.render_widget(footer(&hints, theme), footer_area);
 }
 
 /// One line naming where and why a failed node failed.
