@@ -4,10 +4,13 @@
 //! Flow: [`inventory`] + [`playbook`] → [`plan`] → [`engine`] (over [`ssh`]) →
 //! [`event`]s → [`journal`], log files and the frontends in [`ui`].
 
+pub mod app;
+pub mod cli;
 pub mod diag;
 pub mod engine;
 pub mod event;
 pub mod facts;
+pub mod fanout;
 pub mod inventory;
 pub mod journal;
 pub mod lab;

@@ -148,3 +148,20 @@ mod tests {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(****)");
     }
 }
+
+/// The secret names whose placeholders appear in `text`.
+pub fn referenced(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        match after.find(CLOSE) {
+            Some(end) => {
+                names.push(after[..end].to_string());
+                rest = &after[end + CLOSE.len()..];
+            }
+            None => break,
+        }
+    }
+    names
+}

@@ -1,4 +1,26 @@
 //! The engine: runs each node's plan over its own SSH connection and publishes events.
+//!
+//! It is the only part of kubeboot that talks to nodes. Every node runs on its own async
+//! task; `--forks` is a sliding limit (a node starts as soon as another one ends), and a
+//! failing node never stops the others. The engine knows nothing about screens: it only
+//! sends [`Event`]s and listens for [`Control`] requests.
+
+mod node;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Counts, Event, NodeStatus};
+use crate::inventory::Inventory;
+use crate::journal::Progress;
+use crate::plan::Selection;
+use crate::playbook::Playbooks;
+use crate::secrets::{Secret, Vault};
 
 /// What a frontend may ask of a running engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -7,4 +29,152 @@ pub enum Control {
     Retry { node: String },
     /// Stop scheduling, cancel running commands, record what finished.
     Cancel,
+}
+
+/// Where events go: the engine never waits for whoever reads them.
+pub type EventSink = mpsc::UnboundedSender<Event>;
+
+/// A node's login and sudo secrets, read before the run starts.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSecrets {
+    pub password: Option<Secret>,
+    pub sudo_password: Option<Secret>,
+}
+
+/// Everything one run needs, decided before it starts.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub inventory: Arc<Inventory>,
+    pub playbooks: Arc<Playbooks>,
+    /// What earlier runs finished (the journal), updated in memory as this run goes.
+    pub progress: Progress,
+    pub selection: Selection,
+    /// The nodes to run, in inventory order.
+    pub nodes: Vec<String>,
+    /// At most this many nodes at once; None = all.
+    pub forks: Option<usize>,
+    /// Named secrets, filled into env values and copied files only when sending.
+    pub vault: Arc<Vault>,
+    pub secrets: HashMap<String, NodeSecrets>,
+    /// `--accept-new-host-keys`: record unknown host keys instead of refusing them.
+    pub accept_new_host_keys: bool,
+    /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
+    pub interactive: bool,
+}
+
+/// How the run ended, for the exit code.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunResult {
+    pub nodes_ok: usize,
+    pub nodes_failed: usize,
+    pub nodes_cancelled: usize,
+    pub interrupted: bool,
+}
+
+/// Shared by every node task of a run.
+pub(crate) struct Shared {
+    pub spec: RunSpec,
+    pub progress: Mutex<Progress>,
+    pub events: EventSink,
+    pub cancel: CancellationToken,
+    pub forks: Semaphore,
+}
+
+impl Shared {
+    pub(crate) fn emit(&self, event: Event) {
+        // A frontend that went away must not stop the run: the journal still gets everything.
+        let _ = self.events.send(event);
+    }
+}
+
+/// What one node's task returned.
+pub(crate) struct NodeEnd {
+    pub node: String,
+    pub status: NodeStatus,
+    pub counts: Counts,
+}
+
+/// Runs every selected node; returns when all ended (and, when interactive, the frontend let go).
+pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedReceiver<Control>) -> RunResult {
+    let started = Instant::now();
+    let forks = spec.forks.unwrap_or(spec.nodes.len()).clamp(1, Semaphore::MAX_PERMITS);
+    let interactive = spec.interactive;
+    let shared = Arc::new(Shared {
+        progress: Mutex::new(spec.progress.clone()),
+        spec,
+        events,
+        cancel: CancellationToken::new(),
+        forks: Semaphore::new(forks),
+    });
+
+    let mut tasks = JoinSet::new();
+    let mut ends: BTreeMap<String, NodeEnd> = BTreeMap::new();
+    for name in shared.spec.nodes.clone() {
+        tasks.spawn(node::run(shared.clone(), name));
+    }
+
+    let mut control_open = true;
+    let mut result = RunResult::default();
+    loop {
+        tokio::select! {
+            joined = tasks.join_next(), if !tasks.is_empty() => {
+                if let Some(Ok(end)) = joined {
+                    ends.insert(end.node.clone(), end);
+                }
+                if tasks.is_empty() {
+                    result = finish(&shared, &ends, started);
+                    if !interactive || !control_open || shared.cancel.is_cancelled() {
+                        break;
+                    }
+                }
+            }
+            request = control.recv(), if control_open => match request {
+                Some(Control::Cancel) => shared.cancel.cancel(),
+                Some(Control::Retry { node }) => {
+                    let failed = ends.get(&node).is_some_and(|e| e.status == NodeStatus::Failed);
+                    if failed && !shared.cancel.is_cancelled() {
+                        ends.remove(&node);
+                        tasks.spawn(node::run(shared.clone(), node));
+                    }
+                }
+                None => {
+                    control_open = false;
+                    if tasks.is_empty() {
+                        break;
+                    }
+                }
+            },
+            else => break,
+        }
+    }
+    result
+}
+
+fn finish(shared: &Shared, ends: &BTreeMap<String, NodeEnd>, started: Instant) -> RunResult {
+    let mut counts = Counts::default();
+    let mut result = RunResult {
+        interrupted: shared.cancel.is_cancelled(),
+        ..RunResult::default()
+    };
+    for end in ends.values() {
+        counts.ok += end.counts.ok;
+        counts.changed += end.counts.changed;
+        counts.skipped += end.counts.skipped;
+        counts.failed += end.counts.failed;
+        match end.status {
+            NodeStatus::Ok => result.nodes_ok += 1,
+            NodeStatus::Failed => result.nodes_failed += 1,
+            NodeStatus::Cancelled => result.nodes_cancelled += 1,
+        }
+    }
+    shared.emit(Event::RunFinished {
+        nodes_ok: result.nodes_ok,
+        nodes_failed: result.nodes_failed,
+        nodes_cancelled: result.nodes_cancelled,
+        counts,
+        duration_ms: started.elapsed().as_millis() as u64,
+        interrupted: result.interrupted,
+    });
+    result
 }

@@ -325,11 +325,16 @@ fn undefined_names(
     out
 }
 
-/// True when the template tests the name with `is defined` / `is undefined` itself.
+/// True when the template itself makes the name optional: `is defined` / `is undefined`
+/// tests, or a `default` filter (both work on undefined values even in strict mode).
 fn guarded(source: &str, name: &str) -> bool {
-    ["is defined", "is not defined", "is undefined"]
+    let tests = ["is defined", "is not defined", "is undefined"]
         .iter()
-        .any(|t| source.contains(&format!("{name} {t}")))
+        .any(|t| source.contains(&format!("{name} {t}")));
+    let defaulted = ["|default(", "| default(", "|d(", "| d("]
+        .iter()
+        .any(|f| source.contains(&format!("{name}{f}")) || source.contains(&format!("{name} {f}")));
+    tests || defaulted
 }
 
 /// A diagnostic at the first line of the template that mentions `needle`.
@@ -439,6 +444,14 @@ s3 = { env = "X" }
             render("{{ os_family }}/{{ facts.arch }}", &stage(&[])).unwrap(),
             "debian/x86_64"
         );
+    }
+
+    #[test]
+    fn a_default_filter_makes_a_variable_optional_but_a_bare_typo_still_fails() {
+        let st = stage(&[]);
+        assert_eq!(render("{{ retention | default('30d') }}", &st).unwrap(), "30d");
+        assert_eq!(render("{{ retention|d('1h') }}", &st).unwrap(), "1h");
+        assert!(render("{{ retention }}", &st).unwrap_err().contains("retention"));
     }
 
     #[test]

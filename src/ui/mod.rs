@@ -1,3 +1,4 @@
 //! Frontends: the TUI on a terminal, the headless printer otherwise.
 
+pub mod headless;
 pub mod tui;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite, from a new machine: installs what the tests need (as root), then runs
+# formatting and lint checks, every Rust test (unit, golden, end to end against real sshd nodes
+# on loopback), and the offline checks of the shipped playbooks and assets.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
+command -v dash >/dev/null 2>&1 || need+=(dash)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: missing ${need[*]}; run as root or install them: apt-get install -y ${need[*]}" >&2
+    exit 1
+  fi
+  echo "test.sh: installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! python3 -c 'import yaml, jinja2' 2>/dev/null; then
+  python3 -m pip install --quiet pyyaml jinja2
+fi
+if [ "$(id -u)" != 0 ]; then
+  # The lab starts sshd on loopback addresses and creates its login user: that needs root.
+  echo "test.sh: the SSH lab tests need root (they start sshd and create the lab user)" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked
+echo "== shipped playbooks and assets (offline checks)"
+python3 scripts/check-node-stages.py .
+bash scripts/check-assets.sh

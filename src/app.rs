@@ -1,0 +1,614 @@
+//! The commands behind the command line: load and check the input, choose the frontend,
+//! run the engine, and map the outcome to an exit code.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::IsTerminal;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::{
+    ApplyArgs, CheckArgs, Cli, Command, LabArgs, LabCommand, OutputFormat, PlanArgs, SelectArgs, StatusArgs,
+};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::engine::{self, Control, NodeSecrets, RunResult, RunSpec};
+use crate::event::Event;
+use crate::facts::Facts;
+use crate::inventory::{self, Inventory};
+use crate::journal::{Progress, StateDir, StateError};
+use crate::plan::{self, Action, Decision, NodePlan, Selection};
+use crate::playbook::{self, Playbooks};
+use crate::secrets::{self, Vault};
+use crate::ui::{headless, tui};
+use crate::{fanout, lab};
+
+/// How kubeboot exits (the numbers are part of the contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// All selected nodes finished.
+    Ok = 0,
+    /// One or more nodes failed.
+    NodesFailed = 1,
+    /// Bad input: nothing was run.
+    BadInput = 2,
+    /// Another run holds the state lock.
+    Locked = 3,
+    /// Interrupted; progress is saved.
+    Interrupted = 130,
+}
+
+/// Runs one command line.
+pub async fn main(cli: Cli) -> Exit {
+    let result = match &cli.command {
+        Command::Apply(args) => apply(&cli, args).await,
+        Command::Plan(args) => plan_cmd(&cli, args),
+        Command::Status(args) => status(&cli, args),
+        Command::Check(args) => check(&cli, args).await,
+        Command::Lab(args) => lab_cmd(args),
+    };
+    match result {
+        Ok(exit) => exit,
+        Err(Failure::BadInput(d)) => {
+            eprintln!("{d}");
+            eprintln!("nothing was run.");
+            Exit::BadInput
+        }
+        Err(Failure::State(e @ StateError::Locked { .. })) => {
+            eprintln!("error: {e}");
+            Exit::Locked
+        }
+        Err(Failure::State(e)) => {
+            eprintln!("error: {e}");
+            Exit::BadInput
+        }
+        Err(Failure::Other(e)) => {
+            eprintln!("error: {e}");
+            Exit::NodesFailed
+        }
+    }
+}
+
+/// Why a command stopped before or outside the engine.
+enum Failure {
+    BadInput(Diagnostics),
+    State(StateError),
+    Other(String),
+}
+
+impl From<Diagnostics> for Failure {
+    fn from(d: Diagnostics) -> Self {
+        Failure::BadInput(d)
+    }
+}
+
+impl From<StateError> for Failure {
+    fn from(e: StateError) -> Self {
+        Failure::State(e)
+    }
+}
+
+/// The operator's input, loaded and checked.
+struct Input {
+    inventory: Arc<Inventory>,
+    playbooks: Arc<Playbooks>,
+    selection: Selection,
+    nodes: Vec<String>,
+}
+
+fn load(cli: &Cli, select: &SelectArgs, fresh: bool, progress: &Progress) -> Result<Input, Failure> {
+    let inventory = inventory::load(&cli.inventory)?;
+    let assets = cli.assets.clone().unwrap_or_else(|| default_assets(&cli.playbooks));
+    let playbooks = playbook::load(&cli.playbooks, &assets)?;
+    let selection = Selection {
+        limit: select.limit.clone(),
+        only: select.only.clone(),
+        from: select.from.clone(),
+        fresh,
+    };
+    plan::check(&inventory, &playbooks, progress, &selection)?;
+    let nodes = plan::select_nodes(&inventory, &playbooks, &selection)?
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    Ok(Input {
+        inventory: Arc::new(inventory),
+        playbooks: Arc::new(playbooks),
+        selection,
+        nodes,
+    })
+}
+
+fn default_assets(playbooks: &Path) -> PathBuf {
+    let parent = playbooks
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.join("assets")
+}
+
+/// Plans every selected node before connecting: with the facts remembered from the last run, or assumed ones.
+fn preliminary_plans(input: &Input, progress: &Progress) -> Result<Vec<NodePlan>, Failure> {
+    let assumed = Facts::assumed();
+    let mut plans = Vec::new();
+    let mut problems = Diagnostics::default();
+    for node in &input.nodes {
+        let facts = progress.facts(node).unwrap_or(&assumed);
+        match plan::plan_node(
+            &input.inventory,
+            &input.playbooks,
+            node,
+            facts,
+            progress,
+            &input.selection,
+        ) {
+            Ok(p) => plans.push(p),
+            Err(d) => problems.0.extend(d.0),
+        }
+    }
+    problems.into_result(plans).map_err(Failure::BadInput)
+}
+
+async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
+    if args.dry_run {
+        let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
+        let input = load(cli, &args.select, args.fresh, &progress)?;
+        let plans = preliminary_plans(&input, &progress)?;
+        print!("{}", facts_note(&input.nodes, &progress));
+        print!("{}", plan::render(&plans, true));
+        println!("dry run: nothing was run.");
+        return Ok(Exit::Ok);
+    }
+    let state = StateDir::open(&cli.state_dir)?;
+    let _lock = state.lock()?;
+    let progress = state
+        .progress()
+        .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
+    let input = load(cli, &args.select, args.fresh, &progress)?;
+    let plans = preliminary_plans(&input, &progress)?;
+    let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
+    let vault = Arc::new(vault);
+
+    let run_id = run_id();
+    let log_dir = state
+        .run_logs(&run_id)
+        .map_err(|e| Failure::Other(format!("cannot create the log folder: {e}")))?;
+    let _log_guard = init_run_log(&log_dir);
+    tracing::info!(run = %run_id, inventory = %cli.inventory.display(), nodes = input.nodes.len(), "run started");
+    let journal = state
+        .writer()
+        .map_err(|e| Failure::Other(format!("cannot open the journal: {e}")))?;
+
+    let stages: Vec<String> = input.playbooks.stages.iter().map(|s| s.name.clone()).collect();
+    let outlines: Vec<_> = plans.iter().map(NodePlan::outline).collect();
+    let tui_wanted = !args.yes && args.output == OutputFormat::Text && std::io::stdout().is_terminal();
+
+    let (front_tx, front_rx) = mpsc::unbounded_channel();
+    let (events, fanout_thread) = fanout::start(
+        run_id.clone(),
+        Some(journal),
+        log_dir.clone(),
+        vault.clone(),
+        Some(front_tx),
+    )
+    .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let spec = RunSpec {
+        run_id: run_id.clone(),
+        inventory: input.inventory.clone(),
+        playbooks: input.playbooks.clone(),
+        progress,
+        selection: input.selection.clone(),
+        nodes: input.nodes.clone(),
+        forks: args.forks.map(|f| f as usize),
+        vault,
+        secrets: node_secrets,
+        accept_new_host_keys: args.accept_new_host_keys,
+        interactive: tui_wanted,
+    };
+    let started = Event::RunStarted {
+        run_id: run_id.clone(),
+        stages: stages.clone(),
+        nodes: outlines.clone(),
+        dry_run: false,
+    };
+
+    let result = if tui_wanted {
+        let (go_tx, go_rx) = oneshot::channel();
+        let setup = tui::TuiSetup {
+            stages,
+            nodes: outlines,
+            log_dir: log_dir.clone(),
+            run_id,
+        };
+        let screen = tokio::spawn(tui::run(setup, go_tx, front_rx, control_tx));
+        let go = go_rx.await.unwrap_or(false);
+        let result = if go {
+            let _ = events.send(started);
+            Some(engine::run(spec, events, control_rx).await)
+        } else {
+            drop(events);
+            None
+        };
+        let _ = fanout_thread.join();
+        let outcome = screen
+            .await
+            .map_err(|e| Failure::Other(format!("the screen stopped: {e}")))?;
+        match outcome {
+            Ok(outcome) => print!("{}", outcome.summary),
+            Err(e) => eprintln!("error: the terminal UI failed: {e}"),
+        }
+        match result {
+            Some(r) => r,
+            None => {
+                println!("nothing was run.");
+                return Ok(Exit::Ok);
+            }
+        }
+    } else {
+        let style = match args.output {
+            OutputFormat::Json => headless::Style::Json,
+            OutputFormat::Text if std::io::stdout().is_terminal() => headless::Style::Bars,
+            OutputFormat::Text => headless::Style::Plain,
+        };
+        let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
+        spawn_interrupt_handler(control_tx.clone());
+        let _ = events.send(started);
+        let result = engine::run(spec, events, control_rx).await;
+        drop(control_tx);
+        let _ = fanout_thread.join();
+        let _ = printer.await;
+        result
+    };
+    Ok(exit_for(result))
+}
+
+fn exit_for(result: RunResult) -> Exit {
+    if result.interrupted {
+        Exit::Interrupted
+    } else if result.nodes_failed > 0 {
+        Exit::NodesFailed
+    } else {
+        Exit::Ok
+    }
+}
+
+/// Ctrl-C (and SIGTERM) cancel the run cleanly; a second Ctrl-C leaves at once (the journal is already durable).
+fn spawn_interrupt_handler(control: mpsc::UnboundedSender<Control>) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminated => {}
+        }
+        eprintln!("\ninterrupted: cancelling running commands (progress is saved; Ctrl-C again to leave at once)");
+        let _ = control.send(Control::Cancel);
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(Exit::Interrupted as i32);
+        }
+    });
+}
+
+/// Reads the SSH/sudo passwords of the selected nodes and the named secrets the plans use.
+fn read_secrets(
+    cli: &Cli,
+    input: &Input,
+    plans: &[NodePlan],
+) -> Result<(Vault, HashMap<String, NodeSecrets>), Failure> {
+    let mut vault = Vault::default();
+    let mut problems = Diagnostics::default();
+    let mut per_node = HashMap::new();
+    let at = |line: usize, msg: String| Diagnostic::at(&cli.inventory, line, 1, msg);
+    for name in &input.nodes {
+        let Some(node) = input.inventory.node(name) else {
+            continue;
+        };
+        let mut read = |source: &Option<inventory::SecretSource>, what: &str| match source {
+            None => None,
+            Some(s) => match secrets::read(s) {
+                Ok(secret) => {
+                    vault.add_mask(secret.clone());
+                    Some(secret)
+                }
+                Err(e) => {
+                    problems.push(at(node.line, format!("{name}: cannot read the {what}: {e}")));
+                    None
+                }
+            },
+        };
+        let password = read(&node.ssh.password, "SSH password");
+        let sudo_password = match &node.ssh.sudo_password {
+            Some(_) => read(&node.ssh.sudo_password, "sudo password"),
+            None => password.clone(),
+        };
+        per_node.insert(
+            name.clone(),
+            NodeSecrets {
+                password,
+                sudo_password,
+            },
+        );
+    }
+    let mut used = BTreeSet::new();
+    for task in plans
+        .iter()
+        .flat_map(|p| &p.tasks)
+        .filter(|t| t.decision == Decision::Run)
+    {
+        for (_, value) in &task.env {
+            used.extend(secrets::referenced(value));
+        }
+        if let Action::Copy { files, .. } = &task.action {
+            for f in files {
+                used.extend(secrets::referenced(&String::from_utf8_lossy(&f.content)));
+            }
+        }
+    }
+    for name in used {
+        match input.inventory.secrets.get(&name) {
+            Some(source) => match secrets::read(source) {
+                Ok(secret) => vault.insert(&name, secret),
+                Err(e) => problems.push(at(1, format!("secret `{name}`: {e}"))),
+            },
+            None => problems.push(at(1, format!("secret `{name}` is used but not defined in [secrets]"))),
+        }
+    }
+    problems.into_result((vault, per_node)).map_err(Failure::BadInput)
+}
+
+fn run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let stamp = now.format(&format).unwrap_or_else(|_| now.unix_timestamp().to_string());
+    format!("{stamp}-{:04x}", rand::random::<u16>())
+}
+
+/// The run log (`<log_dir>/kubeboot.log`), written in the background by tracing-appender.
+fn init_run_log(log_dir: &Path) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    // Created private first: the appender keeps the mode of an existing file.
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(log_dir.join("kubeboot.log"));
+    let appender = tracing_appender::rolling::never(log_dir, "kubeboot.log");
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KUBEBOOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,russh=warn"));
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(filter)
+        .try_init()
+        .ok()?;
+    Some(guard)
+}
+
+fn facts_note(nodes: &[String], progress: &Progress) -> String {
+    let assumed: Vec<&str> = nodes
+        .iter()
+        .filter(|n| progress.facts(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if assumed.is_empty() {
+        return "Facts: as gathered in the last run.\n\n".into();
+    }
+    let f = Facts::assumed();
+    format!(
+        "Facts: not gathered yet for {} — assuming {} {} ({}); the real facts are used when kubeboot connects.\n\n",
+        assumed.join(", "),
+        f.os_id,
+        f.os_version,
+        f.arch
+    )
+}
+
+fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
+    let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
+    let input = load(cli, &args.select, args.fresh, &progress)?;
+    let plans = preliminary_plans(&input, &progress)?;
+    print!("{}", facts_note(&input.nodes, &progress));
+    print!("{}", plan::render(&plans, args.commands));
+    Ok(Exit::Ok)
+}
+
+fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
+    let state = StateDir::existing(&cli.state_dir);
+    let progress = state
+        .progress()
+        .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
+    let select = SelectArgs {
+        limit: Vec::new(),
+        only: Vec::new(),
+        from: None,
+    };
+    let input = load(cli, &select, false, &progress)?;
+    let plans = preliminary_plans(&input, &progress)?;
+    let mut rows = Vec::new();
+    for p in &plans {
+        let left: Vec<&plan::PlannedTask> = p.tasks.iter().filter(|t| t.decision == Decision::Run).collect();
+        let node = progress.node(&p.node);
+        rows.push(serde_json::json!({
+            "node": p.node,
+            "cluster": p.cluster,
+            "run": node.map(|n| n.run.clone()),
+            "updated": node.map(|n| n.ts.clone()),
+            "status": node.and_then(|n| n.status),
+            "last_done": node.and_then(|n| n.last_done.clone()).map(|(s, t)| format!("{s} / {t}")),
+            "failed": node.and_then(|n| n.failed.clone()).map(|(s, t, e)| serde_json::json!({"stage": s, "task": t, "error": e})),
+            "done": p.tasks.len() - left.len(),
+            "left": left.len(),
+            "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
+        }));
+    }
+    if args.output == OutputFormat::Json {
+        for row in &rows {
+            println!("{row}");
+        }
+        return Ok(Exit::Ok);
+    }
+    if progress.unreadable_lines > 0 {
+        println!(
+            "note: {} unreadable journal line(s) skipped (a run was cut off while writing)\n",
+            progress.unreadable_lines
+        );
+    }
+    for row in &rows {
+        let s = |k: &str| row[k].as_str().unwrap_or("").to_string();
+        let status = match row["status"].as_str() {
+            Some(st) => st.to_string(),
+            None if row["run"].is_null() => "never run".into(),
+            None => "interrupted".into(),
+        };
+        println!("{} ({})  {}", s("node"), row["cluster"].as_str().unwrap_or("-"), status);
+        println!(
+            "  done {} / {} tasks, last run {} at {}",
+            row["done"],
+            row["done"].as_u64().unwrap_or(0) + row["left"].as_u64().unwrap_or(0),
+            s("run"),
+            s("updated")
+        );
+        if !row["last_done"].is_null() {
+            println!("  last finished: {}", s("last_done"));
+        }
+        if let Some(f) = row["failed"].as_object() {
+            let field = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            if field("task").is_empty() {
+                println!("  FAILED: {}", field("error"));
+            } else {
+                println!("  FAILED: {} / {}: {}", field("stage"), field("task"), field("error"));
+            }
+        }
+        match row["next"].as_str() {
+            Some(next) => println!("  next: {next} ({} left)", row["left"]),
+            None => println!("  nothing left to do"),
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
+    let progress = Progress::empty();
+    let inventory = inventory::load(&cli.inventory)?;
+    let assets = cli.assets.clone().unwrap_or_else(|| default_assets(&cli.playbooks));
+    let playbooks = playbook::load(&cli.playbooks, &assets)?;
+    let has_preflight = playbooks.stages.iter().any(|s| s.name == "preflight");
+    let mut books = playbooks.clone();
+    // Without a preflight stage, check still connects, logs in and reads the facts of every node.
+    books.stages.retain(|s| s.name == "preflight");
+    let select = SelectArgs {
+        limit: args.limit.clone(),
+        only: Vec::new(),
+        from: None,
+    };
+    let selection = Selection {
+        limit: select.limit.clone(),
+        only: Vec::new(),
+        from: None,
+        fresh: true,
+    };
+    plan::check(&inventory, &books, &progress, &selection)?;
+    let mut nodes: Vec<String> = plan::select_nodes(&inventory, &books, &selection)?
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    if !has_preflight {
+        nodes = inventory
+            .nodes
+            .iter()
+            .filter(|n| {
+                args.limit.is_empty() || args.limit.iter().any(|l| *l == n.name || Some(l) == n.cluster.as_ref())
+            })
+            .map(|n| n.name.clone())
+            .collect();
+    }
+    let input = Input {
+        inventory: Arc::new(inventory),
+        playbooks: Arc::new(books),
+        selection,
+        nodes,
+    };
+    let plans = preliminary_plans(&input, &progress)?;
+    let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
+    let vault = Arc::new(vault);
+    let log_dir = std::env::temp_dir().join(format!("kubeboot-check-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&log_dir);
+    let (front_tx, front_rx) = mpsc::unbounded_channel();
+    let (events, fanout_thread) = fanout::start(run_id(), None, log_dir.clone(), vault.clone(), Some(front_tx))
+        .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
+    let style = if args.output == OutputFormat::Json {
+        headless::Style::Json
+    } else {
+        headless::Style::Plain
+    };
+    let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    spawn_interrupt_handler(control_tx.clone());
+    let spec = RunSpec {
+        run_id: "check".into(),
+        inventory: input.inventory.clone(),
+        playbooks: input.playbooks.clone(),
+        progress,
+        selection: input.selection.clone(),
+        nodes: input.nodes.clone(),
+        forks: None,
+        vault,
+        secrets: node_secrets,
+        accept_new_host_keys: args.accept_new_host_keys,
+        interactive: false,
+    };
+    let outlines = plans.iter().map(NodePlan::outline).collect();
+    let stages = input.playbooks.stages.iter().map(|s| s.name.clone()).collect();
+    let _ = events.send(Event::RunStarted {
+        run_id: "check".into(),
+        stages,
+        nodes: outlines,
+        dry_run: false,
+    });
+    let result = engine::run(spec, events, control_rx).await;
+    drop(control_tx);
+    let _ = fanout_thread.join();
+    let _ = printer.await;
+    let _ = std::fs::remove_dir_all(&log_dir);
+    Ok(exit_for(result))
+}
+
+fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
+    match &args.command {
+        LabCommand::Up {
+            nodes,
+            dir,
+            first_address,
+            first_port,
+        } => {
+            let opts = lab::LabOptions {
+                dir: dir.clone(),
+                nodes: *nodes,
+                first_address: *first_address,
+                first_port: *first_port,
+            };
+            let lab = lab::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab up: {} node(s) as user {}", lab.nodes.len(), lab.user);
+            for n in &lab.nodes {
+                println!("  {}  {}:{}", n.name, n.address, n.port);
+            }
+            println!("inventory: {}", lab.inventory.display());
+            println!("stop it with: kubeboot lab down --dir {}", dir.display());
+            Ok(Exit::Ok)
+        }
+        LabCommand::Down { dir } => {
+            lab::down(dir).map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab down: {}", dir.display());
+            Ok(Exit::Ok)
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The command line (clap definitions only).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Bootstrap Kubernetes clusters over SSH: every node in parallel, live progress, and
+/// resume after a failure.
+///
+/// kubeboot reads the inventory (nodes, clusters, variables) and the playbooks (one YAML file
+/// per stage, run in file-name order), connects to every node over SSH and works through the
+/// stages node by node. Finished tasks are remembered in the state dir, so running `apply`
+/// again after a failure continues where it stopped.
+#[derive(Debug, Parser)]
+#[command(name = "kubeboot", version, max_term_width = 100)]
+pub struct Cli {
+    /// The inventory file.
+    #[arg(
+        short = 'i',
+        long,
+        global = true,
+        default_value = "inventory.toml",
+        value_name = "FILE"
+    )]
+    pub inventory: PathBuf,
+    /// The playbooks folder (one YAML file per stage).
+    #[arg(short = 'p', long, global = true, default_value = "playbooks", value_name = "DIR")]
+    pub playbooks: PathBuf,
+    /// The assets folder `copy` tasks read from [default: `assets` next to the playbooks folder].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub assets: Option<PathBuf>,
+    /// Where the journal, the lock and the logs live.
+    #[arg(long, global = true, default_value = ".kubeboot", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the playbooks (a terminal UI on a terminal; headless with --yes or without a terminal).
+    Apply(ApplyArgs),
+    /// Print the stages and tasks per node, marking what a resume would skip. Connects to nothing.
+    Plan(PlanArgs),
+    /// Print the remembered progress per node: last finished task, failed task and error, what is left.
+    Status(StatusArgs),
+    /// Preflight only: SSH reachability, login, sudo, OS facts and resources (runs the `preflight` stage).
+    Check(CheckArgs),
+    /// A local lab of real OpenSSH nodes on loopback addresses, to try kubeboot without machines (needs root).
+    Lab(LabArgs),
+}
+
+/// Which nodes and stages.
+#[derive(Debug, Clone, Args)]
+pub struct SelectArgs {
+    /// Only these nodes or clusters (comma list).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub limit: Vec<String>,
+    /// Only these stages (comma list of stage names).
+    #[arg(long, value_delimiter = ',', value_name = "STAGES", conflicts_with = "from")]
+    pub only: Vec<String>,
+    /// Start at this stage and run it and every later one.
+    #[arg(long, value_name = "STAGE")]
+    pub from: Option<String>,
+}
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line on stdout.
+    Json,
+}
+
+/// `kubeboot apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Do not ask; show headless progress (for scripts and CI).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Headless output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Ignore remembered progress and run every selected task again.
+    #[arg(long)]
+    pub fresh: bool,
+    /// At most N nodes at once (a sliding window) [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub forks: Option<u32>,
+    /// Show every command that would run; connect to nothing, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept and record host keys never seen before (a CHANGED key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `kubeboot plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    /// Plan as if nothing had finished before.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Show the rendered command (or file, or wait condition) under each task.
+    #[arg(long)]
+    pub commands: bool,
+}
+
+/// `kubeboot status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// `kubeboot check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only these nodes or clusters (comma list).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub limit: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Accept and record host keys never seen before (a CHANGED key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `kubeboot lab`.
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: LabCommand,
+}
+
+/// Lab actions.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Start N sshd nodes on loopback and write an inventory for them (DIR/inventory.toml).
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// The lab's folder (keys, configs, node roots, inventory).
+        #[arg(long, default_value = ".lab")]
+        dir: PathBuf,
+        /// Address of the first node; the others follow (127.0.10.1, .2, ...).
+        #[arg(long, default_value = "127.0.10.1")]
+        first_address: Ipv4Addr,
+        /// Port of the first node; the others follow.
+        #[arg(long, default_value_t = 2201)]
+        first_port: u16,
+    },
+    /// Stop every node of the lab.
+    Down {
+        /// The lab's folder.
+        #[arg(long, default_value = ".lab")]
+        dir: PathBuf,
+    },
+}
