@@ -78,6 +78,7 @@ class Lab:
         self.first_octet = args.lab_base + index
         self.first_port = 30000 + 1000 * (self.first_octet - 100)
         self.up = False
+        self.cgroup = None
 
     def start(self, max_startups):
         if self.dir.exists():
@@ -97,6 +98,7 @@ class Lab:
         self.known_hosts = self.dir / "known_hosts"
         self.password_file = self.dir / "sudo_password"
         self.tune(max_startups)
+        self.account()
 
     def tune(self, max_startups):
         """Raises sshd's MaxStartups/MaxSessions in every node's config and reloads it (SIGHUP re-executes sshd)."""
@@ -128,6 +130,49 @@ class Lab:
             subprocess.run([self.kubeboot, "lab", "down", "--dir", str(self.dir)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
             self.up = False
+        group = getattr(self, "cgroup", None)
+        if group is not None:
+            for _ in range(50):  # empty once the last session has gone
+                try:
+                    group.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            self.cgroup = None
+
+    def account(self):
+        """Puts every node's sshd in a cpuacct cgroup of its own, so all node-side CPU is counted (even of processes
+        whose parent never reaps them). Without cgroup v1 cpuacct, server_cpu() falls back to sshd's cutime."""
+        self.cgroup = None
+        group = Path(f"/sys/fs/cgroup/cpuacct/kubeboot-bench-{self.first_octet}")
+        try:
+            group.mkdir(exist_ok=True)
+            for name, _, _ in self.nodes:
+                pid = (self.dir / "nodes" / name / "sshd.pid").read_text().strip()
+                (group / "cgroup.procs").write_text(pid)
+            self.cgroup = group
+        except OSError as e:
+            log(f"  (no cpuacct cgroup: {e}; node CPU from sshd's reaped children only)")
+
+    def server_cpu(self):
+        """CPU seconds used so far by the nodes' sshd and every finished session below them (the remote side).
+
+        sshd reaps its sessions, so their CPU lands in its cutime/cstime once they end."""
+        if self.cgroup is not None:
+            try:
+                return int((self.cgroup / "cpuacct.usage").read_text()) / 1e9
+            except (OSError, ValueError):
+                pass
+        total = 0
+        for name, _, _ in self.nodes:
+            try:
+                pid = int((self.dir / "nodes" / name / "sshd.pid").read_text().strip())
+                with open(f"/proc/{pid}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+                total += sum(int(x) for x in rest[11:15])
+            except (OSError, ValueError, IndexError):
+                pass
+        return total / CLK_TCK
 
     def throttle_lines(self):
         """sshd log lines that say it refused or throttled connections (MaxStartups, MaxSessions)."""
@@ -440,7 +485,9 @@ def run_one(lab, wl, variant, args, run_index):
         sampler = Sampler(proc.pid, marker, args.sample_interval)
         sampler.start()
         timer = threading.Timer(args.run_timeout, lambda: _kill_group(proc.pid))
+        timer.daemon = True  # an interrupted benchmark must not wait for it
         timer.start()
+        server_before = lab.server_cpu()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - t0
         timer.cancel()
@@ -462,13 +509,16 @@ def run_one(lab, wl, variant, args, run_index):
             except OSError:
                 pass
     _kill_group(proc.pid)  # anything left in its session
+    # The nodes' sshd count a session's CPU once they have reaped it: give them a moment.
+    time.sleep(0.3)
+    server = lab.server_cpu() - server_before
     code = os.waitstatus_to_exitcode(status)
     problem = f"exit code {code}" if code != 0 else check(work, stdout_path)
     if problem:
         tail = stderr_path.read_text(errors="replace")[-1500:] or stdout_path.read_text(errors="replace")[-1500:]
         problem = f"{problem}; output ends with:\n{tail}"
     return {"load1": float(open("/proc/loadavg").read().split()[0]), "n": lab.n, "workload": wl, "variant": variant, "run": run_index, "wall": wall, "cpu": cpu,
-            "rss_max": rss_max, "rss_tree": max(sampler.peak, rss_max), "ok": problem is None, "problem": problem}
+            "server_cpu": server, "rss_max": rss_max, "rss_tree": max(sampler.peak, rss_max), "ok": problem is None, "problem": problem}
 
 
 def _kill_group(pgid):
@@ -538,8 +588,8 @@ def report(results, args, families, notes):
         lines.append(f"### {wl} — {WORKLOAD_TEXT[wl]}, N = {n} hosts ({n * WORKLOADS[wl][0]} tasks)")
         lines.append("")
         lines.append("| tool | wall s (median) | min–max (runs) | client CPU s | peak RSS largest process MiB | "
-                     "peak RSS whole tree MiB | wall vs floor | kubeboot faster by |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                     "peak RSS whole tree MiB | node-side CPU s | wall ÷ floor | wall ÷ kubeboot |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         by = {}
         for r in rows:
             by.setdefault(r["variant"], []).append(r)
@@ -551,7 +601,7 @@ def report(results, args, families, notes):
             rs = [r for r in by[variant] if r["ok"]]
             failed = len(by[variant]) - len(rs)
             if not rs:
-                lines.append(f"| {variant} | FAILED ({failed}/{len(by[variant])}) | | | | | | |")
+                lines.append(f"| {variant} | FAILED ({failed}/{len(by[variant])}) | | | | | | | |")
                 continue
             w = [r["wall"] for r in rs]
             mw = med(w)
@@ -561,6 +611,7 @@ def report(results, args, families, notes):
             lines.append(
                 f"| {variant}{fail_note} | {mw:.2f} | {min(w):.2f}–{max(w):.2f} ({len(w)}) | {med([r['cpu'] for r in rs]):.2f} | "
                 f"{med([r['rss_max'] for r in rs]) / 1048576:.0f} | {med([r['rss_tree'] for r in rs]) / 1048576:.0f} | "
+                f"{med([r.get('server_cpu', float('nan')) for r in rs]):.2f} | "
                 f"{ratio_floor} | {faster} |")
         lines.append("")
     if notes:
@@ -594,7 +645,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workloads", default="W1,W2,W3")
     ap.add_argument("--tools", default="kubeboot,floor,ansible,pyinfra")
-    ap.add_argument("--variants", default="", help="comma list of exact variant names to keep (default: all)")
+    ap.add_argument("--variants", default="", help="semicolon list of exact variant names to keep (default: all)")
     ap.add_argument("--run-timeout", type=float, default=RUN_TIMEOUT, help="kill a run after this many seconds")
     ap.add_argument("--lab-base", type=int, default=100, help="labs use 127.BASE.0.1, 127.BASE+1.0.1, ...")
     ap.add_argument("--max-startups", default="200:30:400")
@@ -615,7 +666,7 @@ def main():
         return 0
 
     families = set(args.tools.split(","))
-    wanted = set(v for v in args.variants.split(",") if v)
+    wanted = set(v.strip() for v in args.variants.split(";") if v.strip())
     variants = [v for v, fam, _ in VARIANTS if fam in families and (not wanted or v in wanted)]
     workloads = args.workloads.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -650,7 +701,7 @@ def main():
                         results.append(r)
                         status = "ok" if r["ok"] else "FAILED"
                         log(f"  N={n:<3} {wl} run {run + 1}/{args.runs} {variant:<40} {r['wall']:7.2f} s wall "
-                            f"{r['cpu']:6.2f} s cpu {r['rss_max'] / 1048576:5.0f} MiB  {status}")
+                            f"{r['cpu']:6.2f} s cpu {r['server_cpu']:6.2f} s node cpu {r['rss_max'] / 1048576:5.0f} MiB  {status}")
                         if not r["ok"]:
                             failures.append(r)
                             log(r["problem"])

@@ -31,7 +31,7 @@ start=$SECONDS
 # Bounded: a hung run is killed by bench.py's own per-run limit, and the whole smoke by this one.
 if ! timeout --kill-after=10 120 python3 "$here/bench.py" --kubeboot "$KUBEBOOT" --workdir "$work" \
         --sizes 4 --runs 1 --workloads W1 --tools kubeboot,floor \
-        --variants "kubeboot,floor: one ssh, one shell" --lab-base 110 --run-timeout 60; then
+        --variants "kubeboot;floor: one ssh, one shell" --lab-base 110 --run-timeout 60; then
     echo "smoke.sh: FAILED — kubeboot (or the lab) did not complete W1 on 4 loopback hosts; see above" >&2
     exit 1
 fi
