@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -85,6 +86,14 @@ class Lab:
             self.stop()
             shutil.rmtree(self.dir, ignore_errors=True)
         first = f"127.{self.first_octet}.0.1"
+        # kubeboot lab up waits until each address accepts TCP: a stranger already listening there would pass that
+        # check while our sshd fails to bind. Refuse to share addresses.
+        for i in range(self.n):
+            addr = ".".join(map(str, _ip_add(first, i)))
+            with socket.socket() as sock:
+                sock.settimeout(0.2)
+                if sock.connect_ex((addr, self.first_port + i)) == 0:
+                    raise RuntimeError(f"{addr}:{self.first_port + i} is already in use; pick another --lab-base")
         cmd = [self.kubeboot, "lab", "up", "--nodes", str(self.n), "--dir", str(self.dir),
                "--first-address", first, "--first-port", str(self.first_port)]
         log(f"  lab up: {self.n} nodes from {first}:{self.first_port}")
@@ -109,8 +118,11 @@ class Lab:
             text = re.sub(r"(?m)^(MaxStartups|MaxSessions) .*\n", "", text)
             text += f"MaxStartups {max_startups}\nMaxSessions 64\n"
             conf.write_text(text)
-            pid = int((ndir / "sshd.pid").read_text().strip())
-            os.kill(pid, signal.SIGHUP)
+            try:
+                pid = int((ndir / "sshd.pid").read_text().strip())
+                os.kill(pid, signal.SIGHUP)
+            except (OSError, ValueError) as e:
+                raise RuntimeError(f"sshd of {name} is not running ({e}); see {ndir / 'sshd.log'}") from e
         # sshd re-executes itself on SIGHUP; wait until every node accepts connections again.
         deadline = time.time() + 30
         pending = list(self.nodes)
@@ -541,7 +553,7 @@ def versions(args, families):
     git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     v["kubeboot"] += f" (commit {git.stdout.strip() or '?'})"
     v["OpenSSH"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    if "ansible" in families or "pyinfra" in families:
+    if args.venv and ("ansible" in families or "pyinfra" in families):
         pip = subprocess.run([str(args.venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
                              capture_output=True, text=True)
         pkgs = {p["name"].lower(): p["version"] for p in json.loads(pip.stdout or "[]")}
@@ -568,6 +580,7 @@ def machine():
 
 
 def med(xs):
+    xs = [x for x in xs if x == x]  # results of older versions lack some fields (nan)
     return statistics.median(xs) if xs else float("nan")
 
 
@@ -578,7 +591,8 @@ def report(results, args, families, notes):
     for k, v in versions(args, families).items():
         lines.append(f"{k}: {v}  ")
     lines.append(f"Load average when reported: {' '.join(open('/proc/loadavg').read().split()[:3])}  ")
-    lines.append(f"Runs per cell: {args.runs} (median shown; variants interleaved, order rotated each run)  ")
+    runs = "see the (runs) column" if args.from_json else str(args.runs)
+    lines.append(f"Runs per cell: {runs} (median shown; variants interleaved, order rotated each run)  ")
     lines.append("")
     groups = {}
     for r in results:

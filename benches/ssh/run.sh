@@ -43,24 +43,27 @@ fi
 [ -x "$KUBEBOOT" ] || die "no kubeboot binary at $KUBEBOOT"
 
 venv=${KUBEBOOT_BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeboot-bench/venv}
+installed() {  # the version of a package in the venv, or nothing
+    "$venv/bin/python" -m pip show "$1" 2>/dev/null | sed -n 's/^Version: //p' || true
+}
 if [ ! -x "$venv/bin/ansible-playbook" ] || [ ! -x "$venv/bin/pyinfra" ] ||
-   ! "$venv/bin/python" -m pip show ansible-core 2>/dev/null | grep -qx "Version: $ANSIBLE_CORE_VERSION" ||
-   ! "$venv/bin/python" -m pip show pyinfra 2>/dev/null | grep -qx "Version: $PYINFRA_VERSION"; then
+   [ "$(installed ansible-core)" != "$ANSIBLE_CORE_VERSION" ] || [ "$(installed pyinfra)" != "$PYINFRA_VERSION" ]; then
     echo "== installing ansible-core $ANSIBLE_CORE_VERSION and pyinfra $PYINFRA_VERSION into $venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         "ansible-core==$ANSIBLE_CORE_VERSION" "pyinfra==$PYINFRA_VERSION"
 fi
-echo "== peers: $("$venv/bin/python" -V), ansible-core $("$venv/bin/python" -m pip show ansible-core | sed -n 's/^Version: //p'), pyinfra $("$venv/bin/python" -m pip show pyinfra | sed -n 's/^Version: //p')" >&2
+echo "== peers: $("$venv/bin/python" -V), ansible-core $(installed ansible-core), pyinfra $(installed pyinfra)" >&2
 
 work=$(mktemp -d /tmp/kubeboot-bench.XXXXXX)
 chmod 711 "$work"
+# shellcheck disable=SC2329  # called by the EXIT trap
 cleanup() {
     # bench.py tears its labs down itself; this catches a bench.py that was killed outright.
     for lab in "$work"/lab-*; do
         [ -d "$lab" ] && "$KUBEBOOT" lab down --dir "$lab" >/dev/null 2>&1 || true
     done
-    [ "${KEEP_WORKDIR:-0}" = 1 ] && echo "work folder kept: $work" >&2 || rm -rf "$work"
+    if [ "${KEEP_WORKDIR:-0}" = 1 ]; then echo "work folder kept: $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT

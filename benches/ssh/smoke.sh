@@ -17,6 +17,7 @@ fi
 
 work=$(mktemp -d /tmp/kubeboot-bench-smoke.XXXXXX)
 chmod 711 "$work"
+# shellcheck disable=SC2329  # called by the EXIT trap
 cleanup() {
     for lab in "$work"/lab-*; do
         [ -d "$lab" ] && "$KUBEBOOT" lab down --dir "$lab" >/dev/null 2>&1 || true
