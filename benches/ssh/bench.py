@@ -353,6 +353,7 @@ def _q(s):
 
 
 def check_exit_only(work, stdout_path):
+    """pyinfra exits non-zero when any operation fails on any host; that is the check."""
     return None
 
 
@@ -407,7 +408,7 @@ def check_ansible(n):
 
 
 def proc_table():
-    """pid -> (ppid, rss bytes, cpu seconds, cmdline-bytes-lazy)"""
+    """pid -> (ppid, RSS bytes, CPU seconds) of every process now."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
