@@ -662,18 +662,27 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             dir,
             first_address,
             first_port,
+            isolated,
+            like,
+            rhel,
+            containerd_1_7,
         } => {
-            let opts = lab::LabOptions {
+            let mut opts = lab::LabOptions {
                 dir: dir.clone(),
                 nodes: *nodes,
                 first_address: *first_address,
                 first_port: *first_port,
-                ..Default::default()
+                isolated: *isolated,
+                kinds: Vec::new(),
+                like: like.clone(),
             };
+            opts.kinds = lab_node_kinds(&opts, rhel, containerd_1_7)?;
             let lab = lab::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;
-            println!("lab up: {} node(s) as user {}", lab.nodes.len(), lab.user);
+            let what = if *isolated { " isolated" } else { "" };
+            println!("lab up: {}{what} node(s) as user {}", lab.nodes.len(), lab.user);
             for n in &lab.nodes {
-                println!("  {}  {}:{}", n.name, n.address, n.port);
+                let kind = n.kind.map(|k| format!("  ({k})")).unwrap_or_default();
+                println!("  {}  {}:{}{kind}", n.name, n.address, n.port);
             }
             println!("inventory: {}", lab.inventory.display());
             println!("stop it with: kubeboot lab down --dir {}", dir.display());
@@ -685,4 +694,48 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// The per-node look of an isolated lab from `--rhel` and `--containerd-1-7`, by node name.
+fn lab_node_kinds(
+    opts: &lab::LabOptions,
+    rhel: &[String],
+    containerd_1_7: &[String],
+) -> Result<Vec<lab::NodeKind>, Failure> {
+    if rhel.is_empty() && containerd_1_7.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names = lab::planned_node_names(opts).map_err(|e| Failure::Other(e.to_string()))?;
+    for asked in rhel.iter().chain(containerd_1_7) {
+        if !names.contains(asked) {
+            let flag = if rhel.contains(asked) {
+                "--rhel"
+            } else {
+                "--containerd-1-7"
+            };
+            return Err(Diagnostics::from(
+                Diagnostic::file(
+                    "command line",
+                    format!("{flag} {asked}: the lab has no node named `{asked}`"),
+                )
+                .with_hint(format!("its nodes are {}", names.join(", "))),
+            )
+            .into());
+        }
+    }
+    Ok(names
+        .iter()
+        .map(|name| lab::NodeKind {
+            os: if rhel.contains(name) {
+                lab::NodeOs::Rhel
+            } else {
+                lab::NodeOs::Ubuntu
+            },
+            containerd: if containerd_1_7.contains(name) {
+                lab::ContainerdLayout::V2
+            } else {
+                lab::ContainerdLayout::V3
+            },
+        })
+        .collect())
 }

@@ -159,6 +159,21 @@ pub enum LabCommand {
         /// Port of the first node; the others follow.
         #[arg(long, default_value_t = 2201)]
         first_port: u16,
+        /// Give each node a private view of /etc, /var/lib, /usr/local, /opt, /root and /home and
+        /// recording stand-ins for apt, dnf, systemctl, kubeadm, kubectl, ... so the shipped
+        /// playbooks run end to end without changing this machine.
+        #[arg(long)]
+        isolated: bool,
+        /// Model the lab's inventory on this one: its node names, clusters, vars and secrets, with
+        /// lab addresses (--nodes is then ignored).
+        #[arg(long, value_name = "INVENTORY")]
+        like: Option<PathBuf>,
+        /// Make this node look like RHEL 9 (dnf, SELinux enforcing, firewalld); repeatable.
+        #[arg(long, value_name = "NODE", requires = "isolated")]
+        rhel: Vec<String>,
+        /// Give this node containerd 1.7 (its default config has `version = 2`); repeatable.
+        #[arg(long = "containerd-1-7", value_name = "NODE", requires = "isolated")]
+        containerd_1_7: Vec<String>,
     },
     /// Stop every node of the lab.
     Down {

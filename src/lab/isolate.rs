@@ -64,6 +64,20 @@ pub struct NodeKind {
     pub containerd: ContainerdLayout,
 }
 
+impl std::fmt::Display for NodeKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let os = match self.os {
+            NodeOs::Ubuntu => "Ubuntu 24.04",
+            NodeOs::Rhel => "RHEL 9.4",
+        };
+        let containerd = match self.containerd {
+            ContainerdLayout::V2 => "containerd 1.7",
+            ContainerdLayout::V3 => "containerd 2",
+        };
+        write!(f, "{os}, {containerd}")
+    }
+}
+
 /// What the stand-ins need to know about their node.
 pub(super) struct NodeInfo<'a> {
     pub name: &'a str,

@@ -83,6 +83,11 @@ pub(super) fn write(lab: &Lab, model: &Table) -> Result<(), LabError> {
                 for k in ["user", "key", "password_env", "password_file", "sudo_password_env"] {
                     n.remove(k);
                 }
+                // Like every lab node, a folder of its own for side effects (the example playbooks use it).
+                let vars = n.entry("vars").or_insert_with(|| Value::Table(Table::new()));
+                if let Some(vars) = vars.as_table_mut() {
+                    vars.insert("lab_root".into(), path(&node.root));
+                }
             }
         }
     }

@@ -297,6 +297,14 @@ pub fn resume_node(dir: &Path, name: &str) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The names the nodes of a lab started with `opts` get: the model inventory's, or node-1, node-2, ...
+pub fn planned_node_names(opts: &LabOptions) -> Result<Vec<String>, LabError> {
+    Ok(match &opts.like {
+        Some(path) => like::nodes(&like::read(path)?).into_iter().map(|n| n.name).collect(),
+        None => (1..=opts.nodes).map(|i| format!("node-{i}")).collect(),
+    })
+}
+
 /// Starts (or restarts) one node's sshd and waits until it accepts TCP connections.
 pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
     let tools = Tools::find()?;
