@@ -12,7 +12,10 @@ export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 results=fuzz/RESULTS.md
 [ -f "$results" ] || printf '# Fuzzing results\n\n| date | target | seconds | runs | corpus | outcome |\n|---|---|---|---|---|---|\n' > "$results"
-for target in inventory playbook template journal; do
+targets=(inventory playbook template journal)
+# Build first, so each target's SECONDS are spent fuzzing, not compiling.
+cargo fuzz build
+for target in "${targets[@]}"; do
   corpus="fuzz/corpus/$target"
   mkdir -p "$corpus"
   log=$(mktemp)
@@ -21,7 +24,7 @@ for target in inventory playbook template journal; do
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=65536 >"$log" 2>&1; then
     status="FAILED (see fuzz/artifacts/$target)"
   fi
-  runs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#')
+  runs=$(grep -oE '#[0-9]+' "$log" | tail -1 | tr -d '#' || true)
   files=$(find "$corpus" -type f | wc -l)
   printf '| %s | %s | %s | %s | %s | %s |\n' "$(date -u +%F)" "$target" "$seconds" "${runs:-0}" "$files" "$status" | tee -a "$results"
   tail -3 "$log"

@@ -299,7 +299,7 @@ fn prelude(nonce: &str) -> String {
         "exec 4>&1\n\
          if ! command -v setsid >/dev/null 2>&1; then echo '{nonce} - U'; exit 0; fi\n\
          __kb_d=$(mktemp -d \"${{TMPDIR:-/tmp}}/kubeboot-jobs.XXXXXXXX\") || {{ echo '{nonce} - U'; exit 0; }}\n\
-         trap 'for f in \"$__kb_d\"/*.pid; do [ -f \"$f\" ] && kill -s KILL -- \"-$(cat \"$f\")\" 2>/dev/null; done; rm -rf \"$__kb_d\"' EXIT\n\
+         trap 'for f in \"$__kb_d\"/*.pid; do [ -s \"$f\" ] && read p < \"$f\" && kill -s KILL -- \"-$p\" 2>/dev/null; done; rm -rf \"$__kb_d\"' EXIT\n\
          trap 'exit 143' HUP INT TERM\n\
          __kb_pfx() {{ while IFS= read -r __kb_l || [ -n \"$__kb_l\" ]; do printf '%s %s\\n' \"$1\" \"$__kb_l\"; done; }}\n\
          echo '{nonce} - R'\n"
@@ -324,7 +324,7 @@ fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
     format!(
         "{{ {{ {{ __KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n\
          echo \"{tag} X $?\" >&4; }} 2>&1 1>&3 3>&- | __kb_pfx '{tag} E' >&4; }} 3>&1 | __kb_pfx '{tag} O' >&4; \
-         rm -f \"$__kb_d/{id}.pid\"; echo '{tag} D' >&4; }} </dev/null &\n"
+         : > \"$__kb_d/{id}.pid\"; echo '{tag} D' >&4; }} </dev/null &\n"
     )
 }
 
