@@ -41,3 +41,6 @@ cargo test --locked
 echo "== shipped playbooks and assets (offline checks)"
 python3 scripts/check-node-stages.py .
 bash scripts/check-assets.sh
+echo "== SSH benchmark smoke run (4 lab hosts, W1, kubeboot and the single-shell floor)"
+cargo build --locked --quiet --bin kubeboot
+KUBEBOOT="${CARGO_TARGET_DIR:-target}/debug/kubeboot" bash benches/ssh/smoke.sh
