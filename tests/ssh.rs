@@ -488,6 +488,20 @@ async fn twenty_commands_share_one_connection() {
     }
     let log = std::fs::read_to_string(t.lab.sshd_log("node-1")).unwrap();
     assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
+
+    // The 32 finished jobs do not linger as zombies of the long-lived shell: the shell is the
+    // outermost `sh` above this job (the ones between are its wrapper subshells).
+    let (exit, lines) = run(
+        &s,
+        &cmd(concat!(
+            "p=$$; while pp=$(ps -o ppid= -p \"$p\" | tr -d ' ') && [ \"$(ps -o comm= -p \"$pp\")\" = sh ]; do p=$pp; done\n",
+            "ps -o stat= --ppid \"$p\" | grep -c Z || true",
+        )),
+    )
+    .await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    let zombies: usize = stdout(&lines)[0].trim().parse().unwrap();
+    assert!(zombies <= 1, "{zombies} finished jobs were never reaped");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -321,8 +321,10 @@ fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
         inner.push('\n');
     }
     inner.push_str(") </dev/null\n");
+    // `jobs` first: a non-interactive dash never reaps background jobs on its own, so without it
+    // every finished job would stay a zombie (and a job-table entry) for the life of the shell.
     format!(
-        "{{ {{ {{ __KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n\
+        "jobs >/dev/null\n{{ {{ {{ __KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n\
          echo \"{tag} X $?\" >&4; }} 2>&1 1>&3 3>&- | __kb_pfx '{tag} E' >&4; }} 3>&1 | __kb_pfx '{tag} O' >&4; \
          : > \"$__kb_d/{id}.pid\"; echo '{tag} D' >&4; }} </dev/null &\n"
     )
