@@ -671,6 +671,8 @@ def main():
     ap.add_argument("--from-json", type=Path, nargs="*", default=[],
                     help="only report: merge the results of earlier --json files (no lab is started)")
     args = ap.parse_args()
+    # Runs start in their own work folders, so a relative path given here must not stay relative.
+    args.kubeboot = str(Path(args.kubeboot).resolve())
     if args.from_json:
         results = [r for f in args.from_json for r in json.loads(f.read_text())]
         args.runs = max((r["run"] + 1 for r in results), default=0)

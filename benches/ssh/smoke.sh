@@ -14,6 +14,9 @@ if [ -z "${KUBEBOOT:-}" ]; then
     (cd "$repo" && cargo build --quiet --bin kubeboot)
     KUBEBOOT="${CARGO_TARGET_DIR:-$repo/target}/debug/kubeboot"
 fi
+# bench.py runs kubeboot from its own work folders: a relative path would not resolve there.
+KUBEBOOT=$(realpath "$KUBEBOOT")
+[ -x "$KUBEBOOT" ] || { echo "smoke.sh: no kubeboot binary at $KUBEBOOT" >&2; exit 2; }
 
 work=$(mktemp -d /tmp/kubeboot-bench-smoke.XXXXXX)
 chmod 711 "$work"
