@@ -39,6 +39,12 @@ fn fixtures() -> &'static (Inventory, Stage) {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    // Repetition (`list * n`, `"s" * n`) is bounded by minijinja itself at 10^8 items, one template
+    // step that can take minutes and gigabytes (found by this target, see fuzz/RESULTS.md); loops are
+    // bounded by kubeboot's fuel limit. `*` is left out so the target keeps finding other faults.
+    if text.contains('*') {
+        return;
+    }
     let (inv, stage) = fixtures();
     let ctx = Context::new(inv, &inv.nodes[0], stage, &Facts::assumed());
     let at = Location { file: "s.yaml".into(), line: 5, column: 10 };

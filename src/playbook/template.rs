@@ -182,11 +182,16 @@ impl Default for Renderer {
     }
 }
 
+/// Template instructions one render may execute: far more than any shipped template needs, and
+/// it stops a runaway loop at plan time instead of hanging the plan.
+const FUEL: u64 = 100_000;
+
 impl Renderer {
     /// A strict renderer that keeps trailing newlines (files must stay byte-exact).
     pub fn new() -> Renderer {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
         if let Ok(syntax) = SyntaxConfig::builder().keep_trailing_newline(true).build() {
             env.set_syntax(syntax);
         }
@@ -240,12 +245,16 @@ fn template_error(e: &minijinja::Error, at: &Location, field: &str) -> Diagnosti
     let what = match e.kind() {
         ErrorKind::SyntaxError => "template syntax error",
         ErrorKind::UndefinedError => "undefined variable",
+        ErrorKind::OutOfFuel => "template does too much work",
         _ => "template error",
     };
     let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
     let hint = match e.kind() {
         ErrorKind::SyntaxError => "check the {{ }} / {% %} pairs and the expression syntax",
         ErrorKind::UndefinedError => "define it in [vars], the cluster or node vars, or the stage's `vars`",
+        ErrorKind::OutOfFuel => {
+            "it ran over 100000 template steps: shorten its loops, or move the work into the shell command"
+        }
         _ => "check the expression and the types of the values it uses",
     };
     Diagnostic::at(
@@ -427,6 +436,18 @@ s3 = { env = "X" }
         Renderer::new()
             .render(text, &at(5), "run", &ctx)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
+    }
+
+    #[test]
+    fn a_runaway_loop_is_a_plan_error_not_a_hang() {
+        let err = render(
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            &stage(&[]),
+        )
+        .unwrap_err();
+        assert!(err.contains("s.yaml:5:10"), "{err}");
+        assert!(err.contains("template does too much work"), "{err}");
+        assert!(err.contains("100000 template steps"), "{err}");
     }
 
     #[test]
