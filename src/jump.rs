@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use reqwest::header::HOST;
+use reqwest::header::{CONTENT_LENGTH, HOST};
 use reqwest::{Client, StatusCode};
 use rusty_s3::actions::{CreateBucket, HeadBucket};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
@@ -268,10 +268,13 @@ impl S3<'_> {
     async fn create(&self, bucket: &Bucket) -> Result<BucketState, JumpError> {
         let action = CreateBucket::new(bucket, self.credentials);
         let url = action.sign(SIGNATURE_LIFETIME);
+        let body = action.body();
+        // An empty body (us-east-1) must still say so: S3 servers answer 411 to a PUT without a length.
         let response = self
             .client
             .put(url)
-            .body(action.body())
+            .header(CONTENT_LENGTH, body.len())
+            .body(body)
             .send()
             .await
             .map_err(|e| self.unreachable(&e))?;
