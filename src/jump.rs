@@ -40,7 +40,7 @@ pub enum JumpError {
     Unreachable { what: String, why: String },
     #[error("GET {url} answered HTTP {got}, expected {expected}")]
     Status { url: String, got: u16, expected: String },
-    #[error("GET {url} answered, but its body does not contain {text:?}")]
+    #[error("GET {url} answered, but its body does not contain '{text}'")]
     Missing { url: String, text: String },
     #[error("bucket name `{bucket}` cannot be used: {why}")]
     BadBucket { bucket: String, why: String },
@@ -104,7 +104,7 @@ pub async fn http(check: &HttpCheck, vault: &Vault, out: &(dyn Fn(String) + Sync
                 text: text.clone(),
             });
         }
-        out(format!("body contains {text:?}"));
+        out(format!("body contains '{text}'"));
     }
     Ok(())
 }

@@ -321,7 +321,7 @@ tasks:
             ),
             "{first}"
         );
-        assert!(out.contains(&"body contains \"Ready\"".to_string()), "{out:?}");
+        assert!(out.contains(&"body contains 'Ready'".to_string()), "{out:?}");
         assert_eq!(status(&first, node, "with basic auth").0, "ok", "{first}");
     }
     assert_eq!(
@@ -453,7 +453,7 @@ fn failing_jump_host_tasks_say_what_answered_and_what_to_check() {
 
     let (s, error) = status(&r, "node-2", "wrong body");
     assert_eq!(s, "failed");
-    assert!(error.ends_with("its body does not contain \"Grafana\""), "{error}");
+    assert!(error.ends_with("its body does not contain 'Grafana'"), "{error}");
 
     let (s, error) = status(&r, "node-3", "nobody there");
     assert_eq!(s, "failed");
@@ -586,4 +586,47 @@ fn s3_access_denied_names_the_key_settings() {
         format!("S3 at {endpoint}: access denied for bucket locked-bucket — check {secret_files}")
     );
     assert_no_secret_anywhere(&t, &[&r]);
+}
+
+#[test]
+fn a_lab_modelled_on_the_shipped_inventory_never_makes_jump_host_requests() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let opts = lab::LabOptions {
+        dir: dir.path().join("lab"),
+        first_address: std::net::Ipv4Addr::new(127, 0, 135, 1),
+        first_port: 21350,
+        like: Some(repo.join("inventory.toml")),
+        ..Default::default()
+    };
+    let guard = lab::LabGuard(lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}")));
+    let text = fs::read_to_string(&guard.inventory).expect("the lab inventory");
+    let inv: toml::Table = text.parse().expect("TOML");
+    assert_eq!(inv["vars"]["jump_checks"].as_bool(), Some(false), "{text}");
+
+    // Every jump-host task of the shipped playbooks is skipped by its condition.
+    let plan = run({
+        let mut c = Command::new(common::bin());
+        c.arg("-i")
+            .arg(&guard.inventory)
+            .arg("-p")
+            .arg(repo.join("playbooks"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("plan");
+        c
+    });
+    plan.assert_code(0);
+    let jump: Vec<&str> = plan
+        .stdout
+        .lines()
+        .filter(|l| l.contains("(from the jump host)"))
+        .collect();
+    // Four checks in every node's plan (prometheus, grafana, thanos, opensearch), plus s3-buckets on the central one.
+    assert_eq!(jump.len(), 4 * 4 + 1, "{plan}");
+    assert!(
+        jump.iter().all(|l| l.contains("[skip: condition]")),
+        "{}",
+        jump.join("\n")
+    );
 }
