@@ -323,14 +323,22 @@ def main():
                     if task.get("name") in names:
                         fail(f"{where}: duplicate task name")
                     names.add(task.get("name"))
-                    actions = [k for k in ("run", "copy", "wait") if k in task]
+                    actions = [k for k in ("run", "copy", "wait", "http", "s3_buckets") if k in task]
                     if len(actions) != 1:
-                        fail(f"{where}: needs exactly one of run/copy/wait")
+                        fail(f"{where}: needs exactly one of run/copy/wait/http/s3_buckets")
                         continue
                     if "when" in task and not truthy(render(task["when"], ctx, where + " when")):
                         continue
                     for key, value in (task.get("env") or {}).items():
                         render(value, ctx, f"{where} env.{key}")
+                    for kind, credentials in (("http", ("user", "password")), ("s3_buckets", ("access_key", "secret_key"))):
+                        for key, value in (task.get(kind) or {}).items():
+                            for v in value if isinstance(value, list) else [value]:
+                                if not isinstance(v, str):
+                                    continue
+                                if key not in credentials and SECRET_IN_COMMAND.search(v):
+                                    fail(f"{where}: secrets belong in {'/'.join(credentials)}, not in {kind}.{key}")
+                                render(v, ctx, f"{where} {kind}.{key}")
                     for key in ("run", "wait", "unless"):
                         if key not in task:
                             continue

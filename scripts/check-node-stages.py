@@ -54,7 +54,10 @@ def shellcheck(script, where):
     r = subprocess.run(['dash', '-n'], input=script, text=True, capture_output=True)
     if r.returncode != 0: err(f'{where}: dash -n: {r.stderr}')
 
-ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'interval', 'unless', 'when', 'retries', 'delay', 'timeout', 'become', 'env'}
+ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'http', 's3_buckets', 'interval', 'unless', 'when', 'retries', 'delay',
+                'timeout', 'become', 'env'}
+# Jump-host tasks (kubeboot sends them itself): secrets only in these fields; no shell to check.
+JUMP_CREDENTIALS = {'http': {'user', 'password'}, 's3_buckets': {'access_key', 'secret_key'}}
 count = 0
 for stage in STAGES:
     path = f'{ROOT}/playbooks/{stage}.yaml'
@@ -68,11 +71,17 @@ for stage in STAGES:
             for t in book['tasks']:
                 where = f'{stage}/{t["name"]}/{n["name"]}/{fam}'
                 if set(t) - ALLOWED_TASK: err(f'{where}: unknown keys {set(t) - ALLOWED_TASK}')
-                if sum(k in t for k in ('run', 'copy', 'wait')) != 1: err(f'{where}: need exactly one action')
+                if sum(k in t for k in ('run', 'copy', 'wait', 'http', 's3_buckets')) != 1: err(f'{where}: need exactly one action')
                 if 'when' in t:
                     w = render(t['when'], ctx, where + '/when').strip()
                     if w not in ('True', 'False'): err(f'{where}: when renders {w!r}')
                     if w == 'False': continue
+                for kind, credentials in JUMP_CREDENTIALS.items():
+                    for key, value in (t.get(kind) or {}).items():
+                        for v in value if isinstance(value, list) else [value]:
+                            if not isinstance(v, str): continue
+                            s = render(v, ctx, f'{where}/{kind}.{key}')
+                            if key not in credentials and 'KUBEBOOT_SECRET_' in s: err(f'{where}/{kind}.{key}: secret outside the credentials')
                 for key in ('run', 'unless', 'wait'):
                     if key in t:
                         s = render(t[key], ctx, f'{where}/{key}')

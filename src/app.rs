@@ -416,6 +416,9 @@ fn read_secrets(
         for (_, value) in &task.env {
             used.extend(secrets::referenced(value));
         }
+        for field in task.action.credentials() {
+            used.extend(secrets::referenced(field));
+        }
         if let Action::Copy { files, .. } = &task.action {
             for f in files {
                 used.extend(secrets::referenced(&String::from_utf8_lossy(&f.content)));

@@ -11,7 +11,7 @@ use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::playbook::template::{Context, Renderer, file_start};
-use crate::playbook::{ActionDef, CopyDef, Hosts, Playbooks, Stage, TaskDef};
+use crate::playbook::{ActionDef, CopyDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef};
 
 /// What a planned task does on the node, fully rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,53 @@ pub enum Action {
     },
     /// Run `until` every `interval` until it exits 0.
     Wait { until: String, interval: Duration },
+    /// A GET kubeboot sends itself, from the jump host.
+    Http(HttpCheck),
+    /// Buckets kubeboot makes sure exist, from the jump host.
+    S3Buckets(S3Buckets),
+}
+
+impl Action {
+    /// True when kubeboot does it itself on the jump host instead of on the node.
+    pub fn runs_on_jump_host(&self) -> bool {
+        matches!(self, Action::Http(_) | Action::S3Buckets(_))
+    }
+
+    /// The credential fields, the only places a jump-host task may hold secret placeholders.
+    pub fn credentials(&self) -> Vec<&str> {
+        match self {
+            Action::Http(h) => h.user.iter().chain(h.password.iter()).map(String::as_str).collect(),
+            Action::S3Buckets(b) => vec![b.access_key.as_str(), b.secret_key.as_str()],
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A rendered `http:` task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub url: String,
+    /// The name to ask for when `url` holds an address (ingress hostnames).
+    pub host: Option<String>,
+    pub expect_status: Vec<u16>,
+    /// Texts the body must contain, every one.
+    pub contains: Vec<String>,
+    /// Basic auth; may hold secret placeholders.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Accept any TLS certificate.
+    pub insecure: bool,
+}
+
+/// A rendered `s3_buckets:` task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Buckets {
+    pub endpoint: String,
+    pub region: String,
+    pub buckets: Vec<String>,
+    /// Secret placeholders, filled only when a request is signed.
+    pub access_key: String,
+    pub secret_key: String,
 }
 
 /// One file a `copy` task puts on the node.
@@ -357,6 +404,8 @@ fn plan_task(
             until: text(&w.until, "wait"),
             interval: w.interval,
         },
+        ActionDef::Http(h) => Action::Http(http_check(h, &mut text)),
+        ActionDef::S3Buckets(b) => Action::S3Buckets(s3_buckets(b, &mut text)),
         ActionDef::Copy(c) => {
             let dest = text(&c.dest, "copy.dest");
             let files = match (&c.content, &c.src) {
@@ -388,10 +437,15 @@ fn plan_task(
         .collect();
     problems.extend(asset_problems);
     problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
+    problems.extend(secrets_outside_credentials(def, &action));
+    if !lenient {
+        problems.extend(bad_jump_urls(def, &action));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
-    let become_ = def.become_.unwrap_or(stage.become_);
+    // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
+    let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
     let fingerprint = fingerprint(&stage.name, &def.name, &action, unless.as_deref(), become_, &env);
     Ok(PlannedTask {
         stage: stage.name.clone(),
@@ -406,6 +460,99 @@ fn plan_task(
         fingerprint,
         decision,
     })
+}
+
+/// Renders an `http:` task's fields.
+fn http_check(h: &HttpDef, text: &mut impl FnMut(&str, &str) -> String) -> HttpCheck {
+    HttpCheck {
+        url: text(&h.url, "http.url"),
+        host: h.host.as_ref().map(|v| text(v, "http.host")),
+        expect_status: h.expect_status.clone(),
+        // Each line of a rendered text is a text of its own, so a `{% for %}` loop can list many.
+        contains: h
+            .contains
+            .iter()
+            .flat_map(|v| {
+                let rendered = text(v, "http.contains");
+                rendered
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        user: h.user.as_ref().map(|v| text(v, "http.user")),
+        password: h.password.as_ref().map(|v| text(v, "http.password")),
+        insecure: h.insecure,
+    }
+}
+
+/// Renders an `s3_buckets:` task's fields.
+fn s3_buckets(b: &S3BucketsDef, text: &mut impl FnMut(&str, &str) -> String) -> S3Buckets {
+    S3Buckets {
+        endpoint: text(&b.endpoint, "s3_buckets.endpoint"),
+        region: text(&b.region, "s3_buckets.region"),
+        buckets: b.buckets.iter().map(|v| text(v, "s3_buckets.buckets")).collect(),
+        access_key: text(&b.access_key, "s3_buckets.access_key"),
+        secret_key: text(&b.secret_key, "s3_buckets.secret_key"),
+    }
+}
+
+/// A jump-host task's fields other than its credentials end up in output, the plan and the journal's
+/// messages, so a secret there would leak; kubeboot only fills secrets into the credential fields.
+fn secrets_outside_credentials(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
+    let mut fields: Vec<(&str, &str)> = Vec::new();
+    match action {
+        Action::Http(h) => {
+            fields.push(("http.url", &h.url));
+            fields.extend(h.host.iter().map(|v| ("http.host", v.as_str())));
+            fields.extend(h.contains.iter().map(|v| ("http.contains", v.as_str())));
+        }
+        Action::S3Buckets(b) => {
+            fields.push(("s3_buckets.endpoint", &b.endpoint));
+            fields.push(("s3_buckets.region", &b.region));
+            fields.extend(b.buckets.iter().map(|v| ("s3_buckets.buckets", v.as_str())));
+        }
+        _ => return Vec::new(),
+    }
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for (field, text) in fields {
+        if crate::secrets::referenced(text).is_empty() || out.iter().any(|d| d.message.contains(&format!("`{field}`")))
+        {
+            continue;
+        }
+        let at = def.fields.get(field).unwrap_or(&def.location);
+        out.push(
+            Diagnostic::at(
+                &at.file,
+                at.line,
+                at.column,
+                format!("a secret in `{field}` would show in kubeboot's output, logs and journal"),
+            )
+            .with_hint("secrets belong only in `user`/`password` (http) or `access_key`/`secret_key` (s3_buckets)"),
+        );
+    }
+    out
+}
+
+/// A jump-host task's URL must be an absolute http(s) URL; found now rather than in the middle of a run.
+fn bad_jump_urls(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
+    let (field, text) = match action {
+        Action::Http(h) => ("http.url", h.url.as_str()),
+        Action::S3Buckets(b) => ("s3_buckets.endpoint", b.endpoint.as_str()),
+        _ => return Vec::new(),
+    };
+    let problem = match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => return Vec::new(),
+        Ok(u) => format!("`{field}` must be an http:// or https:// URL, not {}://", u.scheme()),
+        Err(e) => format!("`{field}` is not a URL ({e}): `{text}`"),
+    };
+    let at = def.fields.get(field).unwrap_or(&def.location);
+    vec![
+        Diagnostic::at(&at.file, at.line, at.column, problem)
+            .with_hint("write it whole, e.g. http://192.168.101.210/ or https://s3.example.lab"),
+    ]
 }
 
 /// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,
@@ -423,6 +570,8 @@ fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>
                 fields.push(("copy.owner", o));
             }
         }
+        // Checked by `secrets_outside_credentials`: nothing of these reaches a command line.
+        Action::Http(_) | Action::S3Buckets(_) => {}
     }
     if let Some(u) = unless {
         fields.push(("unless", u));
@@ -558,6 +707,39 @@ fn fingerprint(
             put(until.as_bytes());
             put(&interval.as_millis().to_le_bytes());
         }
+        Action::Http(h) => {
+            put(b"http");
+            put(h.url.as_bytes());
+            for optional in [&h.host, &h.user, &h.password] {
+                match optional {
+                    Some(v) => {
+                        put(b"some");
+                        put(v.as_bytes());
+                    }
+                    None => put(b"none"),
+                }
+            }
+            put(&(h.expect_status.len() as u64).to_le_bytes());
+            for code in &h.expect_status {
+                put(&code.to_le_bytes());
+            }
+            put(&(h.contains.len() as u64).to_le_bytes());
+            for c in &h.contains {
+                put(c.as_bytes());
+            }
+            put(if h.insecure { b"insecure" } else { b"verified" });
+        }
+        Action::S3Buckets(b) => {
+            put(b"s3_buckets");
+            put(b.endpoint.as_bytes());
+            put(b.region.as_bytes());
+            put(&(b.buckets.len() as u64).to_le_bytes());
+            for bucket in &b.buckets {
+                put(bucket.as_bytes());
+            }
+            put(b.access_key.as_bytes());
+            put(b.secret_key.as_bytes());
+        }
     }
     match unless {
         Some(u) => {
@@ -608,7 +790,13 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
                 Decision::Run => "run".to_string(),
                 Decision::Skip(r) => format!("skip: {}", r.as_str()),
             };
-            let sudo = if t.become_ { " (sudo)" } else { "" };
+            let sudo = if t.action.runs_on_jump_host() {
+                " (from the jump host)"
+            } else if t.become_ {
+                " (sudo)"
+            } else {
+                ""
+            };
             out.push_str(&format!("    {number:>3}. [{what:<15}] {}{sudo}\n", t.task));
             if show_commands {
                 details(&mut out, t);
@@ -650,6 +838,23 @@ fn details(out: &mut String, t: &PlannedTask) {
                 ));
             }
         }
+        Action::Http(h) => http_details(out, h),
+        Action::S3Buckets(b) => {
+            out.push_str(&format!(
+                "{PAD}S3 buckets {} at {} (from the jump host)\n",
+                b.buckets.join(", "),
+                b.endpoint
+            ));
+            out.push_str(&format!(
+                "{PAD}  region {}, path-style; missing buckets are created, nothing is deleted\n",
+                b.region
+            ));
+            out.push_str(&format!(
+                "{PAD}  keys {} / {}\n",
+                credential(&b.access_key),
+                credential(&b.secret_key)
+            ));
+        }
     }
     if t.retries > 0 {
         out.push_str(&format!(
@@ -661,6 +866,48 @@ fn details(out: &mut String, t: &PlannedTask) {
     if let Some(limit) = t.timeout {
         out.push_str(&format!("{PAD}timeout {}\n", humantime::format_duration(limit)));
     }
+}
+
+/// An `http:` task under its name: the request, then what counts as success.
+fn http_details(out: &mut String, h: &HttpCheck) {
+    const PAD: &str = "           ";
+    out.push_str(&format!("{PAD}GET {} (from the jump host)\n", h.url));
+    if let Some(host) = &h.host {
+        out.push_str(&format!("{PAD}  Host: {host}\n"));
+    }
+    if let Some(user) = &h.user {
+        let password = h.password.as_deref().map(credential).unwrap_or_else(|| "none".into());
+        out.push_str(&format!("{PAD}  basic auth {}, password {password}\n", shown(user)));
+    }
+    let statuses: Vec<String> = h.expect_status.iter().map(u16::to_string).collect();
+    out.push_str(&format!("{PAD}  expect HTTP {}\n", statuses.join(" or ")));
+    for c in &h.contains {
+        out.push_str(&format!("{PAD}  body contains '{c}'\n"));
+    }
+    if h.insecure {
+        out.push_str(&format!("{PAD}  TLS certificate not verified (insecure: true)\n"));
+    }
+}
+
+/// A credential as the plan shows it: the secret it comes from, never a value written in the playbook.
+fn credential(text: &str) -> String {
+    match crate::secrets::referenced(text).as_slice() {
+        [] => "****".into(),
+        names => names
+            .iter()
+            .map(|n| format!("secrets.{n}"))
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
+}
+
+/// A user name as the plan shows it: as written, with secret placeholders named.
+fn shown(text: &str) -> String {
+    let mut out = text.to_string();
+    for name in crate::secrets::referenced(text) {
+        out = out.replace(&crate::secrets::placeholder(&name), &format!("secrets.{name}"));
+    }
+    out
 }
 
 #[cfg(test)]

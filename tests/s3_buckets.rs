@@ -61,10 +61,15 @@ fn bucket_command(endpoint: &str) -> (String, Vec<String>) {
     };
     let plan = plan::plan_node(&inv, &books, "node-194", &Facts::assumed(), &Progress::empty(), &sel)
         .unwrap_or_else(|d| panic!("{d}"));
-    let task = plan.tasks.first().expect("the s3-buckets stage has a task");
-    let Action::Run { command } = &task.action else {
-        panic!("s3-buckets runs a command")
-    };
+    // The node-side variant (jump_checks = false); the jump-host one is tested in tests/jump_tasks.rs.
+    let command = plan
+        .tasks
+        .iter()
+        .find_map(|t| match &t.action {
+            Action::Run { command } => Some(command),
+            _ => None,
+        })
+        .expect("the s3-buckets stage has a curl task for jump_checks = false");
     let buckets = ["s3_bucket_thanos", "s3_bucket_opensearch", "s3_bucket_longhorn"]
         .iter()
         .map(|k| inv.vars[*k].as_str().unwrap_or_default().to_string())

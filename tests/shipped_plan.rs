@@ -40,6 +40,8 @@ fn script(plan: &NodePlan) -> String {
         match &t.action {
             Action::Run { command } => out.push_str(command),
             Action::Wait { until, .. } => out.push_str(until),
+            // Sent by kubeboot itself from the jump host: nothing of it reaches the node.
+            Action::Http(_) | Action::S3Buckets(_) => {}
             Action::Copy { files, .. } => {
                 for f in files {
                     out.push_str(&format!("# file {}\n{}\n", f.dest, String::from_utf8_lossy(&f.content)));

@@ -9,12 +9,15 @@ use tokio_util::sync::CancellationToken;
 use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
-use crate::inventory::NewHostKeys;
+use crate::inventory::{NewHostKeys, SecretSource};
+use crate::jump;
 use crate::plan::{self, Action, Decision, PlannedTask};
 use crate::ssh::{self, Command, Exit, Session, SshError, Target};
 
 /// Default limit of a `wait` task when the playbook sets none.
 const WAIT_DEFAULT: Duration = Duration::from_secs(300);
+/// Default per-attempt limit of a jump-host task when the plan sets none.
+const JUMP_DEFAULT: Duration = Duration::from_secs(60);
 /// Output lines kept per task to explain a failure.
 const TAIL_LINES: usize = 20;
 
@@ -283,6 +286,7 @@ impl TaskRunner<'_> {
             }
         }
         match &self.task.action {
+            Action::Http(_) | Action::S3Buckets(_) => self.on_jump_host().await,
             Action::Run { command } => {
                 let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
                 check_exit(exit, tail)?;
@@ -359,6 +363,39 @@ impl TaskRunner<'_> {
         }
     }
 
+    /// A task kubeboot does itself on the jump host, within the task's limit; its report lines are the
+    /// task's output, like a command's.
+    async fn on_jump_host(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
+        let vault = &self.shared.spec.vault;
+        let out = |line: String| {
+            self.shared.emit(Event::Output {
+                node: self.name.to_string(),
+                stream: Stream::Stdout,
+                line,
+            })
+        };
+        let work = async {
+            match &self.task.action {
+                Action::Http(check) => jump::http(check, vault, &out).await.map(|()| TaskStatus::Ok),
+                Action::S3Buckets(task) => {
+                    let keys = key_sources(&self.shared.spec.inventory, &[&task.access_key, &task.secret_key]);
+                    let created = jump::s3_buckets(task, vault, &keys, &out).await?;
+                    Ok(if created { TaskStatus::Changed } else { TaskStatus::Ok })
+                }
+                _ => Err(jump::JumpError::Client("not a jump-host task".into())),
+            }
+        };
+        let limit = self.task.timeout.unwrap_or(JUMP_DEFAULT);
+        tokio::select! {
+            result = tokio::time::timeout(limit, work) => match result {
+                Ok(Ok(status)) => Ok((status, None)),
+                Ok(Err(e)) => Err(Failure::Other(e.to_string())),
+                Err(_) => Err(Failure::Timeout(limit)),
+            },
+            _ = self.shared.cancel.cancelled() => Err(Failure::Cancelled),
+        }
+    }
+
     /// Runs a script of this task; streams its output as events when `show` is set.
     async fn exec(&self, script: &str, show: bool, limit: Option<Duration>) -> Result<(Exit, Vec<String>), Failure> {
         let command = Command {
@@ -417,6 +454,25 @@ impl TaskRunner<'_> {
             Ok(text) => self.shared.spec.vault.fill(text).into_bytes(),
             Err(_) => content.to_vec(),
         }
+    }
+}
+
+/// Where the credentials of a jump-host task come from, in the operator's words (the environment variables or
+/// files of the secrets they name), for an access-denied message.
+fn key_sources(inv: &crate::inventory::Inventory, fields: &[&str]) -> String {
+    let sources: Vec<String> = fields
+        .iter()
+        .flat_map(|f| crate::secrets::referenced(f))
+        .map(|name| match inv.secrets.get(&name) {
+            Some(SecretSource::Env(var)) => var.clone(),
+            Some(SecretSource::File(path)) => path.display().to_string(),
+            None => format!("secrets.{name}"),
+        })
+        .collect();
+    if sources.is_empty() {
+        "the task's access_key / secret_key".into()
+    } else {
+        sources.join(" / ")
     }
 }
 

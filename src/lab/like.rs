@@ -96,6 +96,9 @@ pub(super) fn write(lab: &Lab, model: &Table) -> Result<(), LabError> {
         for (k, v) in LAB_MINIMUMS {
             vars.insert((*k).into(), Value::Integer(*v));
         }
+        // The model's jump-host requests would go to its real addresses (LB IPs, the S3 endpoint), never
+        // to the lab: the lab's nodes do those steps themselves.
+        vars.insert("jump_checks".into(), Value::Boolean(false));
     }
     let text = toml::to_string(&inv).map_err(|e| LabError::Io {
         what: format!("cannot write the lab inventory: {e}"),

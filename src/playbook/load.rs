@@ -6,18 +6,47 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::model::{ActionDef, CopyDef, Hosts, Location, Playbooks, Stage, TaskDef, WaitDef};
+use super::model::{ActionDef, CopyDef, Hosts, HttpDef, Location, Playbooks, S3BucketsDef, Stage, TaskDef, WaitDef};
 use super::yaml::{self, Node, Yaml, pos};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
 const STAGE_KEYS: &[&str] = &["name", "hosts", "become", "vars", "tasks"];
 const TASK_KEYS: &[&str] = &[
-    "name", "run", "copy", "wait", "interval", "unless", "when", "retries", "delay", "timeout", "become", "env",
+    "name",
+    "run",
+    "copy",
+    "wait",
+    "http",
+    "s3_buckets",
+    "interval",
+    "unless",
+    "when",
+    "retries",
+    "delay",
+    "timeout",
+    "become",
+    "env",
 ];
 const COPY_KEYS: &[&str] = &["src", "content", "dest", "mode", "owner", "template"];
+const HTTP_KEYS: &[&str] = &[
+    "url",
+    "host",
+    "expect_status",
+    "contains",
+    "user",
+    "password",
+    "insecure",
+];
+const S3_BUCKETS_KEYS: &[&str] = &["endpoint", "region", "buckets", "access_key", "secret_key"];
+/// Every action key; a task has exactly one.
+const ACTIONS: &[&str] = &["run", "copy", "wait", "http", "s3_buckets"];
+/// Task keys that only mean something on the node, refused on tasks that run on the jump host.
+const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become"];
 const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The per-attempt limit of `http`/`s3_buckets` tasks: a request must never hang a node's run.
+const DEFAULT_JUMP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads every `*.yaml`/`*.yml` in `dir` (one stage each, in file-name order); `copy.src` resolves under `assets_dir`.
 pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
@@ -445,7 +474,7 @@ impl Reader<'_> {
                         self.error(v, "a task name must not be empty", "give the task a short, unique name");
                     }
                 }
-                "run" | "copy" | "wait" => actions.push((key.as_str(), v)),
+                k if ACTIONS.contains(&k) => actions.push((key.as_str(), v)),
                 "interval" => {
                     interval_node = Some(*k);
                     interval = self.duration("interval", v);
@@ -470,9 +499,13 @@ impl Reader<'_> {
             }
         }
         let action = match actions.as_slice() {
-            [] if misspelled(n, &["run", "copy", "wait"]) => None,
+            [] if misspelled(n, ACTIONS) => None,
             [] => {
-                self.error(n, "the task has no action", "give it one of `run`, `copy` or `wait`");
+                self.error(
+                    n,
+                    "the task has no action",
+                    "give it one of `run`, `copy`, `wait`, `http` or `s3_buckets`",
+                );
                 None
             }
             [(kind, v)] => self.action(kind, v, &mut fields),
@@ -480,7 +513,7 @@ impl Reader<'_> {
                 self.error(
                     v,
                     format!("the task has more than one action (`{kind}` is the second)"),
-                    "a task does exactly one of `run`, `copy` or `wait`; split it into two tasks",
+                    "a task does exactly one of `run`, `copy`, `wait`, `http` or `s3_buckets`; split it into two tasks",
                 );
                 None
             }
@@ -488,7 +521,13 @@ impl Reader<'_> {
         if entries.iter().all(|(k, _, _)| k != "name") && !misspelled(n, &["name"]) {
             self.error(n, "the task has no `name`", "add `name: <what it does>`");
         }
+        if actions.iter().any(|(kind, _)| matches!(*kind, "http" | "s3_buckets")) {
+            self.node_only_keys(&entries);
+        }
         let mut action = action?;
+        if action.runs_on_jump_host() {
+            t.timeout = t.timeout.or(Some(DEFAULT_JUMP_TIMEOUT));
+        }
         match (&mut action, interval_node) {
             (ActionDef::Wait(w), _) => {
                 w.interval = interval.unwrap_or(DEFAULT_INTERVAL);
@@ -506,6 +545,25 @@ impl Reader<'_> {
         t.location = name_loc;
         t.fields = fields;
         Some(t)
+    }
+
+    /// `unless`, `env` and `become` on a task that runs on the jump host: each would silently do nothing.
+    fn node_only_keys(&mut self, entries: &Entries) {
+        for (key, k, _) in entries {
+            if !NODE_ONLY_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            let hint = match key.as_str() {
+                "unless" => "`unless` runs a command on the node; use `when` for a condition",
+                "env" => "give credentials in the task's own fields (`user`/`password`, `access_key`/`secret_key`)",
+                _ => "remove it: nothing of this task runs on the node",
+            };
+            self.error(
+                k,
+                format!("`{key}` does not apply to a task that runs on the jump host"),
+                hint,
+            );
+        }
     }
 
     fn env(&mut self, v: &Node, fields: &mut BTreeMap<String, Location>) -> BTreeMap<String, String> {
@@ -554,8 +612,130 @@ impl Reader<'_> {
                     })
                 })
             }
+            "http" => self.http(v, fields).map(ActionDef::Http),
+            "s3_buckets" => self.s3_buckets(v, fields).map(ActionDef::S3Buckets),
             _ => self.copy(v, fields).map(ActionDef::Copy),
         }
+    }
+
+    /// A text field of a jump-host task, remembered under `<kind>.<key>` for template messages.
+    fn field(&mut self, kind: &str, key: &str, v: &Node, fields: &mut BTreeMap<String, Location>) -> Option<String> {
+        fields.insert(format!("{kind}.{key}"), self.loc(v));
+        self.string(key, v)
+    }
+
+    /// One text or a list of texts.
+    fn texts(&mut self, key: &str, v: &Node) -> Vec<String> {
+        match &v.value {
+            Yaml::Seq(items) => items.iter().filter_map(|n| self.string(key, n)).collect(),
+            _ => self.string(key, v).into_iter().collect(),
+        }
+    }
+
+    /// `expect_status`: one HTTP status or a list of them.
+    fn statuses(&mut self, v: &Node) -> Vec<u16> {
+        let items: Vec<&Node> = match &v.value {
+            Yaml::Seq(items) if !items.is_empty() => items.iter().collect(),
+            _ => vec![v],
+        };
+        let mut out = Vec::new();
+        for n in items {
+            match &n.value {
+                Yaml::Int(i) if (100..=599).contains(i) => out.push(*i as u16),
+                _ => self.error(
+                    n,
+                    "`expect_status` must be an HTTP status (100 to 599) or a list of them",
+                    "e.g. `expect_status: 200` or `expect_status: [200, 404]`",
+                ),
+            }
+        }
+        out
+    }
+
+    fn http(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<HttpDef> {
+        let entries = self.mapping(n, HTTP_KEYS, "`http`")?;
+        let mut h = HttpDef {
+            url: String::new(),
+            host: None,
+            expect_status: vec![200],
+            contains: Vec::new(),
+            user: None,
+            password: None,
+            insecure: false,
+        };
+        let mut url = None;
+        for (key, _k, v) in &entries {
+            match key.as_str() {
+                "url" => url = self.field("http", key, v, fields),
+                "host" => h.host = self.field("http", key, v, fields),
+                "user" => h.user = self.field("http", key, v, fields),
+                "password" => h.password = self.field("http", key, v, fields),
+                "contains" => {
+                    fields.insert("http.contains".into(), self.loc(v));
+                    h.contains = self.texts("contains", v);
+                }
+                "expect_status" => h.expect_status = self.statuses(v),
+                "insecure" => h.insecure = self.boolean("insecure", v).unwrap_or(false),
+                _ => {}
+            }
+        }
+        if h.expect_status.is_empty() {
+            h.expect_status = vec![200];
+        }
+        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
+        if !has("url") && !misspelled(n, &["url"]) {
+            self.error(n, "`http` has no `url`", "add `url: http://address/path`");
+        }
+        if has("password") && !has("user") {
+            self.error(
+                n,
+                "`http` has a `password` but no `user`",
+                "basic auth needs both: add `user`",
+            );
+        }
+        h.url = url?;
+        Some(h)
+    }
+
+    fn s3_buckets(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<S3BucketsDef> {
+        let entries = self.mapping(n, S3_BUCKETS_KEYS, "`s3_buckets`")?;
+        let mut got: BTreeMap<&str, String> = BTreeMap::new();
+        let mut buckets = Vec::new();
+        for (key, _k, v) in &entries {
+            if key == "buckets" {
+                fields.insert("s3_buckets.buckets".into(), self.loc(v));
+                buckets = self.texts("buckets", v);
+                if buckets.is_empty() {
+                    self.error(v, "`buckets` is empty", "list the bucket names: `buckets: [a, b]`");
+                }
+            } else if let Some(text) = self.field("s3_buckets", key, v, fields) {
+                let key = S3_BUCKETS_KEYS.iter().copied().find(|k| k == key).unwrap_or_default();
+                got.insert(key, text);
+            }
+        }
+        let mut missing = false;
+        for key in S3_BUCKETS_KEYS {
+            let written = entries.iter().any(|(k, _, _)| k == key);
+            if !written && !misspelled(n, &[key]) {
+                self.error(
+                    n,
+                    format!("`s3_buckets` has no `{key}`"),
+                    "it needs endpoint, region, buckets, access_key and secret_key",
+                );
+            }
+            missing |= !written;
+        }
+        if missing {
+            return None;
+        }
+        let mut take = |key: &str| got.remove(key);
+        Some(S3BucketsDef {
+            endpoint: take("endpoint")?,
+            region: take("region")?,
+            buckets,
+            access_key: take("access_key")?,
+            secret_key: take("secret_key")?,
+        })
     }
 
     fn copy(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<CopyDef> {

@@ -32,6 +32,17 @@ pub enum ActionDef {
     Copy(CopyDef),
     /// Poll a command until it exits 0 (or the task's timeout passes).
     Wait(WaitDef),
+    /// An HTTP GET that kubeboot sends itself, from the jump host.
+    Http(HttpDef),
+    /// S3 buckets that kubeboot makes sure exist, from the jump host.
+    S3Buckets(S3BucketsDef),
+}
+
+impl ActionDef {
+    /// True for the kinds kubeboot runs itself on the jump host, not over SSH on the node.
+    pub fn runs_on_jump_host(&self) -> bool {
+        matches!(self, ActionDef::Http(_) | ActionDef::S3Buckets(_))
+    }
 }
 
 /// A `copy:` task.
@@ -59,6 +70,35 @@ pub struct WaitDef {
     pub until: String,
     /// Pause between tries. Default 5s.
     pub interval: Duration,
+}
+
+/// An `http:` task: a GET from the jump host. Every text is a template; secrets only in `user`/`password`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpDef {
+    pub url: String,
+    /// The name to ask for (ingress hostnames), when `url` holds an address.
+    pub host: Option<String>,
+    /// Statuses that count as success. Default [200].
+    pub expect_status: Vec<u16>,
+    /// Texts the body must contain, every one of them.
+    pub contains: Vec<String>,
+    /// Basic auth.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Accept any TLS certificate (self-signed lab certificates). Default false.
+    pub insecure: bool,
+}
+
+/// An `s3_buckets:` task: HEAD each bucket, create the missing ones. Never deletes anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3BucketsDef {
+    /// `http(s)://host[:port]`, addressed path-style.
+    pub endpoint: String,
+    pub region: String,
+    pub buckets: Vec<String>,
+    /// Templates, normally `{{ secrets.NAME }}`.
+    pub access_key: String,
+    pub secret_key: String,
 }
 
 /// One task as written in a playbook.
