@@ -307,7 +307,8 @@ fn prelude(nonce: &str) -> String {
 }
 
 /// One job, as shell text for the executor. The job's own script goes in a quoted here-document
-/// (no expansion) whose terminator holds the nonce, so no script line can end it early.
+/// (no expansion) whose terminator holds the nonce, so no script line can end it early; a job with
+/// `env` values goes through a pipe from `printf` instead (see below).
 fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
     let tag = format!("{nonce} {id}");
     let end = format!("__KB_{nonce}_{id}");
@@ -321,10 +322,18 @@ fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
         inner.push('\n');
     }
     inner.push_str(") </dev/null\n");
+    let feed = if cmd.env.is_empty() {
+        format!("__KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n")
+    } else {
+        // `env` values are often secrets, and some shells keep a here-document in a temporary file
+        // (bash before 5.1 is /bin/sh on RHEL 8). These jobs reach `sh` through a pipe from the
+        // printf builtin instead: nothing on the node's disk, nothing in its process list.
+        format!("printf '%s' {} | __KB_D=\"$__kb_d\" setsid sh -s\n", quote(&inner))
+    };
     // `jobs` first: a non-interactive dash never reaps background jobs on its own, so without it
     // every finished job would stay a zombie (and a job-table entry) for the life of the shell.
     format!(
-        "jobs >/dev/null\n{{ {{ {{ __KB_D=\"$__kb_d\" setsid sh -s <<'{end}'\n{inner}{end}\n\
+        "jobs >/dev/null\n{{ {{ {{ {feed}\
          echo \"{tag} X $?\" >&4; }} 2>&1 1>&3 3>&- | __kb_pfx '{tag} E' >&4; }} 3>&1 | __kb_pfx '{tag} O' >&4; \
          : > \"$__kb_d/{id}.pid\"; echo '{tag} D' >&4; }} </dev/null &\n"
     )
@@ -343,6 +352,19 @@ mod tests {
         let text = job_text("abc", 7, &cmd);
         assert_eq!(text.matches("\n__KB_abc_7\n").count(), 1);
         assert!(text.contains("<<'__KB_abc_7'"));
+    }
+
+    #[test]
+    fn a_job_with_env_values_reaches_sh_through_a_pipe_not_a_here_document() {
+        let cmd = Command {
+            script: "echo \"$TOKEN\"\n".into(),
+            env: vec![("TOKEN".into(), "s3cret".into())],
+            ..Default::default()
+        };
+        let text = job_text("abc", 7, &cmd);
+        assert!(!text.contains("<<"), "{text}");
+        assert!(text.contains("printf '%s' 'echo "), "{text}");
+        assert!(text.contains("export TOKEN='\\''s3cret'\\''\n"), "{text}");
     }
 
     #[test]
