@@ -48,32 +48,12 @@ impl Action {
     }
 }
 
-/// A rendered `http:` task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpCheck {
-    pub url: String,
-    /// The name to ask for when `url` holds an address (ingress hostnames).
-    pub host: Option<String>,
-    pub expect_status: Vec<u16>,
-    /// Texts the body must contain, every one.
-    pub contains: Vec<String>,
-    /// Basic auth; may hold secret placeholders.
-    pub user: Option<String>,
-    pub password: Option<String>,
-    /// Accept any TLS certificate.
-    pub insecure: bool,
-}
+/// A rendered `http:` task: the playbook's fields with every text rendered (secrets as placeholders).
+pub type HttpCheck = HttpDef;
 
-/// A rendered `s3_buckets:` task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3Buckets {
-    pub endpoint: String,
-    pub region: String,
-    pub buckets: Vec<String>,
-    /// Secret placeholders, filled only when a request is signed.
-    pub access_key: String,
-    pub secret_key: String,
-}
+/// A rendered `s3_buckets:` task: the playbook's fields rendered, the keys still secret placeholders
+/// that are filled only when a request is signed.
+pub type S3Buckets = S3BucketsDef;
 
 /// One file a `copy` task puts on the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -516,21 +496,39 @@ fn secrets_outside_credentials(def: &TaskDef, action: &Action) -> Vec<Diagnostic
         }
         _ => return Vec::new(),
     }
+    secret_fields(
+        def,
+        &fields,
+        |text| !crate::secrets::referenced(text).is_empty(),
+        "would show in kubeboot's output, logs and journal",
+        "secrets belong only in `user`/`password` (http) or `access_key`/`secret_key` (s3_buckets)",
+    )
+}
+
+/// One diagnostic per field (the first of its kind) whose text holds a secret, at that field's place.
+fn secret_fields(
+    def: &TaskDef,
+    fields: &[(&str, &str)],
+    holds_secret: impl Fn(&str) -> bool,
+    consequence: &str,
+    hint: &str,
+) -> Vec<Diagnostic> {
     let mut out: Vec<Diagnostic> = Vec::new();
-    for (field, text) in fields {
-        if crate::secrets::referenced(text).is_empty() || out.iter().any(|d| d.message.contains(&format!("`{field}`")))
-        {
+    let mut reported: Vec<&str> = Vec::new();
+    for &(field, text) in fields {
+        if reported.contains(&field) || !holds_secret(text) {
             continue;
         }
+        reported.push(field);
         let at = def.fields.get(field).unwrap_or(&def.location);
         out.push(
             Diagnostic::at(
                 &at.file,
                 at.line,
                 at.column,
-                format!("a secret in `{field}` would show in kubeboot's output, logs and journal"),
+                format!("a secret in `{field}` {consequence}"),
             )
-            .with_hint("secrets belong only in `user`/`password` (http) or `access_key`/`secret_key` (s3_buckets)"),
+            .with_hint(hint),
         );
     }
     out
@@ -576,23 +574,13 @@ fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>
     if let Some(u) = unless {
         fields.push(("unless", u));
     }
-    let mut out: Vec<Diagnostic> = Vec::new();
-    for (field, text) in fields {
-        if !text.contains(marker) || out.iter().any(|d| d.message.contains(&format!("`{field}`"))) {
-            continue;
-        }
-        let at = def.fields.get(field).unwrap_or(&def.location);
-        out.push(
-            Diagnostic::at(
-                &at.file,
-                at.line,
-                at.column,
-                format!("a secret in `{field}` would show on the node's command line"),
-            )
-            .with_hint("pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.NAME }}\" }`) and use $TOKEN"),
-        );
-    }
-    out
+    secret_fields(
+        def,
+        &fields,
+        |text| text.contains(marker),
+        "would show on the node's command line",
+        "pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.NAME }}\" }`) and use $TOKEN",
+    )
 }
 
 /// The files a `copy.src` puts on the node: the file itself, or every file below the folder (sorted).

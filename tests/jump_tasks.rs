@@ -10,11 +10,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::{TestLab, files_under, run, start_lab};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{TestLab, files_under, free_port, run, start_lab, start_moto};
 use kubeboot::lab::{self, InventoryOptions};
 use serde_json::Value;
 
@@ -86,7 +87,7 @@ fn answer(stream: TcpStream, record: &Mutex<Vec<Seen>>) {
     let host = headers.get("host").cloned().unwrap_or_default();
     let authorization = headers.get("authorization").cloned();
     let name = host.split(':').next().unwrap_or_default().to_string();
-    let expected_auth = format!("Basic {}", base64(&format!("admin:{WEB_PASSWORD}")));
+    let expected_auth = format!("Basic {}", STANDARD.encode(format!("admin:{WEB_PASSWORD}")));
     let (status, body) = match path.as_str() {
         "/ready" if name.starts_with("prometheus.") => ("200 OK", format!("Prometheus at {name} is Ready.")),
         "/ready" => ("404 Not Found", format!("no route for {name}")),
@@ -116,62 +117,6 @@ fn answer(stream: TcpStream, record: &Mutex<Vec<Seen>>) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-}
-
-/// Standard base64, only to build the expected Authorization header.
-fn base64(text: &str) -> String {
-    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// moto's S3 server on a free loopback port; killed when dropped.
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Starts moto (any keys accepted).
-fn start_moto() -> (Moto, String) {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 must be installed");
-    let moto = Moto(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto's S3 server did not start: install it with `pip install 'moto[server]'` (scripts/test.sh does)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (moto, format!("http://127.0.0.1:{port}"))
 }
 
 /// curl with S3 signing, to set up and inspect buckets independently of kubeboot.

@@ -1,52 +1,16 @@
 //! The `s3-buckets` stage against a real S3-compatible server (moto, from PyPI) on loopback:
 //! the command kubeboot would send is rendered from the shipped playbook and run as it is.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{free_port, start_moto};
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Selection};
 use kubeboot::{inventory, playbook};
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn start_moto() -> (Moto, String) {
-    let port = free_port();
-    let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 must be installed");
-    let moto = Moto(child);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "moto's S3 server did not start: install it with `pip install 'moto[server]'` (scripts/test.sh does)"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (moto, endpoint)
-}
 
 /// The rendered `s3-buckets` command for the central node, pointed at `endpoint`.
 fn bucket_command(endpoint: &str) -> (String, Vec<String>) {

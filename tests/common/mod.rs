@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -353,4 +353,43 @@ fn timestamps_parse_to_epoch_seconds() {
     let a = parse_ts("2026-03-01T00:00:00.5Z").unwrap_or_default();
     let b = parse_ts("2026-02-28T23:59:59.5Z").unwrap_or_default();
     assert!((a - b - 1.0).abs() < 1e-6);
+}
+
+/// A free TCP port on 127.0.0.1 (nothing listens on it once this returns).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// moto's S3 server (from PyPI) on a free loopback port, accepting any keys; killed when dropped.
+pub struct Moto(Child);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts moto and waits until it listens; returns it with its endpoint URL.
+pub fn start_moto() -> (Moto, String) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed");
+    let moto = Moto(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto's S3 server did not start: install it with `pip install 'moto[server]'` (scripts/test.sh does)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (moto, format!("http://127.0.0.1:{port}"))
 }
