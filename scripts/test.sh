@@ -43,4 +43,4 @@ python3 scripts/check-node-stages.py .
 bash scripts/check-assets.sh
 echo "== SSH benchmark smoke run (4 lab hosts, W1, kubeboot and the single-shell floor)"
 cargo build --locked --quiet --bin kubeboot
-KUBEBOOT="$(realpath "${CARGO_TARGET_DIR:-target}/debug/kubeboot")" bash benches/ssh/smoke.sh
+KUBEBOOT="${CARGO_TARGET_DIR:-target}/debug/kubeboot" bash benches/ssh/smoke.sh
