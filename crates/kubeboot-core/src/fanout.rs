@@ -223,8 +223,8 @@ pub fn node_log_path(log_dir: &Path, node: &str) -> PathBuf {
     log_dir.join(format!("{node}.log"))
 }
 
-/// Masks secret values in every free-text field of an event.
-fn redact(vault: &Vault, event: Event) -> Event {
+/// Masks secret values in every free-text field of an event (also used by the engine for secret outputs).
+pub fn redact(vault: &Vault, event: Event) -> Event {
     if vault.is_empty() {
         return event;
     }
@@ -274,14 +274,32 @@ fn redact(vault: &Vault, event: Event) -> Event {
             node,
             status,
             error,
+            blocked_by,
             counts,
             duration_ms,
         } => Event::NodeFinished {
             node,
             status,
             error: error.map(|e| vault.redact(&e)),
+            blocked_by,
             counts,
             duration_ms,
+        },
+        Event::OutputRegistered {
+            node,
+            stage,
+            task,
+            name,
+            secret,
+            value,
+        } => Event::OutputRegistered {
+            node,
+            stage,
+            task,
+            name,
+            // A secret output never travels with its value; a plain one is masked like any text.
+            value: if secret { None } else { value.map(|v| vault.redact(&v)) },
+            secret,
         },
         other => other,
     }

@@ -61,6 +61,18 @@ pub enum Record {
         status: NodeStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The node whose failure blocked this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blocked_by: Option<String>,
+    },
+    /// A non-secret output a task registered (secret ones are never journaled: they are made again when needed).
+    Output {
+        run: String,
+        node: String,
+        stage: String,
+        task: String,
+        name: String,
+        value: String,
     },
     /// A run ended.
     End { run: String, ts: String, interrupted: bool },
@@ -98,13 +110,33 @@ impl Record {
                 error: error.clone(),
             }),
             Event::NodeFinished {
-                node, status, error, ..
+                node,
+                status,
+                error,
+                blocked_by,
+                ..
             } => Some(Record::Node {
                 run,
                 ts,
                 node: node.clone(),
                 status: *status,
                 error: error.clone(),
+                blocked_by: blocked_by.clone(),
+            }),
+            Event::OutputRegistered {
+                node,
+                stage,
+                task,
+                name,
+                secret: false,
+                value: Some(value),
+            } => Some(Record::Output {
+                run,
+                node: node.clone(),
+                stage: stage.clone(),
+                task: task.clone(),
+                name: name.clone(),
+                value: value.clone(),
             }),
             Event::RunFinished { interrupted, .. } => Some(Record::End {
                 run,
@@ -129,6 +161,8 @@ pub struct NodeProgress {
     pub failed: Option<(String, String, String)>,
     /// How the node's latest run ended; None if it never ended (crash or still running).
     pub status: Option<NodeStatus>,
+    /// The node whose failure blocked it, when it ended blocked.
+    pub blocked_by: Option<String>,
 }
 
 /// What earlier runs finished, as read from the journal.
@@ -138,6 +172,8 @@ pub struct Progress {
     done: HashMap<(String, String, String), String>,
     facts: HashMap<String, Facts>,
     nodes: HashMap<String, NodeProgress>,
+    /// (node, output name) → value: the non-secret outputs registered, latest first.
+    outputs: HashMap<(String, String), String>,
     /// Lines that could not be read (a torn last line after a crash, or damage).
     pub unreadable_lines: usize,
 }
@@ -165,6 +201,18 @@ impl Progress {
         self.nodes.get(node)
     }
 
+    /// A non-secret output registered in an earlier run (secret ones are never kept).
+    pub fn output(&self, node: &str, name: &str) -> Option<&str> {
+        self.outputs
+            .get(&(node.to_string(), name.to_string()))
+            .map(String::as_str)
+    }
+
+    /// Every remembered output: ((node, name), value).
+    pub fn outputs(&self) -> impl Iterator<Item = (&(String, String), &String)> {
+        self.outputs.iter()
+    }
+
     /// How many tasks of this node are recorded done.
     pub fn done_count(&self, node: &str) -> usize {
         self.done.keys().filter(|(n, _, _)| n == node).count()
@@ -187,6 +235,9 @@ impl Progress {
     pub fn apply(&mut self, record: &Record) {
         match record {
             Record::Run { .. } | Record::End { .. } => {}
+            Record::Output { node, name, value, .. } => {
+                self.outputs.insert((node.clone(), name.clone()), value.clone());
+            }
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
             Record::Task {
                 run,
@@ -229,6 +280,7 @@ impl Progress {
                 node,
                 status,
                 error,
+                blocked_by,
             } => {
                 let entry = self.nodes.entry(node.clone()).or_default();
                 if entry.run != *run {
@@ -239,7 +291,8 @@ impl Progress {
                 }
                 entry.ts = ts.clone();
                 entry.status = Some(*status);
-                if *status == NodeStatus::Failed && entry.failed.is_none() {
+                entry.blocked_by = blocked_by.clone();
+                if matches!(status, NodeStatus::Failed | NodeStatus::Blocked) && entry.failed.is_none() {
                     entry.failed = Some((String::new(), String::new(), error.clone().unwrap_or_default()));
                 }
             }

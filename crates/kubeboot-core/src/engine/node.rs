@@ -25,6 +25,8 @@ const TAIL_LINES: usize = 20;
 enum Stop {
     Failed(String),
     Cancelled(String),
+    /// A node it waits for failed: (that node, what happened).
+    Blocked(String, String),
 }
 
 /// Runs one node to its end and reports how it ended (also as a `node_finished` event).
@@ -38,15 +40,20 @@ pub(super) async fn run(shared: Arc<Shared>, name: String) -> NodeEnd {
         },
         _ = shared.cancel.cancelled() => Err(Stop::Cancelled("cancelled before it started".into())),
     };
-    let (status, error) = match outcome {
-        Ok(()) => (NodeStatus::Ok, None),
-        Err(Stop::Failed(e)) => (NodeStatus::Failed, Some(e)),
-        Err(Stop::Cancelled(e)) => (NodeStatus::Cancelled, Some(e)),
+    let (status, error, blocked_by) = match outcome {
+        Ok(()) => (NodeStatus::Ok, None, None),
+        Err(Stop::Failed(e)) => (NodeStatus::Failed, Some(e), None),
+        Err(Stop::Cancelled(e)) => (NodeStatus::Cancelled, Some(e), None),
+        Err(Stop::Blocked(by, e)) => (NodeStatus::Blocked, Some(e), Some(by)),
     };
+    shared.on_board(|b| {
+        b.ended.insert(name.clone(), status);
+    });
     shared.emit(Event::NodeFinished {
         node: name.clone(),
         status,
         error,
+        blocked_by,
         counts,
         duration_ms: started.elapsed().as_millis() as u64,
     });
@@ -104,18 +111,39 @@ async fn run_session(
         )
     }
     .map_err(|d| Stop::Failed(format!("cannot plan with the node's facts:\n{d}")))?;
+    let mut node_plan = node_plan;
+    for t in &mut node_plan.tasks {
+        let key = (name.to_string(), t.stage.clone(), t.task.clone());
+        if let (Some(why), Decision::Skip(SkipReason::Done)) = (spec.again.get(&key), t.decision) {
+            t.decision = Decision::Run;
+            t.again_for = Some(why.clone());
+        }
+    }
     shared.emit(Event::NodePlanned {
         node: name.to_string(),
         plan: node_plan.outline(),
     });
 
     let total = node_plan.tasks.len();
+    let cluster = node_plan.cluster.clone().unwrap_or_else(|| name.to_string());
+    // The turn this node holds in a serial stage, released when it moves on to another stage.
+    let mut turn: Option<(String, tokio::sync::OwnedMutexGuard<()>)> = None;
     for (index, task) in node_plan.tasks.iter().enumerate() {
         if shared.cancel.is_cancelled() {
             return Err(Stop::Cancelled(format!(
                 "cancelled before {}/{}",
                 task.stage, task.task
             )));
+        }
+        if turn.as_ref().is_some_and(|(stage, _)| *stage != task.stage) {
+            turn = None;
+        }
+        if task.decision == Decision::Run {
+            // Dependencies first: a node never holds its turn in a serial stage while it waits for others.
+            wait_for_others(shared, name, task).await?;
+            if task.serial && turn.is_none() {
+                turn = Some((task.stage.clone(), serial_turn(shared, name, &cluster, task).await?));
+            }
         }
         let status = match task.decision {
             Decision::Skip(reason) => {
@@ -133,9 +161,107 @@ async fn run_session(
             }
             Decision::Run => run_task(shared, name, session, task, index, total).await?,
         };
+        shared.on_board(|b| {
+            b.finished
+                .insert((name.to_string(), task.stage.clone(), task.task.clone()));
+        });
         counts.add(status);
     }
     Ok(())
+}
+
+/// Waits for this node's turn in a serial stage of its cluster.
+async fn serial_turn(
+    shared: &Shared,
+    name: &str,
+    cluster: &str,
+    task: &PlannedTask,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, Stop> {
+    let slot = lock(&shared.serial)
+        .entry((task.stage.clone(), cluster.to_string()))
+        .or_default()
+        .clone();
+    if let Ok(guard) = slot.clone().try_lock_owned() {
+        return Ok(guard);
+    }
+    shared.emit(Event::TaskWaiting {
+        node: name.to_string(),
+        stage: task.stage.clone(),
+        task: task.task.clone(),
+        on: vec![format!(
+            "its turn: stage {} runs on one node of {cluster} at a time",
+            task.stage
+        )],
+    });
+    tokio::select! {
+        guard = slot.lock_owned() => Ok(guard),
+        _ = shared.cancel.cancelled() => Err(Stop::Cancelled(format!(
+            "cancelled while waiting for its turn in {}", task.stage
+        ))),
+    }
+}
+
+/// Waits until every task this one waits for has finished on its node; a node that ended without finishing it
+/// blocks this one. An output an earlier run kept counts as its task finished.
+async fn wait_for_others(shared: &Shared, name: &str, task: &PlannedTask) -> Result<(), Stop> {
+    if task.waits.is_empty() {
+        return Ok(());
+    }
+    let mut changes = shared.board_changed.subscribe();
+    let mut announced = false;
+    loop {
+        let mut open = Vec::new();
+        {
+            let board = lock(&shared.board);
+            let store = lock(&shared.outputs);
+            for w in &task.waits {
+                let kept = w.output.as_ref().is_some_and(|o| store.has(&w.node, o));
+                if kept
+                    || board
+                        .finished
+                        .contains(&(w.node.clone(), w.stage.clone(), w.task.clone()))
+                {
+                    continue;
+                }
+                if let Some(status) = board.ended.get(&w.node) {
+                    let how = match status {
+                        NodeStatus::Ok => "ended",
+                        NodeStatus::Failed => "failed",
+                        NodeStatus::Cancelled => "was cancelled",
+                        NodeStatus::Blocked => "was blocked",
+                    };
+                    return Err(Stop::Blocked(
+                        w.node.clone(),
+                        format!(
+                            "blocked by {}: it {how} before {}/{} finished, which {}/{} waits for",
+                            w.node, w.stage, w.task, task.stage, task.task
+                        ),
+                    ));
+                }
+                open.push(w.describe());
+            }
+        }
+        if open.is_empty() {
+            return Ok(());
+        }
+        if !announced {
+            announced = true;
+            shared.emit(Event::TaskWaiting {
+                node: name.to_string(),
+                stage: task.stage.clone(),
+                task: task.task.clone(),
+                on: open,
+            });
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() {
+                return Err(Stop::Cancelled("the run ended while waiting".into()));
+            },
+            _ = shared.cancel.cancelled() => return Err(Stop::Cancelled(format!(
+                "cancelled while {}/{} waited", task.stage, task.task
+            ))),
+        }
+    }
 }
 
 /// Runs one task with its retries; returns its status, or why the node must stop.
@@ -288,8 +414,37 @@ impl TaskRunner<'_> {
         match &self.task.action {
             Action::Http(_) | Action::S3Buckets(_) => self.on_jump_host().await,
             Action::Run { command } => {
-                let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
+                let Some(register) = &self.task.register else {
+                    let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
+                    check_exit(exit, tail)?;
+                    return Ok((TaskStatus::Changed, None));
+                };
+                let captured = Capture::default();
+                let (exit, tail) = self.exec_capturing(command, self.task.timeout, Some(&captured)).await?;
+                let stdout = std::mem::take(&mut *lock(&captured.stdout));
+                let value = crate::outputs::capture(&register.capture, &stdout);
+                if let Ok(v) = &value {
+                    lock(&self.shared.outputs).insert(self.name, &register.name, v.clone(), register.secret);
+                }
+                // Held back until a secret value is known, so that it is masked in them too.
+                for (stream, line) in lock(&captured.held).drain(..) {
+                    self.shared.emit(Event::Output {
+                        node: self.name.to_string(),
+                        stream,
+                        line,
+                    });
+                }
                 check_exit(exit, tail)?;
+                let value =
+                    value.map_err(|why| Failure::Other(format!("cannot register `{}`: {why}", register.name)))?;
+                self.shared.emit(Event::OutputRegistered {
+                    node: self.name.to_string(),
+                    stage: self.task.stage.clone(),
+                    task: self.task.task.clone(),
+                    name: register.name.clone(),
+                    secret: register.secret,
+                    value: (!register.secret).then_some(value),
+                });
                 Ok((TaskStatus::Changed, None))
             }
             Action::Copy { files, owner } => {
@@ -314,9 +469,10 @@ impl TaskRunner<'_> {
                 }
                 let mut changed = false;
                 for file in files {
-                    let content = self.fill_bytes(&file.content);
+                    let content = self.fill_bytes(&file.content)?;
+                    let dest = self.fill(&file.dest)?;
                     let upload = self.session.upload(
-                        &file.dest,
+                        &dest,
                         &content,
                         file.mode,
                         owner.as_deref(),
@@ -398,14 +554,44 @@ impl TaskRunner<'_> {
 
     /// Runs a script of this task; streams its output as events when `show` is set.
     async fn exec(&self, script: &str, show: bool, limit: Option<Duration>) -> Result<(Exit, Vec<String>), Failure> {
+        if show {
+            self.exec_capturing(script, limit, None).await
+        } else {
+            let quiet = Capture {
+                quiet: true,
+                ..Capture::default()
+            };
+            self.exec_capturing(script, limit, Some(&quiet)).await
+        }
+    }
+
+    /// Secrets and outputs put where their placeholders stand, for sending.
+    fn fill(&self, text: &str) -> Result<String, Failure> {
+        let text = self.shared.spec.vault.fill(text);
+        lock(&self.shared.outputs).fill(&text).map_err(|missing| {
+            Failure::Other(format!(
+                "{missing} has no value in this run: the task on {} that registers it did not run or printed nothing \
+                 (check its node's result, or run again without --only/--from)",
+                missing.node
+            ))
+        })
+    }
+
+    /// Runs a script; with `capture`, stdout is also collected, and output lines are held back instead of
+    /// streamed (a secret output must be known before its lines are shown), or dropped when `quiet`.
+    async fn exec_capturing(
+        &self,
+        script: &str,
+        limit: Option<Duration>,
+        capture: Option<&Capture>,
+    ) -> Result<(Exit, Vec<String>), Failure> {
+        let mut env = Vec::new();
+        for (k, v) in &self.task.env {
+            env.push((k.clone(), self.fill(v)?));
+        }
         let command = Command {
-            script: script.to_string(),
-            env: self
-                .task
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), self.shared.spec.vault.fill(v)))
-                .collect(),
+            script: self.fill(script)?,
+            env,
             become_: self.task.become_,
         };
         let tail = Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES));
@@ -421,12 +607,21 @@ impl TaskRunner<'_> {
                 }
                 tail.push_back(line.clone());
             }
-            if show {
-                self.shared.emit(Event::Output {
+            match capture {
+                None => self.shared.emit(Event::Output {
                     node: self.name.to_string(),
                     stream,
                     line,
-                });
+                }),
+                Some(c) if c.quiet => {}
+                Some(c) => {
+                    if stream == Stream::Stdout {
+                        let mut out = lock(&c.stdout);
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                    lock(&c.held).push((stream, line));
+                }
             }
         };
         let cancel: &CancellationToken = &self.shared.cancel;
@@ -449,12 +644,22 @@ impl TaskRunner<'_> {
         Ok((exit, tail))
     }
 
-    fn fill_bytes(&self, content: &[u8]) -> Vec<u8> {
+    fn fill_bytes(&self, content: &[u8]) -> Result<Vec<u8>, Failure> {
         match std::str::from_utf8(content) {
-            Ok(text) => self.shared.spec.vault.fill(text).into_bytes(),
-            Err(_) => content.to_vec(),
+            Ok(text) => Ok(self.fill(text)?.into_bytes()),
+            Err(_) => Ok(content.to_vec()),
         }
     }
+}
+
+/// What a capturing command collects.
+#[derive(Default)]
+struct Capture {
+    /// Drop output lines (guards and helper commands).
+    quiet: bool,
+    stdout: Mutex<String>,
+    /// Lines not yet shown: (stream, line).
+    held: Mutex<Vec<(Stream, String)>>,
 }
 
 /// Where the credentials of a jump-host task come from, in the operator's words (the environment variables or
@@ -560,6 +765,6 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
 }
 
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
