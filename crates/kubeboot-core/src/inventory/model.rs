@@ -84,14 +84,25 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
-    /// Host name or IP address kubeboot connects to.
+    /// The node's own host name or IP address (what the playbooks see as `node.address`); kubeboot connects to it
+    /// unless `ssh_address` says otherwise.
     pub address: String,
+    /// Where kubeboot's SSH connection goes when the node is not reached at `address` itself (a NAT or port
+    /// forward, the VM lab's loopback forwards).
+    pub ssh_address: Option<String>,
     pub cluster: Option<String>,
     pub ssh: SshSettings,
     /// Node-level template variables (override cluster and `[vars]`).
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Where the `[[nodes]]` entry starts (1-based line), for messages.
     pub line: usize,
+}
+
+impl Node {
+    /// The host kubeboot's SSH connection goes to.
+    pub fn connect_address(&self) -> &str {
+        self.ssh_address.as_deref().unwrap_or(&self.address)
+    }
 }
 
 /// A loaded, validated `inventory.toml`.
