@@ -35,9 +35,9 @@ fi
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 echo "== shipped playbooks and assets (offline checks)"
 python3 scripts/check-node-stages.py .
 bash scripts/check-assets.sh

@@ -2,7 +2,7 @@
 //!
 //! Four real OpenSSH nodes on loopback (one RHEL-like, three Ubuntu-like), each with a private view of /etc,
 //! /var/lib, /usr/local, /opt, /root and /home and with recording stand-ins for the privileged commands
-//! (tests/standins/standin.py). The real `kubeboot apply --yes --output json` runs against them; the test then
+//! (crates/kubeboot-lab/standins/standin.py). The real `kubeboot apply --yes --output json` runs against them; the test then
 //! reads what each node wrote and the order in which the stand-ins were called.
 //!
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.

@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::inventory::model::NewHostKeys;
-use crate::secrets::Secret;
-use crate::ssh::Target;
+use kubeboot_core::inventory::model::NewHostKeys;
+use kubeboot_core::secrets::Secret;
+use kubeboot_core::ssh::Target;
 
 /// The login user every lab node accepts.
 pub const USER: &str = "kblab";

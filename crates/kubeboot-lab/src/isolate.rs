@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{LabError, io, set_mode, which};
 
 /// The stand-in script, compiled in so `kubeboot lab up` works without the source tree.
-const STANDIN: &str = include_str!("../../tests/standins/standin.py");
+const STANDIN: &str = include_str!("../standins/standin.py");
 
 /// The folders each isolated node sees privately.
 pub const ISOLATED_DIRS: &[&str] = &["/etc", "/var/lib", "/usr/local", "/opt", "/root", "/home"];

@@ -903,7 +903,7 @@ mod tests {
     use super::*;
 
     fn fixture() -> (Inventory, Playbooks) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/good");
         let inv = match crate::inventory::load(&root.join("inventory.toml")) {
             Ok(i) => i,
             Err(d) => panic!("{d}"),
@@ -1094,7 +1094,7 @@ mod tests {
             .map(|n| plan(&inv, &books, &n.name, &Progress::empty(), &sel))
             .collect();
         let text = render(&plans, true);
-        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good/plan.txt");
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/good/plan.txt");
         if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
             std::fs::write(&golden, &text).unwrap();
         }
