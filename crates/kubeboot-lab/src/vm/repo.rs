@@ -16,8 +16,8 @@ use super::super::{LabError, io};
 use super::host::{self, HostTools};
 use super::lock_cache;
 
-/// What the shipped node stages install on Debian (10-os-prep, 20-containerd with `containerd_source =
-/// "distribution"`, 60-longhorn-prereqs).
+/// What the shipped node stages install on Debian (10-os-prep, 20-containerd with containerd from the
+/// distribution, 60-longhorn-prereqs).
 pub const STAGE_PACKAGES: &[&str] = &[
     "ca-certificates",
     "curl",
