@@ -209,6 +209,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
+        fetch_root: cli.state_dir.clone(),
         interactive: tui_wanted,
     };
     let started = Event::RunStarted {
@@ -640,6 +641,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
+        fetch_root: cli.state_dir.clone(),
         interactive: false,
     };
     let outlines = plans.iter().map(NodePlan::outline).collect();
