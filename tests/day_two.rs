@@ -36,7 +36,7 @@ struct Day2 {
     lab: LabGuard,
     state: PathBuf,
     home: PathBuf,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Day2 {
@@ -70,7 +70,7 @@ impl Day2 {
             lab: LabGuard(lab),
             state: dir.path().join("state"),
             home,
-            dir,
+            _dir: dir,
         }
     }
 

@@ -9,29 +9,29 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `-YYYYMMDD-HHMMSS-xxxx` (a run id) anywhere, as `-<stamp>`.
+/// Every run id (`YYYYMMDD-HHMMSS-xxxx`) as `<stamp>`.
 fn without_stamps(text: &str) -> String {
+    let b = text.as_bytes();
+    let is_stamp = |at: usize| {
+        b.len() >= at + 20
+            && b[at..at + 8].iter().all(u8::is_ascii_digit)
+            && b[at + 8] == b'-'
+            && b[at + 9..at + 15].iter().all(u8::is_ascii_digit)
+            && b[at + 15] == b'-'
+            && b[at + 16..at + 20].iter().all(u8::is_ascii_hexdigit)
+    };
     let mut out = String::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("-20") {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i + 1..];
-        let b = tail.as_bytes();
-        let is_stamp = b.len() >= 20
-            && b[..8].iter().all(u8::is_ascii_digit)
-            && b[8] == b'-'
-            && b[9..15].iter().all(u8::is_ascii_digit)
-            && b[15] == b'-'
-            && b[16..20].iter().all(u8::is_ascii_hexdigit);
-        if is_stamp {
-            out.push_str("-<stamp>");
-            rest = &tail[20..];
+    let mut i = 0;
+    while i < text.len() {
+        if is_stamp(i) && (i == 0 || !b[i - 1].is_ascii_alphanumeric()) {
+            out.push_str("<stamp>");
+            i += 20;
         } else {
-            out.push('-');
-            rest = tail;
+            let c = text[i..].chars().next().unwrap_or(' ');
+            out.push(c);
+            i += c.len_utf8();
         }
     }
-    out.push_str(rest);
     out
 }
 
@@ -70,19 +70,15 @@ fn every_day_two_command_has_a_golden_runbook() {
         text.replace("kubernetes_version = \"1.34\"", "kubernetes_version = \"1.35\""),
     )
     .expect("write");
-    let cases: [(&str, &Path, &[&str]); 6] = [
+    let cases: [(&str, &Path, &[&str]); 5] = [
         ("kubeconfig", &shipped, &["kubeconfig"]),
         ("backup", &shipped, &["backup"]),
         ("reset", &shipped, &["reset", "--limit", "cluster-03"]),
         ("upgrade", &raised, &["upgrade", "--limit", "cluster-01,cluster-02"]),
         ("renew-certs", &shipped, &["renew-certs", "--limit", "cluster-01"]),
-        ("check", &shipped, &["check", "--limit", "cluster-01"]),
     ];
     let mut failures = Vec::new();
     for (name, inventory, args) in cases {
-        if name == "check" {
-            continue;
-        }
         let text = dry_run(inventory, args);
         assert!(text.contains("dry run: nothing was run."), "{name}: {text}");
         let golden = repo().join(format!("tests/golden/day2-{name}.txt"));
@@ -103,7 +99,7 @@ fn every_day_two_command_has_a_golden_runbook() {
 #[test]
 fn stamps_are_replaced_and_other_text_kept() {
     assert_eq!(
-        without_stamps("etcd-cluster-01-20261201-215500-ab12.db in 2026"),
-        "etcd-cluster-01-<stamp>.db in 2026"
+        without_stamps("etcd-cluster-01-20261201-215500-ab12.db in 2026, # Snapshot 20261201-215500-ab12: é"),
+        "etcd-cluster-01-<stamp>.db in 2026, # Snapshot <stamp>: é"
     );
 }

@@ -1015,8 +1015,9 @@ def iptables_save(argv):
 
 
 def iptables_restore(argv):
-    state = State()
+    # Read the whole input before taking the state lock: the iptables-save feeding the pipe needs it too.
     lines = sys.stdin.read().splitlines()
+    state = State()
     state.data["iptables"] = [l for l in lines if l and not l.startswith(("*", ":INPUT", ":FORWARD", ":OUTPUT", "COMMIT", "#"))]
     state.save()
     return 0
