@@ -190,6 +190,28 @@ fn load_for(
     })
 }
 
+/// `--bundle DIR`: serve this folder instead of the inventory's `[sources] bundle`.
+fn use_bundle(input: &mut Input, dir: Option<&Path>) -> Result<(), Failure> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Failure::BadInput(
+            Diagnostic::at(
+                "command line",
+                1,
+                1,
+                format!("--bundle {}: no such folder", dir.display()),
+            )
+            .with_hint("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle")
+            .into(),
+        ));
+    }
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Arc::make_mut(&mut input.inventory).sources.bundle = Some(dir);
+    Ok(())
+}
+
 fn default_assets(playbooks: &Path) -> PathBuf {
     let parent = playbooks
         .parent()
@@ -233,7 +255,8 @@ pub(crate) async fn run_playbooks(
 ) -> Result<(Exit, Option<String>), Failure> {
     if args.dry_run {
         let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
-        let input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
+        let mut input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
+        use_bundle(&mut input, args.bundle.as_deref())?;
         let plans = preliminary_plans(&input, &progress)?;
         print!("{}", facts_note(&input.nodes, &progress));
         print!("{}", plan::render(&plans, true));
@@ -245,7 +268,8 @@ pub(crate) async fn run_playbooks(
     let progress = state
         .progress()
         .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
-    let input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
+    let mut input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
+    use_bundle(&mut input, args.bundle.as_deref())?;
     if let Some(d) = day_two {
         crate::daytwo::before_run(cli, d, &input.inventory, &input.nodes, &progress, &state)?;
     }

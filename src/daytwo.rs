@@ -33,6 +33,7 @@ fn apply_args(run: &RunArgs, limit: Vec<String>, yes: bool) -> ApplyArgs {
         forks: run.forks,
         dry_run: run.dry_run,
         accept_new_host_keys: run.accept_new_host_keys,
+        bundle: None,
     }
 }
 

@@ -11,6 +11,6 @@ pub mod daytwo;
 pub mod ui;
 
 pub use kubeboot_core::{
-    diag, engine, event, facts, fanout, inventory, journal, jump, kubeconfig, plan, playbook, secrets, ssh,
+    bundle, diag, engine, event, facts, fanout, inventory, journal, jump, kubeconfig, plan, playbook, secrets, ssh,
 };
 pub use kubeboot_lab as lab;
