@@ -215,15 +215,84 @@ pub(crate) async fn backup(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
     };
     let (exit, run) = run_playbooks(cli, &apply_args(args, args.limit.clone(), true), Some(&day_two)).await?;
     if run.is_some() {
-        report_backups(cli, &day_two);
+        return keep_backups(cli, &day_two, exit).await;
     }
     Ok(exit)
 }
 
+/// Lists the snapshots this run kept and, when the inventory names an `etcd_backup_bucket`, stores them in S3 as
+/// well (`etcd/<cluster>/<file>`, never overwriting an object). A failed upload is exit 1; the files stay here.
+async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, Failure> {
+    let kept = report_backups(cli, day_two);
+    let inv = inventory::load(&cli.inventory)?;
+    let var = |k: &str| inv.vars.get(k).and_then(Json::as_str).unwrap_or_default().to_string();
+    let bucket = var("etcd_backup_bucket");
+    if bucket.is_empty() || kept.is_empty() {
+        return Ok(exit);
+    }
+    let mut vault = crate::secrets::Vault::default();
+    let mut sources = Vec::new();
+    for name in ["s3_access_key", "s3_secret_key"] {
+        let Some(source) = inv.secrets.get(name) else {
+            return Err(Failure::BadInput(Diagnostics::from(
+                Diagnostic::at(
+                    &cli.inventory,
+                    1,
+                    1,
+                    format!("etcd_backup_bucket is set but secret `{name}` is not defined"),
+                )
+                .with_hint("add it to [secrets], or set etcd_backup_bucket = \"\""),
+            )));
+        };
+        sources.push(match source {
+            inventory::SecretSource::Env(v) => v.clone(),
+            inventory::SecretSource::File(p) => p.display().to_string(),
+        });
+        let secret = crate::secrets::read(source).map_err(|e| Failure::Other(format!("secret `{name}`: {e}")))?;
+        vault.add_mask(secret.clone());
+        vault.insert(name, secret);
+    }
+    let target = crate::jump::S3Upload {
+        endpoint: var("s3_endpoint"),
+        region: var("s3_region"),
+        bucket: bucket.clone(),
+        access_key: crate::secrets::placeholder("s3_access_key"),
+        secret_key: crate::secrets::placeholder("s3_secret_key"),
+    };
+    let mut worst = exit;
+    for path in kept {
+        let (Some(cluster), Some(file)) = (
+            path.parent()
+                .and_then(|p| p.file_name())
+                .map(|c| c.to_string_lossy().into_owned()),
+            path.file_name().map(|f| f.to_string_lossy().into_owned()),
+        ) else {
+            continue;
+        };
+        let key = format!("etcd/{cluster}/{file}");
+        let bytes = std::fs::read(&path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+        match crate::jump::s3_put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
+            Ok(crate::jump::Uploaded::Stored) => println!("etcd snapshot uploaded: s3://{bucket}/{key}"),
+            Ok(crate::jump::Uploaded::AlreadyThere) => {
+                println!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
+            }
+            Err(e) => {
+                let why = vault.redact(&e.to_string());
+                eprintln!(
+                    "{cluster}: S3 upload failed ({why}); the snapshot stays at {}",
+                    path.display()
+                );
+                worst = Exit::NodesFailed;
+            }
+        }
+    }
+    Ok(worst)
+}
+
 /// Lists the snapshots this run kept.
-fn report_backups(cli: &Cli, day_two: &DayTwo) {
+fn report_backups(cli: &Cli, day_two: &DayTwo) -> Vec<PathBuf> {
     let Some(stamp) = day_two.vars.get("backup_stamp").and_then(Json::as_str) else {
-        return;
+        return Vec::new();
     };
     let dir = cli.state_dir.join("backups");
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -235,10 +304,11 @@ fn report_backups(cli: &Cli, day_two: &DayTwo) {
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(stamp)))
         .collect();
     kept.sort();
-    for p in kept {
-        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+    for p in &kept {
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         println!("etcd snapshot kept: {} ({size} bytes, mode 0600)", p.display());
     }
+    kept
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -278,7 +348,7 @@ pub(crate) async fn reset(cli: &Cli, args: &ResetArgs) -> Result<Exit, Failure> 
     };
     let (exit, run) = run_playbooks(cli, &apply_args(&args.run, limit, true), Some(&day_two)).await?;
     if run.is_some() {
-        report_backups(cli, &day_two);
+        let exit = keep_backups(cli, &day_two, exit).await?;
         if exit == Exit::Ok {
             println!(
                 "reset: {} — `kubeboot apply --limit {}` installs them again",
@@ -536,6 +606,11 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
                 failed.insert(c);
             }
         }
+        let exit = if wave == 0 {
+            keep_backups(cli, &day_two, exit).await?
+        } else {
+            exit
+        };
         if exit != Exit::Ok {
             worst = exit;
         }
