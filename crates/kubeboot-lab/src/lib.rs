@@ -782,6 +782,7 @@ fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode, private_tmp: bool) ->
          PermitRootLogin no\n\
          AllowUsers {USER}\n\
          MaxSessions 10\n\
+         AllowTcpForwarding yes\n\
          LogLevel INFO\n\
          Subsystem sftp internal-sftp\n",
         addr = node.address,
