@@ -28,6 +28,7 @@ pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
 use host_key::Verdict;
 use script::LineBuffer;
+pub(crate) use script::quote;
 
 /// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
 const MAX_CHANNELS: usize = 8;
