@@ -18,8 +18,13 @@ struct Tmux {
 
 impl Tmux {
     fn start(dir: &Path, script: &Path) -> Tmux {
+        // A socket per session: a server still exiting on a reused socket makes the next one fail.
+        let name = script
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmux = Tmux {
-            socket: dir.join("tmux.sock"),
+            socket: dir.join(format!("tmux-{name}.sock")),
         };
         let out = tmux.run(&[
             "new-session",
