@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::sources::Sources;
+
 /// Where a secret comes from. The value itself is never stored in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -105,16 +107,30 @@ impl NodeRole {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
-    /// Host name or IP address kubeboot connects to.
+    /// The node's own host name or IP address (what the playbooks see as `node.address`); kubeboot connects to it
+    /// unless `ssh_address` says otherwise.
     pub address: String,
+    /// Where kubeboot's SSH connection goes when the node is not reached at `address` itself (a NAT or port
+    /// forward, the VM lab's loopback forwards).
+    pub ssh_address: Option<String>,
     pub cluster: Option<String>,
     /// Control plane or worker; a node alone in its cluster (or in none) is a control plane.
     pub role: NodeRole,
     pub ssh: SshSettings,
     /// Node-level template variables (override cluster and `[vars]`).
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The port on this node's loopback the bundle is served on, when it differs from
+    /// `[sources] bundle_port` (a port taken on this node, or nodes sharing one network).
+    pub bundle_port: Option<u16>,
     /// Where the `[[nodes]]` entry starts (1-based line), for messages.
     pub line: usize,
+}
+
+impl Node {
+    /// The host kubeboot's SSH connection goes to.
+    pub fn connect_address(&self) -> &str {
+        self.ssh_address.as_deref().unwrap_or(&self.address)
+    }
 }
 
 /// A loaded, validated `inventory.toml`.
@@ -128,12 +144,19 @@ pub struct Inventory {
     pub vars: BTreeMap<String, serde_json::Value>,
     /// `[secrets]`: named secrets the playbooks may use as `{{ secrets.NAME }}`.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `[sources]`: where every artifact the install downloads comes from.
+    pub sources: Sources,
 }
 
 impl Inventory {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The port `node`'s bundle is served on (its own `bundle_port`, else `[sources] bundle_port`).
+    pub fn bundle_port(&self, node: &Node) -> u16 {
+        node.bundle_port.unwrap_or(self.sources.bundle_port)
     }
 
     /// The cluster with this name.

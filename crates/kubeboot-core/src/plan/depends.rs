@@ -124,6 +124,7 @@ pub fn needs(action: &Action, unless: Option<&str>, env: &[(String, String)]) ->
             ]);
             texts.extend(b.buckets.iter().cloned());
         }
+        Action::Fetch { src, dest, .. } => texts.extend([src.clone(), dest.clone()]),
     }
     texts.extend(unless.map(str::to_string));
     texts.extend(env.iter().map(|(_, v)| v.clone()));
@@ -142,14 +143,14 @@ pub fn needs(action: &Action, unless: Option<&str>, env: &[(String, String)]) ->
 /// planning, before any output exists).
 pub fn misplaced_outputs(def: &TaskDef, action: &Action, needs: &[OutputRef]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    if action.runs_on_jump_host() && !needs.is_empty() {
+    if (action.runs_on_jump_host() || matches!(action, Action::Fetch { .. })) && !needs.is_empty() {
         let l = &def.location;
         out.push(
             Diagnostic::at(
                 &l.file,
                 l.line,
                 l.column,
-                format!("task `{}` runs on the jump host and cannot use outputs", def.name),
+                format!("task `{}` cannot use outputs (a jump-host task or a fetch)", def.name),
             )
             .with_hint("use outputs in tasks that run on a node (`run`, `wait`, `copy`, `unless`, `env`)"),
         );
@@ -488,10 +489,7 @@ fn push_once(diags: &mut Diagnostics, d: Diagnostic) {
 
 /// A cycle through "task waits for task" (each task also waits for the one before it on its node), as the
 /// tasks on it in order.
-fn find_cycle(
-    plans: &[NodePlan],
-    edges: &Edges,
-) -> Option<Vec<(usize, usize)>> {
+fn find_cycle(plans: &[NodePlan], edges: &Edges) -> Option<Vec<(usize, usize)>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
