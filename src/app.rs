@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::{Progress, StateDir, StateError};
-use crate::plan::{self, Action, Decision, NodePlan, Selection};
+use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Vault};
 use crate::ssh::{self, HostKeyState};
@@ -416,13 +416,8 @@ fn read_secrets(
         for (_, value) in &task.env {
             used.extend(secrets::referenced(value));
         }
-        for field in task.action.credentials() {
-            used.extend(secrets::referenced(field));
-        }
-        if let Action::Copy { files, .. } = &task.action {
-            for f in files {
-                used.extend(secrets::referenced(&String::from_utf8_lossy(&f.content)));
-            }
+        for text in task.action.filled() {
+            used.extend(secrets::referenced(&text));
         }
     }
     for name in used {

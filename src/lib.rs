@@ -9,5 +9,7 @@ pub mod app;
 pub mod cli;
 pub mod ui;
 
-pub use kubeboot_core::{diag, engine, event, facts, fanout, inventory, journal, jump, plan, playbook, secrets, ssh};
+pub use kubeboot_core::{
+    diag, engine, event, facts, fanout, inventory, journal, plan, playbook, secrets, spanned, ssh, task,
+};
 pub use kubeboot_lab as lab;

@@ -31,8 +31,7 @@ pub enum Control {
     Cancel,
 }
 
-/// Where events go: the engine never waits for whoever reads them.
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use crate::event::EventSink;
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]

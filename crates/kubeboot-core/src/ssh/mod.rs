@@ -26,6 +26,7 @@ use crate::secrets::Secret;
 pub(crate) use host_key::Client;
 use host_key::Verdict;
 use script::LineBuffer;
+pub(crate) use script::quote;
 
 /// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
 const MAX_CHANNELS: usize = 8;
