@@ -424,3 +424,278 @@ fn opensearch_config_leaves_the_demo_installer_its_certificates_and_admin_passwo
         "expected the OpenSearch overlay on exactly the central node"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Behaviour that depends on other objects (the audit of issue 11, section 3).
+// ---------------------------------------------------------------------------------------------------------
+
+/// Every copied kustomization with its folder, parsed.
+fn kustomizations(files: &BTreeMap<String, String>) -> Vec<(String, Value)> {
+    files
+        .iter()
+        .filter_map(|(dest, text)| {
+            Some((
+                dest.strip_suffix("/kustomization.yaml")?.to_string(),
+                yaml_doc(text, dest),
+            ))
+        })
+        .collect()
+}
+
+fn helm_charts(k: &Value) -> Vec<&Value> {
+    k.get("helmCharts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Charts that put objects into other namespaces than their release's on purpose, and where.
+/// kube-prometheus-stack 79.7.1 templates/exporters/core-dns/service.yaml (and the kube-etcd, scheduler,
+/// controller-manager, kube-proxy ones): `namespace: kube-system`.
+const CHARTS_WITH_FOREIGN_NAMESPACES: &[(&str, &str)] = &[("kube-prometheus-stack", "kube-system")];
+
+#[test]
+fn no_kustomize_namespace_moves_objects_a_chart_places_in_another_namespace() {
+    for plan in plans(&Facts::assumed()) {
+        for (dir, k) in kustomizations(&files(&plan)) {
+            let Some(ns) = k.get("namespace").and_then(Value::as_str) else {
+                continue;
+            };
+            for chart in helm_charts(&k) {
+                let name = chart.get("name").and_then(Value::as_str).unwrap_or_default();
+                for (c, foreign) in CHARTS_WITH_FOREIGN_NAMESPACES {
+                    assert!(
+                        name != *c,
+                        "{} {dir}: `namespace: {ns}` would move the {foreign} objects of chart {c} into {ns} \
+                         (their ServiceMonitors then find nothing)",
+                        plan.node
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn helm_hooks_never_become_plain_objects() {
+    for plan in plans(&Facts::assumed()) {
+        let files = files(&plan);
+        for (dir, k) in kustomizations(&files) {
+            for chart in helm_charts(&k) {
+                let name = chart.get("name").and_then(Value::as_str).unwrap_or_default();
+                if name == "cilium" {
+                    // Its hubble-generate-certs Job is a post-install hook the clusters need (the CronJob only
+                    // runs on its schedule); stage 50 deletes the finished Job before each apply instead.
+                    let apply = plan
+                        .tasks
+                        .iter()
+                        .find(|t| t.stage == "cilium" && t.task == "apply cilium");
+                    let Some(Action::Run { command }) = apply.map(|t| &t.action) else {
+                        panic!("{}: no `apply cilium` task", plan.node)
+                    };
+                    assert!(
+                        command.contains("delete job hubble-generate-certs"),
+                        "{}: the hubble hook Job is never reset",
+                        plan.node
+                    );
+                    continue;
+                }
+                // kustomize v5.8.1 api/types/helmchartargs.go: skipHooks passes --no-hooks to helm template.
+                assert_eq!(
+                    chart.get("skipHooks"),
+                    Some(&Value::Bool(true)),
+                    "{} {dir}: chart {name} is inflated with its Helm hooks, which kustomize applies as plain objects \
+                     (Longhorn's pre-delete uninstall Job would run on the first apply)",
+                    plan.node
+                );
+            }
+        }
+    }
+}
+
+/// A Service a ServiceMonitor may select: namespace, labels, port names.
+struct KnownService {
+    what: String,
+    namespace: String,
+    labels: BTreeMap<String, String>,
+    ports: Vec<String>,
+}
+
+/// Services the charts create with the shipped values (read in the charts' templates at the pinned versions).
+fn chart_services() -> Vec<KnownService> {
+    let svc = |what: &str, ns: &str, labels: &[(&str, &str)], ports: &[&str]| KnownService {
+        what: what.into(),
+        namespace: ns.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ports: ports.iter().map(|p| p.to_string()).collect(),
+    };
+    vec![
+        // fluent-bit 0.54.0 templates/service.yaml
+        svc(
+            "chart fluent-bit Service/fluent-bit",
+            "logging",
+            &[("app.kubernetes.io/name", "fluent-bit")],
+            &["http"],
+        ),
+        // longhorn v1.10.1 chart/templates/daemonset-sa.yaml
+        svc(
+            "chart longhorn Service/longhorn-backend",
+            "longhorn-system",
+            &[("app", "longhorn-manager")],
+            &["manager"],
+        ),
+        // Cilium creates cilium-agent / cilium-operator metrics Services only with its own ServiceMonitors,
+        // which the shipped values leave off: none listed here on purpose.
+    ]
+}
+
+#[test]
+fn every_servicemonitor_selects_a_service_that_exists() {
+    for plan in plans(&Facts::assumed()) {
+        let files = files(&plan);
+        let mut services = chart_services();
+        let mut monitors = Vec::new();
+        for (dir, k) in kustomizations(&files) {
+            let k_ns = k.get("namespace").and_then(Value::as_str).map(str::to_string);
+            for (dest, text) in &files {
+                let Some(rest) = dest.strip_prefix(&format!("{dir}/")) else {
+                    continue;
+                };
+                if rest.contains('/')
+                    || !rest.ends_with(".yaml")
+                    || rest == "kustomization.yaml"
+                    || text.contains("helmCharts:")
+                {
+                    continue;
+                }
+                for doc in yaml_docs(text, dest) {
+                    let meta = doc.get("metadata");
+                    let ns = meta
+                        .and_then(|m| m.get("namespace"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .or(k_ns.clone())
+                        .unwrap_or_else(|| "default".into());
+                    let name = meta
+                        .and_then(|m| m.get("name"))
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string();
+                    match doc.get("kind").and_then(Value::as_str) {
+                        Some("Service") => services.push(KnownService {
+                            what: format!("{dest} Service/{name}"),
+                            namespace: ns,
+                            labels: string_map(meta.and_then(|m| m.get("labels"))),
+                            ports: doc
+                                .pointer("/spec/ports")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|p| p.get("name")?.as_str().map(str::to_string))
+                                .collect(),
+                        }),
+                        Some("ServiceMonitor") => monitors.push((format!("{dest} ServiceMonitor/{name}"), ns, doc)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(
+            monitors.len() >= 4,
+            "{}: expected the shipped ServiceMonitors, found {}",
+            plan.node,
+            monitors.len()
+        );
+        for (what, ns, sm) in &monitors {
+            let selector = string_map(sm.pointer("/spec/selector/matchLabels"));
+            let namespaces: Vec<String> = sm
+                .pointer("/spec/namespaceSelector/matchNames")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_else(|| vec![ns.clone()]);
+            let ports: Vec<&str> = sm
+                .pointer("/spec/endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.get("port")?.as_str())
+                .collect();
+            let matches: Vec<&KnownService> = services
+                .iter()
+                .filter(|s| {
+                    namespaces.contains(&s.namespace) && selector.iter().all(|(k, v)| s.labels.get(k) == Some(v))
+                })
+                .collect();
+            // Selectors by matchExpressions (the Thanos one) are checked by their own stage's tests.
+            if sm.pointer("/spec/selector/matchExpressions").is_some() && selector.is_empty() {
+                continue;
+            }
+            assert!(
+                !matches.is_empty(),
+                "{}: {what} selects {selector:?} in {namespaces:?}, but no Service there has those labels",
+                plan.node
+            );
+            for port in ports {
+                assert!(
+                    matches.iter().any(|s| s.ports.iter().any(|p| p == port)),
+                    "{}: {what} scrapes port {port:?}, which none of {:?} names",
+                    plan.node,
+                    matches.iter().map(|s| &s.what).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn opensearch_snapshot_expiry_covers_the_snapshots_ism_takes() {
+    let plans = plans(&Facts::assumed());
+    let plan = plans
+        .iter()
+        .find(|p| {
+            files(p)
+                .keys()
+                .any(|d| d.ends_with("manifests/opensearch/api/sm-policy.json"))
+        })
+        .expect("the central node copies the OpenSearch API bodies");
+    let files = files(plan);
+    let ism: Value =
+        serde_json::from_str(file(&files, "opensearch/api/ism-policy.json", &plan.node)).expect("ISM policy is JSON");
+    let sm: Value =
+        serde_json::from_str(file(&files, "opensearch/api/sm-policy.json", &plan.node)).expect("SM policy is JSON");
+    let prefix = ism["policy"]["states"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["actions"].as_array().into_iter().flatten())
+        .find_map(|a| a["snapshot"]["snapshot"].as_str())
+        .expect("the ISM policy snapshots before it deletes");
+    // index-management 3.3 AttemptSnapshotStep: the snapshot is named <snapshot>-<date>; SMUtils.getSnapshots
+    // and DeletingState: deletion looks at SM's own snapshots plus deletion.snapshot_pattern (the policy's
+    // own "<name>*" pattern is skipped for foreign snapshots).
+    let pattern = sm["deletion"]["snapshot_pattern"].as_str().unwrap_or_default();
+    let example = format!("{prefix}-2026.01.31-01:30:00.000");
+    let covered = pattern
+        .split(',')
+        .map(str::trim)
+        .any(|p| p != "logs-archive*" && p.strip_suffix('*').is_some_and(|stem| example.starts_with(stem)));
+    assert!(
+        covered,
+        "SM deletion.snapshot_pattern {pattern:?} does not cover the ISM snapshots ({example}): they would never expire"
+    );
+}
+
+#[test]
+fn local_alert_texts_take_the_cluster_from_the_external_labels() {
+    for plan in plans(&Facts::assumed()) {
+        let files = files(&plan);
+        let rules = file(&files, "alerts-policies/base/prometheusrule.yaml", &plan.node);
+        // Prometheus evaluates these on its own series, which do not carry the external label `cluster`.
+        assert!(
+            !rules.contains("$labels.cluster"),
+            "{}: a local alert text uses $labels.cluster, which is always empty there; use $externalLabels.cluster",
+            plan.node
+        );
+    }
+}
