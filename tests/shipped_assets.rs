@@ -491,7 +491,7 @@ fn helm_hooks_never_become_plain_objects() {
                         .tasks
                         .iter()
                         .find(|t| t.stage == "cilium" && t.task == "apply cilium");
-                    let Some(Action::Run { command }) = apply.map(|t| &t.action) else {
+                    let Some(Action::Run(Run { command })) = apply.map(|t| &t.action) else {
                         panic!("{}: no `apply cilium` task", plan.node)
                     };
                     assert!(
