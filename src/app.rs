@@ -123,6 +123,28 @@ fn load(cli: &Cli, select: &SelectArgs, fresh: bool, progress: &Progress) -> Res
     })
 }
 
+/// `--bundle DIR`: serve this folder instead of the inventory's `[sources] bundle`.
+fn use_bundle(input: &mut Input, dir: Option<&Path>) -> Result<(), Failure> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Failure::BadInput(
+            Diagnostic::at(
+                "command line",
+                1,
+                1,
+                format!("--bundle {}: no such folder", dir.display()),
+            )
+            .with_hint("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle")
+            .into(),
+        ));
+    }
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Arc::make_mut(&mut input.inventory).sources.bundle = Some(dir);
+    Ok(())
+}
+
 fn default_assets(playbooks: &Path) -> PathBuf {
     let parent = playbooks
         .parent()
@@ -156,7 +178,8 @@ fn preliminary_plans(input: &Input, progress: &Progress) -> Result<Vec<NodePlan>
 async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
     if args.dry_run {
         let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
-        let input = load(cli, &args.select, args.fresh, &progress)?;
+        let mut input = load(cli, &args.select, args.fresh, &progress)?;
+        use_bundle(&mut input, args.bundle.as_deref())?;
         let plans = preliminary_plans(&input, &progress)?;
         print!("{}", facts_note(&input.nodes, &progress));
         print!("{}", plan::render(&plans, true));
@@ -168,7 +191,8 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
     let progress = state
         .progress()
         .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
-    let input = load(cli, &args.select, args.fresh, &progress)?;
+    let mut input = load(cli, &args.select, args.fresh, &progress)?;
+    use_bundle(&mut input, args.bundle.as_deref())?;
     let plans = preliminary_plans(&input, &progress)?;
     let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
     let vault = Arc::new(vault);

@@ -98,6 +98,9 @@ pub struct ApplyArgs {
     /// Accept and record host keys never seen before (a CHANGED key is always refused).
     #[arg(long)]
     pub accept_new_host_keys: bool,
+    /// Serve this bundle folder to the nodes over their SSH connections (overrides `[sources] bundle`).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 }
 
 /// `kubeboot plan`.

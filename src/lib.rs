@@ -10,6 +10,6 @@ pub mod cli;
 pub mod ui;
 
 pub use kubeboot_core::{
-    diag, engine, event, facts, fanout, inventory, journal, plan, playbook, secrets, spanned, ssh, task,
+    bundle, diag, engine, event, facts, fanout, inventory, journal, plan, playbook, secrets, spanned, ssh, task,
 };
 pub use kubeboot_lab as lab;

@@ -727,6 +727,7 @@ fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode) -> Result<String, Lab
          PermitRootLogin no\n\
          AllowUsers {USER}\n\
          MaxSessions 10\n\
+         AllowTcpForwarding yes\n\
          LogLevel INFO\n\
          Subsystem sftp internal-sftp\n",
         addr = node.address,

@@ -64,9 +64,32 @@ async fn run_with_slot(shared: &Shared, name: &str, counts: &mut Counts) -> Resu
         s = Session::connect(target) => s.map_err(|e| Stop::Failed(e.to_string()))?,
         _ = shared.cancel.cancelled() => return Err(Stop::Cancelled("cancelled while connecting".into())),
     };
-    let result = run_session(shared, name, node.name.as_str(), &session, counts).await;
+    let result = match serve_bundle(shared, node, &session).await {
+        Ok(()) => run_session(shared, name, node.name.as_str(), &session, counts).await,
+        Err(e) => Err(e),
+    };
     session.close().await;
     result
+}
+
+/// With `[sources] bundle`, makes the bundle folder answer on the node's `127.0.0.1:PORT`, through
+/// a remote forward over this node's own connection (`sources.bundle_url` in the playbooks).
+async fn serve_bundle(shared: &Shared, node: &crate::inventory::Node, session: &Session) -> Result<(), Stop> {
+    let inv = &shared.spec.inventory;
+    let Some(dir) = &inv.sources.bundle else {
+        return Ok(());
+    };
+    let server = crate::bundle::FileServer::new(dir)
+        .map_err(|e| Stop::Failed(format!("cannot serve the bundle {}: {e}", dir.display())))?;
+    let port = inv.bundle_port(node);
+    session
+        .forward_remote(
+            crate::bundle::LISTEN_ADDRESS,
+            port,
+            crate::bundle::forward_service(server),
+        )
+        .await
+        .map_err(|e| Stop::Failed(format!("cannot serve the bundle to {}: {e}", node.name)))
 }
 
 async fn run_session(

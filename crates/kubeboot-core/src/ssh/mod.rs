@@ -5,6 +5,7 @@
 //! up in the node's process list.
 
 mod executor;
+mod forward;
 mod host_key;
 mod script;
 mod upload;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::event::Stream;
 pub use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
+pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
 use host_key::Verdict;
 use script::LineBuffer;
@@ -146,6 +148,8 @@ pub enum SshError {
     Upload { dest: String, reason: String },
     #[error("{0}")]
     Protocol(String),
+    #[error("{0}")]
+    Forward(String),
 }
 
 fn tried_list(tried: &[&'static str]) -> String {
@@ -200,6 +204,7 @@ async fn probe_inner(target: &Target) -> Result<HostKeyState, SshError> {
         seen: seen.clone(),
         keepalive_timed_out: Arc::new(AtomicBool::new(false)),
         probe_only: true,
+        forwards: forward::Forwards::default(),
     };
     let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
     let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -242,6 +247,8 @@ struct Inner {
     fingerprint: String,
     /// Set by the russh handler when the node stopped answering keepalives.
     keepalive_timed_out: Arc<AtomicBool>,
+    /// Services of the ports forwarded back from the node ([`Session::forward_remote`]).
+    forwards: forward::Forwards,
     channels: Arc<Semaphore>,
     /// Run commands through a persistent remote shell (see [`executor`]) instead of a channel each.
     persistent: AtomicBool,
@@ -277,6 +284,7 @@ impl Session {
         });
         let seen = Arc::new(Mutex::new(None));
         let keepalive_timed_out = Arc::new(AtomicBool::new(false));
+        let forwards = forward::Forwards::default();
         let client = Client {
             host: target.host.clone(),
             port: target.port,
@@ -285,6 +293,7 @@ impl Session {
             seen: seen.clone(),
             keepalive_timed_out: keepalive_timed_out.clone(),
             probe_only: false,
+            forwards: forwards.clone(),
         };
         let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
         let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -300,6 +309,7 @@ impl Session {
                 handle,
                 fingerprint,
                 keepalive_timed_out,
+                forwards,
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
                 persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
@@ -357,6 +367,29 @@ impl Session {
         };
         stdin.push_str(&script::wrap(&cmd.script, &cmd.env));
         self.run(command, stdin.into_bytes(), false, output, cancel).await
+    }
+
+    /// Asks the node's sshd to listen on `address:port` on the node (e.g. `127.0.0.1`) and to send
+    /// every connection there back over this connection to `service` (like `ssh -R`). Connections
+    /// stay possible until the session closes. The node's sshd must allow it (`AllowTcpForwarding`
+    /// `yes` or `remote`, its default) and the port must be free on the node.
+    pub async fn forward_remote(&self, address: &str, port: u16, service: ForwardService) -> Result<(), SshError> {
+        let t = &self.inner.target;
+        self.inner.forwards.insert(u32::from(port), service);
+        match self.inner.handle.tcpip_forward(address, u32::from(port)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.inner.forwards.remove(u32::from(port));
+                Err(match e {
+                    russh::Error::RequestDenied => SshError::Forward(format!(
+                        "{} refused to forward {address}:{port} back to kubeboot — check that its sshd_config allows it \
+                         (AllowTcpForwarding yes or remote; DisableForwarding no) and that nothing else listens on port {port} there",
+                        t.node
+                    )),
+                    _ => self.lost("while asking for a port forward"),
+                })
+            }
+        }
     }
 
     /// Chooses between the persistent shell (default, faster) and one channel per command.
