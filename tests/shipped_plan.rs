@@ -6,7 +6,7 @@ use std::path::Path;
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
-use kubeboot::task::{CopyFiles, Run, Wait};
+use kubeboot::task::{CopyFiles, Fetch, Run, Wait};
 use kubeboot::{inventory, playbook};
 
 fn plans(facts: &Facts) -> Vec<NodePlan> {
@@ -43,6 +43,10 @@ fn script(plan: &NodePlan) -> String {
             Action::Wait(Wait { until, .. }) => out.push_str(until),
             // Sent by kubeboot itself from the jump host: nothing of it reaches the node.
             Action::Http(_) | Action::S3Buckets(_) => {}
+            Action::Fetch(Fetch { src, .. }) => out.push_str(&format!(
+                "# fetch {src}
+"
+            )),
             Action::Copy(CopyFiles { files, .. }) => {
                 for f in files {
                     out.push_str(&format!("# file {}\n{}\n", f.dest, String::from_utf8_lossy(&f.content)));

@@ -13,6 +13,7 @@ pub mod facts;
 pub mod fanout;
 pub mod inventory;
 pub mod journal;
+pub mod kubeconfig;
 pub mod plan;
 pub mod playbook;
 pub mod secrets;

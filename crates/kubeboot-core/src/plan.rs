@@ -335,7 +335,7 @@ fn plan_task(
     problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
     problems.extend(secrets_outside_credentials(def, &action));
     if !lenient {
-        problems.extend(bad_urls(def, &action));
+        problems.extend(kind_problems(def, &action));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -400,21 +400,16 @@ fn secret_fields(
     out
 }
 
-/// A URL kubeboot requests itself must be an absolute http(s) URL; found now rather than in the middle of a run.
-fn bad_urls(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
-    let Some((field, text)) = action.url() else {
-        return Vec::new();
-    };
-    let problem = match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => return Vec::new(),
-        Ok(u) => format!("`{field}` must be an http:// or https:// URL, not {}://", u.scheme()),
-        Err(e) => format!("`{field}` is not a URL ({e}): `{text}`"),
-    };
-    let at = def.fields.get(field).unwrap_or(&def.location);
-    vec![
-        Diagnostic::at(&at.file, at.line, at.column, problem)
-            .with_hint("write it whole, e.g. http://192.168.101.210/ or https://s3.example.lab"),
-    ]
+/// What the task's kind finds wrong with it once rendered (URLs, paths), at the place of the field.
+fn kind_problems(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
+    action
+        .problems()
+        .into_iter()
+        .map(|p| {
+            let at = def.fields.get(p.field).unwrap_or(&def.location);
+            Diagnostic::at(&at.file, at.line, at.column, p.message).with_hint(p.hint)
+        })
+        .collect()
 }
 
 /// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,

@@ -253,6 +253,7 @@ impl TaskRunner<'_> {
             timeout: self.task.timeout,
             vault: &spec.vault,
             inventory: &spec.inventory,
+            fetch_root: &spec.fetch_root,
             cancel: &self.shared.cancel,
             events: &self.shared.events,
         };

@@ -208,8 +208,8 @@ impl Kind for HttpCheck {
         fields
     }
 
-    fn url(&self) -> Option<(&'static str, &str)> {
-        Some(("http.url", &self.url))
+    fn problems(&self) -> Vec<super::Problem> {
+        super::url_problems("http.url", &self.url)
     }
 
     fn filled(&self) -> Vec<Cow<'_, str>> {

@@ -1,4 +1,4 @@
-//! Task kinds: what one task does (`run`, `copy`, `wait`, `http`, `s3_buckets`), one file each.
+//! Task kinds: what one task does (`run`, `copy`, `wait`, `http`, `s3_buckets`, `fetch`), one file each.
 //!
 //! A kind is a type that implements [`Kind`]: it reads its own playbook key, renders itself for one
 //! node, feeds its fingerprint (resume), describes itself for `kubeboot plan`, and runs. Everything
@@ -20,6 +20,7 @@
 //! inventory loader nor the engine's scheduling.
 
 pub mod copy;
+pub mod fetch;
 pub mod http;
 pub mod run;
 pub mod s3_buckets;
@@ -41,6 +42,7 @@ use crate::spanned::{Fields, Node, Reader};
 use crate::ssh::{Command, Exit, Session, SshError};
 
 pub use copy::{CopyDef, CopyFiles, FileCopy};
+pub use fetch::{Fetch, FetchDef};
 pub use http::{HttpCheck, HttpDef};
 pub use run::Run;
 pub use s3_buckets::{S3Buckets, S3BucketsDef};
@@ -94,9 +96,9 @@ pub trait Kind: Sized {
         Vec::new()
     }
 
-    /// `(field, url)` that must be an absolute http(s) URL.
-    fn url(&self) -> Option<(&'static str, &str)> {
-        None
+    /// What is wrong with the rendered task, found at plan time (a task that will not run is not checked).
+    fn problems(&self) -> Vec<Problem> {
+        Vec::new()
     }
 
     /// Texts that secrets are filled into when the task is sent (credentials, file contents): the secrets
@@ -107,6 +109,15 @@ pub trait Kind: Sized {
 
     /// Does the task once; its status, or why this attempt failed.
     fn run(&self, cx: &RunCx<'_>) -> impl Future<Output = Result<TaskStatus, Failure>> + Send;
+}
+
+/// A problem with a rendered task, at the place of one of its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field (`http.url`, `fetch.dest`, ...) whose place the message points at.
+    pub field: &'static str,
+    pub message: String,
+    pub hint: &'static str,
 }
 
 /// The plan's template engine for one node, as a kind renders itself through it.
@@ -132,6 +143,8 @@ pub struct RunCx<'a> {
     pub timeout: Option<Duration>,
     pub vault: &'a Vault,
     pub inventory: &'a Inventory,
+    /// Where `fetch` tasks with a relative `dest` write (the state dir).
+    pub fetch_root: &'a Path,
     pub cancel: &'a CancellationToken,
     pub events: &'a EventSink,
 }
@@ -206,6 +219,41 @@ impl RunCx<'_> {
             tail.push(line);
         }
         Ok((exit, tail))
+    }
+
+    /// Runs a script of this task and keeps all of its stdout, not shown (it may be a file's content).
+    /// Returns the exit, the stdout lines and the first stderr lines.
+    pub async fn capture(
+        &self,
+        script: &str,
+        limit: Option<Duration>,
+    ) -> Result<(Exit, Vec<String>, Vec<String>), Failure> {
+        let command = Command {
+            script: script.to_string(),
+            env: Vec::new(),
+            become_: self.become_,
+        };
+        let stdout = Mutex::new(Vec::new());
+        let stderr = Mutex::new(Vec::new());
+        let output = |stream: Stream, line: String| match stream {
+            Stream::Stdout => lock(&stdout).push(line),
+            _ => {
+                let mut e = lock(&stderr);
+                if e.len() < TAIL_LINES {
+                    e.push(line);
+                }
+            }
+        };
+        let run = self.session.exec(&command, &output, self.cancel);
+        let exit = match limit {
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .map_err(|_| Failure::Timeout(limit))??,
+            None => run.await?,
+        };
+        let out = std::mem::take(&mut *lock(&stdout));
+        let err = std::mem::take(&mut *lock(&stderr));
+        Ok((exit, out, err))
     }
 
     /// Work kubeboot does itself on the jump host, within the task's limit (or `default`) and cancellation.
@@ -316,6 +364,21 @@ pub(crate) fn user_name(text: &str) -> String {
     out
 }
 
+/// A URL kubeboot requests itself must be an absolute http(s) URL; found at plan time rather than in the
+/// middle of a run.
+pub(crate) fn url_problems(field: &'static str, text: &str) -> Vec<Problem> {
+    let message = match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => return Vec::new(),
+        Ok(u) => format!("`{field}` must be an http:// or https:// URL, not {}://", u.scheme()),
+        Err(e) => format!("`{field}` is not a URL ({e}): `{text}`"),
+    };
+    vec![Problem {
+        field,
+        message,
+        hint: "write it whole, e.g. http://192.168.101.210/ or https://s3.example.lab",
+    }]
+}
+
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -413,9 +476,9 @@ macro_rules! kinds {
                 match self { $(Action::$variant(k) => k.shown(),)* }
             }
 
-            /// `(field, url)` that must be an absolute http(s) URL.
-            pub fn url(&self) -> Option<(&'static str, &str)> {
-                match self { $(Action::$variant(k) => k.url(),)* }
+            /// What is wrong with the rendered task, found at plan time.
+            pub fn problems(&self) -> Vec<Problem> {
+                match self { $(Action::$variant(k) => k.problems(),)* }
             }
 
             /// Texts that secrets are filled into when the task is sent.
@@ -442,4 +505,6 @@ kinds! {
     Http(http::HttpCheck),
     /// S3 buckets kubeboot makes sure exist, from the jump host.
     S3Buckets(s3_buckets::S3Buckets),
+    /// A file copied from the node to the jump host (the reverse of `copy`).
+    Fetch(fetch::Fetch),
 }

@@ -160,8 +160,8 @@ impl Kind for S3Buckets {
         fields
     }
 
-    fn url(&self) -> Option<(&'static str, &str)> {
-        Some(("s3_buckets.endpoint", &self.endpoint))
+    fn problems(&self) -> Vec<super::Problem> {
+        super::url_problems("s3_buckets.endpoint", &self.endpoint)
     }
 
     fn filled(&self) -> Vec<Cow<'_, str>> {
