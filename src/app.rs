@@ -788,6 +788,7 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
                 isolated: *isolated,
                 kinds: Vec::new(),
                 like: like.clone(),
+                private_tmp: false,
             };
             opts.kinds = lab_node_kinds(&opts, rhel, containerd_1_7)?;
             let lab = lab::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;

@@ -19,6 +19,25 @@ use crate::journal::{Progress, Record, StateDir};
 use crate::kubeconfig;
 use crate::task::fetch;
 
+/// With `--output json` stdout carries only events: the commands' own report lines go to stderr then.
+static REPORT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints one report line of a day-two command (stdout, or stderr under `--output json`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if REPORT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
+fn report_mode(run: &RunArgs) {
+    let json = run.output == crate::cli::OutputFormat::Json;
+    REPORT_TO_STDERR.store(json, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `ApplyArgs` for a day-two run.
 fn apply_args(run: &RunArgs, limit: Vec<String>, yes: bool) -> ApplyArgs {
     ApplyArgs {
@@ -98,6 +117,7 @@ fn api_host(node: &inventory::Node) -> String {
 
 /// `kubeboot kubeconfig`: fetch every selected cluster's admin.conf, then write one file with a context per cluster.
 pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit, Failure> {
+    report_mode(&args.run);
     let target = match (&args.out, args.merge) {
         (Some(out), _) => out.clone(),
         (None, true) => home_kubeconfig()?,
@@ -166,13 +186,13 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
     let yaml = kubeconfig::to_yaml(&out).map_err(|e| Failure::Other(e.to_string()))?;
     fetch::write(&target, yaml.as_bytes(), true).map_err(Failure::Other)?;
     let how = if args.merge { "merged into" } else { "written to" };
-    println!(
+    say!(
         "kubeconfig: {} context(s) {how} {} (mode 0600): {}",
         names.len(),
         target.display(),
         names.join(", ")
     );
-    println!(
+    say!(
         "  try: kubectl --kubeconfig {} --context {} get nodes",
         target.display(),
         names[0]
@@ -207,6 +227,7 @@ fn backup_vars(required: bool) -> BTreeMap<String, Json> {
 
 /// `kubeboot backup`: an etcd snapshot of each selected cluster, kept on the jump host.
 pub(crate) async fn backup(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let day_two = DayTwo {
         folders: vec!["backup"],
         vars: backup_vars(true),
@@ -215,15 +236,84 @@ pub(crate) async fn backup(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
     };
     let (exit, run) = run_playbooks(cli, &apply_args(args, args.limit.clone(), true), Some(&day_two)).await?;
     if run.is_some() {
-        report_backups(cli, &day_two);
+        return keep_backups(cli, &day_two, exit).await;
     }
     Ok(exit)
 }
 
+/// Lists the snapshots this run kept and, when the inventory names an `etcd_backup_bucket`, stores them in S3 as
+/// well (`etcd/<cluster>/<file>`, never overwriting an object). A failed upload is exit 1; the files stay here.
+async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, Failure> {
+    let kept = report_backups(cli, day_two);
+    let inv = inventory::load(&cli.inventory)?;
+    let var = |k: &str| inv.vars.get(k).and_then(Json::as_str).unwrap_or_default().to_string();
+    let bucket = var("etcd_backup_bucket");
+    if bucket.is_empty() || kept.is_empty() {
+        return Ok(exit);
+    }
+    let mut vault = crate::secrets::Vault::default();
+    let mut sources = Vec::new();
+    for name in ["s3_access_key", "s3_secret_key"] {
+        let Some(source) = inv.secrets.get(name) else {
+            return Err(Failure::BadInput(Diagnostics::from(
+                Diagnostic::at(
+                    &cli.inventory,
+                    1,
+                    1,
+                    format!("etcd_backup_bucket is set but secret `{name}` is not defined"),
+                )
+                .with_hint("add it to [secrets], or set etcd_backup_bucket = \"\""),
+            )));
+        };
+        sources.push(match source {
+            inventory::SecretSource::Env(v) => v.clone(),
+            inventory::SecretSource::File(p) => p.display().to_string(),
+        });
+        let secret = crate::secrets::read(source).map_err(|e| Failure::Other(format!("secret `{name}`: {e}")))?;
+        vault.add_mask(secret.clone());
+        vault.insert(name, secret);
+    }
+    let target = crate::task::s3_buckets::S3Upload {
+        endpoint: var("s3_endpoint"),
+        region: var("s3_region"),
+        bucket: bucket.clone(),
+        access_key: crate::secrets::placeholder("s3_access_key"),
+        secret_key: crate::secrets::placeholder("s3_secret_key"),
+    };
+    let mut worst = exit;
+    for path in kept {
+        let (Some(cluster), Some(file)) = (
+            path.parent()
+                .and_then(|p| p.file_name())
+                .map(|c| c.to_string_lossy().into_owned()),
+            path.file_name().map(|f| f.to_string_lossy().into_owned()),
+        ) else {
+            continue;
+        };
+        let key = format!("etcd/{cluster}/{file}");
+        let bytes = std::fs::read(&path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
+        match crate::task::s3_buckets::put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
+            Ok(crate::task::s3_buckets::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
+            Ok(crate::task::s3_buckets::Uploaded::AlreadyThere) => {
+                say!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
+            }
+            Err(e) => {
+                let why = vault.redact(&e.to_string());
+                eprintln!(
+                    "{cluster}: S3 upload failed ({why}); the snapshot stays at {}",
+                    path.display()
+                );
+                worst = Exit::NodesFailed;
+            }
+        }
+    }
+    Ok(worst)
+}
+
 /// Lists the snapshots this run kept.
-fn report_backups(cli: &Cli, day_two: &DayTwo) {
+fn report_backups(cli: &Cli, day_two: &DayTwo) -> Vec<PathBuf> {
     let Some(stamp) = day_two.vars.get("backup_stamp").and_then(Json::as_str) else {
-        return;
+        return Vec::new();
     };
     let dir = cli.state_dir.join("backups");
     let mut kept: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -235,10 +325,11 @@ fn report_backups(cli: &Cli, day_two: &DayTwo) {
         .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(stamp)))
         .collect();
     kept.sort();
-    for p in kept {
-        let size = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        println!("etcd snapshot kept: {} ({size} bytes, mode 0600)", p.display());
+    for p in &kept {
+        let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        say!("etcd snapshot kept: {} ({size} bytes, mode 0600)", p.display());
     }
+    kept
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -257,6 +348,7 @@ fn command_stages(cli: &Cli, day_two: &DayTwo) -> Vec<String> {
 
 /// `kubeboot reset`: typed confirmation, then the backup and reset playbooks.
 pub(crate) async fn reset(cli: &Cli, args: &ResetArgs) -> Result<Exit, Failure> {
+    report_mode(&args.run);
     let inv = inventory::load(&cli.inventory)?;
     let clusters = selected_clusters(&inv, &args.run.limit)?;
     if !args.run.dry_run {
@@ -278,9 +370,9 @@ pub(crate) async fn reset(cli: &Cli, args: &ResetArgs) -> Result<Exit, Failure> 
     };
     let (exit, run) = run_playbooks(cli, &apply_args(&args.run, limit, true), Some(&day_two)).await?;
     if run.is_some() {
-        report_backups(cli, &day_two);
+        let exit = keep_backups(cli, &day_two, exit).await?;
         if exit == Exit::Ok {
-            println!(
+            say!(
                 "reset: {} — `kubeboot apply --limit {}` installs them again",
                 clusters.join(", "),
                 clusters.join(",")
@@ -494,6 +586,7 @@ fn check_upgrade_step(cli: &Cli, inv: &Inventory, nodes: &[String], progress: &P
 /// `kubeboot upgrade`: etcd snapshot, then the upgrade playbooks, one node of each cluster at a time (the first
 /// control plane first), clusters in parallel.
 pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let inv = inventory::load(&cli.inventory)?;
     let clusters = selected_clusters(&inv, &args.limit)?;
     let day_two = DayTwo {
@@ -520,7 +613,7 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
             break;
         }
         if waves > 1 {
-            println!("upgrade: step {}/{waves}: {}", wave + 1, nodes.join(", "));
+            say!("upgrade: step {}/{waves}: {}", wave + 1, nodes.join(", "));
         }
         let (exit, run) = run_playbooks(cli, &apply_args(args, nodes.clone(), true), Some(&day_two)).await?;
         let Some(run) = run else { return Ok(exit) };
@@ -536,6 +629,11 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
                 failed.insert(c);
             }
         }
+        let exit = if wave == 0 {
+            keep_backups(cli, &day_two, exit).await?
+        } else {
+            exit
+        };
         if exit != Exit::Ok {
             worst = exit;
         }
@@ -551,6 +649,7 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
 
 /// `kubeboot renew-certs`: kubeadm renews every certificate; the control-plane pods restart to load them.
 pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let day_two = DayTwo {
         folders: vec!["renew-certs"],
         vars: BTreeMap::new(),
@@ -559,7 +658,7 @@ pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failu
     };
     let (exit, run) = run_playbooks(cli, &apply_args(args, args.limit.clone(), false), Some(&day_two)).await?;
     if run.is_some() && exit == Exit::Ok {
-        println!("renew-certs: done — run `kubeboot kubeconfig` to fetch the renewed admin kubeconfig");
+        say!("renew-certs: done — run `kubeboot kubeconfig` to fetch the renewed admin kubeconfig");
     }
     Ok(exit)
 }

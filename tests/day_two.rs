@@ -75,10 +75,14 @@ impl Day2 {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.lab.inventory, args)
+    }
+
+    fn command_with(&self, inventory: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kubeboot"));
         c.current_dir(repo())
             .arg("-i")
-            .arg(&self.lab.inventory)
+            .arg(inventory)
             .args(["-p", "playbooks", "--state-dir"])
             .arg(&self.state)
             .args(args)
@@ -272,6 +276,37 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         );
     }
 
+    // With an etcd_backup_bucket the snapshots also go to S3 (moto on loopback), each under its own name.
+    let (_moto, s3) = common::start_moto();
+    let with_s3 = t.lab.dir.join("inventory-s3.toml");
+    let text: Vec<String> = fs::read_to_string(&t.lab.inventory)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("s3_endpoint") {
+                format!("s3_endpoint = \"{s3}\"")
+            } else if l.starts_with("etcd_backup_bucket") {
+                "etcd_backup_bucket = \"etcd-backups\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    fs::write(&with_s3, text.join("\n")).unwrap();
+    let uploaded = run_long(t.command_with(&with_s3, &["backup", "--yes"]));
+    uploaded.assert_code(0);
+    for cluster in CLUSTERS {
+        let line = format!("etcd snapshot uploaded: s3://etcd-backups/etcd/{cluster}/etcd-{cluster}-");
+        assert!(uploaded.stdout.contains(&line), "{uploaded}");
+    }
+    let listing = Command::new("curl")
+        .args(["-s", &format!("{s3}/etcd-backups?list-type=2")])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert_eq!(listing.matches("<Key>etcd/").count(), 4, "{listing}");
+    assert!(!uploaded.stdout.contains("lab-secret"), "{uploaded}");
+
     // --- upgrade: skipping a minor is bad input, located at the inventory's kubernetes_version.
     t.set_version("1.36");
     let skip = t.kubeboot(&["upgrade", "--yes"]);
@@ -313,6 +348,23 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     assert!(started, "the upgrade never reached kubeadm upgrade plan");
     let resumed = t.kubeboot(&["upgrade", "--yes", "--output", "json"]);
     resumed.assert_code(0);
+    // It continued: what finished before the kill is skipped as done, and kubeadm was installed once.
+    let done_before: Vec<String> = resumed
+        .events_of("task_finished")
+        .into_iter()
+        .filter(|e| e["node"] == "node-198" && e["stage"] == "upgrade" && e["reason"] == "done")
+        .map(|e| e["task"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        done_before.iter().any(|t| t == "kubeadm of the new version"),
+        "the resumed upgrade redid finished tasks: {done_before:?}\n{resumed}"
+    );
+    let installs = t
+        .calls("node-198")
+        .iter()
+        .filter(|c| c.contains("install -y kubeadm=1.35."))
+        .count();
+    assert_eq!(installs, 1, "node-198: kubeadm 1.35 installed again after the resume");
     for node in NODES {
         let calls = t.calls(node);
         let start = calls
@@ -370,7 +422,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     }
     for cluster in CLUSTERS {
         assert!(
-            t.backups(cluster).len() >= 3,
+            t.backups(cluster).len() >= 4,
             "{cluster}: a snapshot before the upgrade"
         );
     }
@@ -462,7 +514,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         state["packages"]["kubeadm"].is_string(),
         "packages are kept without --purge-packages"
     );
-    assert!(t.backups("cluster-03").len() >= 4, "a snapshot before the reset");
+    assert!(t.backups("cluster-03").len() >= 5, "a snapshot before the reset");
 
     // --- apply reinstalls cluster-03 only.
     let counts: BTreeMap<&str, usize> = NODES.iter().map(|n| (*n, t.calls(n).len())).collect();
