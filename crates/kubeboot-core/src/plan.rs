@@ -276,7 +276,7 @@ pub fn plan_node(
     diags.into_result(NodePlan {
         node: n.name.clone(),
         cluster: n.cluster.clone(),
-        address: host_port(&n.address, n.ssh.port),
+        address: host_port(n.connect_address(), n.ssh.port),
         tasks,
     })
 }

@@ -324,7 +324,7 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
     let s = &node.ssh;
     Ok(ssh::Target {
         node: node.name.clone(),
-        host: node.address.clone(),
+        host: node.connect_address().to_string(),
         port: s.port,
         user: s.user.clone(),
         key: s.key.clone(),
