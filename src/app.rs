@@ -1,7 +1,7 @@
 //! The commands behind the command line: load and check the input, choose the frontend,
 //! run the engine, and map the outcome to an exit code.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -486,6 +486,8 @@ fn read_secrets(
     let mut problems = Diagnostics::default();
     let mut per_node = HashMap::new();
     let at = |line: usize, msg: String| Diagnostic::at(&cli.inventory, line, 1, msg);
+    // Nodes whose sudo password variable is unset and that use their login password instead.
+    let mut sudo_fallback: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &input.nodes {
         let Some(node) = input.inventory.node(name) else {
             continue;
@@ -505,6 +507,12 @@ fn read_secrets(
         };
         let password = read(&node.ssh.password, "SSH password");
         let sudo_password = match &node.ssh.sudo_password {
+            // The guide's promise: without its own sudo password, sudo uses the login password. A
+            // named variable that is not set counts as none when there is a login password.
+            Some(inventory::SecretSource::Env(var)) if password.is_some() && std::env::var_os(var).is_none() => {
+                sudo_fallback.entry(var.clone()).or_default().push(name.clone());
+                password.clone()
+            }
             Some(_) => read(&node.ssh.sudo_password, "sudo password"),
             None => password.clone(),
         };
@@ -514,6 +522,12 @@ fn read_secrets(
                 password,
                 sudo_password,
             },
+        );
+    }
+    for (var, nodes) in &sudo_fallback {
+        eprintln!(
+            "note: {var} is not set: sudo uses the SSH login password on {}",
+            nodes.join(", ")
         );
     }
     let mut used = BTreeSet::new();
