@@ -347,10 +347,14 @@ pub(crate) async fn run_playbooks(
                 tracing::info!(nodes = ?names, "the operator accepted these unknown host keys");
             }
             spec.accept_host_keys_for = accept_host_keys_for;
+            state.mark_latest(&spec_run_id);
             let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
+            // Declined: nothing ran, so no log folder of this run stays and `logs/latest` keeps
+            // pointing at the last run that did.
             drop(events);
+            let _ = std::fs::remove_dir_all(&log_dir);
             None
         };
         let _ = fanout_thread.join();
@@ -376,6 +380,7 @@ pub(crate) async fn run_playbooks(
         };
         let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
         spawn_interrupt_handler(control_tx.clone());
+        state.mark_latest(&spec_run_id);
         let _ = events.send(started);
         let result = engine::run(spec, events, control_rx).await;
         drop(control_tx);

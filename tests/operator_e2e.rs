@@ -101,3 +101,36 @@ fn sudo_uses_the_login_password_when_the_named_variable_is_unset_and_says_so() {
         run.stderr
     );
 }
+
+#[test]
+fn the_demo_with_json_output_keeps_stdout_pure_json() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = tempfile::tempdir().expect("a temporary folder");
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("scripts/demo.sh")
+        .current_dir(repo)
+        .env("KUBEBOOT_BIN", bin())
+        .env("KUBEBOOT_DEMO_PLAYBOOKS", "examples/playbooks")
+        .env("KUBEBOOT_DEMO_ARGS", "--yes --output json")
+        .env("KUBEBOOT_DEMO_LAB", work.path().join("lab"))
+        .env("KUBEBOOT_DEMO_STATE", work.path().join("state"))
+        .env("KUBEBOOT_DEMO_FIRST_ADDRESS", "127.0.183.1")
+        .env("KUBEBOOT_DEMO_FIRST_PORT", "21830")
+        .env_remove("KUBEBOOT_DEMO_KEEP")
+        .stdin(std::process::Stdio::null());
+    let run = run(cmd);
+    run.assert_code(0);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(!lines.is_empty(), "no output: {}", run.stderr);
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON on stdout: {line:?}"
+        );
+    }
+    assert!(
+        run.stderr.contains("lab up"),
+        "the lab's messages go to stderr: {}",
+        run.stderr
+    );
+}
