@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::{Progress, StateDir, StateError};
-use crate::plan::{self, Action, Decision, NodePlan, Selection};
+use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Vault};
 use crate::ssh::{self, HostKeyState};
@@ -409,7 +409,7 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
             // No credentials: the probe never logs in.
             let target = ssh::Target {
                 node: node.name.clone(),
-                host: node.address.clone(),
+                host: node.connect_address().to_string(),
                 port: s.port,
                 user: s.user.clone(),
                 key: None,
@@ -544,13 +544,8 @@ fn read_secrets(
         for (_, value) in &task.env {
             used.extend(secrets::referenced(value));
         }
-        for field in task.action.credentials() {
-            used.extend(secrets::referenced(field));
-        }
-        if let Action::Copy { files, .. } = &task.action {
-            for f in files {
-                used.extend(secrets::referenced(&String::from_utf8_lossy(&f.content)));
-            }
+        for text in task.action.filled() {
+            used.extend(secrets::referenced(&text));
         }
     }
     for name in used {
@@ -800,10 +795,21 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             first_address,
             first_port,
             isolated,
+            vm,
             like,
             rhel,
             containerd_1_7,
         } => {
+            if *vm {
+                return vm_lab_up(*nodes, dir, *first_address, *first_port, like, rhel);
+            }
+            if !rhel.is_empty() && !*isolated {
+                return Err(Diagnostics::from(
+                    Diagnostic::file("command line", "--rhel needs --isolated or --vm")
+                        .with_hint("an sshd lab node shares this machine's own system and cannot look like RHEL"),
+                )
+                .into());
+            }
             let mut opts = lab::LabOptions {
                 dir: dir.clone(),
                 nodes: *nodes,
@@ -832,6 +838,39 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `lab up --vm`: boots the VMs and prints where they are and what it took.
+fn vm_lab_up(
+    nodes: usize,
+    dir: &std::path::Path,
+    first_address: std::net::Ipv4Addr,
+    first_port: u16,
+    like: &Option<std::path::PathBuf>,
+    rhel: &[String],
+) -> Result<Exit, Failure> {
+    let mut opts = lab::vm::VmOptions::new(dir);
+    opts.nodes = nodes;
+    opts.like = like.clone();
+    opts.first_address = first_address;
+    opts.first_port = first_port;
+    opts.rhel_like = rhel.to_vec();
+    let lab = lab::vm::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;
+    println!(
+        "lab up: {} VM(s) as user {} (image {:.0?}, boot {:.0?}, {:?})",
+        lab.nodes.len(),
+        lab.user,
+        lab.image_time,
+        lab.boot_time,
+        opts.accel
+    );
+    for n in &lab.nodes {
+        let rhel = if n.rhel_like { "  (RHEL-like sudo)" } else { "" };
+        println!("  {}  ssh {}  switch {}{rhel}", n.name, n.ssh, n.address);
+    }
+    println!("inventory: {}", lab.inventory.display());
+    println!("stop it with: kubeboot lab down --dir {}", dir.display());
+    Ok(Exit::Ok)
 }
 
 /// The per-node look of an isolated lab from `--rhel` and `--containerd-1-7`, by node name.
