@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::facts::Facts;
 
+/// Where events go: the engine never waits for whoever reads them.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<Event>;
+
 /// Which output stream of a remote command a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +173,10 @@ pub enum Event {
         secret: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         value: Option<String>,
+        /// A secret output's value, only on its way to the fan-out, which masks it from then on and takes it
+        /// out of the event: never serialized, so never in the journal, logs or `--output json`.
+        #[serde(skip)]
+        mask: Option<crate::secrets::Secret>,
     },
     /// One line a remote command printed, as it printed it.
     Output { node: String, stream: Stream, line: String },

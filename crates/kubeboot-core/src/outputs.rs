@@ -99,23 +99,23 @@ pub fn capture(how: &Capture, stdout: &str) -> Result<String, String> {
 #[derive(Debug, Default)]
 pub struct Store {
     values: BTreeMap<(String, String), Secret>,
-    /// Every secret output value (and its longer words) to mask in whatever kubeboot shows or writes.
-    mask: Vault,
 }
 
 /// Words shorter than this in a secret output are not masked on their own (they would mask ordinary text).
 const MASK_WORD_MIN: usize = 12;
 
+/// Masks a secret output from now on, whole and by each of its long words (a join command's token shows up
+/// alone in messages).
+pub fn mask(vault: &mut Vault, value: &Secret) {
+    for word in value.expose().split_whitespace().filter(|w| w.len() >= MASK_WORD_MIN) {
+        vault.add_mask(Secret::new(word));
+    }
+    vault.add_mask(value.clone());
+}
+
 impl Store {
-    /// Records an output; a secret one is masked from now on, whole and by each of its long words (a join
-    /// command's token shows up alone in messages).
-    pub fn insert(&mut self, node: &str, name: &str, value: String, secret: bool) {
-        if secret {
-            for word in value.split_whitespace().filter(|w| w.len() >= MASK_WORD_MIN) {
-                self.mask.add_mask(Secret::new(word));
-            }
-            self.mask.add_mask(Secret::new(value.clone()));
-        }
+    /// Records an output (masking a secret one is the fan-out's, see [`mask`]).
+    pub fn insert(&mut self, node: &str, name: &str, value: String) {
         self.values
             .insert((node.to_string(), name.to_string()), Secret::new(value));
     }
@@ -135,11 +135,6 @@ impl Store {
             out = out.replace(&placeholder(&r.node, &r.name, r.secret), v.expose());
         }
         Ok(out)
-    }
-
-    /// The masking of every secret output seen so far.
-    pub fn mask(&self) -> &Vault {
-        &self.mask
     }
 }
 
@@ -191,9 +186,8 @@ mod tests {
             "cp1",
             "join",
             "kubeadm join 10.0.0.5:6443 --token abcdef.0123456789abcdef".into(),
-            true,
         );
-        store.insert("cp1", "plain", "hello".into(), false);
+        store.insert("cp1", "plain", "hello".into());
         let text = format!(
             "{} {}",
             placeholder("cp1", "plain", false),
@@ -204,8 +198,13 @@ mod tests {
             "hello kubeadm join 10.0.0.5:6443 --token abcdef.0123456789abcdef"
         );
         assert_eq!(store.fill(&placeholder("cp2", "x", false)).unwrap_err().node, "cp2");
+        let mut vault = Vault::default();
+        mask(
+            &mut vault,
+            &Secret::new("kubeadm join 10.0.0.5:6443 --token abcdef.0123456789abcdef"),
+        );
         assert_eq!(
-            store.mask().redact("token abcdef.0123456789abcdef expired; hello"),
+            vault.redact("token abcdef.0123456789abcdef expired; hello"),
             "token **** expired; hello"
         );
     }

@@ -5,7 +5,6 @@
 //! failing node never stops the others. The engine knows nothing about screens: it only
 //! sends [`Event`]s and listens for [`Control`] requests.
 
-pub mod fetch;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,8 +32,7 @@ pub enum Control {
     Cancel,
 }
 
-/// Where events go: the engine never waits for whoever reads them.
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use crate::event::EventSink;
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]
@@ -114,11 +112,7 @@ pub(crate) struct Board {
 
 impl Shared {
     pub(crate) fn emit(&self, event: Event) {
-        // Secret outputs appear while the run goes; they are masked here, before anything sees the event.
-        let event = {
-            let store = node::lock(&self.outputs);
-            crate::fanout::redact(store.mask(), event)
-        };
+        // Secret outputs are masked by the fan-out (`output_registered` carries the value only that far).
         // A frontend that went away must not stop the run: the journal still gets everything.
         let _ = self.events.send(event);
     }
@@ -145,7 +139,7 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
     let mut store = outputs::Store::default();
     if !spec.selection.fresh {
         for ((node, name), value) in spec.progress.outputs() {
-            store.insert(node, name, value.clone(), false);
+            store.insert(node, name, value.clone());
         }
     }
     let shared = Arc::new(Shared {

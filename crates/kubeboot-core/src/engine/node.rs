@@ -4,22 +4,13 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use super::{NodeEnd, Shared, fetch};
+use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
-use crate::inventory::{NewHostKeys, SecretSource};
-use crate::jump;
-use crate::plan::{self, Action, Decision, PlannedTask};
-use crate::ssh::{self, Command, Exit, Session, SshError, Target};
-
-/// Default limit of a `wait` task when the playbook sets none.
-const WAIT_DEFAULT: Duration = Duration::from_secs(300);
-/// Default per-attempt limit of a jump-host task when the plan sets none.
-const JUMP_DEFAULT: Duration = Duration::from_secs(60);
-/// Output lines kept per task to explain a failure.
-const TAIL_LINES: usize = 20;
+use crate::inventory::NewHostKeys;
+use crate::plan::{self, Decision, PlannedTask};
+use crate::ssh::{self, Command, Session, SshError, Target};
+use crate::task::{Action, Failure, RunCx};
 
 /// Why a node stopped early.
 enum Stop {
@@ -182,7 +173,16 @@ async fn run_session(
                 );
                 TaskStatus::Skipped
             }
-            Decision::Run => run_task(shared, name, session, task, index, total).await?,
+            Decision::Run => match run_task(shared, name, session, task, index, total).await {
+                Ok(status) => status,
+                Err(stop) => {
+                    // The task that stopped the node counts in the node's `failed` (the summary's FAILED column).
+                    if matches!(stop, Stop::Failed(_)) {
+                        counts.add(TaskStatus::Failed);
+                    }
+                    return Err(stop);
+                }
+            },
         };
         shared.on_board(|b| {
             b.finished
@@ -369,55 +369,6 @@ async fn run_task(
     }
 }
 
-/// Why one attempt of a task failed.
-enum Failure {
-    Exit { code: i32, tail: Vec<String> },
-    Signal(String),
-    Timeout(Duration),
-    Lost(String),
-    Cancelled,
-    Other(String),
-}
-
-impl Failure {
-    fn message(&self) -> String {
-        match self {
-            Failure::Exit { code, tail } => {
-                let last = tail.iter().rev().find(|l| !l.trim().is_empty());
-                match last {
-                    Some(line) => format!("exit code {code}: {}", line.trim()),
-                    None => format!("exit code {code}"),
-                }
-            }
-            Failure::Signal(sig) => format!("killed by signal {sig}"),
-            Failure::Timeout(after) => format!(
-                "timed out after {} (the command was stopped)",
-                humantime::format_duration(*after)
-            ),
-            Failure::Lost(why) => why.clone(),
-            Failure::Cancelled => "cancelled".into(),
-            Failure::Other(why) => why.clone(),
-        }
-    }
-
-    fn exit_code(&self) -> Option<i32> {
-        match self {
-            Failure::Exit { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-impl From<SshError> for Failure {
-    fn from(e: SshError) -> Self {
-        match e {
-            SshError::Cancelled => Failure::Cancelled,
-            SshError::ConnectionLost(why) => Failure::Lost(why),
-            other => Failure::Other(other.to_string()),
-        }
-    }
-}
-
 struct TaskRunner<'a> {
     shared: &'a Shared,
     name: &'a str,
@@ -425,347 +376,104 @@ struct TaskRunner<'a> {
     task: &'a PlannedTask,
 }
 
-impl TaskRunner<'_> {
-    /// One attempt: the guard, then the action.
+impl<'a> TaskRunner<'a> {
+    /// One attempt: the guard, then the task's kind (a `run` that registers an output captures it).
     async fn attempt(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
-        if let Some(guard) = &self.task.unless {
-            let (exit, _) = self.exec(guard, false, self.task.timeout).await?;
+        let spec = &self.shared.spec;
+        let task = self.with_outputs()?;
+        let cx = RunCx {
+            node: self.name,
+            session: self.session,
+            env: &task.env,
+            become_: task.become_,
+            timeout: task.timeout,
+            vault: &spec.vault,
+            inventory: &spec.inventory,
+            fetch_root: &spec.fetch_root,
+            cancel: &self.shared.cancel,
+            events: &self.shared.events,
+        };
+        if let Some(guard) = &task.unless {
+            let (exit, _) = cx.exec(guard, false, task.timeout).await?;
             if exit.success() {
                 return Ok((TaskStatus::Skipped, Some(SkipReason::Guard)));
             }
         }
-        match &self.task.action {
-            Action::Http(_) | Action::S3Buckets(_) => self.on_jump_host().await,
-            Action::Fetch { src, dest, overwrite } => self.fetch(src, dest, *overwrite).await,
-            Action::Run { command } => {
-                let Some(register) = &self.task.register else {
-                    let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
-                    check_exit(exit, tail)?;
-                    return Ok((TaskStatus::Changed, None));
-                };
-                let captured = Capture::default();
-                let (exit, tail) = self.exec_capturing(command, self.task.timeout, Some(&captured)).await?;
-                let stdout = std::mem::take(&mut *lock(&captured.stdout));
-                let value = crate::outputs::capture(&register.capture, &stdout);
-                if let Ok(v) = &value {
-                    lock(&self.shared.outputs).insert(self.name, &register.name, v.clone(), register.secret);
-                }
-                // Held back until a secret value is known, so that it is masked in them too.
-                for (stream, line) in lock(&captured.held).drain(..) {
-                    self.shared.emit(Event::Output {
-                        node: self.name.to_string(),
-                        stream,
-                        line,
-                    });
-                }
-                check_exit(exit, tail)?;
-                let value =
-                    value.map_err(|why| Failure::Other(format!("cannot register `{}`: {why}", register.name)))?;
-                self.shared.emit(Event::OutputRegistered {
-                    node: self.name.to_string(),
-                    stage: self.task.stage.clone(),
-                    task: self.task.task.clone(),
-                    name: register.name.clone(),
-                    secret: register.secret,
-                    value: (!register.secret).then_some(value),
-                });
-                Ok((TaskStatus::Changed, None))
-            }
-            Action::Copy { files, owner } => {
-                // The plan's contract: folders on the way to a copied file are created (0755, like mkdir -p).
-                let mut dirs: Vec<&str> = files
-                    .iter()
-                    .filter_map(|f| f.dest.rsplit_once('/').map(|(dir, _)| dir))
-                    .filter(|dir| !dir.is_empty())
-                    .collect();
-                dirs.sort_unstable();
-                dirs.dedup();
-                if !dirs.is_empty() {
-                    let quoted: Vec<String> = dirs.iter().map(|d| format!("'{}'", d.replace('\'', "'\\''"))).collect();
-                    let (exit, tail) = self
-                        .exec(
-                            &format!("umask 022; mkdir -p -- {}", quoted.join(" ")),
-                            false,
-                            self.task.timeout,
-                        )
-                        .await?;
-                    check_exit(exit, tail)?;
-                }
-                let mut changed = false;
-                for file in files {
-                    let content = self.fill_bytes(&file.content)?;
-                    let dest = self.fill(&file.dest)?;
-                    let upload = self.session.upload(
-                        &dest,
-                        &content,
-                        file.mode,
-                        owner.as_deref(),
-                        self.task.become_,
-                        &self.shared.cancel,
-                    );
-                    changed |= match self.task.timeout {
-                        Some(limit) => tokio::time::timeout(limit, upload)
-                            .await
-                            .map_err(|_| Failure::Timeout(limit))?,
-                        None => upload.await,
-                    }?;
-                }
-                Ok((if changed { TaskStatus::Changed } else { TaskStatus::Ok }, None))
-            }
-            Action::Wait { until, interval } => {
-                let limit = self.task.timeout.unwrap_or(WAIT_DEFAULT);
-                let deadline = Instant::now() + limit;
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let (exit, tail) = match self.exec(until, true, Some(left)).await {
-                        Err(Failure::Timeout(_)) => return Err(Failure::Timeout(limit)),
-                        other => other?,
-                    };
-                    if exit.success() {
-                        return Ok((TaskStatus::Ok, None));
-                    }
-                    if Instant::now() + *interval >= deadline {
-                        let last = match check_exit(exit, tail) {
-                            Err(f) => f.message(),
-                            Ok(()) => String::new(),
-                        };
-                        return Err(Failure::Other(format!(
-                            "still not true after {} (last try: {last})",
-                            humantime::format_duration(limit)
-                        )));
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(*interval) => {}
-                        _ = self.shared.cancel.cancelled() => return Err(Failure::Cancelled),
-                    }
-                }
-            }
+        if let (Some(register), Action::Run(run)) = (&task.register, &task.action) {
+            return Ok((self.register(&cx, register, &run.command).await?, None));
         }
+        Ok((task.action.run(&cx).await?, None))
     }
 
-    /// A `fetch`: the node prints the file (digest + base64, never shown as output), kubeboot writes it here.
-    async fn fetch(&self, src: &str, dest: &str, overwrite: bool) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
-        let (exit, lines, tail) = self.capture(&fetch::script(src), self.task.timeout).await?;
-        check_exit(exit, tail)?;
-        let bytes = fetch::decode(&lines).map_err(|e| Failure::Other(format!("fetching {src}: {e}")))?;
-        let path = fetch::destination(&self.shared.spec.fetch_root, dest);
-        let written = fetch::write(&path, &bytes, overwrite).map_err(Failure::Other)?;
-        let line = match written {
-            fetch::Written::Changed => format!("fetched {src} ({} bytes) -> {}", bytes.len(), path.display()),
-            fetch::Written::Unchanged => format!("unchanged: {} already holds {src}", path.display()),
+    /// The task with the outputs it uses put where their placeholders stand (secret ones only reach `env`
+    /// values and file contents: the plan refuses them anywhere else).
+    fn with_outputs(&self) -> Result<std::borrow::Cow<'a, PlannedTask>, Failure> {
+        if self.task.needs.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(self.task));
+        }
+        let store = lock(&self.shared.outputs);
+        let fill = |text: &str| {
+            store.fill(text).map_err(|missing| {
+                Failure::Other(format!(
+                    "{missing} has no value in this run: the task on {} that registers it did not run or printed \
+                     nothing (check its node's result, or run again without --only/--from)",
+                    missing.node
+                ))
+            })
         };
-        self.shared.emit(Event::Output {
-            node: self.name.to_string(),
-            stream: Stream::Stdout,
-            line,
-        });
-        Ok(match written {
-            fetch::Written::Changed => (TaskStatus::Changed, None),
-            fetch::Written::Unchanged => (TaskStatus::Ok, None),
-        })
-    }
-
-    /// Runs a script of this task and keeps all of its stdout (not shown: it may be a file's content).
-    async fn capture(
-        &self,
-        script: &str,
-        limit: Option<Duration>,
-    ) -> Result<(Exit, Vec<String>, Vec<String>), Failure> {
-        let command = Command {
-            script: script.to_string(),
-            env: Vec::new(),
-            become_: self.task.become_,
-        };
-        let stdout = Mutex::new(Vec::new());
-        let stderr = Mutex::new(Vec::new());
-        let output = |stream: Stream, line: String| match stream {
-            Stream::Stdout => lock(&stdout).push(line),
-            _ => {
-                let mut e = lock(&stderr);
-                if e.len() < TAIL_LINES {
-                    e.push(line);
+        let mut task = self.task.clone();
+        if let Some(u) = &task.unless {
+            task.unless = Some(fill(u)?);
+        }
+        for (_, v) in task.env.iter_mut() {
+            *v = fill(v)?;
+        }
+        match &mut task.action {
+            Action::Run(r) => r.command = fill(&r.command)?,
+            Action::Wait(w) => w.until = fill(&w.until)?,
+            Action::Copy(c) => {
+                for f in c.files.iter_mut() {
+                    f.dest = fill(&f.dest)?;
+                    if let Ok(text) = std::str::from_utf8(&f.content) {
+                        f.content = fill(text)?.into_bytes();
+                    }
                 }
             }
-        };
-        let run = self.session.exec(&command, &output, &self.shared.cancel);
-        let exit = match limit {
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .map_err(|_| Failure::Timeout(limit))??,
-            None => run.await?,
-        };
-        let out = std::mem::take(&mut *lock(&stdout));
-        let err = std::mem::take(&mut *lock(&stderr));
-        Ok((exit, out, err))
+            // The plan refuses outputs in the other kinds.
+            _ => {}
+        }
+        Ok(std::borrow::Cow::Owned(task))
     }
 
-    /// A task kubeboot does itself on the jump host, within the task's limit; its report lines are the
-    /// task's output, like a command's.
-    async fn on_jump_host(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
-        let vault = &self.shared.spec.vault;
-        let out = |line: String| {
+    /// A `run` with `register`: its stdout is kept; the value is registered (a secret one masked from then on)
+    /// before its output lines are shown, so the value is masked in them too.
+    async fn register(&self, cx: &RunCx<'_>, register: &plan::Register, command: &str) -> Result<TaskStatus, Failure> {
+        let (exit, stdout, lines) = cx.capture(command, self.task.timeout).await?;
+        let value = crate::outputs::capture(&register.capture, &stdout.join("\n"));
+        if exit.success()
+            && let Ok(v) = &value
+        {
+            lock(&self.shared.outputs).insert(self.name, &register.name, v.clone());
+            self.shared.emit(Event::OutputRegistered {
+                node: self.name.to_string(),
+                stage: self.task.stage.clone(),
+                task: self.task.task.clone(),
+                name: register.name.clone(),
+                secret: register.secret,
+                value: (!register.secret).then(|| v.clone()),
+                mask: register.secret.then(|| crate::secrets::Secret::new(v.clone())),
+            });
+        }
+        for line in stdout {
             self.shared.emit(Event::Output {
                 node: self.name.to_string(),
                 stream: Stream::Stdout,
                 line,
-            })
-        };
-        let work = async {
-            match &self.task.action {
-                Action::Http(check) => jump::http(check, vault, &out).await.map(|()| TaskStatus::Ok),
-                Action::S3Buckets(task) => {
-                    let keys = key_sources(&self.shared.spec.inventory, &[&task.access_key, &task.secret_key]);
-                    let created = jump::s3_buckets(task, vault, &keys, &out).await?;
-                    Ok(if created { TaskStatus::Changed } else { TaskStatus::Ok })
-                }
-                _ => Err(jump::JumpError::Client("not a jump-host task".into())),
-            }
-        };
-        let limit = self.task.timeout.unwrap_or(JUMP_DEFAULT);
-        tokio::select! {
-            result = tokio::time::timeout(limit, work) => match result {
-                Ok(Ok(status)) => Ok((status, None)),
-                Ok(Err(e)) => Err(Failure::Other(e.to_string())),
-                Err(_) => Err(Failure::Timeout(limit)),
-            },
-            _ = self.shared.cancel.cancelled() => Err(Failure::Cancelled),
+            });
         }
-    }
-
-    /// Runs a script of this task; streams its output as events when `show` is set.
-    async fn exec(&self, script: &str, show: bool, limit: Option<Duration>) -> Result<(Exit, Vec<String>), Failure> {
-        if show {
-            self.exec_capturing(script, limit, None).await
-        } else {
-            let quiet = Capture {
-                quiet: true,
-                ..Capture::default()
-            };
-            self.exec_capturing(script, limit, Some(&quiet)).await
-        }
-    }
-
-    /// Secrets and outputs put where their placeholders stand, for sending.
-    fn fill(&self, text: &str) -> Result<String, Failure> {
-        let text = self.shared.spec.vault.fill(text);
-        lock(&self.shared.outputs).fill(&text).map_err(|missing| {
-            Failure::Other(format!(
-                "{missing} has no value in this run: the task on {} that registers it did not run or printed nothing \
-                 (check its node's result, or run again without --only/--from)",
-                missing.node
-            ))
-        })
-    }
-
-    /// Runs a script; with `capture`, stdout is also collected, and output lines are held back instead of
-    /// streamed (a secret output must be known before its lines are shown), or dropped when `quiet`.
-    async fn exec_capturing(
-        &self,
-        script: &str,
-        limit: Option<Duration>,
-        capture: Option<&Capture>,
-    ) -> Result<(Exit, Vec<String>), Failure> {
-        let mut env = Vec::new();
-        for (k, v) in &self.task.env {
-            env.push((k.clone(), self.fill(v)?));
-        }
-        let command = Command {
-            script: self.fill(script)?,
-            env,
-            become_: self.task.become_,
-        };
-        let tail = Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES));
-        let last_error = Mutex::new(None);
-        let output = |stream: Stream, line: String| {
-            if stream == Stream::Stderr && !line.trim().is_empty() {
-                *lock(&last_error) = Some(line.clone());
-            }
-            {
-                let mut tail = lock(&tail);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-            }
-            match capture {
-                None => self.shared.emit(Event::Output {
-                    node: self.name.to_string(),
-                    stream,
-                    line,
-                }),
-                Some(c) if c.quiet => {}
-                Some(c) => {
-                    if stream == Stream::Stdout {
-                        let mut out = lock(&c.stdout);
-                        out.push_str(&line);
-                        out.push('\n');
-                    }
-                    lock(&c.held).push((stream, line));
-                }
-            }
-        };
-        let cancel: &CancellationToken = &self.shared.cancel;
-        let run = self.session.exec(&command, &output, cancel);
-        let exit = match limit {
-            // Dropping the exec future on timeout kills the remote command.
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .map_err(|_| Failure::Timeout(limit))??,
-            None => run.await?,
-        };
-        let mut tail: Vec<String> = lock(&tail).drain(..).collect();
-        // The last error line explains a failure better than the last output line, and the two streams may
-        // arrive in any order (stdout comes in batches): it goes last, where the failure message looks.
-        if let Some(line) = lock(&last_error).take()
-            && tail.last() != Some(&line)
-        {
-            tail.push(line);
-        }
-        Ok((exit, tail))
-    }
-
-    fn fill_bytes(&self, content: &[u8]) -> Result<Vec<u8>, Failure> {
-        match std::str::from_utf8(content) {
-            Ok(text) => Ok(self.fill(text)?.into_bytes()),
-            Err(_) => Ok(content.to_vec()),
-        }
-    }
-}
-
-/// What a capturing command collects.
-#[derive(Default)]
-struct Capture {
-    /// Drop output lines (guards and helper commands).
-    quiet: bool,
-    stdout: Mutex<String>,
-    /// Lines not yet shown: (stream, line).
-    held: Mutex<Vec<(Stream, String)>>,
-}
-
-/// Where the credentials of a jump-host task come from, in the operator's words (the environment variables or
-/// files of the secrets they name), for an access-denied message.
-fn key_sources(inv: &crate::inventory::Inventory, fields: &[&str]) -> String {
-    let sources: Vec<String> = fields
-        .iter()
-        .flat_map(|f| crate::secrets::referenced(f))
-        .map(|name| match inv.secrets.get(&name) {
-            Some(SecretSource::Env(var)) => var.clone(),
-            Some(SecretSource::File(path)) => path.display().to_string(),
-            None => format!("secrets.{name}"),
-        })
-        .collect();
-    if sources.is_empty() {
-        "the task's access_key / secret_key".into()
-    } else {
-        sources.join(" / ")
-    }
-}
-
-fn check_exit(exit: Exit, tail: Vec<String>) -> Result<(), Failure> {
-    match exit {
-        Exit::Code(0) => Ok(()),
-        Exit::Code(code) => Err(Failure::Exit { code, tail }),
-        Exit::Signal(sig) => Err(Failure::Signal(sig)),
+        crate::task::check_exit(exit, lines)?;
+        value.map_err(|why| Failure::Other(format!("cannot register `{}`: {why}", register.name)))?;
+        Ok(TaskStatus::Changed)
     }
 }
 

@@ -440,11 +440,11 @@ impl Reader<'_> {
             None => SshPartial::default(),
         };
         let clusters = self.clusters(doc);
-        let nodes = self.nodes(doc, &clusters, &defaults);
+        let (nodes, rejected) = self.nodes(doc, &clusters, &defaults);
         let vars = self.vars(doc, "vars");
         let secrets = self.secrets(doc);
         let sources = self.sources(doc);
-        self.check_clusters_have_nodes(&clusters, &nodes);
+        self.check_clusters_have_nodes(&clusters, &nodes, &rejected);
         Inventory {
             path: self.file.to_path_buf(),
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
@@ -550,8 +550,16 @@ impl Reader<'_> {
         Some((ip, span))
     }
 
-    fn nodes(&mut self, doc: &Table<'_>, clusters: &[(Cluster, Range<usize>)], defaults: &SshPartial) -> Vec<Node> {
+    /// The nodes, and the clusters named by node entries that were refused (already reported:
+    /// that such a cluster then has no nodes follows from it and is not reported again).
+    fn nodes(
+        &mut self,
+        doc: &Table<'_>,
+        clusters: &[(Cluster, Range<usize>)],
+        defaults: &SshPartial,
+    ) -> (Vec<Node>, Vec<String>) {
         let mut out: Vec<Node> = Vec::new();
+        let mut rejected = Vec::new();
         let tables = self.table_array(doc, "nodes");
         if tables.is_empty() && doc.get("nodes").is_none() {
             self.error(
@@ -587,6 +595,7 @@ impl Reader<'_> {
             let vars = self.vars(t, "vars");
             let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
             let (Some((name, name_span)), Some(address)) = (name, address) else {
+                rejected.extend(cluster);
                 continue;
             };
             if out.iter().any(|n| n.name == name) {
@@ -616,7 +625,7 @@ impl Reader<'_> {
             });
         }
         self.check_multi_node(clusters, &out, &written_roles);
-        out
+        (out, rejected)
     }
 
     /// `role = "control-plane" | "worker"` of a node entry.
@@ -768,9 +777,9 @@ impl Reader<'_> {
         out
     }
 
-    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node]) {
+    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node], rejected: &[String]) {
         for (c, span) in clusters {
-            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) {
+            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) && !rejected.contains(&c.name) {
                 self.error(
                     span.clone(),
                     format!("cluster `{}` has no nodes", c.name),

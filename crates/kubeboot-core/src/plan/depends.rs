@@ -99,33 +99,12 @@ pub fn check_registers(inv: &Inventory, books: &Playbooks) -> Diagnostics {
 
 /// The outputs a rendered task uses, in the order they appear.
 pub fn needs(action: &Action, unless: Option<&str>, env: &[(String, String)]) -> Vec<OutputRef> {
+    // Every text of the kind that reaches the node or the jump host: its command line, what it shows and what
+    // secrets are filled into.
     let mut texts: Vec<String> = Vec::new();
-    match action {
-        Action::Run { command } => texts.push(command.clone()),
-        Action::Wait { until, .. } => texts.push(until.clone()),
-        Action::Copy { files, owner } => {
-            for f in files {
-                texts.push(f.dest.clone());
-                texts.push(String::from_utf8_lossy(&f.content).into_owned());
-            }
-            texts.extend(owner.iter().cloned());
-        }
-        Action::Http(h) => {
-            texts.push(h.url.clone());
-            texts.extend(h.host.iter().chain(h.user.iter()).chain(h.password.iter()).cloned());
-            texts.extend(h.contains.iter().cloned());
-        }
-        Action::S3Buckets(b) => {
-            texts.extend([
-                b.endpoint.clone(),
-                b.region.clone(),
-                b.access_key.clone(),
-                b.secret_key.clone(),
-            ]);
-            texts.extend(b.buckets.iter().cloned());
-        }
-        Action::Fetch { src, dest, .. } => texts.extend([src.clone(), dest.clone()]),
-    }
+    texts.extend(action.command_line().into_iter().map(|(_, t)| t.to_string()));
+    texts.extend(action.shown().into_iter().map(|(_, t)| t.to_string()));
+    texts.extend(action.filled().into_iter().map(|t| t.into_owned()));
     texts.extend(unless.map(str::to_string));
     texts.extend(env.iter().map(|(_, v)| v.clone()));
     let mut out: Vec<OutputRef> = Vec::new();
@@ -143,7 +122,7 @@ pub fn needs(action: &Action, unless: Option<&str>, env: &[(String, String)]) ->
 /// planning, before any output exists).
 pub fn misplaced_outputs(def: &TaskDef, action: &Action, needs: &[OutputRef]) -> Vec<Diagnostic> {
     let mut out = Vec::new();
-    if (action.runs_on_jump_host() || matches!(action, Action::Fetch { .. })) && !needs.is_empty() {
+    if (action.runs_on_jump_host() || matches!(action, Action::Fetch(_))) && !needs.is_empty() {
         let l = &def.location;
         out.push(
             Diagnostic::at(
