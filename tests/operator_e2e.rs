@@ -134,3 +134,47 @@ fn the_demo_with_json_output_keeps_stdout_pure_json() {
         run.stderr
     );
 }
+
+/// The state letter of the node's sshd (`S` running, `T` stopped by a signal), or None when it is gone.
+fn sshd_state(t: &TestLab, node: &str) -> Option<char> {
+    let pid = fs::read_to_string(t.lab.dir.join("nodes").join(node).join("sshd.pid")).ok()?;
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next().filter(|c| *c != 'Z')
+}
+
+#[test]
+fn lab_stop_freeze_and_start_act_on_one_node() {
+    let t = start_lab(184, 2);
+    let lab_cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.arg("lab").args(args).arg("--dir").arg(&t.lab.dir);
+        run(c)
+    };
+    lab_cmd(&["freeze", "node-1"]).assert_code(0);
+    assert_eq!(sshd_state(&t, "node-1"), Some('T'));
+    assert_eq!(sshd_state(&t, "node-2"), Some('S'), "the other node is untouched");
+    lab_cmd(&["start", "node-1"]).assert_code(0);
+    assert_eq!(sshd_state(&t, "node-1"), Some('S'), "start thaws a frozen node");
+
+    lab_cmd(&["stop", "node-1"]).assert_code(0);
+    assert_eq!(sshd_state(&t, "node-1"), None);
+    let addr = |n: usize| format!("127.0.184.{n}:{}", 21840 + n - 1);
+    assert!(
+        std::net::TcpStream::connect(addr(1)).is_err(),
+        "node-1 still accepts connections"
+    );
+    assert!(std::net::TcpStream::connect(addr(2)).is_ok(), "node-2 was stopped too");
+    lab_cmd(&["start", "node-1"]).assert_code(0);
+    assert!(
+        std::net::TcpStream::connect(addr(1)).is_ok(),
+        "node-1 did not come back"
+    );
+
+    // And a run works against it again.
+    t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", "true")]));
+    t.apply(&[]).assert_code(0);
+
+    let unknown = lab_cmd(&["stop", "node-9"]);
+    assert_ne!(unknown.code, Some(0));
+    assert!(unknown.stderr.contains("no node node-9"), "{}", unknown.stderr);
+}
