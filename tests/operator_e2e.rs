@@ -178,3 +178,92 @@ fn lab_stop_freeze_and_start_act_on_one_node() {
     assert_ne!(unknown.code, Some(0));
     assert!(unknown.stderr.contains("no node node-9"), "{}", unknown.stderr);
 }
+
+/// An ssh-agent of this test's own, on a socket in `dir`; killed when dropped.
+struct Agent {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &std::path::Path) -> Agent {
+        let sock = dir.join("agent.sock");
+        let child = std::process::Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ssh-agent must be installed (openssh-client)");
+        assert!(
+            wait_until(Duration::from_secs(10), || sock.exists()),
+            "ssh-agent did not start"
+        );
+        Agent { child, sock }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_encrypted_key_file_whose_key_is_in_the_agent_logs_in_through_the_agent() {
+    let t = start_lab(185, 1);
+    let agent = Agent::start(t.work());
+    let key = t.lab.dir.join("id_ed25519");
+    let added = std::process::Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .expect("ssh-add runs");
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // The same key, encrypted with a passphrase kubeboot does not know.
+    let encrypted = t.work().join("id_encrypted");
+    fs::copy(&key, &encrypted).expect("copy the key");
+    let changed = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "a passphrase", "-f"])
+        .arg(&encrypted)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(changed.status.success(), "{}", String::from_utf8_lossy(&changed.stderr));
+    let inv = t.work().join("inventory.toml");
+    let text = fs::read_to_string(t.inventory())
+        .expect("read")
+        .replace(
+            &format!("key = \"{}\"", key.display()),
+            &format!("key = \"{}\"", encrypted.display()),
+        )
+        .replace("agent = false", "agent = true");
+    assert!(text.contains("id_encrypted") && text.contains("agent = true"), "{text}");
+    fs::write(&inv, text).expect("write");
+    t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", "true")]));
+
+    let mut cmd = t.kubeboot_with(&inv, &["apply", "--yes", "--output", "json"]);
+    cmd.env("SSH_AUTH_SOCK", &agent.sock);
+    let run1 = run(cmd);
+    run1.assert_code(0);
+    assert_eq!(t.log_lines("node-1"), ["one"]);
+
+    // Without the key in the agent, the error still says what to do about the encrypted file.
+    let removed = std::process::Command::new("ssh-add")
+        .arg("-D")
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .expect("ssh-add runs");
+    assert!(removed.status.success());
+    let mut cmd = t.kubeboot_with(&inv, &["apply", "--yes", "--output", "json", "--fresh"]);
+    cmd.env("SSH_AUTH_SOCK", &agent.sock);
+    let run2 = run(cmd);
+    run2.assert_code(1);
+    assert!(
+        run2.stdout
+            .contains("encrypted with a passphrase, and none of ssh-agent's keys was accepted"),
+        "{}",
+        run2.stdout
+    );
+}
