@@ -267,3 +267,36 @@ fn an_encrypted_key_file_whose_key_is_in_the_agent_logs_in_through_the_agent() {
         run2.stdout
     );
 }
+
+#[test]
+fn status_shows_the_run_holding_the_lock_before_it_finished_a_task() {
+    let t = start_lab(186, 1);
+    t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", "true")]));
+    t.apply(&[]).assert_code(0);
+    let first_run = t
+        .journal()
+        .iter()
+        .find(|r| r["record"] == "run")
+        .map(|r| str_of(&r["run"]))
+        .expect("the first run's record");
+
+    let sleeper = "sleep 5.186";
+    t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", sleeper)]));
+    let child = t.spawn_apply();
+    assert!(
+        wait_until(Duration::from_secs(20), || process_list().contains(sleeper)),
+        "the second run did not start its task"
+    );
+    let status = run(t.kubeboot(&["status", "--output", "json"]));
+    let text = run(t.kubeboot(&["status"]));
+    let _ = wait_with_cap(child, Duration::from_secs(30));
+    status.assert_code(0);
+    let row: serde_json::Value = serde_json::from_str(status.stdout.lines().next().expect("a row")).expect("JSON");
+    assert!(row["status"].is_null(), "not the previous run's result: {row}");
+    assert_ne!(
+        str_of(&row["run"]),
+        first_run,
+        "the run shown is the one under way: {row}"
+    );
+    assert!(text.stdout.contains("running (process "), "{}", text.stdout);
+}
