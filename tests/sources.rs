@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
+use kubeboot::task::{CopyFiles, Run, Wait};
 use kubeboot::{inventory, playbook};
 
 fn root() -> PathBuf {
@@ -50,10 +51,11 @@ fn node_texts(plan: &NodePlan) -> Vec<(String, String)> {
     for t in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
         let at = format!("{}/{}/{}", plan.node, t.stage, t.task);
         match &t.action {
-            Action::Run { command } => out.push((at.clone(), command.clone())),
-            Action::Wait { until, .. } => out.push((at.clone(), until.clone())),
-            Action::Http(_) | Action::S3Buckets(_) => {}
-            Action::Copy { files, .. } => {
+            Action::Run(Run { command }) => out.push((at.clone(), command.clone())),
+            Action::Wait(Wait { until, .. }) => out.push((at.clone(), until.clone())),
+            // Sent by kubeboot itself, from the jump host: nothing of it reaches the node.
+            Action::Http(_) | Action::S3Buckets(_) | Action::Fetch(_) => {}
+            Action::Copy(CopyFiles { files, .. }) => {
                 for f in files {
                     out.push((
                         format!("{at} {}", f.dest),
@@ -236,7 +238,7 @@ fn the_sources_urls_reach_the_preflight_check() {
         .iter()
         .find(|t| t.task == "sources answer")
         .expect("preflight checks the sources");
-    let Action::Run { command } = &check.action else {
+    let Action::Run(Run { command }) = &check.action else {
         panic!("a run task")
     };
     assert!(

@@ -31,8 +31,7 @@ pub enum Control {
     Cancel,
 }
 
-/// Where events go: the engine never waits for whoever reads them.
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use crate::event::EventSink;
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +60,8 @@ pub struct RunSpec {
     pub accept_new_host_keys: bool,
     /// Nodes whose unknown host key the operator accepted on the confirmation screen: recorded, for these only.
     pub accept_host_keys_for: HashSet<String>,
+    /// Where `fetch` tasks with a relative `dest` write (the state dir).
+    pub fetch_root: std::path::PathBuf,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
 }

@@ -32,7 +32,7 @@ const SSH_KEYS: &[&str] = &[
     "keepalive",
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vars"];
-const NODE_KEYS: &[&str] = &["name", "address", "cluster", "vars", "bundle_port"];
+const NODE_KEYS: &[&str] = &["name", "address", "ssh_address", "cluster", "vars", "bundle_port"];
 pub(super) const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
 const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env = \"VAR\"` (an environment variable) \
                            or `password_file = \"path\"` (a file readable only by you)";
@@ -535,6 +535,7 @@ impl Reader<'_> {
             self.check_keys(t, &allowed, &["password", "sudo_password"], "a [[nodes]] entry");
             let name = self.name(t, span.clone(), "node");
             let address = self.address(t, span.clone());
+            let ssh_address = self.ssh_address(t);
             let cluster = match self.string(t, "cluster") {
                 Some((c, cspan)) => {
                     if !clusters.iter().any(|(k, _)| k.name == c) {
@@ -565,6 +566,7 @@ impl Reader<'_> {
             out.push(Node {
                 name,
                 address,
+                ssh_address,
                 cluster,
                 ssh,
                 vars,
@@ -591,6 +593,19 @@ impl Reader<'_> {
                 aspan,
                 format!("address `{a}` is neither an IP address nor a valid host name"),
                 Some("write an IP like \"192.168.101.194\" or a host name like \"node-194.lab\"".into()),
+            );
+            return None;
+        }
+        Some(a)
+    }
+
+    fn ssh_address(&mut self, t: &Table<'_>) -> Option<String> {
+        let (a, aspan) = self.string(t, "ssh_address")?;
+        if a.parse::<IpAddr>().is_err() && !valid_dns_name(&a) {
+            self.error(
+                aspan,
+                format!("ssh_address `{a}` is neither an IP address nor a valid host name"),
+                Some("write the IP or host name kubeboot's SSH connection goes to, e.g. \"10.0.0.5\"".into()),
             );
             return None;
         }
