@@ -1,7 +1,7 @@
 //! The commands behind the command line: load and check the input, choose the frontend,
 //! run the engine, and map the outcome to an exit code.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -347,10 +347,14 @@ pub(crate) async fn run_playbooks(
                 tracing::info!(nodes = ?names, "the operator accepted these unknown host keys");
             }
             spec.accept_host_keys_for = accept_host_keys_for;
+            state.mark_latest(&spec_run_id);
             let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
+            // Declined: nothing ran, so no log folder of this run stays and `logs/latest` keeps
+            // pointing at the last run that did.
             drop(events);
+            let _ = std::fs::remove_dir_all(&log_dir);
             None
         };
         let _ = fanout_thread.join();
@@ -376,6 +380,7 @@ pub(crate) async fn run_playbooks(
         };
         let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
         spawn_interrupt_handler(control_tx.clone());
+        state.mark_latest(&spec_run_id);
         let _ = events.send(started);
         let result = engine::run(spec, events, control_rx).await;
         drop(control_tx);
@@ -486,6 +491,8 @@ fn read_secrets(
     let mut problems = Diagnostics::default();
     let mut per_node = HashMap::new();
     let at = |line: usize, msg: String| Diagnostic::at(&cli.inventory, line, 1, msg);
+    // Nodes whose sudo password variable is unset and that use their login password instead.
+    let mut sudo_fallback: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &input.nodes {
         let Some(node) = input.inventory.node(name) else {
             continue;
@@ -505,6 +512,12 @@ fn read_secrets(
         };
         let password = read(&node.ssh.password, "SSH password");
         let sudo_password = match &node.ssh.sudo_password {
+            // The guide's promise: without its own sudo password, sudo uses the login password. A
+            // named variable that is not set counts as none when there is a login password.
+            Some(inventory::SecretSource::Env(var)) if password.is_some() && std::env::var_os(var).is_none() => {
+                sudo_fallback.entry(var.clone()).or_default().push(name.clone());
+                password.clone()
+            }
             Some(_) => read(&node.ssh.sudo_password, "sudo password"),
             None => password.clone(),
         };
@@ -514,6 +527,12 @@ fn read_secrets(
                 password,
                 sudo_password,
             },
+        );
+    }
+    for (var, nodes) in &sudo_fallback {
+        eprintln!(
+            "note: {var} is not set: sudo uses the SSH login password on {}",
+            nodes.join(", ")
         );
     }
     let mut used = BTreeSet::new();

@@ -145,7 +145,16 @@ async fn run_session(
                 );
                 TaskStatus::Skipped
             }
-            Decision::Run => run_task(shared, name, session, task, index, total).await?,
+            Decision::Run => match run_task(shared, name, session, task, index, total).await {
+                Ok(status) => status,
+                Err(stop) => {
+                    // The task that stopped the node counts in the node's `failed` (the summary's FAILED column).
+                    if matches!(stop, Stop::Failed(_)) {
+                        counts.add(TaskStatus::Failed);
+                    }
+                    return Err(stop);
+                }
+            },
         };
         counts.add(status);
     }

@@ -404,7 +404,7 @@ impl Reader<'_> {
             None => SshPartial::default(),
         };
         let clusters = self.clusters(doc);
-        let nodes = self.nodes(doc, &clusters, &defaults);
+        let (nodes, rejected) = self.nodes(doc, &clusters, &defaults);
         let vars = self.vars(doc, "vars");
         let mut secrets = self.secrets(doc);
         let sources = self.sources(doc);
@@ -416,7 +416,7 @@ impl Reader<'_> {
                 }
             }
         }
-        self.check_clusters_have_nodes(&clusters, &nodes);
+        self.check_clusters_have_nodes(&clusters, &nodes, &rejected);
         Inventory {
             path: self.file.to_path_buf(),
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
@@ -519,8 +519,16 @@ impl Reader<'_> {
         Some((ip, span))
     }
 
-    fn nodes(&mut self, doc: &Table<'_>, clusters: &[(Cluster, Range<usize>)], defaults: &SshPartial) -> Vec<Node> {
+    /// The nodes, and the clusters named by node entries that were refused (already reported:
+    /// that such a cluster then has no nodes follows from it and is not reported again).
+    fn nodes(
+        &mut self,
+        doc: &Table<'_>,
+        clusters: &[(Cluster, Range<usize>)],
+        defaults: &SshPartial,
+    ) -> (Vec<Node>, Vec<String>) {
         let mut out: Vec<Node> = Vec::new();
+        let mut rejected = Vec::new();
         let tables = self.table_array(doc, "nodes");
         if tables.is_empty() && doc.get("nodes").is_none() {
             self.error(
@@ -553,6 +561,7 @@ impl Reader<'_> {
             let vars = self.vars(t, "vars");
             let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
             let (Some((name, name_span)), Some(address)) = (name, address) else {
+                rejected.extend(cluster);
                 continue;
             };
             if out.iter().any(|n| n.name == name) {
@@ -574,7 +583,7 @@ impl Reader<'_> {
                 line: self.line(span.start),
             });
         }
-        out
+        (out, rejected)
     }
 
     fn address(&mut self, t: &Table<'_>, span: Range<usize>) -> Option<String> {
@@ -652,9 +661,9 @@ impl Reader<'_> {
         out
     }
 
-    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node]) {
+    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node], rejected: &[String]) {
         for (c, span) in clusters {
-            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) {
+            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) && !rejected.contains(&c.name) {
                 self.error(
                     span.clone(),
                     format!("cluster `{}` has no nodes", c.name),

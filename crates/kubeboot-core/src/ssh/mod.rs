@@ -56,7 +56,7 @@ pub struct Target {
     pub new_host_keys: NewHostKeys,
     /// Limit for connecting and authenticating.
     pub connect_timeout: Duration,
-    /// Keepalive interval; 3 unanswered keepalives mean the node is lost.
+    /// Keepalive interval; a node that sends nothing for 3 intervals (keepalives unanswered) is lost.
     pub keepalive: Duration,
 }
 
@@ -279,7 +279,11 @@ impl Session {
             // Without it every small packet waits for Nagle: ~45 ms more per command.
             nodelay: true,
             keepalive_interval: Some(target.keepalive),
-            keepalive_max: 3,
+            // russh sends a keepalive after each `keepalive_interval` of silence and gives up at the
+            // first timer past `keepalive_max` unanswered ones: with 2, a node is lost after 3
+            // intervals with nothing from it (30 s by default, as the guide says), not 4.
+            // Checked against russh 0.65.1 client/mod.rs (`alive_timeouts > keepalive_max`).
+            keepalive_max: 2,
             inactivity_timeout: None,
             ..Default::default()
         });
@@ -591,7 +595,8 @@ impl Session {
         let t = &self.inner.target;
         let why = if self.inner.keepalive_timed_out.load(Ordering::SeqCst) {
             format!(
-                ": the node stopped answering (3 keepalives every {} went unanswered)",
+                ": the node stopped answering (nothing from it for {}: keepalives every {} went unanswered)",
+                humantime::format_duration(t.keepalive * 3),
                 humantime::format_duration(t.keepalive)
             )
         } else {

@@ -139,8 +139,8 @@ impl Kind for Fetch {
     /// The node prints the file (digest + base64, never shown as output), kubeboot writes it here.
     async fn run(&self, cx: &RunCx<'_>) -> Result<TaskStatus, Failure> {
         let src = &self.src;
-        let (exit, lines, tail) = cx.capture(&script(src), cx.timeout).await?;
-        check_exit(exit, tail)?;
+        let (exit, lines, errors) = cx.capture(&script(src), cx.timeout).await?;
+        check_exit(exit, errors)?;
         let bytes = decode(&lines).map_err(|e| Failure::Other(format!("fetching {src}: {e}")))?;
         let path = destination(cx.fetch_root, &self.dest);
         let written = write(&path, &bytes, self.overwrite).map_err(Failure::Other)?;

@@ -169,13 +169,8 @@ impl RunCx<'_> {
     }
 
     /// Runs a script of this task on the node; streams its output as events when `show` is set. Returns the
-    /// exit and the last lines (the last stderr line last), for a failure message.
-    pub async fn exec(
-        &self,
-        script: &str,
-        show: bool,
-        limit: Option<Duration>,
-    ) -> Result<(Exit, Vec<String>), Failure> {
+    /// exit and what explains a failure: the last error line, apart from the last output lines.
+    pub async fn exec(&self, script: &str, show: bool, limit: Option<Duration>) -> Result<(Exit, Lines), Failure> {
         let command = Command {
             script: script.to_string(),
             env: self.env.iter().map(|(k, v)| (k.clone(), self.vault.fill(v))).collect(),
@@ -210,24 +205,16 @@ impl RunCx<'_> {
                 .map_err(|_| Failure::Timeout(limit))??,
             None => run.await?,
         };
-        let mut tail: Vec<String> = lock(&tail).drain(..).collect();
-        // The last error line explains a failure better than the last output line, and the two streams may
-        // arrive in any order (stdout comes in batches): it goes last, where the failure message looks.
-        if let Some(line) = lock(&last_error).take()
-            && tail.last() != Some(&line)
-        {
-            tail.push(line);
-        }
-        Ok((exit, tail))
+        let tail: Vec<String> = lock(&tail).drain(..).collect();
+        // The two streams may arrive in any order (stdout comes in batches), so the error line is kept on its
+        // own rather than looked for at the end of the output.
+        let last_error = lock(&last_error).take();
+        Ok((exit, Lines { tail, last_error }))
     }
 
     /// Runs a script of this task and keeps all of its stdout, not shown (it may be a file's content).
     /// Returns the exit, the stdout lines and the first stderr lines.
-    pub async fn capture(
-        &self,
-        script: &str,
-        limit: Option<Duration>,
-    ) -> Result<(Exit, Vec<String>, Vec<String>), Failure> {
+    pub async fn capture(&self, script: &str, limit: Option<Duration>) -> Result<(Exit, Vec<String>, Lines), Failure> {
         let command = Command {
             script: script.to_string(),
             env: Vec::new(),
@@ -252,8 +239,9 @@ impl RunCx<'_> {
             None => run.await?,
         };
         let out = std::mem::take(&mut *lock(&stdout));
-        let err = std::mem::take(&mut *lock(&stderr));
-        Ok((exit, out, err))
+        let tail: Vec<String> = std::mem::take(&mut *lock(&stderr));
+        let last_error = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned();
+        Ok((exit, out, Lines { tail, last_error }))
     }
 
     /// Work kubeboot does itself on the jump host, within the task's limit (or `default`) and cancellation.
@@ -274,10 +262,23 @@ impl RunCx<'_> {
     }
 }
 
+/// What a command left to explain a failure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// Its last lines, both streams, in arrival order.
+    pub tail: Vec<String>,
+    /// Its last non-empty stderr line: the reason a failure gives.
+    pub last_error: Option<String>,
+}
+
 /// Why one attempt of a task failed.
 #[derive(Debug)]
 pub enum Failure {
-    Exit { code: i32, tail: Vec<String> },
+    /// The command ended with this code; `error` is its last stderr line (never a line of its output).
+    Exit {
+        code: i32,
+        error: Option<String>,
+    },
     Signal(String),
     Timeout(Duration),
     Lost(String),
@@ -289,13 +290,10 @@ impl Failure {
     /// One line for the operator: the exit code with the last error line, the signal, the limit...
     pub fn message(&self) -> String {
         match self {
-            Failure::Exit { code, tail } => {
-                let last = tail.iter().rev().find(|l| !l.trim().is_empty());
-                match last {
-                    Some(line) => format!("exit code {code}: {}", line.trim()),
-                    None => format!("exit code {code}"),
-                }
-            }
+            Failure::Exit { code, error } => match error {
+                Some(line) => format!("exit code {code}: {}", line.trim()),
+                None => format!("exit code {code} (nothing on stderr; the output is in the node's log)"),
+            },
             Failure::Signal(sig) => format!("killed by signal {sig}"),
             Failure::Timeout(after) => format!(
                 "timed out after {} (the command was stopped)",
@@ -326,11 +324,14 @@ impl From<SshError> for Failure {
     }
 }
 
-/// Ok for exit code 0, else the failure with the command's last lines.
-pub fn check_exit(exit: Exit, tail: Vec<String>) -> Result<(), Failure> {
+/// Ok for exit code 0, else the failure with the command's last error line.
+pub fn check_exit(exit: Exit, lines: Lines) -> Result<(), Failure> {
     match exit {
         Exit::Code(0) => Ok(()),
-        Exit::Code(code) => Err(Failure::Exit { code, tail }),
+        Exit::Code(code) => Err(Failure::Exit {
+            code,
+            error: lines.last_error,
+        }),
         Exit::Signal(sig) => Err(Failure::Signal(sig)),
     }
 }
