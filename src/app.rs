@@ -837,6 +837,35 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             println!("lab down: {}", dir.display());
             Ok(Exit::Ok)
         }
+        // Only the lab's own processes: each acts on the sshd recorded in the node's PID file
+        // (checked to be an sshd) and on what runs under it.
+        LabCommand::Stop(n) => {
+            lab::stop_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab stop: {} (start it again with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Freeze(n) => {
+            lab::pause_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab freeze: {} (thaw it with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Start(n) => {
+            lab::resume_node(&n.dir, &n.node)
+                .and_then(|()| lab::start_node(&n.dir, &n.node))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab start: {}", n.node);
+            Ok(Exit::Ok)
+        }
     }
 }
 
