@@ -643,6 +643,26 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
     let mut rows = Vec::new();
     for p in &plans {
         let left: Vec<&plan::PlannedTask> = p.tasks.iter().filter(|t| t.decision == Decision::Run).collect();
+        // The run holding the lock has started on this node but not finished anything there yet:
+        // the node is in that run, whatever its previous run said.
+        let current = running
+            .and_then(|pid| progress.started_run_of(pid, &p.node))
+            .filter(|(run, _)| progress.node(&p.node).is_none_or(|n| n.run != *run));
+        if let Some((run, ts)) = current {
+            rows.push(serde_json::json!({
+                "node": p.node,
+                "cluster": p.cluster,
+                "run": run,
+                "updated": ts,
+                "status": null,
+                "last_done": null,
+                "failed": null,
+                "done": p.tasks.len() - left.len(),
+                "left": left.len(),
+                "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
+            }));
+            continue;
+        }
         let node = progress.node(&p.node);
         rows.push(serde_json::json!({
             "node": p.node,
@@ -859,6 +879,35 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
         LabCommand::Down { dir } => {
             lab::down(dir).map_err(|e| Failure::Other(e.to_string()))?;
             println!("lab down: {}", dir.display());
+            Ok(Exit::Ok)
+        }
+        // Only the lab's own processes: each acts on the sshd recorded in the node's PID file
+        // (checked to be an sshd) and on what runs under it.
+        LabCommand::Stop(n) => {
+            lab::stop_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab stop: {} (start it again with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Freeze(n) => {
+            lab::pause_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab freeze: {} (thaw it with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Start(n) => {
+            lab::resume_node(&n.dir, &n.node)
+                .and_then(|()| lab::start_node(&n.dir, &n.node))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab start: {}", n.node);
             Ok(Exit::Ok)
         }
     }

@@ -329,6 +329,13 @@ pub fn plan_node(
             continue;
         }
         let ctx = Context::new(inv, n, stage, facts, &registry);
+        for problem in ctx.problems() {
+            let d = Diagnostic::at(&inv.path, inv.sources.line.max(1), 1, problem.clone())
+                .with_hint("a [sources] text may use the node's variables and facts, like a playbook");
+            if !diags.0.contains(&d) {
+                diags.push(d);
+            }
+        }
         for (i, def) in stage.tasks.iter().enumerate() {
             match plan_task(&renderer, books, stage, def, &ctx) {
                 Ok(mut t) => {
