@@ -5,6 +5,7 @@
 //! failing node never stops the others. The engine knows nothing about screens: it only
 //! sends [`Event`]s and listens for [`Control`] requests.
 
+pub mod fetch;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -61,6 +62,8 @@ pub struct RunSpec {
     pub accept_new_host_keys: bool,
     /// Nodes whose unknown host key the operator accepted on the confirmation screen: recorded, for these only.
     pub accept_host_keys_for: HashSet<String>,
+    /// Where `fetch` tasks with a relative `dest` write (the state dir).
+    pub fetch_root: std::path::PathBuf,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
 }

@@ -28,6 +28,7 @@ pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
 use host_key::Verdict;
 use script::LineBuffer;
+pub(crate) use script::quote;
 
 /// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
 const MAX_CHANNELS: usize = 8;
@@ -253,8 +254,9 @@ struct Inner {
     persistent: AtomicBool,
     /// The persistent shells: `[login user, root]`, started on first use and again if one ends.
     executors: [tokio::sync::Mutex<Option<Arc<executor::Executor>>>; 2],
+    /// A shell that only holds a folder for uploads in transit, when the node runs no persistent shell.
+    files_shell: tokio::sync::Mutex<Option<Arc<executor::Executor>>>,
     become_mode: OnceCell<Become>,
-    temp_dir: OnceCell<String>,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
 }
 
@@ -313,8 +315,8 @@ impl Session {
                 // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
                 persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
                 executors: Default::default(),
+                files_shell: Default::default(),
                 become_mode: OnceCell::new(),
-                temp_dir: OnceCell::new(),
                 sftp: OnceCell::new(),
             }),
         })
@@ -396,18 +398,18 @@ impl Session {
         self.inner.persistent.store(on, Ordering::SeqCst);
     }
 
-    /// Closes the connection (after removing the session's temporary folder, if it made one).
+    /// Closes the connection. Each shell on the node is told to end first and given a moment to
+    /// remove its folder (it would on its own once the connection is gone; this makes it certain
+    /// before kubeboot exits).
     pub async fn close(&self) {
-        if let Some(dir) = self.inner.temp_dir.get() {
-            let cmd = Command {
-                script: format!("rm -rf -- {}", script::quote(dir)),
-                ..Default::default()
-            };
-            let _ = self.exec(&cmd, &|_, _| {}, &CancellationToken::new()).await;
+        let mut shells = Vec::new();
+        for slot in self.inner.executors.iter().chain([&self.inner.files_shell]) {
+            if let Some(shell) = slot.lock().await.take() {
+                shells.push(shell);
+            }
         }
-        for slot in &self.inner.executors {
-            slot.lock().await.take();
-        }
+        futures::future::join_all(shells.iter().map(|s| s.close(Duration::from_secs(3)))).await;
+        drop(shells);
         let _ = self
             .inner
             .handle
@@ -446,7 +448,11 @@ impl Session {
             p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
         };
-        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, |w| self.lost(w));
+        let options = executor::ShellOptions {
+            beat: self.inner.target.keepalive,
+            need_setsid: true,
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, options, |w| self.lost(w));
         let started = tokio::select! {
             r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
@@ -464,6 +470,53 @@ impl Session {
                 Ok(None)
             }
             Err(executor::StartError::Ssh(e)) => Err(e),
+        }
+    }
+
+    /// A folder private to the login user for uploads in transit: the login shell's own folder, or
+    /// when the node runs no persistent shell, that of a shell started only to hold one. Either way
+    /// it goes away with its shell, however the session ends.
+    async fn files_dir(&self, cancel: &CancellationToken) -> Result<String, SshError> {
+        if self.inner.persistent.load(Ordering::SeqCst)
+            && let Some(shell) = self.executor(false, cancel).await?
+        {
+            return Ok(shell.dir().to_string());
+        }
+        let mut slot = self.inner.files_shell.lock().await;
+        if let Some(shell) = slot.as_ref()
+            && shell.is_alive()
+        {
+            return Ok(shell.dir().to_string());
+        }
+        let permit = tokio::select! {
+            p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let options = executor::ShellOptions {
+            beat: self.inner.target.keepalive,
+            need_setsid: false,
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, "sh -s", Vec::new(), options, |w| {
+            self.lost(w)
+        });
+        let started = tokio::select! {
+            r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        match started {
+            Ok(Ok(shell)) => {
+                let dir = shell.dir().to_string();
+                *slot = Some(Arc::new(shell));
+                Ok(dir)
+            }
+            Ok(Err(executor::StartError::Ssh(e))) => Err(e),
+            Ok(Err(executor::StartError::Unsupported)) | Err(_) => Err(SshError::Upload {
+                dest: String::new(),
+                reason: format!(
+                    "cannot make a temporary folder on {} — check /tmp (or $TMPDIR) is writable and not full, and that mktemp is installed",
+                    self.inner.target.node
+                ),
+            }),
         }
     }
 
