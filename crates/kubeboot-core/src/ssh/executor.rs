@@ -561,7 +561,7 @@ mod tests {
             .expect("dash runs");
         let mut stdin = shell.stdin.take().expect("stdin");
         let mut lines = BufReader::new(shell.stdout.take().expect("stdout")).lines();
-        stdin.write_all(prelude(nonce).as_bytes()).expect("prelude");
+        stdin.write_all(prelude(nonce, 60, true).as_bytes()).expect("prelude");
         let mut wait_for = |frame: String| {
             for line in lines.by_ref() {
                 if line.expect("a line") == frame {
@@ -598,9 +598,7 @@ mod tests {
                 },
             )
         });
-        let bare = |body: &'static str| {
-            move |nonce: &str, id: u64| format!("{body}\necho '{nonce} {id} D'\n")
-        };
+        let bare = |body: &'static str| move |nonce: &str, id: u64| format!("{body}\necho '{nonce} {id} D'\n");
         let floor = cost_per_job(n, bare("true"));
         let spawn = cost_per_job(n, bare("setsid sh -s </dev/null"));
         let fork = cost_per_job(n, bare("( true )"));
