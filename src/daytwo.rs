@@ -13,11 +13,30 @@ use serde_json::Value as Json;
 use crate::app::{DayTwo, Exit, Failure, run_id, run_playbooks};
 use crate::cli::{ApplyArgs, Cli, KubeconfigArgs, ResetArgs, RunArgs, SelectArgs};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::engine::fetch;
 use crate::event::NodeStatus;
 use crate::inventory::{self, Inventory};
 use crate::journal::{Progress, Record, StateDir};
 use crate::kubeconfig;
+use crate::task::fetch;
+
+/// With `--output json` stdout carries only events: the commands' own report lines go to stderr then.
+static REPORT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints one report line of a day-two command (stdout, or stderr under `--output json`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if REPORT_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
+}
+
+fn report_mode(run: &RunArgs) {
+    let json = run.output == crate::cli::OutputFormat::Json;
+    REPORT_TO_STDERR.store(json, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// `ApplyArgs` for a day-two run.
 fn apply_args(run: &RunArgs, limit: Vec<String>, yes: bool) -> ApplyArgs {
@@ -90,14 +109,26 @@ fn read_progress(cli: &Cli) -> Result<Progress, Failure> {
 // ---------------------------------------------------------------------------------------------------------------
 // kubeconfig
 
-/// The host the kubeconfig's server points at: the node's address (the API server's advertise address and
-/// controlPlaneEndpoint of the shipped install). A cluster VIP, once the inventory has one, belongs here.
-fn api_host(node: &inventory::Node) -> String {
-    node.address.clone()
+/// The host the kubeconfig's server points at: the kubeconfig stage's `kubeconfig_server` var rendered for the
+/// cluster's first node (the shipped one: the cluster's `vip` when it has one, else the node's address — the
+/// API server's advertise address and controlPlaneEndpoint of the shipped install). Without the var, the address.
+fn api_host(inv: &Inventory, stage: Option<&crate::playbook::Stage>, node: &inventory::Node) -> String {
+    let rendered = stage.and_then(|stage| {
+        let text = stage.vars.get("kubeconfig_server").and_then(Json::as_str)?;
+        let ctx = crate::playbook::template::Context::new(inv, node, stage, &crate::facts::Facts::assumed());
+        crate::playbook::template::Renderer::new()
+            .render(text, &stage.location, "vars.kubeconfig_server", &ctx)
+            .ok()
+    });
+    match rendered.map(|s| s.trim().to_string()) {
+        Some(host) if !host.is_empty() => host,
+        _ => node.address.clone(),
+    }
 }
 
 /// `kubeboot kubeconfig`: fetch every selected cluster's admin.conf, then write one file with a context per cluster.
 pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit, Failure> {
+    report_mode(&args.run);
     let target = match (&args.out, args.merge) {
         (Some(out), _) => out.clone(),
         (None, true) => home_kubeconfig()?,
@@ -133,6 +164,9 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
     let Some(run) = run else { return Ok(exit) };
     let inv = inventory::load(&cli.inventory)?;
     let progress = read_progress(cli)?;
+    let assets = cli.assets.clone().unwrap_or_else(|| cli.playbooks.join("../assets"));
+    let books = crate::playbook::load(&cli.playbooks.join("kubeconfig"), &assets)?;
+    let stage = books.stages.iter().find(|s| s.name == "kubeconfig");
     let mut combined = Json::Object(Default::default());
     let mut names = Vec::new();
     let mut missing = Vec::new();
@@ -146,7 +180,7 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
             continue;
         }
         let text = std::fs::read_to_string(&file).map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
-        let renamed = kubeconfig::rename(&text, &cluster, &api_host(first)).map_err(|e| {
+        let renamed = kubeconfig::rename(&text, &cluster, &api_host(&inv, stage, first)).map_err(|e| {
             Failure::Other(format!(
                 "{cluster}: the admin kubeconfig fetched from {}: {e}",
                 first.name
@@ -166,13 +200,13 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
     let yaml = kubeconfig::to_yaml(&out).map_err(|e| Failure::Other(e.to_string()))?;
     fetch::write(&target, yaml.as_bytes(), true).map_err(Failure::Other)?;
     let how = if args.merge { "merged into" } else { "written to" };
-    println!(
+    say!(
         "kubeconfig: {} context(s) {how} {} (mode 0600): {}",
         names.len(),
         target.display(),
         names.join(", ")
     );
-    println!(
+    say!(
         "  try: kubectl --kubeconfig {} --context {} get nodes",
         target.display(),
         names[0]
@@ -207,6 +241,7 @@ fn backup_vars(required: bool) -> BTreeMap<String, Json> {
 
 /// `kubeboot backup`: an etcd snapshot of each selected cluster, kept on the jump host.
 pub(crate) async fn backup(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let day_two = DayTwo {
         folders: vec!["backup"],
         vars: backup_vars(true),
@@ -252,7 +287,7 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         vault.add_mask(secret.clone());
         vault.insert(name, secret);
     }
-    let target = crate::jump::S3Upload {
+    let target = crate::task::s3_buckets::S3Upload {
         endpoint: var("s3_endpoint"),
         region: var("s3_region"),
         bucket: bucket.clone(),
@@ -271,10 +306,10 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         };
         let key = format!("etcd/{cluster}/{file}");
         let bytes = std::fs::read(&path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
-        match crate::jump::s3_put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
-            Ok(crate::jump::Uploaded::Stored) => println!("etcd snapshot uploaded: s3://{bucket}/{key}"),
-            Ok(crate::jump::Uploaded::AlreadyThere) => {
-                println!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
+        match crate::task::s3_buckets::put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
+            Ok(crate::task::s3_buckets::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
+            Ok(crate::task::s3_buckets::Uploaded::AlreadyThere) => {
+                say!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
             }
             Err(e) => {
                 let why = vault.redact(&e.to_string());
@@ -306,7 +341,7 @@ fn report_backups(cli: &Cli, day_two: &DayTwo) -> Vec<PathBuf> {
     kept.sort();
     for p in &kept {
         let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        println!("etcd snapshot kept: {} ({size} bytes, mode 0600)", p.display());
+        say!("etcd snapshot kept: {} ({size} bytes, mode 0600)", p.display());
     }
     kept
 }
@@ -327,6 +362,7 @@ fn command_stages(cli: &Cli, day_two: &DayTwo) -> Vec<String> {
 
 /// `kubeboot reset`: typed confirmation, then the backup and reset playbooks.
 pub(crate) async fn reset(cli: &Cli, args: &ResetArgs) -> Result<Exit, Failure> {
+    report_mode(&args.run);
     let inv = inventory::load(&cli.inventory)?;
     let clusters = selected_clusters(&inv, &args.run.limit)?;
     if !args.run.dry_run {
@@ -350,7 +386,7 @@ pub(crate) async fn reset(cli: &Cli, args: &ResetArgs) -> Result<Exit, Failure> 
     if run.is_some() {
         let exit = keep_backups(cli, &day_two, exit).await?;
         if exit == Exit::Ok {
-            println!(
+            say!(
                 "reset: {} — `kubeboot apply --limit {}` installs them again",
                 clusters.join(", "),
                 clusters.join(",")
@@ -564,6 +600,7 @@ fn check_upgrade_step(cli: &Cli, inv: &Inventory, nodes: &[String], progress: &P
 /// `kubeboot upgrade`: etcd snapshot, then the upgrade playbooks, one node of each cluster at a time (the first
 /// control plane first), clusters in parallel.
 pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let inv = inventory::load(&cli.inventory)?;
     let clusters = selected_clusters(&inv, &args.limit)?;
     let day_two = DayTwo {
@@ -590,7 +627,7 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
             break;
         }
         if waves > 1 {
-            println!("upgrade: step {}/{waves}: {}", wave + 1, nodes.join(", "));
+            say!("upgrade: step {}/{waves}: {}", wave + 1, nodes.join(", "));
         }
         let (exit, run) = run_playbooks(cli, &apply_args(args, nodes.clone(), true), Some(&day_two)).await?;
         let Some(run) = run else { return Ok(exit) };
@@ -626,6 +663,7 @@ pub(crate) async fn upgrade(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> 
 
 /// `kubeboot renew-certs`: kubeadm renews every certificate; the control-plane pods restart to load them.
 pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failure> {
+    report_mode(args);
     let day_two = DayTwo {
         folders: vec!["renew-certs"],
         vars: BTreeMap::new(),
@@ -634,7 +672,7 @@ pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failu
     };
     let (exit, run) = run_playbooks(cli, &apply_args(args, args.limit.clone(), false), Some(&day_two)).await?;
     if run.is_some() && exit == Exit::Ok {
-        println!("renew-certs: done — run `kubeboot kubeconfig` to fetch the renewed admin kubeconfig");
+        say!("renew-certs: done — run `kubeboot kubeconfig` to fetch the renewed admin kubeconfig");
     }
     Ok(exit)
 }
@@ -642,6 +680,26 @@ pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_server_is_the_clusters_vip_when_it_has_one() {
+        let inv_text = "[ssh]\nuser = \"u\"\n[[clusters]]\nname = \"c1\"\nrole = \"central\"\n[[clusters]]\nname = \"c2\"\nrole = \"edge\"\n[clusters.vars]\nvip = \"10.0.0.9\"\n[[nodes]]\nname = \"n1\"\naddress = \"10.0.0.1\"\ncluster = \"c1\"\n[[nodes]]\nname = \"n2\"\naddress = \"10.0.0.2\"\ncluster = \"c2\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.toml");
+        std::fs::write(&path, inv_text).unwrap();
+        let inv = match inventory::load(&path) {
+            Ok(i) => i,
+            Err(d) => panic!("{d}"),
+        };
+        let books = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/kubeconfig");
+        let stage = match crate::playbook::load(&books, &books) {
+            Ok(b) => b.stages.into_iter().next().unwrap(),
+            Err(d) => panic!("{d}"),
+        };
+        assert_eq!(api_host(&inv, Some(&stage), inv.node("n1").unwrap()), "10.0.0.1");
+        assert_eq!(api_host(&inv, Some(&stage), inv.node("n2").unwrap()), "10.0.0.9");
+        assert_eq!(api_host(&inv, None, inv.node("n2").unwrap()), "10.0.0.2");
+    }
 
     #[test]
     fn minor_versions_read_every_spelling() {

@@ -348,6 +348,23 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     assert!(started, "the upgrade never reached kubeadm upgrade plan");
     let resumed = t.kubeboot(&["upgrade", "--yes", "--output", "json"]);
     resumed.assert_code(0);
+    // It continued: what finished before the kill is skipped as done, and kubeadm was installed once.
+    let done_before: Vec<String> = resumed
+        .events_of("task_finished")
+        .into_iter()
+        .filter(|e| e["node"] == "node-198" && e["stage"] == "upgrade" && e["reason"] == "done")
+        .map(|e| e["task"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        done_before.iter().any(|t| t == "kubeadm of the new version"),
+        "the resumed upgrade redid finished tasks: {done_before:?}\n{resumed}"
+    );
+    let installs = t
+        .calls("node-198")
+        .iter()
+        .filter(|c| c.contains("install -y kubeadm=1.35."))
+        .count();
+    assert_eq!(installs, 1, "node-198: kubeadm 1.35 installed again after the resume");
     for node in NODES {
         let calls = t.calls(node);
         let start = calls
