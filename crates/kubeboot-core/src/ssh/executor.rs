@@ -581,8 +581,9 @@ mod tests {
     }
 
     /// A measurement, not a check: what one `true` job costs in dash, beside what a bare `true`
-    /// and the job's own spawn (`setsid sh`) cost in the same shell. On the 2-core bench machine:
-    /// ~2.4 ms per job (7 forks, 3.5 ms before), floor ~0.01 ms, `setsid sh -s` ~1.3 ms.
+    /// and the job's own spawn (`setsid sh`) cost in the same shell. On the 2-core bench machine at
+    /// load 8: 3.45 ms per job (the seven-fork text before: ~4.0 ms), a bare `true` 0.02 ms, one
+    /// fork 0.19 ms, `setsid sh -s` 1.69 ms (see benches/ssh/README.md).
     /// `cargo test -p kubeboot-core --lib job_text_cost -- --ignored --nocapture`
     #[test]
     #[ignore = "prints CPU per job; run by hand"]
