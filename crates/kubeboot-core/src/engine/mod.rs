@@ -21,6 +21,7 @@ use crate::journal::Progress;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
 use crate::secrets::{Secret, Vault};
+use crate::ssh;
 
 /// What a frontend may ask of a running engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +65,30 @@ pub struct RunSpec {
     pub fetch_root: std::path::PathBuf,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
+}
+
+/// The SSH target for an inventory node: the one place a node's settings become an [`ssh::Target`].
+/// `accept_new_host_key` records an unknown host key instead of following the node's `new_host_keys`.
+pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
+    let s = &node.ssh;
+    ssh::Target {
+        node: node.name.clone(),
+        host: node.connect_address().to_string(),
+        port: s.port,
+        user: s.user.clone(),
+        key: s.key.clone(),
+        agent: s.agent,
+        password: secrets.password,
+        sudo_password: secrets.sudo_password,
+        known_hosts: s.known_hosts.clone(),
+        new_host_keys: if accept_new_host_key {
+            crate::inventory::NewHostKeys::Accept
+        } else {
+            s.new_host_keys
+        },
+        connect_timeout: s.connect_timeout,
+        keepalive: s.keepalive,
+    }
 }
 
 /// How the run ended, for the exit code.
