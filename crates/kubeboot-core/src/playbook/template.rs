@@ -50,14 +50,23 @@ impl Context {
     /// The context for `node` in `stage`: `[vars]` < cluster vars < node vars < stage vars, then the
     /// `node`/`cluster`/`clusters`/`nodes`/`central` objects, then facts, then `secrets` (placeholders only).
     pub fn new(inv: &Inventory, node: &Node, stage: &Stage, facts: &Facts) -> Context {
+        Self::build(inv, node, Some(&stage.vars), facts)
+    }
+
+    /// The context for `node` outside any stage (what `kubeboot bundle` reads the sources from).
+    pub fn for_node(inv: &Inventory, node: &Node, facts: &Facts) -> Context {
+        Self::build(inv, node, None, facts)
+    }
+
+    fn build(
+        inv: &Inventory,
+        node: &Node,
+        stage_vars: Option<&BTreeMap<String, serde_json::Value>>,
+        facts: &Facts,
+    ) -> Context {
         let mut vars: BTreeMap<String, Value> = BTreeMap::new();
         let cluster = node.cluster.as_deref().and_then(|c| inv.cluster(c));
-        let layers = [
-            Some(&inv.vars),
-            cluster.map(|c| &c.vars),
-            Some(&node.vars),
-            Some(&stage.vars),
-        ];
+        let layers = [Some(&inv.vars), cluster.map(|c| &c.vars), Some(&node.vars), stage_vars];
         for layer in layers.into_iter().flatten() {
             for (k, v) in layer {
                 vars.insert(k.clone(), to_value(v));
