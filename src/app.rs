@@ -50,6 +50,7 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Status(args) => status(&cli, args),
         Command::Check(args) => check(&cli, args).await,
         Command::Lab(args) => lab_cmd(args),
+        Command::Bundle(args) => crate::bundle_cmd::bundle(&cli, args).await,
         Command::Kubeconfig(args) => crate::daytwo::kubeconfig(&cli, args).await,
         Command::Backup(args) => crate::daytwo::backup(&cli, args).await,
         Command::Reset(args) => crate::daytwo::reset(&cli, args).await,
