@@ -150,8 +150,15 @@ impl Outputs {
                 ..
             } => format!("{ts} ! {line}"),
             Event::TaskStarted {
-                stage, task, attempt, ..
-            } => format!("{ts} ▶ {stage} / {task} (attempt {attempt})"),
+                stage,
+                task,
+                attempt,
+                why,
+                ..
+            } => {
+                let why = why.as_ref().map(|w| format!(" — {w}")).unwrap_or_default();
+                format!("{ts} ▶ {stage} / {task} (attempt {attempt}){why}")
+            }
             Event::TaskFinished {
                 stage,
                 task,
@@ -241,6 +248,7 @@ fn redact(vault: &Vault, event: Event) -> Event {
             status,
             reason,
             fingerprint,
+            inputs,
             exit_code,
             error,
             duration_ms,
@@ -251,6 +259,7 @@ fn redact(vault: &Vault, event: Event) -> Event {
             status,
             reason,
             fingerprint,
+            inputs,
             exit_code,
             error: error.map(|e| vault.redact(&e)),
             duration_ms,

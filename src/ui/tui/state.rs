@@ -1169,6 +1169,7 @@ mod tests {
             index: 0,
             total: 3,
             attempt: 1,
+            why: None,
         }
     }
 
@@ -1180,6 +1181,7 @@ mod tests {
             status,
             reason: None,
             fingerprint: String::new(),
+            inputs: Default::default(),
             exit_code: (status == TaskStatus::Failed).then_some(2),
             error: None,
             duration_ms: 5,
@@ -1400,6 +1402,7 @@ mod tests {
                     status: TaskStatus::Skipped,
                     reason: Some(SkipReason::Done),
                     fingerprint: String::new(),
+                    inputs: Default::default(),
                     exit_code: None,
                     error: None,
                     duration_ms: 0,

@@ -5,6 +5,7 @@
 //! failing node never stops the others. The engine knows nothing about screens: it only
 //! sends [`Event`]s and listens for [`Control`] requests.
 
+pub mod drift;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -20,7 +21,7 @@ use crate::inventory::Inventory;
 use crate::journal::Progress;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
-use crate::secrets::{Secret, Vault};
+use crate::secrets::{Digests, Secret, Vault};
 
 /// What a frontend may ask of a running engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct RunSpec {
     pub forks: Option<usize>,
     /// Named secrets, filled into env values and copied files only when sending.
     pub vault: Arc<Vault>,
+    /// Keyed digests of the named secrets, so a task whose secrets changed runs again.
+    pub secret_digests: Digests,
     pub secrets: HashMap<String, NodeSecrets>,
     /// `--accept-new-host-keys`: record unknown host keys instead of refusing them.
     pub accept_new_host_keys: bool,

@@ -1,5 +1,6 @@
 //! One node's run: connect, gather facts, plan with the real facts, then each task in order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -10,8 +11,10 @@ use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
 use crate::inventory::{NewHostKeys, SecretSource};
+use crate::journal::Record;
 use crate::jump;
-use crate::plan::{self, Action, Decision, PlannedTask};
+use crate::plan::{self, Action, Decision, PlannedTask, Why};
+use crate::playbook::TaskKey;
 use crate::ssh::{self, Command, Exit, Session, SshError, Target};
 
 /// Default limit of a `wait` task when the playbook sets none.
@@ -22,9 +25,17 @@ const JUMP_DEFAULT: Duration = Duration::from_secs(60);
 const TAIL_LINES: usize = 20;
 
 /// Why a node stopped early.
-enum Stop {
+pub(super) enum Stop {
     Failed(String),
     Cancelled(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Failed(e) | Stop::Cancelled(e) => f.write_str(e),
+        }
+    }
 }
 
 /// Runs one node to its end and reports how it ended (also as a `node_finished` event).
@@ -100,6 +111,7 @@ async fn run_session(
             node,
             &facts,
             &progress,
+            &spec.secret_digests,
             &spec.selection,
         )
     }
@@ -110,6 +122,8 @@ async fn run_session(
     });
 
     let total = node_plan.tasks.len();
+    // The tasks that reported `changed` in this run: the later tasks depending on them run again.
+    let mut changed: HashSet<TaskKey> = HashSet::new();
     for (index, task) in node_plan.tasks.iter().enumerate() {
         if shared.cancel.is_cancelled() {
             return Err(Stop::Cancelled(format!(
@@ -117,7 +131,8 @@ async fn run_session(
                 task.stage, task.task
             )));
         }
-        let status = match task.decision {
+        let (decision, why) = live_decision(task, &changed);
+        let status = match decision {
             Decision::Skip(reason) => {
                 finished(
                     shared,
@@ -131,11 +146,37 @@ async fn run_session(
                 );
                 TaskStatus::Skipped
             }
-            Decision::Run => run_task(shared, name, session, task, index, total).await?,
+            Decision::Run => run_task(shared, name, session, task, index, total, why.as_deref()).await?,
         };
+        if status == TaskStatus::Changed {
+            changed.insert((task.stage.clone(), task.task.clone()));
+        }
         counts.add(status);
     }
     Ok(())
+}
+
+/// The plan's decision, completed with what this run learned: a task recorded done runs again when a task it
+/// depends on reported `changed` earlier in this run, and one planned to run only if such a task changed stays
+/// done when none did. Also why it runs, for the `task_started` event (nothing for a task that is simply new).
+fn live_decision(task: &PlannedTask, changed: &HashSet<TaskKey>) -> (Decision, Option<String>) {
+    let dependency = task.after.iter().find(|dep| changed.contains(*dep));
+    let after = |(stage, name): &TaskKey| {
+        let label = if *stage == task.stage {
+            name.clone()
+        } else {
+            format!("{stage}/{name}")
+        };
+        Why::AfterChanged(label).text()
+    };
+    match (&task.decision, &task.why, dependency) {
+        (Decision::Skip(SkipReason::Done), _, Some(dep)) => (Decision::Run, Some(after(dep))),
+        (Decision::Run, Some(Why::IfChanged(_)), None) => (Decision::Skip(SkipReason::Done), None),
+        (Decision::Run, Some(Why::IfChanged(_)), Some(dep)) => (Decision::Run, Some(after(dep))),
+        (Decision::Run, Some(Why::New), _) | (Decision::Run, None, _) => (Decision::Run, None),
+        (Decision::Run, Some(why), _) => (Decision::Run, Some(why.text())),
+        (decision, _, _) => (*decision, None),
+    }
 }
 
 /// Runs one task with its retries; returns its status, or why the node must stop.
@@ -146,6 +187,7 @@ async fn run_task(
     task: &PlannedTask,
     index: usize,
     total: usize,
+    why: Option<&str>,
 ) -> Result<TaskStatus, Stop> {
     let attempts = task.retries.saturating_add(1);
     let mut attempt = 1;
@@ -158,6 +200,7 @@ async fn run_task(
             index,
             total,
             attempt,
+            why: why.map(str::to_string),
         });
         let runner = TaskRunner {
             shared,
@@ -167,9 +210,7 @@ async fn run_task(
         };
         match runner.attempt().await {
             Ok((status, reason)) => {
-                if status.is_success() {
-                    lock(&shared.progress).mark_done(name, &task.stage, &task.task, &task.fingerprint);
-                }
+                remember(shared, name, task, status, reason);
                 finished(shared, name, task, status, reason, None, None, started.elapsed());
                 return Ok(status);
             }
@@ -200,6 +241,7 @@ async fn run_task(
                     continue;
                 }
                 let message = failure.message();
+                remember(shared, name, task, TaskStatus::Failed, None);
                 finished(
                     shared,
                     name,
@@ -218,6 +260,24 @@ async fn run_task(
             }
         }
     }
+}
+
+/// Folds a task's end into the run's own copy of the journal, as the journal will read it (a retry of a failed
+/// node plans from it).
+fn remember(shared: &Shared, name: &str, task: &PlannedTask, status: TaskStatus, reason: Option<SkipReason>) {
+    lock(&shared.progress).apply(&Record::Task {
+        run: shared.spec.run_id.clone(),
+        ts: String::new(),
+        node: name.to_string(),
+        stage: task.stage.clone(),
+        task: task.task.clone(),
+        fingerprint: task.fingerprint.clone(),
+        secrets: task.inputs.secrets.clone(),
+        inputs: task.inputs.parts.clone(),
+        status,
+        reason,
+        error: None,
+    });
 }
 
 /// Why one attempt of a task failed.
@@ -484,6 +544,13 @@ fn check_exit(exit: Exit, tail: Vec<String>) -> Result<(), Failure> {
     }
 }
 
+/// The node's facts for the drift check, or why they could not be read.
+pub(super) async fn gather_facts_for_check(shared: &Shared, session: &Session) -> Result<Facts, String> {
+    gather_facts(shared, session).await.map_err(|stop| match stop {
+        Stop::Failed(e) | Stop::Cancelled(e) => e,
+    })
+}
+
 async fn gather_facts(shared: &Shared, session: &Session) -> Result<Facts, Stop> {
     let command = Command {
         script: Facts::GATHER_SCRIPT.to_string(),
@@ -524,6 +591,7 @@ fn finished(
         status,
         reason,
         fingerprint: task.fingerprint.clone(),
+        inputs: task.inputs.clone(),
         exit_code,
         error,
         duration_ms: took.as_millis() as u64,
@@ -531,7 +599,7 @@ fn finished(
 }
 
 /// The SSH target for a node, from its inventory settings and the secrets read at start.
-fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
+pub(super) fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
     let spec = &shared.spec;
     let node = spec
         .inventory
@@ -560,6 +628,6 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
 }
 
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

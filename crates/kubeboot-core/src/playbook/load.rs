@@ -26,6 +26,7 @@ const TASK_KEYS: &[&str] = &[
     "timeout",
     "become",
     "env",
+    "after",
 ];
 const COPY_KEYS: &[&str] = &["src", "content", "dest", "mode", "owner", "template"];
 const HTTP_KEYS: &[&str] = &[
@@ -84,6 +85,7 @@ pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
         }
         stages.push(stage);
     }
+    check_after(&stages, &mut diags);
     // Files in run order, problems in each file top to bottom.
     let order: Vec<PathBuf> = diags.0.iter().map(|d| d.file.clone()).fold(Vec::new(), |mut v, f| {
         if !v.contains(&f) {
@@ -99,6 +101,35 @@ pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
         assets_dir: assets_dir.to_path_buf(),
         stages,
     })
+}
+
+/// Every name in an `after` list must be an earlier task: of its stage by name, or of an earlier stage as
+/// `stage/name` (a later task cannot have changed before this one runs).
+fn check_after(stages: &[Stage], diags: &mut Diagnostics) {
+    for (si, stage) in stages.iter().enumerate() {
+        for (ti, task) in stage.tasks.iter().enumerate() {
+            for name in task.after.iter().flatten() {
+                if super::model::resolve_after(stages, si, ti, name).is_some() {
+                    continue;
+                }
+                let earlier = stage.tasks[..ti].iter().map(|t| t.name.as_str());
+                let hint = match closest(name, earlier) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "name an earlier task of this stage, or `stage/task` of an earlier stage".into(),
+                };
+                let at = task.fields.get("after").unwrap_or(&task.location);
+                diags.push(
+                    Diagnostic::at(
+                        &stage.file,
+                        at.line,
+                        at.column,
+                        format!("`after` names `{name}`, which is not an earlier task"),
+                    )
+                    .with_hint(hint),
+                );
+            }
+        }
+    }
 }
 
 fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<Stage> {
@@ -462,6 +493,7 @@ impl Reader<'_> {
             timeout: None,
             become_: None,
             env: BTreeMap::new(),
+            after: None,
             location: self.loc(n),
             fields: BTreeMap::new(),
         };
@@ -495,6 +527,13 @@ impl Reader<'_> {
                 "timeout" => t.timeout = self.duration("timeout", v),
                 "become" => t.become_ = self.boolean("become", v),
                 "env" => t.env = self.env(v, &mut fields),
+                "after" => {
+                    fields.insert("after".to_string(), self.loc(v));
+                    t.after = Some(match &v.value {
+                        Yaml::Seq(items) if items.is_empty() => Vec::new(),
+                        _ => self.texts("after", v),
+                    });
+                }
                 _ => {}
             }
         }
