@@ -123,7 +123,9 @@ for n in inv['nodes']:
     assert v['ipam']['mode'] == 'kubernetes' and v['l2announcements']['enabled'] is True
     assert v['ingressController']['loadbalancerMode'] == 'shared'
     ann = v['ingressController']['service']['annotations']
-    assert ann == {'lbipam.cilium.io/sharing-key': c['name'], 'lbipam.cilium.io/ips': c['lb_ip']}, ann
+    # kube-system's ingress shares the LB IP with the Thanos sidecar's Service in monitoring (tests/shipped_assets.rs).
+    assert ann == {'lbipam.cilium.io/sharing-key': c['name'], 'lbipam.cilium.io/ips': c['lb_ip'],
+                   'lbipam.cilium.io/sharing-cross-namespace': 'monitoring'}, ann
     assert v['hubble']['tls']['auto']['method'] == 'cronJob' and v['operator']['replicas'] == 1
     k = yaml.safe_load(open(f'{out}/chart/kustomization.yaml'))
     assert k['helmCharts'][0]['version'] == inv['vars']['cilium_version']

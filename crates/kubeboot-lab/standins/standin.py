@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import shutil
 import sys
 import tarfile
 import io
@@ -934,8 +935,26 @@ def kustomize(argv):
         return 0
     if argv[:1] != ["build"]:
         return 0
-    dirs = [a for a in argv[1:] if not a.startswith("-")]
-    out(kustomize_build(dirs[0] if dirs else ".", "--enable-helm" in argv))
+    # Flags of `kustomize build` (v5.8.1) that take a value; the rest of the words are the directory.
+    with_value = {"--helm-command", "--helm-kube-version", "--helm-api-versions", "-o", "--output",
+                  "--load-restrictor", "--reorder", "--env", "-e", "--mount"}
+    dirs, helm_command, args = [], "helm", iter(argv[1:])
+    for a in args:
+        if a in with_value:
+            v = next(args, "")
+            if a == "--helm-command":
+                helm_command = v
+        elif a.startswith("--helm-command="):
+            helm_command = a.split("=", 1)[1]
+        elif not a.startswith("-"):
+            dirs.append(a)
+    helm = "--enable-helm" in argv
+    if helm and not (shutil.which(helm_command) if "/" not in helm_command else os.access(helm_command, os.X_OK)):
+        # What the real kustomize reports when it cannot start helm (it looks a bare name up on PATH).
+        err(f"Error: unable to run: '{helm_command} pull ...' (is '{helm_command}' installed?): "
+            f'exec: "{helm_command}": executable file not found in $PATH\n')
+        return 1
+    out(kustomize_build(dirs[0] if dirs else ".", helm))
     return 0
 
 
