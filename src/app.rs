@@ -216,7 +216,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
     let tui_wanted = !args.yes && args.output == OutputFormat::Text && std::io::stdout().is_terminal();
 
     let (front_tx, front_rx) = mpsc::unbounded_channel();
-    let (events, fanout_thread) = fanout::start(
+    let (events, fanout_thread, durable) = fanout::start(
         run_id.clone(),
         Some(journal),
         log_dir.clone(),
@@ -235,6 +235,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         forks: args.forks.map(|f| f as usize),
         vault,
         secret_digests: digests,
+        durable: Some(durable),
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
@@ -567,6 +568,7 @@ async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
         forks: None,
         vault: Arc::new(vault),
         secret_digests: digests,
+        durable: None,
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
@@ -707,8 +709,9 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
     let log_dir = std::env::temp_dir().join(format!("kubeboot-check-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&log_dir);
     let (front_tx, front_rx) = mpsc::unbounded_channel();
-    let (events, fanout_thread) = fanout::start(run_id(), None, log_dir.clone(), vault.clone(), Some(front_tx))
-        .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
+    let (events, fanout_thread, _durable) =
+        fanout::start(run_id(), None, log_dir.clone(), vault.clone(), Some(front_tx))
+            .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
     let style = if args.output == OutputFormat::Json {
         headless::Style::Json
     } else {
@@ -727,6 +730,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         forks: None,
         vault,
         secret_digests: Digests::none(),
+        durable: None,
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),

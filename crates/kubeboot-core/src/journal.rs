@@ -55,6 +55,15 @@ pub enum Record {
         node: String,
         stages: Vec<String>,
     },
+    /// A task began (an attempt): until it ends, the node is not known to be in any state of that task, so an
+    /// earlier finish of it no longer counts (a run cut off in the middle of it must run it again).
+    Started {
+        run: String,
+        ts: String,
+        node: String,
+        stage: String,
+        task: String,
+    },
     /// A task ended.
     Task {
         run: String,
@@ -94,6 +103,13 @@ impl Record {
         let run = run.to_string();
         let ts = ts.to_string();
         match event {
+            Event::TaskStarted { node, stage, task, .. } => Some(Record::Started {
+                run,
+                ts,
+                node: node.clone(),
+                stage: stage.clone(),
+                task: task.clone(),
+            }),
             Event::NodeConnected { node, facts } => Some(Record::Facts {
                 run,
                 node: node.clone(),
@@ -184,6 +200,8 @@ pub struct Progress {
     done: HashMap<Key, Done>,
     /// Tasks whose latest attempt failed.
     failed: HashSet<Key>,
+    /// Tasks that started and never ended (the run was cut off in the middle of them).
+    cut_off: HashSet<Key>,
     /// (node, stage, task) → where it last reported `changed`.
     changed: HashMap<Key, u64>,
     /// (node, stage) → its generation (how many `--fresh` runs started it anew).
@@ -218,6 +236,11 @@ impl Progress {
         self.failed.contains(&key(node, stage, task))
     }
 
+    /// True when the task's latest attempt started and never ended (kill -9, a lost jump host, Ctrl-C).
+    pub fn cut_off(&self, node: &str, stage: &str, task: &str) -> bool {
+        self.cut_off.contains(&key(node, stage, task))
+    }
+
     /// Where in the journal the task last reported `changed`, if it ever did.
     pub fn changed_at(&self, node: &str, stage: &str, task: &str) -> Option<u64> {
         self.changed.get(&key(node, stage, task)).copied()
@@ -243,7 +266,11 @@ impl Progress {
 
     /// True when the journal holds any finish of a task of this node.
     pub fn knows_node(&self, node: &str) -> bool {
-        self.done.keys().chain(self.failed.iter()).any(|(n, _, _)| n == node)
+        self.done
+            .keys()
+            .chain(self.failed.iter())
+            .chain(self.cut_off.iter())
+            .any(|(n, _, _)| n == node)
     }
 
     /// How many tasks of this node are recorded done (in their stage's current generation).
@@ -293,6 +320,11 @@ impl Progress {
         match record {
             Record::Run { .. } | Record::End { .. } => {}
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
+            Record::Started { node, stage, task, .. } => {
+                let key = key(node, stage, task);
+                self.done.remove(&key);
+                self.cut_off.insert(key);
+            }
             Record::Fresh { node, stages, .. } => {
                 for stage in stages {
                     *self.generations.entry((node.clone(), stage.clone())).or_default() += 1;
@@ -313,6 +345,7 @@ impl Progress {
             } => {
                 let key = (node.clone(), stage.clone(), task.clone());
                 let generation = self.generation(node, stage);
+                self.cut_off.remove(&key);
                 let entry = self.nodes.entry(node.clone()).or_default();
                 if entry.run != *run {
                     *entry = NodeProgress {
@@ -690,6 +723,24 @@ mod tests {
         records.push(task("r2", "n1", "a", "f1", TaskStatus::Ok));
         let p = Progress::read(journal_text(&records).as_bytes()).unwrap();
         assert!(p.is_done("n1", "s", "a", "f1"), "done again in the new generation");
+    }
+
+    #[test]
+    fn a_task_that_started_and_never_ended_is_not_done() {
+        let started = Record::Started {
+            run: "r2".into(),
+            ts: "t".into(),
+            node: "n1".into(),
+            stage: "s".into(),
+            task: "a".into(),
+        };
+        let text = journal_text(&[task("r1", "n1", "a", "f1", TaskStatus::Changed), started]);
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert!(
+            !p.is_done("n1", "s", "a", "f1"),
+            "cut off in the middle: its earlier finish no longer holds"
+        );
+        assert!(p.cut_off("n1", "s", "a"));
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub enum Why {
     New,
     /// Its latest attempt failed.
     FailedBefore,
+    /// Its latest attempt started and never ended (the run was cut off in the middle of it).
+    CutOff,
     /// It finished before, but what it is made of differs now: these parts (empty: not known which).
     InputChanged(Vec<String>),
     /// It finished only before a `--fresh` run started its stage anew.
@@ -98,6 +100,7 @@ impl Why {
         match self {
             Why::New => "new".into(),
             Why::FailedBefore => "failed before".into(),
+            Why::CutOff => "cut off before".into(),
             Why::InputChanged(parts) if parts.is_empty() => "input changed".into(),
             Why::InputChanged(parts) => {
                 const SHOWN: usize = 2;
@@ -428,7 +431,9 @@ pub fn resume(
 ) -> (Decision, Option<Why>) {
     let run = |why| (Decision::Run, Some(why));
     let Some(done) = progress.done(node, &t.stage, &t.task) else {
-        return run(if progress.failed_last(node, &t.stage, &t.task) {
+        return run(if progress.cut_off(node, &t.stage, &t.task) {
+            Why::CutOff
+        } else if progress.failed_last(node, &t.stage, &t.task) {
             Why::FailedBefore
         } else {
             Why::New

@@ -56,6 +56,7 @@ pub async fn check_guards(spec: RunSpec) -> Vec<NodeCheck> {
         events,
         cancel: CancellationToken::new(),
         forks: Semaphore::new(forks),
+        started: Mutex::new(std::collections::HashMap::new()),
     });
     let checks = shared.spec.nodes.clone().into_iter().map(|name| {
         let shared = shared.clone();

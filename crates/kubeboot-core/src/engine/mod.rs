@@ -59,6 +59,8 @@ pub struct RunSpec {
     pub vault: Arc<Vault>,
     /// Keyed digests of the named secrets, so a task whose secrets changed runs again.
     pub secret_digests: Digests,
+    /// What of this run's `task_started` events is on disk (from the fan-out); None: nothing to wait for.
+    pub durable: Option<crate::fanout::Durable>,
     pub secrets: HashMap<String, NodeSecrets>,
     /// `--accept-new-host-keys`: record unknown host keys instead of refusing them.
     pub accept_new_host_keys: bool,
@@ -84,6 +86,8 @@ pub(crate) struct Shared {
     pub events: EventSink,
     pub cancel: CancellationToken,
     pub forks: Semaphore,
+    /// `task_started` events emitted per node, to know when one of them is durable.
+    pub started: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
@@ -111,6 +115,7 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
         events,
         cancel: CancellationToken::new(),
         forks: Semaphore::new(forks),
+        started: Mutex::new(HashMap::new()),
     });
 
     let mut tasks = JoinSet::new();

@@ -193,6 +193,15 @@ async fn run_task(
     let mut attempt = 1;
     loop {
         let started = Instant::now();
+        let number = {
+            let mut counts = lock(&shared.started);
+            let n = counts.entry(name.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        // Re-running a task the journal records done: its `started` record must be on disk first, or a kill -9
+        // in the middle of it would leave the old finish standing (and the next run would skip a half-done task).
+        let recorded = lock(&shared.progress).done(name, &task.stage, &task.task).is_some();
         shared.emit(Event::TaskStarted {
             node: name.to_string(),
             stage: task.stage.clone(),
@@ -202,6 +211,23 @@ async fn run_task(
             attempt,
             why: why.map(str::to_string),
         });
+        lock(&shared.progress).apply(&Record::Started {
+            run: shared.spec.run_id.clone(),
+            ts: String::new(),
+            node: name.to_string(),
+            stage: task.stage.clone(),
+            task: task.task.clone(),
+        });
+        if recorded && let Some(durable) = &shared.spec.durable {
+            let mut durable = durable.clone();
+            tokio::select! {
+                // An error means the fan-out ended (the run is ending): nothing more will be written anyway.
+                _ = durable.wait_for(|counts| counts.get(name).is_some_and(|c| *c >= number)) => {}
+                _ = shared.cancel.cancelled() => {
+                    return Err(Stop::Cancelled(format!("cancelled before {}/{}", task.stage, task.task)));
+                }
+            }
+        }
         let runner = TaskRunner {
             shared,
             name,
