@@ -61,7 +61,7 @@ TARGET_VARS = {
     "s3_bucket_thanos": "thanos-bucket", "s3_bucket_opensearch": "opensearch-logs",
     "s3_bucket_longhorn": "longhorn-backups", "prometheus_retention": "2h", "scrape_interval": "30s",
     "log_retention_days": 14, "snapshot_retention_days": 180, "kustomize_version": "5.8.1",
-    "helm_version": "3.19.0", "longhorn_chart_version": "1.10.1",
+    "helm_version": "3.19.0", "tools_dir": "/usr/local/bin", "jump_checks": True, "longhorn_chart_version": "1.10.1",
     "kube_prometheus_stack_chart_version": "79.7.1", "opensearch_chart_version": "3.3.2",
     "fluent_bit_chart_version": "0.54.0", "grafana_chart_version": "10.1.5",
     "thanos_image": "quay.io/thanos/thanos:v0.39.2",

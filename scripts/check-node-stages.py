@@ -8,7 +8,12 @@ from jinja2 import meta
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else '/work/wt-nodes'
 STAGES = ['00-preflight', '10-os-prep', '20-containerd', '30-kubernetes', '40-kubeadm-init', '50-cilium',
-          '60-longhorn-prereqs', '95-verify']
+          '60-longhorn-prereqs', '95-verify',
+          # Day-two folders (kubeboot kubeconfig/backup/reset/upgrade/renew-certs/check).
+          'kubeconfig/10-kubeconfig', 'backup/10-etcd-snapshot', 'reset/10-reset', 'upgrade/20-upgrade',
+          'renew-certs/10-renew-certs', 'check/10-certificates']
+# The variables the day-two commands add for their runs (src/daytwo.rs).
+DAY_TWO_VARS = dict(backup_stamp='20260101-000000-abcd', backup_required=True, reset_purge_packages=True)
 inv = tomllib.load(open(f'{ROOT}/inventory.toml', 'rb'))
 env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 FACTS = {
@@ -30,6 +35,7 @@ def cluster_obj(c, full=False):
 def context(n, facts, stage_vars):
     c = [c for c in inv['clusters'] if c['name'] == n['cluster']][0]
     ctx = dict(inv['vars'])
+    ctx.update(DAY_TWO_VARS)
     ctx.update(stage_vars or {})
     ctx.update(node=node_obj(n), cluster=cluster_obj(c), clusters=[cluster_obj(x, True) for x in inv['clusters']],
                nodes=[node_obj(x) for x in inv['nodes']],
@@ -54,7 +60,7 @@ def shellcheck(script, where):
     r = subprocess.run(['dash', '-n'], input=script, text=True, capture_output=True)
     if r.returncode != 0: err(f'{where}: dash -n: {r.stderr}')
 
-ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'http', 's3_buckets', 'interval', 'unless', 'when', 'retries', 'delay',
+ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'http', 's3_buckets', 'fetch', 'interval', 'unless', 'when', 'retries', 'delay',
                 'timeout', 'become', 'env'}
 # Jump-host tasks (kubeboot sends them itself): secrets only in these fields; no shell to check.
 JUMP_CREDENTIALS = {'http': {'user', 'password'}, 's3_buckets': {'access_key', 'secret_key'}}
@@ -71,7 +77,7 @@ for stage in STAGES:
             for t in book['tasks']:
                 where = f'{stage}/{t["name"]}/{n["name"]}/{fam}'
                 if set(t) - ALLOWED_TASK: err(f'{where}: unknown keys {set(t) - ALLOWED_TASK}')
-                if sum(k in t for k in ('run', 'copy', 'wait', 'http', 's3_buckets')) != 1: err(f'{where}: need exactly one action')
+                if sum(k in t for k in ('run', 'copy', 'wait', 'http', 's3_buckets', 'fetch')) != 1: err(f'{where}: need exactly one action')
                 if 'when' in t:
                     w = render(t['when'], ctx, where + '/when').strip()
                     if w not in ('True', 'False'): err(f'{where}: when renders {w!r}')
@@ -87,6 +93,9 @@ for stage in STAGES:
                         s = render(t[key], ctx, f'{where}/{key}')
                         shellcheck(s, f'{where}/{key}'); count += 1
                         if 'KUBEBOOT_SECRET_' in s: err(f'{where}/{key}: secret in a command')
+                if 'fetch' in t:
+                    for key in ('src', 'dest'):
+                        render(t['fetch'][key], ctx, f'{where}/fetch.{key}')
                 if 'copy' in t:
                     cp = t['copy']
                     if 'content' in cp: render(cp['content'], ctx, where + '/content')

@@ -52,6 +52,11 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Status(args) => status(&cli, args),
         Command::Check(args) => check(&cli, args).await,
         Command::Lab(args) => lab_cmd(args),
+        Command::Kubeconfig(args) => crate::daytwo::kubeconfig(&cli, args).await,
+        Command::Backup(args) => crate::daytwo::backup(&cli, args).await,
+        Command::Reset(args) => crate::daytwo::reset(&cli, args).await,
+        Command::Upgrade(args) => crate::daytwo::upgrade(&cli, args).await,
+        Command::RenewCerts(args) => crate::daytwo::renew_certs(&cli, args).await,
     };
     match result {
         Ok(exit) => exit,
@@ -76,7 +81,7 @@ pub async fn main(cli: Cli) -> Exit {
 }
 
 /// Why a command stopped before or outside the engine.
-enum Failure {
+pub(crate) enum Failure {
     BadInput(Diagnostics),
     State(StateError),
     Other(String),
@@ -102,15 +107,77 @@ struct Input {
     nodes: Vec<String>,
 }
 
+/// A day-two command as the engine sees it: the playbook folders it runs (below `-p`, in this order) and the
+/// variables it adds for this run. The install is the top of `-p` itself.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DayTwo {
+    /// Folder names below the playbooks folder, e.g. `["backup", "reset"]`.
+    pub folders: Vec<&'static str>,
+    /// Added to the inventory's `[vars]` for this run (a backup's time stamp, `--purge-packages`, ...).
+    pub vars: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Plan as if nothing had finished: the command's work is done anew on every call (kubeconfig, check).
+    pub always: bool,
+    /// The command's name, for what it does before and after the run (`reset`, `upgrade`, ...).
+    pub command: &'static str,
+}
+
+/// The stages of a day-two command: every folder's playbooks, in the command's order, one stage name once.
+fn load_day_two(cli: &Cli, day_two: &DayTwo, assets: &Path) -> Result<Playbooks, Failure> {
+    let mut stages: Vec<playbook::Stage> = Vec::new();
+    let mut problems = Diagnostics::default();
+    for folder in &day_two.folders {
+        let books = playbook::load(&cli.playbooks.join(folder), assets)?;
+        for stage in books.stages {
+            if let Some(first) = stages.iter().find(|s| s.name == stage.name) {
+                problems.push(
+                    Diagnostic::at(
+                        &stage.file,
+                        stage.location.line,
+                        stage.location.column,
+                        format!("stage `{}` is also defined in {}", stage.name, first.file.display()),
+                    )
+                    .with_hint("one command's stages must have distinct names"),
+                );
+                continue;
+            }
+            stages.push(stage);
+        }
+    }
+    let books = Playbooks {
+        dir: cli.playbooks.join(day_two.folders.first().copied().unwrap_or_default()),
+        assets_dir: assets.to_path_buf(),
+        stages,
+    };
+    Ok(problems.into_result(books)?)
+}
+
 fn load(cli: &Cli, select: &SelectArgs, fresh: bool, progress: &Progress) -> Result<Input, Failure> {
-    let inventory = inventory::load(&cli.inventory)?;
+    load_for(cli, select, fresh, progress, None)
+}
+
+fn load_for(
+    cli: &Cli,
+    select: &SelectArgs,
+    fresh: bool,
+    progress: &Progress,
+    day_two: Option<&DayTwo>,
+) -> Result<Input, Failure> {
+    let mut inventory = inventory::load(&cli.inventory)?;
     let assets = cli.assets.clone().unwrap_or_else(|| default_assets(&cli.playbooks));
-    let playbooks = playbook::load(&cli.playbooks, &assets)?;
+    let playbooks = match day_two {
+        None => playbook::load(&cli.playbooks, &assets)?,
+        Some(d) => {
+            for (k, v) in &d.vars {
+                inventory.vars.insert(k.clone(), v.clone());
+            }
+            load_day_two(cli, d, &assets)?
+        }
+    };
     let selection = Selection {
         limit: select.limit.clone(),
         only: select.only.clone(),
         from: select.from.clone(),
-        fresh,
+        fresh: fresh || day_two.is_some_and(|d| d.always),
     };
     plan::check(&inventory, &playbooks, progress, &selection)?;
     let nodes = plan::select_nodes(&inventory, &playbooks, &selection)?
@@ -123,6 +190,28 @@ fn load(cli: &Cli, select: &SelectArgs, fresh: bool, progress: &Progress) -> Res
         selection,
         nodes,
     })
+}
+
+/// `--bundle DIR`: serve this folder instead of the inventory's `[sources] bundle`.
+fn use_bundle(input: &mut Input, dir: Option<&Path>) -> Result<(), Failure> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    if !dir.is_dir() {
+        return Err(Failure::BadInput(
+            Diagnostic::at(
+                "command line",
+                1,
+                1,
+                format!("--bundle {}: no such folder", dir.display()),
+            )
+            .with_hint("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle")
+            .into(),
+        ));
+    }
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    Arc::make_mut(&mut input.inventory).sources.bundle = Some(dir);
+    Ok(())
 }
 
 fn default_assets(playbooks: &Path) -> PathBuf {
@@ -157,20 +246,34 @@ fn preliminary_plans(input: &Input, progress: &Progress, digests: &Digests) -> R
 }
 
 async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
+    run_playbooks(cli, args, None).await.map(|(exit, _)| exit)
+}
+
+/// `apply`, or a day-two command's playbooks: the same checks, frontends, journal and exit codes. Returns the
+/// exit code and the run's id (None when nothing ran: a dry run, or the operator declined).
+pub(crate) async fn run_playbooks(
+    cli: &Cli,
+    args: &ApplyArgs,
+    day_two: Option<&DayTwo>,
+) -> Result<(Exit, Option<String>), Failure> {
     if args.dry_run {
-        let (input, progress, plans, note) = preview(cli, &args.select, args.fresh)?;
+        let (input, progress, plans, note) = preview(cli, &args.select, args.fresh, day_two, args.bundle.as_deref())?;
         print!("{}", facts_note(&input.nodes, &progress));
         print!("{note}");
         print!("{}", plan::render(&plans, true));
         println!("dry run: nothing was run.");
-        return Ok(Exit::Ok);
+        return Ok((Exit::Ok, None));
     }
     let state = StateDir::open(&cli.state_dir)?;
     let _lock = state.lock()?;
     let mut progress = state
         .progress()
         .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
-    let input = load(cli, &args.select, args.fresh, &progress)?;
+    let mut input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
+    use_bundle(&mut input, args.bundle.as_deref())?;
+    if let Some(d) = day_two {
+        crate::daytwo::before_run(cli, d, &input.inventory, &input.nodes, &progress, &state)?;
+    }
     // --fresh: a new generation of the selected stages, in memory now and in the journal before anything runs.
     let fresh = if input.selection.fresh {
         plan::start_fresh(&input.inventory, &input.playbooks, &input.selection, &mut progress)?
@@ -187,6 +290,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
     let vault = Arc::new(vault);
 
     let run_id = run_id();
+    let spec_run_id = run_id.clone();
     let log_dir = state
         .run_logs(&run_id)
         .map_err(|e| Failure::Other(format!("cannot create the log folder: {e}")))?;
@@ -239,6 +343,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
+        fetch_root: cli.state_dir.clone(),
         interactive: tui_wanted,
     };
     let started = Event::RunStarted {
@@ -289,7 +394,7 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
             Some(r) => r,
             None => {
                 println!("nothing was run.");
-                return Ok(Exit::Ok);
+                return Ok((Exit::Ok, None));
             }
         }
     } else {
@@ -307,7 +412,10 @@ async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
         let _ = printer.await;
         result
     };
-    Ok(exit_for(result))
+    if let Some(d) = day_two {
+        crate::daytwo::after_run(cli, d, &input.nodes, &spec_run_id, &state)?;
+    }
+    Ok((exit_for(result), Some(spec_run_id)))
 }
 
 /// How long the host key look before the confirmation screen may take per node.
@@ -463,11 +571,18 @@ fn used_secrets(plans: &[NodePlan]) -> BTreeSet<String> {
 /// `plan` and `apply --dry-run`: the plans a run would start with, changing nothing (a `--fresh` generation is
 /// only started in memory). Secrets that can be read are compared by their digests; the note says when some
 /// could not be.
-fn preview(cli: &Cli, select: &SelectArgs, fresh: bool) -> Result<(Input, Progress, Vec<NodePlan>, String), Failure> {
+fn preview(
+    cli: &Cli,
+    select: &SelectArgs,
+    fresh: bool,
+    day_two: Option<&DayTwo>,
+    bundle: Option<&Path>,
+) -> Result<(Input, Progress, Vec<NodePlan>, String), Failure> {
     let state = StateDir::existing(&cli.state_dir);
     let mut progress = state.progress().unwrap_or_default();
-    let input = load(cli, select, fresh, &progress)?;
-    if fresh {
+    let mut input = load_for(cli, select, fresh, &progress, day_two)?;
+    use_bundle(&mut input, bundle)?;
+    if input.selection.fresh {
         plan::start_fresh(&input.inventory, &input.playbooks, &input.selection, &mut progress)?;
     }
     let plans = preliminary_plans(&input, &progress, &Digests::none())?;
@@ -497,7 +612,7 @@ fn preview(cli: &Cli, select: &SelectArgs, fresh: bool) -> Result<(Input, Progre
     Ok((input, progress, plans, note))
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let now = time::OffsetDateTime::now_utc();
     let format = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     let stamp = now.format(&format).unwrap_or_else(|_| now.unix_timestamp().to_string());
@@ -545,7 +660,7 @@ fn facts_note(nodes: &[String], progress: &Progress) -> String {
 }
 
 async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
-    let (input, progress, plans, note) = preview(cli, &args.select, args.fresh)?;
+    let (input, progress, plans, note) = preview(cli, &args.select, args.fresh, None, None)?;
     print!("{}", facts_note(&input.nodes, &progress));
     print!("{note}");
     print!("{}", plan::render(&plans, args.commands));
@@ -671,6 +786,11 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
     let mut books = playbooks.clone();
     // Without a preflight stage, check still connects, logs in and reads the facts of every node.
     books.stages.retain(|s| s.name == "preflight");
+    // The checks of an installed cluster (certificate expiry) live in `<playbooks>/check/`.
+    let checks = cli.playbooks.join("check");
+    if checks.is_dir() {
+        books.stages.extend(playbook::load(&checks, &assets)?.stages);
+    }
     let select = SelectArgs {
         limit: args.limit.clone(),
         only: Vec::new(),
@@ -734,6 +854,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
+        fetch_root: cli.state_dir.clone(),
         interactive: false,
     };
     let outlines = plans.iter().map(NodePlan::outline).collect();
@@ -772,6 +893,7 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
                 isolated: *isolated,
                 kinds: Vec::new(),
                 like: like.clone(),
+                private_tmp: false,
             };
             opts.kinds = lab_node_kinds(&opts, rhel, containerd_1_7)?;
             let lab = lab::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;

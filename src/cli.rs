@@ -50,6 +50,65 @@ pub enum Command {
     Check(CheckArgs),
     /// A local lab of real OpenSSH nodes on loopback addresses, to try kubeboot without machines (needs root).
     Lab(LabArgs),
+    /// Fetch each cluster's admin kubeconfig into one file on the jump host (one context per cluster, 0600).
+    Kubeconfig(KubeconfigArgs),
+    /// Take an etcd snapshot of each cluster and keep it on the jump host (never overwriting an older one).
+    Backup(RunArgs),
+    /// Tear the selected clusters down to before kubeadm (etcd snapshot first); needs typed confirmation.
+    Reset(ResetArgs),
+    /// Upgrade Kubernetes by one minor version to the inventory's kubernetes_version (etcd snapshot first).
+    Upgrade(RunArgs),
+    /// Renew the control-plane certificates (kubeadm certs renew all) and restart the control-plane pods.
+    RenewCerts(RunArgs),
+}
+
+/// What every day-two command takes: which clusters, how to show progress.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Do not ask; show headless progress (for scripts and CI).
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+    /// Headless output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Only these clusters or nodes (comma list) [default: all].
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub limit: Vec<String>,
+    /// At most N nodes at once [default: all].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub forks: Option<u32>,
+    /// Show every command that would run (the runbook); connect to nothing, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept and record host keys never seen before (a CHANGED key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+}
+
+/// `kubeboot kubeconfig`.
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Write the kubeconfig here [default: kubeconfig.yaml in the state dir].
+    #[arg(long, value_name = "FILE", conflicts_with = "merge")]
+    pub out: Option<PathBuf>,
+    /// Merge the contexts into ~/.kube/config instead (other contexts are kept as they are).
+    #[arg(long)]
+    pub merge: bool,
+}
+
+/// `kubeboot reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The names of the clusters to reset, typed out (with --yes: every selected cluster must be named).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub confirm: Vec<String>,
+    /// Also remove the kubelet, kubeadm and kubectl packages (kept by default).
+    #[arg(long)]
+    pub purge_packages: bool,
 }
 
 /// Which nodes and stages.
@@ -98,6 +157,9 @@ pub struct ApplyArgs {
     /// Accept and record host keys never seen before (a CHANGED key is always refused).
     #[arg(long)]
     pub accept_new_host_keys: bool,
+    /// Serve this bundle folder to the nodes over their SSH connections (overrides `[sources] bundle`).
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 }
 
 /// `kubeboot plan`.

@@ -7,7 +7,10 @@
 
 pub mod app;
 pub mod cli;
+pub mod daytwo;
 pub mod ui;
 
-pub use kubeboot_core::{diag, engine, event, facts, fanout, inventory, journal, jump, plan, playbook, secrets, ssh};
+pub use kubeboot_core::{
+    bundle, diag, engine, event, facts, fanout, inventory, journal, jump, kubeconfig, plan, playbook, secrets, ssh,
+};
 pub use kubeboot_lab as lab;

@@ -131,3 +131,67 @@ fn the_good_fixture_is_accepted() {
     let diags = diagnose(&good);
     assert!(diags.is_empty(), "{diags}");
 }
+
+/// Day-two commands refuse bad input the same way, before connecting to anything: each case in
+/// `tests/bad_input_day2/<case>/` has `args.txt` (the command line after the global options), optionally its own
+/// `inventory.toml` (else the shipped one) and a `journal.jsonl` for the state dir (what kubeboot saw last time).
+#[test]
+fn day_two_commands_refuse_bad_input_located_and_run_nothing() {
+    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("bad_input_day2"))
+        .expect("tests/bad_input_day2 exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 3);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let state = tempfile::tempdir().expect("a state dir");
+        if let Ok(journal) = std::fs::read(case.join("journal.jsonl")) {
+            std::fs::write(state.path().join("journal.jsonl"), journal).expect("journal");
+        }
+        let inventory = if case.join("inventory.toml").exists() {
+            case.join("inventory.toml")
+        } else {
+            repo.join("inventory.toml")
+        };
+        let args = std::fs::read_to_string(case.join("args.txt")).expect("args.txt");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+            .arg("-i")
+            .arg(&inventory)
+            .arg("-p")
+            .arg(repo.join("playbooks"))
+            .arg("--state-dir")
+            .arg(state.path())
+            .args(args.split_whitespace())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("kubeboot runs");
+        let stderr = String::from_utf8_lossy(&out.stderr)
+            .replace(&format!("{}/", case.display()), "")
+            .replace(&format!("{}/", repo.display()), "<repo>/");
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("nothing was run."), "{name}: {stderr}");
+        let logs = state.path().join("logs");
+        let runs = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(runs, 0, "{name}: a run started");
+        let expected_path = case.join("expected.txt");
+        if update {
+            std::fs::write(&expected_path, &stderr).expect("write expected.txt");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != stderr {
+            failures.push(format!(
+                "{name}: differs (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}--- actual\n{stderr}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

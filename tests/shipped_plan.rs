@@ -51,6 +51,7 @@ fn script(plan: &NodePlan) -> String {
             Action::Wait { until, .. } => out.push_str(until),
             // Sent by kubeboot itself from the jump host: nothing of it reaches the node.
             Action::Http(_) | Action::S3Buckets(_) => {}
+            Action::Fetch { src, .. } => out.push_str(&format!("# fetch {src}\n")),
             Action::Copy { files, .. } => {
                 for f in files {
                     out.push_str(&format!("# file {}\n{}\n", f.dest, String::from_utf8_lossy(&f.content)));

@@ -30,13 +30,29 @@ pub struct TestLab {
 
 /// Starts `nodes` lab nodes on 127.0.<net>.1.. with ports 20000 + net * 10 ...; panics (never skips) when it cannot.
 pub fn start_lab(net: u8, nodes: usize) -> TestLab {
-    let lab_dir = tempfile::tempdir().expect("a temporary folder");
+    start_lab_with(net, nodes, false)
+}
+
+/// Like [`start_lab`], each node with a /tmp of its own ([`LabOptions::private_tmp`]; the lab's
+/// folder is then under /var/tmp).
+pub fn start_private_tmp_lab(net: u8, nodes: usize) -> TestLab {
+    start_lab_with(net, nodes, true)
+}
+
+fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
+    let lab_dir = if private_tmp {
+        tempfile::tempdir_in("/var/tmp")
+    } else {
+        tempfile::tempdir()
+    }
+    .expect("a temporary folder");
     let work = tempfile::tempdir().expect("a temporary folder");
     let opts = LabOptions {
         dir: lab_dir.path().to_path_buf(),
         nodes,
         first_address: Ipv4Addr::new(127, 0, net, 1),
         first_port: 20000 + u16::from(net) * 10,
+        private_tmp,
         ..LabOptions::default()
     };
     // Fails loudly when sshd or sudo is missing or we are not root: a skipped e2e test proves nothing.

@@ -25,6 +25,11 @@ pub struct Facts {
     pub disk_gb: u64,
     /// The login user on the node.
     pub user: String,
+    /// The control plane's Kubernetes version (the kube-apiserver image tag in its static pod manifest, e.g.
+    /// `v1.34.2`); empty on a node without a control plane. Read for `kubeboot upgrade`'s version check, not
+    /// given to templates (a plan must not change with it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kubernetes: String,
 }
 
 impl Facts {
@@ -43,6 +48,7 @@ impl Facts {
             memory_mb: 16384,
             disk_gb: 100,
             user: "unknown".into(),
+            kubernetes: String::new(),
         }
     }
 
@@ -58,6 +64,7 @@ if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-unknown}"
 echo "os_like=${ID_LIKE:-}"
 echo "os_version=${VERSION_ID:-0}"
+echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\1/p' /etc/kubernetes/manifests/kube-apiserver.yaml 2>/dev/null | head -n 1)"
 "#;
 
     /// Reads the `key=value` lines printed by [`Facts::GATHER_SCRIPT`].
@@ -73,6 +80,7 @@ echo "os_version=${VERSION_ID:-0}"
             memory_mb: 0,
             disk_gb: 0,
             user: String::new(),
+            kubernetes: String::new(),
         };
         let mut like = String::new();
         for line in output.lines() {
@@ -90,6 +98,7 @@ echo "os_version=${VERSION_ID:-0}"
                 "os_id" => f.os_id = value,
                 "os_like" => like = value,
                 "os_version" => f.os_version = value,
+                "kubernetes" => f.kubernetes = value,
                 _ => {}
             }
         }

@@ -95,6 +95,15 @@ pub enum Record {
     },
     /// A run ended.
     End { run: String, ts: String, interrupted: bool },
+    /// A node was torn down (`kubeboot reset`): what it finished before no longer holds, except the tasks of
+    /// `keep` (the stages of a reset still under way, so that a resumed reset continues where it stopped).
+    Forget {
+        run: String,
+        ts: String,
+        node: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep: Vec<String>,
+    },
 }
 
 impl Record {
@@ -319,6 +328,10 @@ impl Progress {
         let seq = self.seq;
         match record {
             Record::Run { .. } | Record::End { .. } => {}
+            Record::Forget { node, keep, .. } => {
+                self.done
+                    .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
+            }
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
             Record::Started { node, stage, task, .. } => {
                 let key = key(node, stage, task);
@@ -647,6 +660,14 @@ impl JournalWriter {
         self.file.write_all(&line)
     }
 
+    /// Appends records and makes them durable at once (records written outside a run, e.g. by `reset`).
+    pub fn append_all(&mut self, records: &[Record]) -> io::Result<()> {
+        for r in records {
+            self.append(r)?;
+        }
+        self.sync()
+    }
+
     /// Makes everything appended so far durable (one sync per batch of records).
     pub fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
@@ -671,6 +692,38 @@ mod tests {
             reason: None,
             error: (status == TaskStatus::Failed).then(|| "exit 1".to_string()),
         }
+    }
+
+    #[test]
+    fn forget_drops_a_nodes_progress_except_the_stages_it_keeps() {
+        let mut p = Progress::empty();
+        for r in [
+            task("r1", "n1", "a", "f", TaskStatus::Changed),
+            task("r1", "n2", "a", "f", TaskStatus::Changed),
+        ] {
+            p.apply(&r);
+        }
+        p.mark_done("n1", "reset", "kubeadm reset", "g");
+        p.apply(&Record::Forget {
+            run: "r2".into(),
+            ts: "t".into(),
+            node: "n1".into(),
+            keep: vec!["reset".into()],
+        });
+        assert!(!p.is_done("n1", "s", "a", "f"), "the install is forgotten");
+        assert!(
+            p.is_done("n1", "reset", "kubeadm reset", "g"),
+            "the reset's own progress stays"
+        );
+        assert!(p.is_done("n2", "s", "a", "f"), "other nodes are untouched");
+        let line = serde_json::to_string(&Record::Forget {
+            run: "r".into(),
+            ts: "t".into(),
+            node: "n1".into(),
+            keep: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"record":"forget","run":"r","ts":"t","node":"n1"}"#);
     }
 
     fn journal_text(records: &[Record]) -> String {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_LENGTH, HOST};
 use reqwest::{Client, StatusCode};
-use rusty_s3::actions::{CreateBucket, HeadBucket};
+use rusty_s3::actions::{CreateBucket, HeadBucket, HeadObject, PutObject};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use url::Url;
 
@@ -243,6 +243,75 @@ pub async fn s3_buckets(
         out(format!("bucket {name}: {word}"));
     }
     Ok(created)
+}
+
+/// Where a file goes in S3 and with which keys (the keys are secret placeholders, filled here only).
+#[derive(Debug, Clone)]
+pub struct S3Upload {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uploaded {
+    Stored,
+    /// An object of that name was there already: never overwritten.
+    AlreadyThere,
+}
+
+/// Stores `bytes` as object `key`, the bucket created when missing; an existing object of that name is never
+/// overwritten (backups). `keys` names where the credentials come from, for the access-denied message.
+pub async fn s3_put_new(
+    target: &S3Upload,
+    key: &str,
+    bytes: Vec<u8>,
+    vault: &Vault,
+    keys: &str,
+) -> Result<Uploaded, JumpError> {
+    let endpoint = Url::parse(&target.endpoint).map_err(|e| JumpError::BadUrl {
+        url: target.endpoint.clone(),
+        why: e.to_string(),
+    })?;
+    let credentials = Credentials::new(vault.fill(&target.access_key), vault.fill(&target.secret_key));
+    let client = client(false, None)?;
+    let s3 = S3 {
+        client: &client,
+        credentials: &credentials,
+        endpoint: &target.endpoint,
+        keys,
+    };
+    let bucket = Bucket::new(endpoint, UrlStyle::Path, target.bucket.clone(), target.region.clone()).map_err(|e| {
+        JumpError::BadBucket {
+            bucket: target.bucket.clone(),
+            why: e.to_string(),
+        }
+    })?;
+    s3.ensure(&bucket).await?;
+    let head = HeadObject::new(&bucket, Some(&credentials), key).sign(SIGNATURE_LIFETIME);
+    let response = client.head(head).send().await.map_err(|e| s3.unreachable(&e))?;
+    match response.status() {
+        StatusCode::OK => return Ok(Uploaded::AlreadyThere),
+        StatusCode::NOT_FOUND => {}
+        status => return Err(s3.refused(&bucket, "checking an object in", status, String::new())),
+    }
+    let put = PutObject::new(&bucket, Some(&credentials), key).sign(SIGNATURE_LIFETIME);
+    let response = client
+        .put(put)
+        .header(CONTENT_LENGTH, bytes.len())
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| s3.unreachable(&e))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(Uploaded::Stored);
+    }
+    let body = read_body(response).await.unwrap_or_default();
+    Err(s3.refused(&bucket, "uploading to", status, s3_code(&body)))
 }
 
 /// One S3 endpoint with its credentials.

@@ -5,6 +5,7 @@
 //! terminal code at all (no ratatui, crossterm or indicatif in its Cargo.toml): frontends live in
 //! the `kubeboot` binary crate and see the core only through events and controls.
 
+pub mod bundle;
 pub mod diag;
 pub mod engine;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod fanout;
 pub mod inventory;
 pub mod journal;
 pub mod jump;
+pub mod kubeconfig;
 pub mod plan;
 pub mod playbook;
 pub mod secrets;

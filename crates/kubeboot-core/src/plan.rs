@@ -12,7 +12,9 @@ use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::playbook::template::{Context, Renderer, file_start};
-use crate::playbook::{ActionDef, CopyDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef, TaskKey};
+use crate::playbook::{
+    ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef, TaskKey,
+};
 use crate::secrets::Digests;
 
 /// What a planned task does on the node, fully rendered.
@@ -32,6 +34,8 @@ pub enum Action {
     Http(HttpCheck),
     /// Buckets kubeboot makes sure exist, from the jump host.
     S3Buckets(S3Buckets),
+    /// Read `src` on the node and write it on the jump host at `dest` (relative = under the state dir), 0600.
+    Fetch { src: String, dest: String, overwrite: bool },
 }
 
 impl Action {
@@ -539,6 +543,11 @@ fn plan_task(
         },
         ActionDef::Http(h) => Action::Http(http_check(h, &mut text)),
         ActionDef::S3Buckets(b) => Action::S3Buckets(s3_buckets(b, &mut text)),
+        ActionDef::Fetch(FetchDef { src, dest, overwrite }) => Action::Fetch {
+            src: text(src, "fetch.src"),
+            dest: text(dest, "fetch.dest"),
+            overwrite: *overwrite,
+        },
         ActionDef::Copy(c) => {
             let dest = text(&c.dest, "copy.dest");
             let files = match (&c.content, &c.src) {
@@ -573,6 +582,7 @@ fn plan_task(
     problems.extend(secrets_outside_credentials(def, &action));
     if !lenient {
         problems.extend(bad_jump_urls(def, &action));
+        problems.extend(bad_fetch_paths(def, &action));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -767,6 +777,37 @@ fn bad_jump_urls(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
     ]
 }
 
+/// A `fetch` reads an absolute path on the node and writes a file path (no folder) on the jump host.
+fn bad_fetch_paths(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
+    let Action::Fetch { src, dest, .. } = action else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut bad = |field: &str, message: String, hint: &str| {
+        let at = def.fields.get(field).unwrap_or(&def.location);
+        out.push(Diagnostic::at(&at.file, at.line, at.column, message).with_hint(hint));
+    };
+    if !src.starts_with('/') {
+        bad(
+            "fetch.src",
+            format!("`fetch.src` must be an absolute path on the node, not `{src}`"),
+            "e.g. /etc/kubernetes/admin.conf",
+        );
+    }
+    let rel = Path::new(dest.as_str());
+    if dest.trim().is_empty()
+        || dest.ends_with('/')
+        || rel.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        bad(
+            "fetch.dest",
+            format!("`fetch.dest` must name a file on the jump host without `..`, not `{dest}`"),
+            "relative paths are under the state dir, e.g. backups/{{ cluster.name }}/etcd.db",
+        );
+    }
+    out
+}
+
 /// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,
 /// visible in the node's process list.
 fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>) -> Vec<Diagnostic> {
@@ -776,6 +817,10 @@ fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>
     match action {
         Action::Run { command } => fields.push(("run", command)),
         Action::Wait { until, .. } => fields.push(("wait", until)),
+        Action::Fetch { src, dest, .. } => {
+            fields.push(("fetch.src", src));
+            fields.push(("fetch.dest", dest));
+        }
         Action::Copy { files, owner } => {
             fields.extend(files.iter().map(|f| ("copy.dest", f.dest.as_str())));
             if let Some(o) = owner {
@@ -931,6 +976,12 @@ fn fingerprint(
             }
             put(if h.insecure { b"insecure" } else { b"verified" });
         }
+        Action::Fetch { src, dest, overwrite } => {
+            put(b"fetch");
+            put(src.as_bytes());
+            put(dest.as_bytes());
+            put(if *overwrite { b"overwrite" } else { b"keep-old" });
+        }
         Action::S3Buckets(b) => {
             put(b"s3_buckets");
             put(b.endpoint.as_bytes());
@@ -1051,6 +1102,18 @@ fn details(out: &mut String, t: &PlannedTask) {
             }
         }
         Action::Http(h) => http_details(out, h),
+        Action::Fetch { src, dest, overwrite } => {
+            out.push_str(&format!(
+                "{PAD}fetch {src} -> {} on the jump host (mode 0600)\n",
+                fetch_dest(dest)
+            ));
+            let old = if *overwrite {
+                "an older file there is replaced"
+            } else {
+                "an older file there is never overwritten (the same content counts as done)"
+            };
+            out.push_str(&format!("{PAD}  {old}\n"));
+        }
         Action::S3Buckets(b) => {
             out.push_str(&format!(
                 "{PAD}S3 buckets {} at {} (from the jump host)\n",
@@ -1077,6 +1140,15 @@ fn details(out: &mut String, t: &PlannedTask) {
     }
     if let Some(limit) = t.timeout {
         out.push_str(&format!("{PAD}timeout {}\n", humantime::format_duration(limit)));
+    }
+}
+
+/// A fetch destination as the plan shows it: relative ones are under the state dir.
+fn fetch_dest(dest: &str) -> String {
+    if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        format!("<state dir>/{dest}")
     }
 }
 

@@ -33,6 +33,14 @@ const COMMON: &[&str] = &[
     "timedatectl",
     "ip",
     "multipath",
+    // Reset clears these; on a lab node they must never reach the host's tables.
+    "iptables",
+    "iptables-save",
+    "iptables-restore",
+    "ip6tables",
+    "ip6tables-save",
+    "ip6tables-restore",
+    "ipvsadm",
 ];
 const UBUNTU: &[&str] = &["apt-get", "apt-cache", "apt-mark", "dpkg", "dpkg-query", "ufw"];
 const RHEL: &[&str] = &["dnf", "yum", "rpm", "setenforce", "getenforce", "firewall-cmd"];

@@ -1,7 +1,8 @@
 //! A local lab of real OpenSSH nodes on loopback addresses, for tests, demos and benchmarks.
 //!
 //! Each node is its own `sshd -D` process with its own host key, config, PID file, log and
-//! `root` folder (owned by the lab user, for side effects tests can look at). All nodes share
+//! `root` folder (owned by the lab user, for side effects tests can look at). With
+//! [`LabOptions::private_tmp`] each node also has a /tmp of its own, for the login user and root alike. All nodes share
 //! one login user (`kblab`, created once per machine) whose sudo rule requires a password, so
 //! `become` is exercised the way it runs on real machines.
 //!
@@ -55,6 +56,10 @@ pub struct LabOptions {
     pub kinds: Vec<NodeKind>,
     /// Model the inventory on this one: its node names and count, clusters, vars and secrets.
     pub like: Option<PathBuf>,
+    /// Each node sees its own /tmp (`<lab>/nodes/<name>/tmp`, see [`Lab::node_tmp`]) instead of this
+    /// machine's, so what sessions leave there can be told apart by node. The lab's folder must
+    /// then not be under /tmp.
+    pub private_tmp: bool,
 }
 
 impl Default for LabOptions {
@@ -67,6 +72,7 @@ impl Default for LabOptions {
             isolated: false,
             kinds: Vec::new(),
             like: None,
+            private_tmp: false,
         }
     }
 }
@@ -139,6 +145,9 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
     if opts.isolated {
         isolate::check(&dir)?;
     }
+    if opts.private_tmp {
+        check_private_tmp(&dir)?;
+    }
     let model = opts.like.as_deref().map(like::read).transpose()?;
     let model_nodes = model.as_ref().map(like::nodes);
     let count = model_nodes.as_ref().map_or(opts.nodes, Vec::len);
@@ -175,7 +184,7 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
             kind: opts.isolated.then(|| opts.kinds.get(i).copied().unwrap_or_default()),
             name,
         };
-        let host_key = prepare_node(&tools, &dir, &node)?;
+        let host_key = prepare_node(&tools, &dir, &node, opts.private_tmp)?;
         if let Some(kind) = node.kind {
             let info = isolate::NodeInfo {
                 name: &node.name,
@@ -328,17 +337,24 @@ pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
         .map_err(io(format!("cannot open {}", log_path.display())))?;
     let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
     let log2 = log.try_clone().map_err(io("cannot share the sshd log file"))?;
-    let isolate_script = ndir.join("isolate.sh");
-    let mut command = if isolate_script.exists() {
-        // unshare and sh both exec, so the PID is sshd's own once it runs.
+    // Scripts that set up the node's own mounts, each ending in `exec "$@"`, in one mount namespace.
+    let scripts: Vec<PathBuf> = [PRIVATE_TMP_SCRIPT, "isolate.sh"]
+        .iter()
+        .map(|s| ndir.join(s))
+        .filter(|p| p.exists())
+        .collect();
+    let mut command = if scripts.is_empty() {
+        Command::new(&tools.sshd)
+    } else {
+        // unshare and sh all exec, so the PID is sshd's own once it runs.
         let unshare = which("unshare").ok_or(LabError::Missing("unshare"))?;
         let mut c = Command::new(unshare);
-        c.args(["--mount", "--propagation", "private", "--", "/bin/sh"])
-            .arg(&isolate_script)
-            .arg(&tools.sshd);
+        c.args(["--mount", "--propagation", "private", "--"]);
+        for script in &scripts {
+            c.arg("/bin/sh").arg(script);
+        }
+        c.arg(&tools.sshd);
         c
-    } else {
-        Command::new(&tools.sshd)
     };
     let mut child = command
         .arg("-D")
@@ -425,6 +441,11 @@ impl Lab {
             }
             _ => PathBuf::from(path),
         }
+    }
+
+    /// Where a node with a private /tmp ([`LabOptions::private_tmp`]) has it, seen from here.
+    pub fn node_tmp(&self, name: &str) -> PathBuf {
+        node_tmp(&self.dir, name)
     }
 
     /// The host folder holding an isolated node's stand-in record (`record.jsonl`), state and `fail/` flags.
@@ -694,11 +715,45 @@ impl Drop for FileLock<'_> {
     }
 }
 
-/// Writes one node's host key, sshd_config and root folder; returns its public host key (`ssh-ed25519 AAAA...`).
-fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode) -> Result<String, LabError> {
+/// The script a node with a private /tmp starts under (see [`LabOptions::private_tmp`]).
+const PRIVATE_TMP_SCRIPT: &str = "private_tmp.sh";
+
+fn check_private_tmp(lab_dir: &Path) -> Result<(), LabError> {
+    which("unshare").ok_or(LabError::Missing("unshare"))?;
+    let abs = std::path::absolute(lab_dir).map_err(io("cannot resolve the lab folder"))?;
+    if abs.starts_with("/tmp") {
+        return Err(LabError::Io {
+            what: format!(
+                "the lab folder {} is under /tmp, which nodes with a private /tmp do not see; put it elsewhere (e.g. /var/tmp)",
+                abs.display()
+            ),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes one node's host key, sshd_config and root folder (and its /tmp, when private); returns
+/// its public host key (`ssh-ed25519 AAAA...`).
+fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode, private_tmp: bool) -> Result<String, LabError> {
     let ndir = node_dir(dir, &node.name);
     fs::create_dir_all(&node.root).map_err(io(format!("cannot create {}", node.root.display())))?;
     set_mode(&ndir, 0o711)?;
+    let script = ndir.join(PRIVATE_TMP_SCRIPT);
+    if private_tmp {
+        let tmp = node_tmp(dir, &node.name);
+        fs::create_dir_all(&tmp).map_err(io(format!("cannot create {}", tmp.display())))?;
+        set_mode(&tmp, 0o1777)?;
+        let text = format!(
+            "#!/bin/sh\n# Written by kubeboot's local lab: this node's own /tmp, then the next step.\nset -eu\n\
+             mount --bind {} /tmp\nexec \"$@\"\n",
+            tmp.display()
+        );
+        fs::write(&script, text).map_err(io(format!("cannot write {}", script.display())))?;
+    } else {
+        // A node that had a private /tmp in an earlier lab in this folder does not any more.
+        let _ = fs::remove_file(&script);
+    }
     let chown = which("chown").ok_or(LabError::Missing("chown"))?;
     run(
         &chown,
@@ -727,6 +782,7 @@ fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode) -> Result<String, Lab
          PermitRootLogin no\n\
          AllowUsers {USER}\n\
          MaxSessions 10\n\
+         AllowTcpForwarding yes\n\
          LogLevel INFO\n\
          Subsystem sftp internal-sftp\n",
         addr = node.address,
@@ -741,6 +797,10 @@ fn prepare_node(tools: &Tools, dir: &Path, node: &LabNode) -> Result<String, Lab
 
 fn node_dir(dir: &Path, name: &str) -> PathBuf {
     dir.join("nodes").join(name)
+}
+
+fn node_tmp(dir: &Path, name: &str) -> PathBuf {
+    node_dir(dir, name).join("tmp")
 }
 
 fn node_names(dir: &Path) -> Vec<String> {

@@ -227,11 +227,32 @@ def apt_get(argv):
         return 0
     if words[0] == "install":
         state = State()
+        held = [w.split("=", 1)[0] for w in words[1:] if w.split("=", 1)[0] in state["held"]]
+        if held and "--allow-change-held-packages" not in argv:
+            err(f"E: Held packages were changed and -y was used without --allow-change-held-packages: {' '.join(held)}\n")
+            return 100
         install_packages(state, words[1:])
         state.save()
         out(f"Setting up {' '.join(words[1:])} ...\n")
         return 0
+    if words[0] in ("purge", "remove"):
+        state = State()
+        remove_packages(state, words[1:])
+        state.save()
+        out(f"Removing {' '.join(words[1:])} ...\n")
+        return 0
     return 0
+
+
+def remove_packages(state, names):
+    for name in names:
+        state["packages"].pop(name, None)
+        if name in state["held"]:
+            state["held"].remove(name)
+        for cmd in PACKAGE_COMMANDS.get(name, []):
+            link = os.path.join(BIN, cmd)
+            if os.path.islink(link):
+                os.unlink(link)
 
 
 def apt_cache(argv):
@@ -250,6 +271,12 @@ def apt_mark(argv):
             if p not in state["held"]:
                 state["held"].append(p)
             out(f"{p} set on hold.\n")
+        state.save()
+    elif argv[:1] == ["unhold"]:
+        for p in argv[1:]:
+            if p in state["held"]:
+                state["held"].remove(p)
+            out(f"Canceled hold on {p}.\n")
         state.save()
     elif argv[:1] == ["showhold"]:
         for p in state["held"]:
@@ -309,6 +336,11 @@ def dnf(argv):
     if words[:1] == ["install"]:
         state = State()
         install_packages(state, words[1:])
+        state.save()
+        out("Complete!\n")
+    if words[:1] == ["remove"]:
+        state = State()
+        remove_packages(state, words[1:])
         state.save()
         out("Complete!\n")
     return 0
@@ -477,6 +509,24 @@ def getent(argv):
 
 
 def ip(argv):
+    words = [a for a in argv if not a.startswith("-")]
+    if words[:1] == ["link"]:
+        # Never the host's links: the node's network is the stand-in's list (Cilium adds its links when applied).
+        state = State()
+        links = state.data.setdefault("links", ["lo", "eth0"])
+        if words[1:2] in ([], ["show"], ["list"]):
+            for i, name in enumerate(links, 1):
+                out(f"{i}: {name}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 state UP\n")
+            return 0
+        if words[1:2] in (["delete"], ["del"]) and len(words) > 2:
+            name = words[3] if words[2] == "dev" and len(words) > 3 else words[2]
+            if name not in links:
+                err(f'Cannot find device "{name}"\n')
+                return 1
+            links.remove(name)
+            state.save()
+            return 0
+        return 0
     if argv[:1] == ["-o"] and argv[1:2] in (["addr"], ["a"], ["address"]):
         out("1: lo    inet 127.0.0.1/8 scope host lo\\       valid_lft forever preferred_lft forever\n")
         out(f"2: eth0    inet {NODE['address']}/24 brd + scope global eth0\\       valid_lft forever preferred_lft forever\n")
@@ -757,15 +807,228 @@ def kubeadm(argv):
         address = re.search(r'advertiseAddress:\s*"?([0-9.]+)', text)
         os.makedirs("/etc/kubernetes/pki", exist_ok=True)
         with open("/etc/kubernetes/admin.conf", "w") as f:
-            f.write("apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    server: https://"
-                    + (address.group(1) if address else NODE["address"]) + ":6443\n  name: kubernetes\n"
-                    + "users:\n- name: kubernetes-admin\n  user: {client-certificate-data: c3RhbmQtaW4=}\n")
+            # Laid out as kubeadm writes it: cluster `kubernetes`, user `kubernetes-admin`, their context current.
+            f.write("apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: c3RhbmQtaW4tY2E=\n"
+                    + "    server: https://" + (address.group(1) if address else NODE["address"]) + ":6443\n"
+                    + "  name: kubernetes\ncontexts:\n- context:\n    cluster: kubernetes\n    user: kubernetes-admin\n"
+                    + "  name: kubernetes-admin@kubernetes\ncurrent-context: kubernetes-admin@kubernetes\nkind: Config\n"
+                    + "preferences: {}\nusers:\n- name: kubernetes-admin\n  user:\n"
+                    + "    client-certificate-data: c3RhbmQtaW4=\n    client-key-data: c3RhbmQtaW4ta2V5\n")
         os.chmod("/etc/kubernetes/admin.conf", 0o600)
         state = State()
         state.data["cluster"] = {"kube_proxy": kube_proxy, "taints": ["node-role.kubernetes.io/control-plane"] if tainted else []}
+        write_control_plane(kubeadm_version())
+        os.makedirs("/etc/kubernetes/pki/etcd", exist_ok=True)
+        for name in ("ca.crt", "ca.key", "healthcheck-client.crt", "healthcheck-client.key", "server.crt", "server.key"):
+            with open("/etc/kubernetes/pki/etcd/" + name, "w") as f:
+                f.write(f"stand-in {name}\n")
+        for name in ("kubelet.conf", "controller-manager.conf", "scheduler.conf", "super-admin.conf"):
+            with open("/etc/kubernetes/" + name, "w") as f:
+                f.write("apiVersion: v1\nkind: Config\n")
+        os.makedirs("/var/lib/etcd/member/snap", exist_ok=True)
+        with open("/var/lib/etcd/member/snap/db", "wb") as f:
+            f.write(b"etcd data of " + NODE["name"].encode() + b" " + os.urandom(64))
+        os.makedirs("/var/lib/kubelet", exist_ok=True)
+        with open("/var/lib/kubelet/config.yaml", "w") as f:
+            f.write("kind: KubeletConfiguration\n")
+        state.data["certs_renewed"] = time.time()
         state.save()
         out("Your Kubernetes control-plane has initialized successfully!\n")
         return 0
+    if argv[:1] == ["reset"]:
+        return kubeadm_reset(argv)
+    if argv[:1] == ["upgrade"]:
+        return kubeadm_upgrade(argv[1:])
+    if argv[:1] == ["certs"]:
+        return kubeadm_certs(argv[1:])
+    return 0
+
+
+CONTROL_PLANE = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")
+
+
+def write_control_plane(version):
+    """The static pod manifests, with the images a real kubeadm writes (etcd keeps its own version)."""
+    os.makedirs("/etc/kubernetes/manifests", exist_ok=True)
+    for name in CONTROL_PLANE:
+        image = "registry.k8s.io/etcd:3.6.5-0" if name == "etcd" else f"registry.k8s.io/{name}:{version}"
+        with open(f"/etc/kubernetes/manifests/{name}.yaml", "w") as f:
+            f.write(f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: kube-system\n"
+                    f"spec:\n  containers:\n  - name: {name}\n    image: {image}\n")
+
+
+def control_plane_version():
+    try:
+        m = re.search(r"kube-apiserver:(v[0-9.]+)", open("/etc/kubernetes/manifests/kube-apiserver.yaml").read())
+        return m.group(1) if m else None
+    except OSError:
+        return None
+
+
+def kubeadm_reset(argv):
+    if "-f" not in argv and "--force" not in argv:
+        err("[reset] Are you sure you want to proceed? [y/N]: aborted (no terminal)\n")
+        return 1
+    import shutil
+    for path in ("/etc/kubernetes/manifests", "/etc/kubernetes/pki", "/var/lib/kubelet", "/etc/kubernetes/tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+    for name in ("admin.conf", "super-admin.conf", "kubelet.conf", "bootstrap-kubelet.conf", "controller-manager.conf",
+                 "scheduler.conf"):
+        try:
+            os.remove("/etc/kubernetes/" + name)
+        except FileNotFoundError:
+            pass
+    if os.path.isdir("/var/lib/etcd"):
+        for entry in os.listdir("/var/lib/etcd"):
+            shutil.rmtree(os.path.join("/var/lib/etcd", entry), ignore_errors=True)
+    state = State()
+    state.data["cluster"] = None
+    state["units"].get("kubelet", {})["active"] = False
+    state.save()
+    out("[reset] Deleted contents of the etcd data directory: /var/lib/etcd\n"
+        "The reset process does not clean CNI configuration. To do so, you must remove /etc/cni/net.d\n"
+        "The reset process does not reset or clean up iptables rules or IPVS tables.\n"
+        "The reset process does not clean your kubeconfig files and you must remove them manually.\n")
+    return 0
+
+
+def kubeadm_upgrade(argv):
+    state = State()
+    have = control_plane_version()
+    mine = kubeadm_version()
+    if argv[:1] == ["plan"]:
+        if state["cluster"] is None or have is None:
+            err("[upgrade/config] FATAL: no control plane on this node (missing /etc/kubernetes/admin.conf)\n")
+            return 1
+        out(f"[upgrade/versions] Cluster version: {have}\n[upgrade/versions] kubeadm version: {mine}\n"
+            f"You can now apply the upgrade by executing the following command:\n\n\tkubeadm upgrade apply {mine}\n")
+        return 0
+    if argv[:1] == ["apply"]:
+        wanted = next((a for a in argv[1:] if a.startswith("v")), None)
+        if state["cluster"] is None or have is None:
+            err("[upgrade] FATAL: no control plane on this node\n")
+            return 1
+        if wanted != mine:
+            err(f"[upgrade/version] FATAL: the specified version to upgrade to {wanted} is higher than the kubeadm version {mine}\n")
+            return 1
+        hm, wm = [tuple(int(x) for x in v.lstrip("v").split(".")[:2]) for v in (have, wanted)]
+        if wm[1] > hm[1] + 1:
+            err(f"[upgrade/version] FATAL: the cluster version {have} cannot be upgraded to {wanted}: skipping a minor\n")
+            return 1
+        write_control_plane(wanted)
+        out(f'[upgrade/successful] SUCCESS! Your cluster was upgraded to "{wanted}". Enjoy!\n')
+        return 0
+    if argv[:1] == ["node"]:
+        if os.path.exists("/etc/kubernetes/manifests/kube-apiserver.yaml"):
+            write_control_plane(mine)
+        out("[upgrade] The configuration for this node was successfully upgraded!\n")
+        return 0
+    return 0
+
+
+def kubeadm_certs(argv):
+    state = State()
+    if state["cluster"] is None:
+        err("[check-expiration] Error reading configuration from the Cluster: no cluster on this node\n")
+        return 1
+    if argv[:1] == ["renew"]:
+        state.data["certs_renewed"] = time.time()
+        state.data["certs_renewed_after_aging"] = True
+        state.save()
+        out("[renew] certificates renewed: admin.conf apiserver apiserver-etcd-client apiserver-kubelet-client "
+            "controller-manager.conf etcd-healthcheck-client etcd-peer etcd-server front-proxy-client scheduler.conf "
+            "super-admin.conf\n\nDone renewing certificates. You must restart the kube-apiserver, kube-controller-manager, "
+            "kube-scheduler and etcd, so that they can use the new certificates.\n")
+        return 0
+    if argv[:1] == ["check-expiration"]:
+        # A test may age the certificates: <state dir>/cert_days_left holds the days left.
+        try:
+            days = int(open(os.path.join(STATE_DIR, "cert_days_left")).read().strip())
+        except (OSError, ValueError):
+            days = 364
+        if state.data.get("certs_renewed_after_aging"):
+            days = 364
+        out("CERTIFICATE                EXPIRES                  RESIDUAL TIME   CERTIFICATE AUTHORITY   EXTERNALLY MANAGED\n")
+        for name, ca in (("admin.conf", "ca"), ("apiserver", "ca"), ("apiserver-etcd-client", "etcd-ca"),
+                         ("apiserver-kubelet-client", "ca"), ("controller-manager.conf", "ca"),
+                         ("etcd-healthcheck-client", "etcd-ca"), ("etcd-peer", "etcd-ca"), ("etcd-server", "etcd-ca"),
+                         ("front-proxy-client", "front-proxy-ca"), ("scheduler.conf", "ca"), ("super-admin.conf", "ca")):
+            out(f"{name:<26} Dec 01, 2027 21:00 UTC   {days}d{'':<12} {ca:<23} no\n")
+        out("\nCERTIFICATE AUTHORITY   EXPIRES                  RESIDUAL TIME   EXTERNALLY MANAGED\n")
+        for ca in ("ca", "etcd-ca", "front-proxy-ca"):
+            out(f"{ca:<23} Nov 29, 2036 21:00 UTC   9y              no\n")
+        return 0
+    return 0
+
+
+def crictl(argv):
+    state = State()
+    if argv[:1] == ["ps"]:
+        name = argv[argv.index("--name") + 1].strip("^$") if "--name" in argv else None
+        running = [n for n in CONTROL_PLANE if os.path.exists(f"/etc/kubernetes/manifests/{n}.yaml")]
+        if state["cluster"] is None:
+            running = []
+        for n in running:
+            if name is None or n == name:
+                cid = hashlib.sha256((NODE["name"] + n).encode()).hexdigest()[:13]
+                out(cid + "\n" if "-q" in argv else f"{cid}   {n}   Running\n")
+        return 0
+    if argv[:1] == ["exec"] and len(argv) > 2:
+        rest = [a for a in argv[1:] if a not in ("-i", "-t", "-it")]
+        if rest[1:2] == ["etcdctl"]:
+            record("etcdctl", rest[2:])
+            return etcdctl(rest[2:])
+        err(f"crictl exec: no stand-in for {rest[1:2]}\n")
+        return 1
+    return 0
+
+
+def etcdctl(argv):
+    """etcdctl inside the etcd pod: the pod sees the node's /var/lib/etcd and /etc/kubernetes/pki/etcd."""
+    state = State()
+    for flag in ("--cacert", "--cert", "--key"):
+        value = next((a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")), None)
+        if value is None or not os.path.exists(value):
+            err(f"Error: open {value}: no such file or directory ({flag})\n")
+            return 1
+    words = [a for a in argv if not a.startswith("-")]
+    if words[:2] == ["snapshot", "save"] and len(words) > 2:
+        if state["cluster"] is None:
+            err("Error: context deadline exceeded\n")
+            return 1
+        data = open("/var/lib/etcd/member/snap/db", "rb").read()
+        with open(words[2], "wb") as f:
+            f.write(b"etcd snapshot (stand-in) of " + NODE["name"].encode() + b" at "
+                    + (control_plane_version() or "?").encode() + b"\n" + data)
+        out(f"Snapshot saved at {words[2]}\n")
+        return 0
+    return 0
+
+
+def iptables_save(argv):
+    state = State()
+    rules = state.data.get("iptables", [])
+    out("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n")
+    for r in rules:
+        out(r + "\n")
+    out("COMMIT\n")
+    return 0
+
+
+def iptables_restore(argv):
+    # Read the whole input before taking the state lock: the iptables-save feeding the pipe needs it too.
+    lines = sys.stdin.read().splitlines()
+    state = State()
+    state.data["iptables"] = [l for l in lines if l and not l.startswith(("*", ":INPUT", ":FORWARD", ":OUTPUT", "COMMIT", "#"))]
+    state.save()
+    return 0
+
+
+def ipvsadm(argv):
+    state = State()
+    if "--clear" in argv or "-C" in argv:
+        state.data["ipvs"] = []
+        state.save()
     return 0
 
 
@@ -849,6 +1112,16 @@ def kubectl(argv):
         with open(os.path.join(STATE_DIR, "applied.yaml"), "a") as f:
             f.write(keep)
         state["applied"].extend(objects)
+        if any(o["name"] == "cilium-chart-values" for o in objects):
+            # What a Cilium agent leaves on a node: its links and its iptables chains (kube's chains come with it,
+            # as a kube-proxy would have written them), next to a rule of the operator's own.
+            links = state.data.setdefault("links", ["lo", "eth0"])
+            for l in ("cilium_host", "cilium_net", "cilium_vxlan", "lxc_health"):
+                if l not in links:
+                    links.append(l)
+            state.data["iptables"] = [":CILIUM_INPUT - [0:0]", ":KUBE-FIREWALL - [0:0]", "-A INPUT -j CILIUM_INPUT",
+                                      "-A INPUT -j KUBE-FIREWALL", "-A INPUT -s 10.1.2.0/24 -j ACCEPT"]
+            state.data["ipvs"] = ["TCP 10.96.0.1:443 rr"]
         state.save()
         record("kubectl", argv, objects=objects)
         for o in objects:
@@ -902,7 +1175,11 @@ def kubectl_get(k, state, cluster):
         if jsonpath and "taints" in jsonpath:
             out(" ".join(cluster["taints"]))
         else:
-            out(f"NAME   STATUS   ROLES           AGE   VERSION\n{NODE['name']}   Ready    control-plane   1m    {kubeadm_version()}\n")
+            kubelet = "v" + (state["packages"].get("kubelet") or "0").split("-")[0]
+            if jsonpath and "kubeletVersion" in jsonpath:
+                out(kubelet)
+            else:
+                out(f"NAME   STATUS   ROLES           AGE   VERSION\n{NODE['name']}   Ready    control-plane   1m    {kubelet}\n")
         return 0
     if kind in ("ds", "daemonset", "daemonsets") and name == "kube-proxy":
         if cluster["kube_proxy"]:
@@ -1020,7 +1297,9 @@ COMMANDS = {
     "swapoff": swapoff, "swapon": quiet_ok, "setenforce": setenforce, "getenforce": getenforce,
     "firewall-cmd": quiet_ok, "ufw": ufw, "timedatectl": timedatectl, "getent": getent, "ip": ip,
     "curl": curl, "sha256sum": sha256sum, "gpg": gpg,
-    "containerd": containerd, "ctr": quiet_ok, "crictl": quiet_ok, "kubelet": quiet_ok,
+    "containerd": containerd, "ctr": quiet_ok, "crictl": crictl, "kubelet": quiet_ok,
+    "iptables-save": iptables_save, "ip6tables-save": iptables_save, "iptables-restore": iptables_restore,
+    "ip6tables-restore": iptables_restore, "iptables": quiet_ok, "ip6tables": quiet_ok, "ipvsadm": ipvsadm,
     "kubeadm": kubeadm, "kubectl": kubectl, "kustomize": kustomize, "helm": helm,
     "iscsiadm": quiet_ok, "iscsi-iname": iscsi_iname, "multipath": quiet_ok, "mount.nfs4": quiet_ok,
     "jq": quiet_ok, "socat": quiet_ok, "conntrack": quiet_ok, "ipset": quiet_ok,

@@ -6,6 +6,7 @@
 //! sends [`Event`]s and listens for [`Control`] requests.
 
 pub mod drift;
+pub mod fetch;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,6 +67,8 @@ pub struct RunSpec {
     pub accept_new_host_keys: bool,
     /// Nodes whose unknown host key the operator accepted on the confirmation screen: recorded, for these only.
     pub accept_host_keys_for: HashSet<String>,
+    /// Where `fetch` tasks with a relative `dest` write (the state dir).
+    pub fetch_root: std::path::PathBuf,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{NodeEnd, Shared};
+use super::{NodeEnd, Shared, fetch};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
 use crate::inventory::{NewHostKeys, SecretSource};
@@ -84,9 +84,32 @@ async fn run_with_slot(shared: &Shared, name: &str, counts: &mut Counts) -> Resu
         s = Session::connect(target) => s.map_err(|e| Stop::Failed(e.to_string()))?,
         _ = shared.cancel.cancelled() => return Err(Stop::Cancelled("cancelled while connecting".into())),
     };
-    let result = run_session(shared, name, node.name.as_str(), &session, counts).await;
+    let result = match serve_bundle(shared, node, &session).await {
+        Ok(()) => run_session(shared, name, node.name.as_str(), &session, counts).await,
+        Err(e) => Err(e),
+    };
     session.close().await;
     result
+}
+
+/// With `[sources] bundle`, makes the bundle folder answer on the node's `127.0.0.1:PORT`, through
+/// a remote forward over this node's own connection (`sources.bundle_url` in the playbooks).
+async fn serve_bundle(shared: &Shared, node: &crate::inventory::Node, session: &Session) -> Result<(), Stop> {
+    let inv = &shared.spec.inventory;
+    let Some(dir) = &inv.sources.bundle else {
+        return Ok(());
+    };
+    let server = crate::bundle::FileServer::new(dir)
+        .map_err(|e| Stop::Failed(format!("cannot serve the bundle {}: {e}", dir.display())))?;
+    let port = inv.bundle_port(node);
+    session
+        .forward_remote(
+            crate::bundle::LISTEN_ADDRESS,
+            port,
+            crate::bundle::forward_service(server),
+        )
+        .await
+        .map_err(|e| Stop::Failed(format!("cannot serve the bundle to {}: {e}", node.name)))
 }
 
 async fn run_session(
@@ -373,6 +396,7 @@ impl TaskRunner<'_> {
         }
         match &self.task.action {
             Action::Http(_) | Action::S3Buckets(_) => self.on_jump_host().await,
+            Action::Fetch { src, dest, overwrite } => self.fetch(src, dest, *overwrite).await,
             Action::Run { command } => {
                 let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
                 check_exit(exit, tail)?;
@@ -447,6 +471,62 @@ impl TaskRunner<'_> {
                 }
             }
         }
+    }
+
+    /// A `fetch`: the node prints the file (digest + base64, never shown as output), kubeboot writes it here.
+    async fn fetch(&self, src: &str, dest: &str, overwrite: bool) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
+        let (exit, lines, tail) = self.capture(&fetch::script(src), self.task.timeout).await?;
+        check_exit(exit, tail)?;
+        let bytes = fetch::decode(&lines).map_err(|e| Failure::Other(format!("fetching {src}: {e}")))?;
+        let path = fetch::destination(&self.shared.spec.fetch_root, dest);
+        let written = fetch::write(&path, &bytes, overwrite).map_err(Failure::Other)?;
+        let line = match written {
+            fetch::Written::Changed => format!("fetched {src} ({} bytes) -> {}", bytes.len(), path.display()),
+            fetch::Written::Unchanged => format!("unchanged: {} already holds {src}", path.display()),
+        };
+        self.shared.emit(Event::Output {
+            node: self.name.to_string(),
+            stream: Stream::Stdout,
+            line,
+        });
+        Ok(match written {
+            fetch::Written::Changed => (TaskStatus::Changed, None),
+            fetch::Written::Unchanged => (TaskStatus::Ok, None),
+        })
+    }
+
+    /// Runs a script of this task and keeps all of its stdout (not shown: it may be a file's content).
+    async fn capture(
+        &self,
+        script: &str,
+        limit: Option<Duration>,
+    ) -> Result<(Exit, Vec<String>, Vec<String>), Failure> {
+        let command = Command {
+            script: script.to_string(),
+            env: Vec::new(),
+            become_: self.task.become_,
+        };
+        let stdout = Mutex::new(Vec::new());
+        let stderr = Mutex::new(Vec::new());
+        let output = |stream: Stream, line: String| match stream {
+            Stream::Stdout => lock(&stdout).push(line),
+            _ => {
+                let mut e = lock(&stderr);
+                if e.len() < TAIL_LINES {
+                    e.push(line);
+                }
+            }
+        };
+        let run = self.session.exec(&command, &output, &self.shared.cancel);
+        let exit = match limit {
+            Some(limit) => tokio::time::timeout(limit, run)
+                .await
+                .map_err(|_| Failure::Timeout(limit))??,
+            None => run.await?,
+        };
+        let out = std::mem::take(&mut *lock(&stdout));
+        let err = std::mem::take(&mut *lock(&stderr));
+        Ok((exit, out, err))
     }
 
     /// A task kubeboot does itself on the jump host, within the task's limit; its report lines are the

@@ -13,10 +13,11 @@ use serde_json::Value as Json;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, SshSettings};
+use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, Sources, SshSettings};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
-const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets"];
+const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets", "sources"];
+const SOURCES_KEYS: &[&str] = &["bundle", "bundle_port"];
 const SSH_KEYS: &[&str] = &[
     "user",
     "port",
@@ -32,7 +33,8 @@ const SSH_KEYS: &[&str] = &[
     "keepalive",
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vars"];
-const NODE_KEYS: &[&str] = &["name", "address", "cluster", "vars"];
+const NODE_KEYS: &[&str] = &["name", "address", "cluster", "vars", "bundle_port"];
+const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
 const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env = \"VAR\"` (an environment variable) \
                            or `password_file = \"path\"` (a file readable only by you)";
 
@@ -250,9 +252,14 @@ impl Reader<'_> {
     }
 
     fn port(&mut self, table: &Table<'_>) -> Option<u16> {
-        let v = table.get("port")?;
+        self.port_number(table, "port", "the SSH port is usually 22")
+    }
+
+    /// A TCP port number under `key`.
+    fn port_number(&mut self, table: &Table<'_>, key: &str, hint: &str) -> Option<u16> {
+        let v = table.get(key)?;
         let Some(i) = v.get_ref().as_integer() else {
-            self.wrong_type("port", v, "an integer");
+            self.wrong_type(key, v, "an integer");
             return None;
         };
         match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
@@ -260,12 +267,39 @@ impl Reader<'_> {
             _ => {
                 self.error(
                     v.span(),
-                    "`port` must be between 1 and 65535",
-                    Some("the SSH port is usually 22".into()),
+                    format!("`{key}` must be between 1 and 65535"),
+                    Some(hint.into()),
                 );
                 None
             }
         }
+    }
+
+    fn sources(&mut self, doc: &Table<'_>) -> Sources {
+        let mut sources = Sources::default();
+        let Some(v) = doc.get("sources") else {
+            return sources;
+        };
+        let Some(t) = v.get_ref().as_table() else {
+            self.wrong_type("sources", v, "a table");
+            return sources;
+        };
+        self.check_keys(t, SOURCES_KEYS, &[], "[sources]");
+        if let Some((raw, span)) = self.string(t, "bundle") {
+            let dir = resolve_path(&self.base, &raw);
+            if !dir.is_dir() {
+                self.error(
+                    span,
+                    format!("bundle folder {} does not exist", dir.display()),
+                    Some("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle".into()),
+                );
+            }
+            sources.bundle = Some(dir);
+        }
+        if let Some(port) = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT) {
+            sources.bundle_port = port;
+        }
+        sources
     }
 
     /// A secret given as `<prefix>_env` or `<prefix>_file`; a plain `<prefix>` is refused.
@@ -401,6 +435,7 @@ impl Reader<'_> {
         let nodes = self.nodes(doc, &clusters, &defaults);
         let vars = self.vars(doc, "vars");
         let secrets = self.secrets(doc);
+        let sources = self.sources(doc);
         self.check_clusters_have_nodes(&clusters, &nodes);
         Inventory {
             path: self.file.to_path_buf(),
@@ -408,6 +443,7 @@ impl Reader<'_> {
             nodes,
             vars,
             secrets,
+            sources,
         }
     }
 
@@ -534,6 +570,7 @@ impl Reader<'_> {
             };
             let ssh = self.ssh(t).merged(defaults);
             let vars = self.vars(t, "vars");
+            let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
             let (Some((name, name_span)), Some(address)) = (name, address) else {
                 continue;
             };
@@ -551,6 +588,7 @@ impl Reader<'_> {
                 cluster,
                 ssh,
                 vars,
+                bundle_port,
                 line: self.line(span.start),
             });
         }

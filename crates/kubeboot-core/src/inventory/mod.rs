@@ -2,6 +2,7 @@
 
 mod load;
 pub mod model;
+mod sources;
 
 pub use load::{load, parse, valid_name};
 pub use model::*;

@@ -5,6 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::sources::Sources;
+
 /// Where a secret comes from. The value itself is never stored in the inventory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -90,6 +92,9 @@ pub struct Node {
     pub ssh: SshSettings,
     /// Node-level template variables (override cluster and `[vars]`).
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// The port on this node's loopback the bundle is served on, when it differs from
+    /// `[sources] bundle_port` (a port taken on this node, or nodes sharing one network).
+    pub bundle_port: Option<u16>,
     /// Where the `[[nodes]]` entry starts (1-based line), for messages.
     pub line: usize,
 }
@@ -105,12 +110,19 @@ pub struct Inventory {
     pub vars: BTreeMap<String, serde_json::Value>,
     /// `[secrets]`: named secrets the playbooks may use as `{{ secrets.NAME }}`.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// `[sources]`: where every artifact the install downloads comes from.
+    pub sources: Sources,
 }
 
 impl Inventory {
     /// The node with this name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The port `node`'s bundle is served on (its own `bundle_port`, else `[sources] bundle_port`).
+    pub fn bundle_port(&self, node: &Node) -> u16 {
+        node.bundle_port.unwrap_or(self.sources.bundle_port)
     }
 
     /// The cluster with this name.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::model::{ActionDef, CopyDef, Hosts, HttpDef, Location, Playbooks, S3BucketsDef, Stage, TaskDef, WaitDef};
+use super::model::{
+    ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Location, Playbooks, S3BucketsDef, Stage, TaskDef, WaitDef,
+};
 use super::yaml::{self, Node, Yaml, pos};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
@@ -18,6 +20,7 @@ const TASK_KEYS: &[&str] = &[
     "wait",
     "http",
     "s3_buckets",
+    "fetch",
     "interval",
     "unless",
     "when",
@@ -29,6 +32,7 @@ const TASK_KEYS: &[&str] = &[
     "after",
 ];
 const COPY_KEYS: &[&str] = &["src", "content", "dest", "mode", "owner", "template"];
+const FETCH_KEYS: &[&str] = &["src", "dest", "overwrite"];
 const HTTP_KEYS: &[&str] = &[
     "url",
     "host",
@@ -40,7 +44,7 @@ const HTTP_KEYS: &[&str] = &[
 ];
 const S3_BUCKETS_KEYS: &[&str] = &["endpoint", "region", "buckets", "access_key", "secret_key"];
 /// Every action key; a task has exactly one.
-const ACTIONS: &[&str] = &["run", "copy", "wait", "http", "s3_buckets"];
+const ACTIONS: &[&str] = &["run", "copy", "wait", "http", "s3_buckets", "fetch"];
 /// Task keys that only mean something on the node, refused on tasks that run on the jump host.
 const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become"];
 const DEFAULT_DELAY: Duration = Duration::from_secs(5);
@@ -653,6 +657,7 @@ impl Reader<'_> {
             }
             "http" => self.http(v, fields).map(ActionDef::Http),
             "s3_buckets" => self.s3_buckets(v, fields).map(ActionDef::S3Buckets),
+            "fetch" => self.fetch(v, fields).map(ActionDef::Fetch),
             _ => self.copy(v, fields).map(ActionDef::Copy),
         }
     }
@@ -774,6 +779,37 @@ impl Reader<'_> {
             buckets,
             access_key: take("access_key")?,
             secret_key: take("secret_key")?,
+        })
+    }
+
+    fn fetch(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<FetchDef> {
+        let entries = self.mapping(n, FETCH_KEYS, "`fetch`")?;
+        let mut src = None;
+        let mut dest = None;
+        let mut overwrite = false;
+        for (key, _k, v) in &entries {
+            match key.as_str() {
+                "src" => src = self.field("fetch", key, v, fields),
+                "dest" => dest = self.field("fetch", key, v, fields),
+                "overwrite" => overwrite = self.boolean("overwrite", v).unwrap_or(false),
+                _ => {}
+            }
+        }
+        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
+        if !has("src") && !misspelled(n, &["src"]) {
+            self.error(n, "`fetch` has no `src`", "add `src: /absolute/path/on/the/node`");
+        }
+        if !has("dest") && !misspelled(n, &["dest"]) {
+            self.error(
+                n,
+                "`fetch` has no `dest`",
+                "add `dest: path/on/the/jump/host` (relative paths are under the state dir)",
+            );
+        }
+        Some(FetchDef {
+            src: src?,
+            dest: dest?,
+            overwrite,
         })
     }
 

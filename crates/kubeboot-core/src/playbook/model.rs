@@ -36,6 +36,8 @@ pub enum ActionDef {
     Http(HttpDef),
     /// S3 buckets that kubeboot makes sure exist, from the jump host.
     S3Buckets(S3BucketsDef),
+    /// A file copied from the node to the jump host (the reverse of `copy`).
+    Fetch(FetchDef),
 }
 
 impl ActionDef {
@@ -61,6 +63,18 @@ pub struct CopyDef {
     pub owner: Option<String>,
     /// Render `src` through the template engine. Default false for `src`, always for `content`.
     pub template: bool,
+}
+
+/// A `fetch:` task: one file read on the node (with `become`, as root) and written on the jump host, 0600.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchDef {
+    /// Absolute path of the file on the node (a template).
+    pub src: String,
+    /// Where it goes on the jump host (a template): relative paths are under the state dir, absolute ones as written.
+    pub dest: String,
+    /// Replace a file already at `dest`. Default false: an existing file with other content is never overwritten
+    /// (backups), the same content counts as done.
+    pub overwrite: bool,
 }
 
 /// A `wait:` task.

@@ -86,6 +86,7 @@ impl Context {
             .map(|name| (name.clone(), Value::from(crate::secrets::placeholder(name))))
             .collect();
         vars.insert("secrets".into(), Value::from(secrets));
+        vars.insert("sources".into(), sources_object(inv, node));
         Context { vars }
     }
 
@@ -97,6 +98,17 @@ impl Context {
     fn value(&self) -> Value {
         Value::from(self.vars.clone())
     }
+}
+
+/// `sources`: where the node gets its artifacts (`sources.bundle_url` is "" without a bundle).
+fn sources_object(inv: &Inventory, node: &Node) -> Value {
+    let mut m: BTreeMap<String, Value> = BTreeMap::new();
+    m.insert("bundle".into(), Value::from(inv.sources.bundle.is_some()));
+    m.insert(
+        "bundle_url".into(),
+        Value::from(inv.sources.bundle_url(inv.bundle_port(node))),
+    );
+    Value::from(m)
 }
 
 fn members<'a>(inv: &'a Inventory, c: &'a Cluster) -> impl Iterator<Item = &'a Node> + 'a {

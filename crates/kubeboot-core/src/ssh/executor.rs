@@ -7,15 +7,20 @@
 //! `<nonce> <id> <kind> <text>`: output can never pass for a control frame, and the per-session
 //! random nonce makes frames unforgeable by anything the job runs. Control frames, written by the
 //! shell itself to a descriptor the job does not have: `P pid` (started), `X code` (exited),
-//! `D` (all its output is flushed). Cancel writes `kill -s KILL -- -pgid` to the shell; when the shell's
-//! stdin ends (connection closed or lost) its EXIT trap kills every job still running.
+//! `D` (all its output is flushed). Cancel writes `kill -s KILL -- -pgid` to the shell.
+//!
+//! Each shell has its own folder on the node (`$TMPDIR/kubeboot-jobs.*`: job PID files, uploads in
+//! transit), and however the session ends the folder goes away with the shell: see [`prelude`]
+//! for each ending. A folder whose shell never got the chance (the node lost power) is removed
+//! by the next kubeboot shell of the same user on that node.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use russh::ChannelMsg;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::script::{LineBuffer, quote};
@@ -44,7 +49,20 @@ pub(crate) struct Executor {
     jobs: Arc<Mutex<HashMap<u64, Job>>>,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
+    /// Becomes true once the shell has ended.
+    ended: watch::Receiver<bool>,
+    /// The shell's own folder on the node (job PID files, uploads in transit); gone when it ends.
+    dir: String,
     _permit: OwnedSemaphorePermit,
+}
+
+/// How to start a shell.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShellOptions {
+    /// How often kubeboot tells the shell it is still there.
+    pub beat: Duration,
+    /// The shell runs jobs (needs `setsid`), or only holds a folder.
+    pub need_setsid: bool,
 }
 
 /// Why a shell could not be started; the caller falls back to one channel per command.
@@ -56,11 +74,14 @@ pub(crate) enum StartError {
 
 impl Executor {
     /// Starts the shell with `command` (`sh -s` or a sudo of it) and `stdin_prefix` (the sudo password line).
+    /// It is sent a beat every `beat`; one that hears none for 6 beats cleans up and ends. Without
+    /// `need_setsid` the shell only holds a folder (for uploads on a node that cannot run jobs).
     pub(crate) async fn start(
         handle: &russh::client::Handle<super::Client>,
         permit: OwnedSemaphorePermit,
         command: &str,
         stdin_prefix: Vec<u8>,
+        shell: ShellOptions,
         lost: impl Fn(&str) -> SshError,
     ) -> Result<Executor, StartError> {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
@@ -74,7 +95,8 @@ impl Executor {
             .await
             .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
         let mut stdin = stdin_prefix;
-        stdin.extend_from_slice(prelude(&nonce).as_bytes());
+        let beat_secs = shell.beat.as_secs().max(1);
+        stdin.extend_from_slice(prelude(&nonce, beat_secs, shell.need_setsid).as_bytes());
         write
             .data_bytes(stdin)
             .await
@@ -82,33 +104,45 @@ impl Executor {
 
         // Wait for the ready frame before handing the shell out.
         let mut buf = LineBuffer::default();
-        let ready = format!("{nonce} - R");
+        let ready = format!("{nonce} - R /");
         let unsupported = format!("{nonce} - U");
-        let mut state = None;
+        let mut state: Option<Option<String>> = None;
         while state.is_none() {
             match read.wait().await {
                 Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
-                    if l == ready {
-                        state = Some(true);
+                    if l.starts_with(&ready) {
+                        state = Some(Some(l[ready.len() - 1..].to_string()));
                     } else if l == unsupported {
-                        state = Some(false);
+                        state = Some(None);
                     }
                 }),
-                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => state = Some(false),
+                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => state = Some(None),
                 Some(_) => {}
             }
         }
-        if state != Some(true) {
+        let Some(Some(dir)) = state else {
             let _ = write.close().await;
             return Err(StartError::Unsupported);
-        }
+        };
 
         let (writes, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let jobs: Arc<Mutex<HashMap<u64, Job>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        // The writer: one place that writes to the shell's stdin, so frames never interleave.
+        let (ended_tx, ended) = watch::channel(false);
+        // The writer: one place that writes to the shell's stdin, so frames never interleave. It
+        // also sends the beats the shell's watchdog waits for.
         tokio::spawn(async move {
-            while let Some(bytes) = queue.recv().await {
+            let period = Duration::from_secs(beat_secs);
+            let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let bytes = tokio::select! {
+                    b = queue.recv() => match b {
+                        Some(b) => b,
+                        None => break,
+                    },
+                    _ = beats.tick() => BEAT.to_vec(),
+                };
                 if write.data_bytes(bytes).await.is_err() {
                     break;
                 }
@@ -135,6 +169,7 @@ impl Executor {
                     }
                 }
                 alive.store(false, Ordering::SeqCst);
+                let _ = ended_tx.send(true);
                 if let Ok(mut jobs) = jobs.lock() {
                     for (_, job) in jobs.drain() {
                         if let Some(tx) = job.frames {
@@ -150,8 +185,25 @@ impl Executor {
             jobs,
             next_id: AtomicU64::new(1),
             alive,
+            ended,
+            dir,
             _permit: permit,
         })
+    }
+
+    /// The shell's folder on the node: private to the shell's user, removed when the shell ends.
+    pub(crate) fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// Ends the shell at a clean end of the session: it removes its folder (and kills any job still
+    /// running), and this waits up to `within` for it to have done so.
+    pub(crate) async fn close(&self, within: Duration) {
+        if self.is_alive() {
+            let _ = self.writes.send(b"exit 0\n".to_vec());
+        }
+        let mut ended = self.ended.clone();
+        let _ = tokio::time::timeout(within, ended.wait_for(|e| *e)).await;
     }
 
     /// False once the shell has ended; a new one is started for the next command.
@@ -292,19 +344,119 @@ fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboun
     }
 }
 
-/// What the shell runs first: its frame descriptor, its job folder and the EXIT trap that kills
-/// every job still running when the shell ends. Prints `U` when the node lacks what jobs need.
-fn prelude(nonce: &str) -> String {
-    format!(
-        "exec 4>&1\n\
-         if ! command -v setsid >/dev/null 2>&1; then echo '{nonce} - U'; exit 0; fi\n\
-         __kb_d=$(mktemp -d \"${{TMPDIR:-/tmp}}/kubeboot-jobs.XXXXXXXX\") || {{ echo '{nonce} - U'; exit 0; }}\n\
-         trap 'for f in \"$__kb_d\"/*.pid; do [ -s \"$f\" ] && read p < \"$f\" && kill -s KILL -- \"-$p\" 2>/dev/null; done; rm -rf \"$__kb_d\"' EXIT\n\
-         trap 'exit 143' HUP INT TERM\n\
-         __kb_pfx() {{ while IFS= read -r __kb_l || [ -n \"$__kb_l\" ]; do printf '%s %s\\n' \"$1\" \"$__kb_l\"; done; }}\n\
-         echo '{nonce} - R'\n"
-    )
+/// Shell functions every kubeboot shell on a node defines (the executor's and the file anchor's):
+///
+/// - `__kb_started PID` sets `__kb_s` to the process's start time (field 22 of /proc/PID/stat), to
+///   `""` when there is no such process (or only its zombie), or to `?` when the node has no /proc;
+/// - `__kb_clean DIR` kills the jobs whose `N.pid` files are in DIR, then removes DIR, again if a job
+///   that was just starting wrote its file in between;
+/// - `__kb_sweep TMP` removes this user's kubeboot folders in TMP whose shell (the `shell` file:
+///   `PID STARTTIME`) no longer runs: what a shell that got no chance to clean up left behind (a
+///   node that lost power, a shell killed with SIGKILL). A folder whose `shell` file is missing or
+///   not yet complete, or that belongs to another user, is never touched, and nothing it names is killed.
+const FUNCTIONS: &str = r#"__kb_started() {
+  __kb_s=
+  if [ -r /proc/self/stat ]; then
+    [ -r "/proc/$1/stat" ] && read -r __kb_s < "/proc/$1/stat" || { __kb_s=; return 0; }
+    __kb_s=${__kb_s##*) }
+    set -- $__kb_s
+    case "${1-}" in Z|X) __kb_s=; return 0 ;; esac
+    if [ "$#" -ge 20 ]; then shift 19; __kb_s=$1; else __kb_s='?'; fi
+  else
+    __kb_s='?'
+  fi
 }
+__kb_clean() {
+  __kb_n=0
+  while [ -d "$1" ] && [ "$__kb_n" -lt 20 ]; do
+    for __kb_f in "$1"/*.pid; do
+      [ -s "$__kb_f" ] && read -r __kb_p < "$__kb_f" && kill -s KILL -- "-$__kb_p" 2>/dev/null
+    done
+    rm -rf -- "$1" 2>/dev/null && return 0
+    __kb_n=$((__kb_n + 1))
+    sleep 0.1 2>/dev/null || sleep 1
+  done
+}
+__kb_sweep() {
+  for __kb_o in "$1"/kubeboot-jobs.* "$1"/kubeboot-files.*; do
+    [ -d "$__kb_o" ] && [ ! -L "$__kb_o" ] && [ -O "$__kb_o" ] && [ "$__kb_o" != "$__kb_d" ] || continue
+    read -r __kb_p __kb_q < "$__kb_o/shell" 2>/dev/null || continue
+    case "$__kb_p" in ''|*[!0-9]*) continue ;; esac
+    __kb_started "$__kb_p"
+    if [ "$__kb_s" = '?' ]; then
+      kill -0 "$__kb_p" 2>/dev/null && continue
+    elif [ -n "$__kb_s" ] && [ "$__kb_s" = "$__kb_q" ]; then
+      continue
+    fi
+    rm -rf -- "$__kb_o" 2>/dev/null
+  done
+}
+"#;
+
+/// What the shell runs first: its frame descriptor, its own folder (`kubeboot-jobs.*`, or
+/// `kubeboot-files.*` for a shell that only holds uploads in transit), a sweep of folders earlier
+/// kubeboot shells of this user left behind, and the ways the folder goes away again:
+///
+/// - the shell's stdin ends (kubeboot closed the session, was killed, or its connection closed):
+///   the EXIT trap;
+/// - the shell gets HUP, INT, TERM or PIPE: the same cleanup in the trap (a shell reading its
+///   script from stdin only takes the trap once that read returns, and `exit` inside a trap
+///   would skip the EXIT trap, so each trap cleans up itself);
+/// - nothing arrives at all (the connection dropped without a FIN, kubeboot frozen): kubeboot
+///   sends a beat every `beat` seconds, and a watchdog that misses 6 in a row cleans up and
+///   ends the shell with everything it started.
+///
+/// Prints `U` when the node lacks what jobs need (`setsid`, when `need_setsid`; `mktemp`), then
+/// `R <folder>` when ready.
+fn prelude(nonce: &str, beat: u64, need_setsid: bool) -> String {
+    let kind = if need_setsid { "jobs" } else { "files" };
+    let setsid = if need_setsid {
+        "if ! command -v setsid >/dev/null 2>&1; then echo '@N - U'; exit 0; fi\n"
+    } else {
+        ""
+    };
+    let text = r#"exec 4>&1
+@SETSID__kb_t=${TMPDIR:-/tmp}
+__kb_d=$(mktemp -d "$__kb_t/kubeboot-@K.XXXXXXXX") || { echo '@N - U'; exit 0; }
+@F__kb_started $$
+echo "$$ $__kb_s" > "$__kb_d/shell"
+__kb_end() {
+  trap '' HUP INT TERM PIPE
+  [ -n "${__kb_w-}" ] && kill -s TERM "$__kb_w" 2>/dev/null
+  __kb_clean "$__kb_d"
+}
+trap '__kb_end' EXIT
+trap '__kb_end; trap - EXIT; exit 129' HUP
+trap '__kb_end; trap - EXIT; exit 130' INT
+trap '__kb_end; trap - EXIT; exit 141' PIPE
+trap '__kb_end; trap - EXIT; exit 143' TERM
+__kb_sweep "$__kb_t"
+(
+  trap '__kb_m=0' USR1
+  trap 'kill "$__kb_z" 2>/dev/null; exit 0' TERM
+  __kb_m=0
+  while [ "$__kb_m" -lt 6 ]; do
+    sleep @B & __kb_z=$!
+    while kill -0 "$__kb_z" 2>/dev/null; do wait "$__kb_z"; done
+    __kb_m=$((__kb_m + 1))
+  done
+  __kb_clean "$__kb_d"
+  kill -s KILL 0
+) </dev/null >/dev/null 2>&1 4>&- &
+__kb_w=$!
+__kb_pfx() { while IFS= read -r __kb_l || [ -n "$__kb_l" ]; do printf '%s %s
+' "$1" "$__kb_l"; done; }
+echo "@N - R $__kb_d"
+"#;
+    text.replace("@SETSID", setsid)
+        .replace("@F", FUNCTIONS)
+        .replace("@K", kind)
+        .replace("@B", &beat.max(1).to_string())
+        .replace("@N", nonce)
+}
+
+/// The line kubeboot sends every beat: the watchdog's counter starts again.
+const BEAT: &[u8] = b"kill -s USR1 \"$__kb_w\" 2>/dev/null\n";
 
 /// One job, as shell text for the executor. The job's own script goes in a quoted here-document
 /// (no expansion) whose terminator holds the nonce, so no script line can end it early; a job with
@@ -312,7 +464,9 @@ fn prelude(nonce: &str) -> String {
 fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
     let tag = format!("{nonce} {id}");
     let end = format!("__KB_{nonce}_{id}");
-    let mut inner = format!("echo \"{tag} P $$\" >&4; exec 4>&-; echo $$ > \"$__KB_D/{id}.pid\"; unset __KB_D\n");
+    // A job whose folder is already gone started while its shell was ending: it does not run.
+    let mut inner =
+        format!("echo \"{tag} P $$\" >&4; exec 4>&-; echo $$ > \"$__KB_D/{id}.pid\" || exit 1; unset __KB_D\n");
     for (name, value) in &cmd.env {
         inner.push_str(&format!("export {name}={}\n", quote(value)));
     }
@@ -365,6 +519,29 @@ mod tests {
         assert!(!text.contains("<<"), "{text}");
         assert!(text.contains("printf '%s' 'echo "), "{text}");
         assert!(text.contains("export TOKEN='\\''s3cret'\\''\n"), "{text}");
+    }
+
+    #[test]
+    fn the_prelude_parses_in_dash_and_in_bash_as_sh() {
+        use std::io::Write;
+        for need_setsid in [true, false] {
+            let text = prelude("n0nce", 10, need_setsid);
+            for shell in ["dash", "bash"] {
+                let mut child = std::process::Command::new(shell)
+                    .arg("-n")
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{shell} must be installed (the CI installs dash): {e}"));
+                child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{shell}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
     }
 
     #[test]

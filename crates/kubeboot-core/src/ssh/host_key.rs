@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate, known_hosts};
 
+use super::forward::Forwards;
 use crate::inventory::model::NewHostKeys;
 
 /// What the check found, kept so `connect` can turn russh's bare "key rejected" into a useful error.
@@ -35,6 +36,8 @@ pub(crate) struct Client {
     pub(crate) keepalive_timed_out: Arc<AtomicBool>,
     /// Only look at the key: end the handshake right after it, whatever the verdict.
     pub(crate) probe_only: bool,
+    /// The services of the ports this connection asked the node to forward back (see [`super::forward`]).
+    pub(crate) forwards: Forwards,
 }
 
 impl russh::client::Handler for Client {
@@ -53,6 +56,20 @@ impl russh::client::Handler for Client {
             *seen = Some((verdict, fingerprint));
         }
         Ok(accept)
+    }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<russh::client::Msg>,
+        _connected_address: &str,
+        connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::client::ChannelOpenHandle,
+        _session: &mut russh::client::Session,
+    ) -> Result<(), Self::Error> {
+        self.forwards.open(channel, connected_port, reply).await;
+        Ok(())
     }
 
     async fn disconnected(&mut self, reason: russh::client::DisconnectReason<Self::Error>) -> Result<(), Self::Error> {

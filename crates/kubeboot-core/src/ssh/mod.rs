@@ -5,6 +5,7 @@
 //! up in the node's process list.
 
 mod executor;
+mod forward;
 mod host_key;
 mod script;
 mod upload;
@@ -23,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 pub use crate::event::Stream;
 pub use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
+pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
 use host_key::Verdict;
 use script::LineBuffer;
+pub(crate) use script::quote;
 
 /// How many channels one connection opens at once; OpenSSH refuses more than `MaxSessions` (10).
 const MAX_CHANNELS: usize = 8;
@@ -145,6 +148,8 @@ pub enum SshError {
     Upload { dest: String, reason: String },
     #[error("{0}")]
     Protocol(String),
+    #[error("{0}")]
+    Forward(String),
 }
 
 fn tried_list(tried: &[&'static str]) -> String {
@@ -199,6 +204,7 @@ async fn probe_inner(target: &Target) -> Result<HostKeyState, SshError> {
         seen: seen.clone(),
         keepalive_timed_out: Arc::new(AtomicBool::new(false)),
         probe_only: true,
+        forwards: forward::Forwards::default(),
     };
     let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
     let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -241,13 +247,16 @@ struct Inner {
     fingerprint: String,
     /// Set by the russh handler when the node stopped answering keepalives.
     keepalive_timed_out: Arc<AtomicBool>,
+    /// Services of the ports forwarded back from the node ([`Session::forward_remote`]).
+    forwards: forward::Forwards,
     channels: Arc<Semaphore>,
     /// Run commands through a persistent remote shell (see [`executor`]) instead of a channel each.
     persistent: AtomicBool,
     /// The persistent shells: `[login user, root]`, started on first use and again if one ends.
     executors: [tokio::sync::Mutex<Option<Arc<executor::Executor>>>; 2],
+    /// A shell that only holds a folder for uploads in transit, when the node runs no persistent shell.
+    files_shell: tokio::sync::Mutex<Option<Arc<executor::Executor>>>,
     become_mode: OnceCell<Become>,
-    temp_dir: OnceCell<String>,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
 }
 
@@ -276,6 +285,7 @@ impl Session {
         });
         let seen = Arc::new(Mutex::new(None));
         let keepalive_timed_out = Arc::new(AtomicBool::new(false));
+        let forwards = forward::Forwards::default();
         let client = Client {
             host: target.host.clone(),
             port: target.port,
@@ -284,6 +294,7 @@ impl Session {
             seen: seen.clone(),
             keepalive_timed_out: keepalive_timed_out.clone(),
             probe_only: false,
+            forwards: forwards.clone(),
         };
         let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
         let seen = seen.lock().ok().and_then(|s| s.clone());
@@ -299,12 +310,13 @@ impl Session {
                 handle,
                 fingerprint,
                 keepalive_timed_out,
+                forwards,
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
                 // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
                 persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
                 executors: Default::default(),
+                files_shell: Default::default(),
                 become_mode: OnceCell::new(),
-                temp_dir: OnceCell::new(),
                 sftp: OnceCell::new(),
             }),
         })
@@ -358,23 +370,46 @@ impl Session {
         self.run(command, stdin.into_bytes(), false, output, cancel).await
     }
 
+    /// Asks the node's sshd to listen on `address:port` on the node (e.g. `127.0.0.1`) and to send
+    /// every connection there back over this connection to `service` (like `ssh -R`). Connections
+    /// stay possible until the session closes. The node's sshd must allow it (`AllowTcpForwarding`
+    /// `yes` or `remote`, its default) and the port must be free on the node.
+    pub async fn forward_remote(&self, address: &str, port: u16, service: ForwardService) -> Result<(), SshError> {
+        let t = &self.inner.target;
+        self.inner.forwards.insert(u32::from(port), service);
+        match self.inner.handle.tcpip_forward(address, u32::from(port)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.inner.forwards.remove(u32::from(port));
+                Err(match e {
+                    russh::Error::RequestDenied => SshError::Forward(format!(
+                        "{} refused to forward {address}:{port} back to kubeboot — check that its sshd_config allows it \
+                         (AllowTcpForwarding yes or remote; DisableForwarding no) and that nothing else listens on port {port} there",
+                        t.node
+                    )),
+                    _ => self.lost("while asking for a port forward"),
+                })
+            }
+        }
+    }
+
     /// Chooses between the persistent shell (default, faster) and one channel per command.
     pub fn set_persistent_shell(&self, on: bool) {
         self.inner.persistent.store(on, Ordering::SeqCst);
     }
 
-    /// Closes the connection (after removing the session's temporary folder, if it made one).
+    /// Closes the connection. Each shell on the node is told to end first and given a moment to
+    /// remove its folder (it would on its own once the connection is gone; this makes it certain
+    /// before kubeboot exits).
     pub async fn close(&self) {
-        if let Some(dir) = self.inner.temp_dir.get() {
-            let cmd = Command {
-                script: format!("rm -rf -- {}", script::quote(dir)),
-                ..Default::default()
-            };
-            let _ = self.exec(&cmd, &|_, _| {}, &CancellationToken::new()).await;
+        let mut shells = Vec::new();
+        for slot in self.inner.executors.iter().chain([&self.inner.files_shell]) {
+            if let Some(shell) = slot.lock().await.take() {
+                shells.push(shell);
+            }
         }
-        for slot in &self.inner.executors {
-            slot.lock().await.take();
-        }
+        futures::future::join_all(shells.iter().map(|s| s.close(Duration::from_secs(3)))).await;
+        drop(shells);
         let _ = self
             .inner
             .handle
@@ -413,7 +448,11 @@ impl Session {
             p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
         };
-        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, |w| self.lost(w));
+        let options = executor::ShellOptions {
+            beat: self.inner.target.keepalive,
+            need_setsid: true,
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, options, |w| self.lost(w));
         let started = tokio::select! {
             r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
@@ -431,6 +470,53 @@ impl Session {
                 Ok(None)
             }
             Err(executor::StartError::Ssh(e)) => Err(e),
+        }
+    }
+
+    /// A folder private to the login user for uploads in transit: the login shell's own folder, or
+    /// when the node runs no persistent shell, that of a shell started only to hold one. Either way
+    /// it goes away with its shell, however the session ends.
+    async fn files_dir(&self, cancel: &CancellationToken) -> Result<String, SshError> {
+        if self.inner.persistent.load(Ordering::SeqCst)
+            && let Some(shell) = self.executor(false, cancel).await?
+        {
+            return Ok(shell.dir().to_string());
+        }
+        let mut slot = self.inner.files_shell.lock().await;
+        if let Some(shell) = slot.as_ref()
+            && shell.is_alive()
+        {
+            return Ok(shell.dir().to_string());
+        }
+        let permit = tokio::select! {
+            p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        let options = executor::ShellOptions {
+            beat: self.inner.target.keepalive,
+            need_setsid: false,
+        };
+        let start = executor::Executor::start(&self.inner.handle, permit, "sh -s", Vec::new(), options, |w| {
+            self.lost(w)
+        });
+        let started = tokio::select! {
+            r = tokio::time::timeout(self.inner.target.connect_timeout, start) => r,
+            _ = cancel.cancelled() => return Err(SshError::Cancelled),
+        };
+        match started {
+            Ok(Ok(shell)) => {
+                let dir = shell.dir().to_string();
+                *slot = Some(Arc::new(shell));
+                Ok(dir)
+            }
+            Ok(Err(executor::StartError::Ssh(e))) => Err(e),
+            Ok(Err(executor::StartError::Unsupported)) | Err(_) => Err(SshError::Upload {
+                dest: String::new(),
+                reason: format!(
+                    "cannot make a temporary folder on {} — check /tmp (or $TMPDIR) is writable and not full, and that mktemp is installed",
+                    self.inner.target.node
+                ),
+            }),
         }
     }
 

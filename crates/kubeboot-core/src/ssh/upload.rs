@@ -1,5 +1,6 @@
 //! Putting a file on a node: compare first (sha256, mode, owner), send the bytes over SFTP to a
-//! private temporary file, then `install` it in place (through sudo for become).
+//! private temporary file (in the login shell's own folder, which goes away with that shell), then
+//! `install` it in place (through sudo for become).
 
 use std::sync::Mutex;
 
@@ -64,7 +65,7 @@ impl Session {
             _ => return Err(fail(format!("cannot inspect it on {node}: {}", errors.trim()))),
         }
 
-        let dir = self.temp_dir(cancel).await.map_err(|e| match e {
+        let dir = self.files_dir(cancel).await.map_err(|e| match e {
             SshError::Upload { reason, .. } => fail(reason),
             other => other,
         })?;
@@ -138,31 +139,6 @@ impl Session {
         };
         self.exec(&cmd, &collect, cancel).await?;
         Ok(out.into_inner().unwrap_or_default())
-    }
-
-    /// The login user's private (0700) temporary folder on the node, made once per session.
-    async fn temp_dir(&self, cancel: &CancellationToken) -> Result<String, SshError> {
-        self.inner
-            .temp_dir
-            .get_or_try_init(|| async {
-                let (out, err) = self
-                    .capture("mktemp -d \"${TMPDIR:-/tmp}/kubeboot.XXXXXXXX\"", false, cancel)
-                    .await?;
-                let dir = out.trim().to_string();
-                if !dir.starts_with('/') {
-                    return Err(SshError::Upload {
-                        dest: String::new(),
-                        reason: format!(
-                            "cannot make a temporary folder on {}: {} — check /tmp (or $TMPDIR) is writable and not full",
-                            self.inner.target.node,
-                            err.trim()
-                        ),
-                    });
-                }
-                Ok(dir)
-            })
-            .await
-            .cloned()
     }
 
     async fn write_file(&self, path: &str, content: &[u8]) -> Result<(), String> {
