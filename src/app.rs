@@ -682,6 +682,7 @@ async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
         nodes: input.nodes.clone(),
         forks: None,
         vault: Arc::new(vault),
+        fetch_root: cli.state_dir.clone(),
         secret_digests: digests,
         durable: None,
         secrets: node_secrets,

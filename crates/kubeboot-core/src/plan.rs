@@ -12,9 +12,7 @@ use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::playbook::template::{Context, Renderer, file_start};
-use crate::playbook::{
-    ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef, TaskKey,
-};
+use crate::playbook::{ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef, TaskKey};
 use crate::secrets::Digests;
 
 /// What a planned task does on the node, fully rendered.
