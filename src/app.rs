@@ -1,7 +1,7 @@
 //! The commands behind the command line: load and check the input, choose the frontend,
 //! run the engine, and map the outcome to an exit code.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -376,10 +376,14 @@ pub(crate) async fn run_playbooks(
                 tracing::info!(nodes = ?names, "the operator accepted these unknown host keys");
             }
             spec.accept_host_keys_for = accept_host_keys_for;
+            state.mark_latest(&spec_run_id);
             let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
+            // Declined: nothing ran, so no log folder of this run stays and `logs/latest` keeps
+            // pointing at the last run that did.
             drop(events);
+            let _ = std::fs::remove_dir_all(&log_dir);
             None
         };
         let _ = fanout_thread.join();
@@ -405,6 +409,7 @@ pub(crate) async fn run_playbooks(
         };
         let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
         spawn_interrupt_handler(control_tx.clone());
+        state.mark_latest(&spec_run_id);
         let _ = events.send(started);
         let result = engine::run(spec, events, control_rx).await;
         drop(control_tx);
@@ -433,7 +438,7 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
             // No credentials: the probe never logs in.
             let target = ssh::Target {
                 node: node.name.clone(),
-                host: node.address.clone(),
+                host: node.connect_address().to_string(),
                 port: s.port,
                 user: s.user.clone(),
                 key: None,
@@ -515,6 +520,8 @@ fn read_secrets(
     let mut problems = Diagnostics::default();
     let mut per_node = HashMap::new();
     let at = |line: usize, msg: String| Diagnostic::at(&cli.inventory, line, 1, msg);
+    // Nodes whose sudo password variable is unset and that use their login password instead.
+    let mut sudo_fallback: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &input.nodes {
         let Some(node) = input.inventory.node(name) else {
             continue;
@@ -534,6 +541,12 @@ fn read_secrets(
         };
         let password = read(&node.ssh.password, "SSH password");
         let sudo_password = match &node.ssh.sudo_password {
+            // The guide's promise: without its own sudo password, sudo uses the login password. A
+            // named variable that is not set counts as none when there is a login password.
+            Some(inventory::SecretSource::Env(var)) if password.is_some() && std::env::var_os(var).is_none() => {
+                sudo_fallback.entry(var.clone()).or_default().push(name.clone());
+                password.clone()
+            }
             Some(_) => read(&node.ssh.sudo_password, "sudo password"),
             None => password.clone(),
         };
@@ -543,6 +556,12 @@ fn read_secrets(
                 password,
                 sudo_password,
             },
+        );
+    }
+    for (var, nodes) in &sudo_fallback {
+        eprintln!(
+            "note: {var} is not set: sudo uses the SSH login password on {}",
+            nodes.join(", ")
         );
     }
     for name in used_secrets(plans) {
@@ -882,10 +901,21 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             first_address,
             first_port,
             isolated,
+            vm,
             like,
             rhel,
             containerd_1_7,
         } => {
+            if *vm {
+                return vm_lab_up(*nodes, dir, *first_address, *first_port, like, rhel);
+            }
+            if !rhel.is_empty() && !*isolated {
+                return Err(Diagnostics::from(
+                    Diagnostic::file("command line", "--rhel needs --isolated or --vm")
+                        .with_hint("an sshd lab node shares this machine's own system and cannot look like RHEL"),
+                )
+                .into());
+            }
             let mut opts = lab::LabOptions {
                 dir: dir.clone(),
                 nodes: *nodes,
@@ -913,7 +943,69 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
             println!("lab down: {}", dir.display());
             Ok(Exit::Ok)
         }
+        // Only the lab's own processes: each acts on the sshd recorded in the node's PID file
+        // (checked to be an sshd) and on what runs under it.
+        LabCommand::Stop(n) => {
+            lab::stop_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab stop: {} (start it again with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Freeze(n) => {
+            lab::pause_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab freeze: {} (thaw it with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Start(n) => {
+            lab::resume_node(&n.dir, &n.node)
+                .and_then(|()| lab::start_node(&n.dir, &n.node))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab start: {}", n.node);
+            Ok(Exit::Ok)
+        }
     }
+}
+
+/// `lab up --vm`: boots the VMs and prints where they are and what it took.
+fn vm_lab_up(
+    nodes: usize,
+    dir: &std::path::Path,
+    first_address: std::net::Ipv4Addr,
+    first_port: u16,
+    like: &Option<std::path::PathBuf>,
+    rhel: &[String],
+) -> Result<Exit, Failure> {
+    let mut opts = lab::vm::VmOptions::new(dir);
+    opts.nodes = nodes;
+    opts.like = like.clone();
+    opts.first_address = first_address;
+    opts.first_port = first_port;
+    opts.rhel_like = rhel.to_vec();
+    let lab = lab::vm::up(&opts).map_err(|e| Failure::Other(e.to_string()))?;
+    println!(
+        "lab up: {} VM(s) as user {} (image {:.0?}, boot {:.0?}, {:?})",
+        lab.nodes.len(),
+        lab.user,
+        lab.image_time,
+        lab.boot_time,
+        opts.accel
+    );
+    for n in &lab.nodes {
+        let rhel = if n.rhel_like { "  (RHEL-like sudo)" } else { "" };
+        println!("  {}  ssh {}  switch {}{rhel}", n.name, n.ssh, n.address);
+    }
+    println!("inventory: {}", lab.inventory.display());
+    println!("stop it with: kubeboot lab down --dir {}", dir.display());
+    Ok(Exit::Ok)
 }
 
 /// The per-node look of an isolated lab from `--rhel` and `--containerd-1-7`, by node name.

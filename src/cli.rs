@@ -237,8 +237,13 @@ pub enum LabCommand {
         /// lab addresses (--nodes is then ignored).
         #[arg(long, value_name = "INVENTORY")]
         like: Option<PathBuf>,
-        /// Make this node look like RHEL 9 (dnf, SELinux enforcing, firewalld); repeatable.
-        #[arg(long, value_name = "NODE", requires = "isolated")]
+        /// Real Debian 12 VMs under qemu instead of sshd processes: own kernel, systemd, sshd, password
+        /// sudo, no outbound network (the image is built once and cached; see the guide).
+        #[arg(long, conflicts_with = "isolated")]
+        vm: bool,
+        /// Make this node look like RHEL 9 (isolated: dnf, SELinux enforcing, firewalld; --vm: RHEL's
+        /// sudo secure_path without /usr/local/bin); repeatable.
+        #[arg(long, value_name = "NODE")]
         rhel: Vec<String>,
         /// Give this node containerd 1.7 (its default config has `version = 2`); repeatable.
         #[arg(long = "containerd-1-7", value_name = "NODE", requires = "isolated")]
@@ -250,4 +255,20 @@ pub enum LabCommand {
         #[arg(long, default_value = ".lab")]
         dir: PathBuf,
     },
+    /// Stop one node (its sshd and every session on it), as if it were shut down.
+    Stop(LabNodeArgs),
+    /// Freeze one node (SIGSTOP to its sshd and every session): it stops answering, like a hung machine.
+    Freeze(LabNodeArgs),
+    /// Start one stopped node again, or thaw a frozen one.
+    Start(LabNodeArgs),
+}
+
+/// One node of a lab.
+#[derive(Debug, Args)]
+pub struct LabNodeArgs {
+    /// The node's name (as in the lab's inventory).
+    pub node: String,
+    /// The lab's folder.
+    #[arg(long, default_value = ".lab")]
+    pub dir: PathBuf,
 }

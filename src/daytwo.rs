@@ -13,11 +13,11 @@ use serde_json::Value as Json;
 use crate::app::{DayTwo, Exit, Failure, run_id, run_playbooks};
 use crate::cli::{ApplyArgs, Cli, KubeconfigArgs, ResetArgs, RunArgs, SelectArgs};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::engine::fetch;
 use crate::event::NodeStatus;
 use crate::inventory::{self, Inventory};
 use crate::journal::{Progress, Record, StateDir};
 use crate::kubeconfig;
+use crate::task::fetch;
 
 /// With `--output json` stdout carries only events: the commands' own report lines go to stderr then.
 static REPORT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -109,10 +109,21 @@ fn read_progress(cli: &Cli) -> Result<Progress, Failure> {
 // ---------------------------------------------------------------------------------------------------------------
 // kubeconfig
 
-/// The host the kubeconfig's server points at: the node's address (the API server's advertise address and
-/// controlPlaneEndpoint of the shipped install). A cluster VIP, once the inventory has one, belongs here.
-fn api_host(node: &inventory::Node) -> String {
-    node.address.clone()
+/// The host the kubeconfig's server points at: the kubeconfig stage's `kubeconfig_server` var rendered for the
+/// cluster's first node (the shipped one: the cluster's `vip` when it has one, else the node's address — the
+/// API server's advertise address and controlPlaneEndpoint of the shipped install). Without the var, the address.
+fn api_host(inv: &Inventory, stage: Option<&crate::playbook::Stage>, node: &inventory::Node) -> String {
+    let rendered = stage.and_then(|stage| {
+        let text = stage.vars.get("kubeconfig_server").and_then(Json::as_str)?;
+        let ctx = crate::playbook::template::Context::new(inv, node, stage, &crate::facts::Facts::assumed());
+        crate::playbook::template::Renderer::new()
+            .render(text, &stage.location, "vars.kubeconfig_server", &ctx)
+            .ok()
+    });
+    match rendered.map(|s| s.trim().to_string()) {
+        Some(host) if !host.is_empty() => host,
+        _ => node.address.clone(),
+    }
 }
 
 /// `kubeboot kubeconfig`: fetch every selected cluster's admin.conf, then write one file with a context per cluster.
@@ -153,6 +164,9 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
     let Some(run) = run else { return Ok(exit) };
     let inv = inventory::load(&cli.inventory)?;
     let progress = read_progress(cli)?;
+    let assets = cli.assets.clone().unwrap_or_else(|| cli.playbooks.join("../assets"));
+    let books = crate::playbook::load(&cli.playbooks.join("kubeconfig"), &assets)?;
+    let stage = books.stages.iter().find(|s| s.name == "kubeconfig");
     let mut combined = Json::Object(Default::default());
     let mut names = Vec::new();
     let mut missing = Vec::new();
@@ -166,7 +180,7 @@ pub(crate) async fn kubeconfig(cli: &Cli, args: &KubeconfigArgs) -> Result<Exit,
             continue;
         }
         let text = std::fs::read_to_string(&file).map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
-        let renamed = kubeconfig::rename(&text, &cluster, &api_host(first)).map_err(|e| {
+        let renamed = kubeconfig::rename(&text, &cluster, &api_host(&inv, stage, first)).map_err(|e| {
             Failure::Other(format!(
                 "{cluster}: the admin kubeconfig fetched from {}: {e}",
                 first.name
@@ -273,7 +287,7 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         vault.add_mask(secret.clone());
         vault.insert(name, secret);
     }
-    let target = crate::jump::S3Upload {
+    let target = crate::task::s3_buckets::S3Upload {
         endpoint: var("s3_endpoint"),
         region: var("s3_region"),
         bucket: bucket.clone(),
@@ -292,9 +306,9 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         };
         let key = format!("etcd/{cluster}/{file}");
         let bytes = std::fs::read(&path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
-        match crate::jump::s3_put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
-            Ok(crate::jump::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
-            Ok(crate::jump::Uploaded::AlreadyThere) => {
+        match crate::task::s3_buckets::put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
+            Ok(crate::task::s3_buckets::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
+            Ok(crate::task::s3_buckets::Uploaded::AlreadyThere) => {
                 say!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
             }
             Err(e) => {
@@ -666,6 +680,26 @@ pub(crate) async fn renew_certs(cli: &Cli, args: &RunArgs) -> Result<Exit, Failu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubeconfig_server_is_the_clusters_vip_when_it_has_one() {
+        let inv_text = "[ssh]\nuser = \"u\"\n[[clusters]]\nname = \"c1\"\nrole = \"central\"\n[[clusters]]\nname = \"c2\"\nrole = \"edge\"\n[clusters.vars]\nvip = \"10.0.0.9\"\n[[nodes]]\nname = \"n1\"\naddress = \"10.0.0.1\"\ncluster = \"c1\"\n[[nodes]]\nname = \"n2\"\naddress = \"10.0.0.2\"\ncluster = \"c2\"\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inventory.toml");
+        std::fs::write(&path, inv_text).unwrap();
+        let inv = match inventory::load(&path) {
+            Ok(i) => i,
+            Err(d) => panic!("{d}"),
+        };
+        let books = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/kubeconfig");
+        let stage = match crate::playbook::load(&books, &books) {
+            Ok(b) => b.stages.into_iter().next().unwrap(),
+            Err(d) => panic!("{d}"),
+        };
+        assert_eq!(api_host(&inv, Some(&stage), inv.node("n1").unwrap()), "10.0.0.1");
+        assert_eq!(api_host(&inv, Some(&stage), inv.node("n2").unwrap()), "10.0.0.9");
+        assert_eq!(api_host(&inv, None, inv.node("n2").unwrap()), "10.0.0.2");
+    }
 
     #[test]
     fn minor_versions_read_every_spelling() {

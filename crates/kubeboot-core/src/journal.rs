@@ -616,14 +616,19 @@ impl StateDir {
         })
     }
 
-    /// The folder for this run's log files (created, private).
+    /// The folder for this run's log files (created, private). `logs/latest` moves to it only
+    /// once the run really starts ([`StateDir::mark_latest`]).
     pub fn run_logs(&self, run_id: &str) -> io::Result<PathBuf> {
         let dir = self.path.join("logs").join(run_id);
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        Ok(dir)
+    }
+
+    /// Points `logs/latest` at this run's log folder.
+    pub fn mark_latest(&self, run_id: &str) {
         let latest = self.path.join("logs").join("latest");
         let _ = fs::remove_file(&latest);
         let _ = std::os::unix::fs::symlink(run_id, &latest);
-        Ok(dir)
     }
 }
 

@@ -12,6 +12,7 @@
 
 mod isolate;
 mod like;
+pub mod vm;
 
 pub use isolate::{ContainerdLayout, ISOLATED_DIRS, NodeKind, NodeOs};
 
@@ -126,6 +127,8 @@ pub enum LabError {
     },
     #[error("sshd of {node} (pid {pid}) did not stop within {STOP_TIMEOUT:?}")]
     StopTimeout { node: String, pid: i32 },
+    #[error("VM {node} did not start: {reason}")]
+    VmStart { node: String, reason: String },
     #[error("the lab in {dir} has no node {node}")]
     UnknownNode { dir: PathBuf, node: String },
 }
@@ -225,6 +228,9 @@ pub fn up(opts: &LabOptions) -> Result<Lab, LabError> {
 
 /// Stops every sshd of the lab in `dir` (and the sessions they serve).
 pub fn down(dir: &Path) -> Result<(), LabError> {
+    if vm::is_vm_lab(dir) {
+        return vm::down(dir);
+    }
     let mut first_error = None;
     for name in node_names(dir) {
         if let Err(e) = stop_node(dir, &name) {

@@ -6,7 +6,6 @@
 //! sends [`Event`]s and listens for [`Control`] requests.
 
 pub mod drift;
-pub mod fetch;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,8 +32,7 @@ pub enum Control {
     Cancel,
 }
 
-/// Where events go: the engine never waits for whoever reads them.
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use crate::event::EventSink;
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]

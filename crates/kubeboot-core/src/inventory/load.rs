@@ -33,7 +33,7 @@ const SSH_KEYS: &[&str] = &[
     "keepalive",
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vars"];
-const NODE_KEYS: &[&str] = &["name", "address", "cluster", "vars", "bundle_port"];
+const NODE_KEYS: &[&str] = &["name", "address", "ssh_address", "cluster", "vars", "bundle_port"];
 const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
 const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env = \"VAR\"` (an environment variable) \
                            or `password_file = \"path\"` (a file readable only by you)";
@@ -432,11 +432,11 @@ impl Reader<'_> {
             None => SshPartial::default(),
         };
         let clusters = self.clusters(doc);
-        let nodes = self.nodes(doc, &clusters, &defaults);
+        let (nodes, rejected) = self.nodes(doc, &clusters, &defaults);
         let vars = self.vars(doc, "vars");
         let secrets = self.secrets(doc);
         let sources = self.sources(doc);
-        self.check_clusters_have_nodes(&clusters, &nodes);
+        self.check_clusters_have_nodes(&clusters, &nodes, &rejected);
         Inventory {
             path: self.file.to_path_buf(),
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
@@ -539,8 +539,16 @@ impl Reader<'_> {
         Some((ip, span))
     }
 
-    fn nodes(&mut self, doc: &Table<'_>, clusters: &[(Cluster, Range<usize>)], defaults: &SshPartial) -> Vec<Node> {
+    /// The nodes, and the clusters named by node entries that were refused (already reported:
+    /// that such a cluster then has no nodes follows from it and is not reported again).
+    fn nodes(
+        &mut self,
+        doc: &Table<'_>,
+        clusters: &[(Cluster, Range<usize>)],
+        defaults: &SshPartial,
+    ) -> (Vec<Node>, Vec<String>) {
         let mut out: Vec<Node> = Vec::new();
+        let mut rejected = Vec::new();
         let tables = self.table_array(doc, "nodes");
         if tables.is_empty() && doc.get("nodes").is_none() {
             self.error(
@@ -555,6 +563,7 @@ impl Reader<'_> {
             self.check_keys(t, &allowed, &["password", "sudo_password"], "a [[nodes]] entry");
             let name = self.name(t, span.clone(), "node");
             let address = self.address(t, span.clone());
+            let ssh_address = self.ssh_address(t);
             let cluster = match self.string(t, "cluster") {
                 Some((c, cspan)) => {
                     if !clusters.iter().any(|(k, _)| k.name == c) {
@@ -572,6 +581,7 @@ impl Reader<'_> {
             let vars = self.vars(t, "vars");
             let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
             let (Some((name, name_span)), Some(address)) = (name, address) else {
+                rejected.extend(cluster);
                 continue;
             };
             if out.iter().any(|n| n.name == name) {
@@ -585,6 +595,7 @@ impl Reader<'_> {
             out.push(Node {
                 name,
                 address,
+                ssh_address,
                 cluster,
                 ssh,
                 vars,
@@ -592,7 +603,7 @@ impl Reader<'_> {
                 line: self.line(span.start),
             });
         }
-        out
+        (out, rejected)
     }
 
     fn address(&mut self, t: &Table<'_>, span: Range<usize>) -> Option<String> {
@@ -611,6 +622,19 @@ impl Reader<'_> {
                 aspan,
                 format!("address `{a}` is neither an IP address nor a valid host name"),
                 Some("write an IP like \"192.168.101.194\" or a host name like \"node-194.lab\"".into()),
+            );
+            return None;
+        }
+        Some(a)
+    }
+
+    fn ssh_address(&mut self, t: &Table<'_>) -> Option<String> {
+        let (a, aspan) = self.string(t, "ssh_address")?;
+        if a.parse::<IpAddr>().is_err() && !valid_dns_name(&a) {
+            self.error(
+                aspan,
+                format!("ssh_address `{a}` is neither an IP address nor a valid host name"),
+                Some("write the IP or host name kubeboot's SSH connection goes to, e.g. \"10.0.0.5\"".into()),
             );
             return None;
         }
@@ -657,9 +681,9 @@ impl Reader<'_> {
         out
     }
 
-    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node]) {
+    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node], rejected: &[String]) {
         for (c, span) in clusters {
-            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) {
+            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) && !rejected.contains(&c.name) {
                 self.error(
                     span.clone(),
                     format!("cluster `{}` has no nodes", c.name),

@@ -44,7 +44,7 @@ pub struct SshSettings {
     pub new_host_keys: NewHostKeys,
     /// How long connecting and authenticating may take. Default 15s.
     pub connect_timeout: Duration,
-    /// SSH keepalive interval; a node that misses 3 in a row is lost. Default 10s.
+    /// SSH keepalive interval; a node silent for 3 intervals is lost. Default 10s.
     pub keepalive: Duration,
 }
 
@@ -86,8 +86,12 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub name: String,
-    /// Host name or IP address kubeboot connects to.
+    /// The node's own host name or IP address (what the playbooks see as `node.address`); kubeboot connects to it
+    /// unless `ssh_address` says otherwise.
     pub address: String,
+    /// Where kubeboot's SSH connection goes when the node is not reached at `address` itself (a NAT or port
+    /// forward, the VM lab's loopback forwards).
+    pub ssh_address: Option<String>,
     pub cluster: Option<String>,
     pub ssh: SshSettings,
     /// Node-level template variables (override cluster and `[vars]`).
@@ -97,6 +101,13 @@ pub struct Node {
     pub bundle_port: Option<u16>,
     /// Where the `[[nodes]]` entry starts (1-based line), for messages.
     pub line: usize,
+}
+
+impl Node {
+    /// The host kubeboot's SSH connection goes to.
+    pub fn connect_address(&self) -> &str {
+        self.ssh_address.as_deref().unwrap_or(&self.address)
+    }
 }
 
 /// A loaded, validated `inventory.toml`.
