@@ -735,6 +735,26 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
     let mut rows = Vec::new();
     for p in &plans {
         let left: Vec<&plan::PlannedTask> = p.tasks.iter().filter(|t| t.decision == Decision::Run).collect();
+        // The run holding the lock has started on this node but not finished anything there yet:
+        // the node is in that run, whatever its previous run said.
+        let current = running
+            .and_then(|pid| progress.started_run_of(pid, &p.node))
+            .filter(|(run, _)| progress.node(&p.node).is_none_or(|n| n.run != *run));
+        if let Some((run, ts)) = current {
+            rows.push(serde_json::json!({
+                "node": p.node,
+                "cluster": p.cluster,
+                "run": run,
+                "updated": ts,
+                "status": null,
+                "last_done": null,
+                "failed": null,
+                "done": p.tasks.len() - left.len(),
+                "left": left.len(),
+                "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
+            }));
+            continue;
+        }
         let node = progress.node(&p.node);
         rows.push(serde_json::json!({
             "node": p.node,

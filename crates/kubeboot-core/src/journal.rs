@@ -46,6 +46,13 @@ pub enum StateError {
 pub enum Record {
     /// A run began.
     Run { run: String, ts: String, pid: u32 },
+    /// The run really starts (after the confirmation screen) on these nodes: `status` shows them
+    /// as in this run from now on, before any of them finished a task.
+    Started {
+        run: String,
+        ts: String,
+        nodes: Vec<String>,
+    },
     /// Facts gathered from a node.
     Facts { run: String, node: String, facts: Facts },
     /// `--fresh` started a new generation of these stages on this node: what finished before is not done.
@@ -57,7 +64,7 @@ pub enum Record {
     },
     /// A task began (an attempt): until it ends, the node is not known to be in any state of that task, so an
     /// earlier finish of it no longer counts (a run cut off in the middle of it must run it again).
-    Started {
+    TaskStarted {
         run: String,
         ts: String,
         node: String,
@@ -112,7 +119,7 @@ impl Record {
         let run = run.to_string();
         let ts = ts.to_string();
         match event {
-            Event::TaskStarted { node, stage, task, .. } => Some(Record::Started {
+            Event::TaskStarted { node, stage, task, .. } => Some(Record::TaskStarted {
                 run,
                 ts,
                 node: node.clone(),
@@ -160,6 +167,13 @@ impl Record {
                 run,
                 ts,
                 interrupted: *interrupted,
+            }),
+            Event::RunStarted {
+                nodes, dry_run: false, ..
+            } => Some(Record::Started {
+                run,
+                ts,
+                nodes: nodes.iter().map(|n| n.node.clone()).collect(),
             }),
             _ => None,
         }
@@ -219,11 +233,23 @@ pub struct Progress {
     seq: u64,
     facts: HashMap<String, Facts>,
     nodes: HashMap<String, NodeProgress>,
+    /// The last run that began: its id and process.
+    last_run: Option<(String, u32)>,
+    /// The last run that really started: its id, when, and on which nodes.
+    last_started: Option<(String, String, Vec<String>)>,
     /// Lines that could not be read (a torn last line after a crash, or damage).
     pub unreadable_lines: usize,
 }
 
 impl Progress {
+    /// The run of process `pid` (the one holding the lock) when it has really started on `node`:
+    /// its id and start time, for `status` to show before the node has finished anything in it.
+    pub fn started_run_of(&self, pid: u32, node: &str) -> Option<(&str, &str)> {
+        let (run, run_pid) = self.last_run.as_ref()?;
+        let (started, ts, nodes) = self.last_started.as_ref()?;
+        (*run_pid == pid && started == run && nodes.iter().any(|n| n == node)).then_some((run.as_str(), ts.as_str()))
+    }
+
     /// No remembered progress (a first run).
     pub fn empty() -> Progress {
         Progress::default()
@@ -327,13 +353,15 @@ impl Progress {
         self.seq += 1;
         let seq = self.seq;
         match record {
-            Record::Run { .. } | Record::End { .. } => {}
+            Record::Run { run, pid, .. } => self.last_run = Some((run.clone(), *pid)),
+            Record::Started { run, ts, nodes } => self.last_started = Some((run.clone(), ts.clone(), nodes.clone())),
+            Record::End { .. } => {}
             Record::Forget { node, keep, .. } => {
                 self.done
                     .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
             }
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
-            Record::Started { node, stage, task, .. } => {
+            Record::TaskStarted { node, stage, task, .. } => {
                 let key = key(node, stage, task);
                 self.done.remove(&key);
                 self.cut_off.insert(key);
@@ -785,7 +813,7 @@ mod tests {
 
     #[test]
     fn a_task_that_started_and_never_ended_is_not_done() {
-        let started = Record::Started {
+        let started = Record::TaskStarted {
             run: "r2".into(),
             ts: "t".into(),
             node: "n1".into(),

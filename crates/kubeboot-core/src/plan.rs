@@ -337,6 +337,13 @@ pub fn plan_node(
             continue;
         }
         let ctx = Context::new(inv, n, stage, facts);
+        for problem in ctx.problems() {
+            let d = Diagnostic::at(&inv.path, inv.sources.line.max(1), 1, problem.clone())
+                .with_hint("a [sources] text may use the node's variables and facts, like a playbook");
+            if !diags.0.contains(&d) {
+                diags.push(d);
+            }
+        }
         for (ti, def) in stage.tasks.iter().enumerate() {
             match plan_task(&renderer, books, stage, def, &ctx) {
                 Ok(mut t) => {

@@ -234,7 +234,7 @@ async fn run_task(
             attempt,
             why: why.map(str::to_string),
         });
-        lock(&shared.progress).apply(&Record::Started {
+        lock(&shared.progress).apply(&Record::TaskStarted {
             run: shared.spec.run_id.clone(),
             ts: String::new(),
             node: name.to_string(),
