@@ -175,6 +175,13 @@ pub struct PlanArgs {
     /// Show the rendered command (or file, or wait condition) under each task.
     #[arg(long)]
     pub commands: bool,
+    /// Also connect and run the `unless` guards of the tasks recorded done (guards only, nothing is changed):
+    /// reports which would run again because the node no longer matches. Exit 1 when one does.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: accept and record host keys never seen before (a CHANGED key is always refused).
+    #[arg(long, requires = "check")]
+    pub accept_new_host_keys: bool,
 }
 
 /// `kubeboot status`.

@@ -18,7 +18,16 @@ fn plans(facts: &Facts) -> Vec<NodePlan> {
     inv.nodes
         .iter()
         .map(|n| {
-            plan::plan_node(&inv, &books, &n.name, facts, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"))
+            plan::plan_node(
+                &inv,
+                &books,
+                &n.name,
+                facts,
+                &Progress::empty(),
+                &kubeboot::secrets::Digests::none(),
+                &sel,
+            )
+            .unwrap_or_else(|d| panic!("{d}"))
         })
         .collect()
 }
@@ -199,7 +208,14 @@ fn ha_plans() -> Vec<NodePlan> {
     let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
     let sel = Selection::default();
     plan::check(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"));
-    plan::plan_all(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"))
+    plan::plan_all(
+        &inv,
+        &books,
+        &Progress::empty(),
+        &kubeboot::secrets::Digests::none(),
+        &sel,
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
 }
 
 fn runs<'a>(p: &'a NodePlan, stage: &str, task: &str) -> Option<&'a plan::PlannedTask> {
