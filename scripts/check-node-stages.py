@@ -40,7 +40,9 @@ def context(n, facts, stage_vars):
     ctx.update(node=node_obj(n), cluster=cluster_obj(c), clusters=[cluster_obj(x, True) for x in inv['clusters']],
                nodes=[node_obj(x) for x in inv['nodes']],
                central=cluster_obj([x for x in inv['clusters'] if x['role'] == 'central'][0]),
-               secrets={k: f'KUBEBOOT_SECRET_{k}' for k in inv['secrets']}, facts=facts)
+               secrets={k: f'KUBEBOOT_SECRET_{k}' for k in inv['secrets']}, facts=facts,
+               # A bundle served on the node's loopback: renders the bundle branches too.
+               sources=dict(bundle=True, bundle_url='http://127.0.0.1:18470'))
     ctx.update(facts)
     return ctx
 

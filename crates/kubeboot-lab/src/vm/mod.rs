@@ -154,6 +154,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     let started = Instant::now();
     let base = image::ensure(&tools, &opts.cache)?;
     let image_time = started.elapsed();
+    let bundle = repo::ensure(&opts.cache)?;
 
     let password = super::random_password();
     write_private(&dir.join("sudo_password"), format!("{password}\n").as_bytes())?;
@@ -213,7 +214,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
         image_time,
         boot_time: Duration::ZERO,
     };
-    write_inventory(&lab, &model)?;
+    write_inventory(&lab, &model, &bundle)?;
 
     let boot = Instant::now();
     let result = start_switch(&tools, &dir).and_then(|()| {
@@ -343,7 +344,13 @@ fn plain_model(count: usize) -> Table {
 
 /// Writes the lab's inventory: the model with the lab's SSH settings, each node's switch address as `address`
 /// and its loopback forward as `ssh_address`/`port`.
-fn write_inventory(lab: &VmLab, model: &Table) -> Result<(), LabError> {
+fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabError> {
+    // The guests' packages: the lab's repository, served by kubeboot itself over each VM's SSH connection.
+    let mut model = model.clone();
+    let sources = model.entry("sources").or_insert_with(|| Value::Table(Table::new()));
+    if let Some(sources) = sources.as_table_mut() {
+        sources.insert("bundle".into(), Value::String(bundle.display().to_string()));
+    }
     let nodes: Vec<like::LabAddress> = lab
         .nodes
         .iter()
@@ -362,11 +369,13 @@ fn write_inventory(lab: &VmLab, model: &Table) -> Result<(), LabError> {
         known_hosts: lab.dir.join("known_hosts"),
     };
     let mut extra = Table::new();
+    // Debian's own containerd package: Docker's repository is out of reach of an air-gapped guest.
+    extra.insert("containerd_source".into(), Value::String("distribution".into()));
     // The guests resolve no name at all (no network): preflight must not require any.
     extra.insert("preflight_dns_names".into(), Value::Array(Vec::new()));
     let header = "# Written by kubeboot's VM lab: every node is a Debian 12 VM under qemu, reached on a loopback\n\
                   # forward (ssh_address/port); `address` is its own address on the lab's private switch.\n";
-    like::write_model(&lab.inventory, model, &settings, &nodes, &extra, header)
+    like::write_model(&lab.inventory, &model, &settings, &nodes, &extra, header)
 }
 
 /// Writes one guest's seed disk (host key, hostname, addresses, sudo rules, login) and returns its public host

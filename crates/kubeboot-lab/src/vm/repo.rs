@@ -32,26 +32,32 @@ pub const STAGE_PACKAGES: &[&str] = &[
     "nfs-common",
 ];
 
-/// Builds the repository unless the cache has it; returns its folder (holding `Packages`, `Release` and the
-/// .debs, for `deb [trusted=yes] URL ./`).
+/// The suite and component the repository answers as (`deb [trusted=yes] URL/debian bookworm main`).
+pub const SUITE: &str = "bookworm";
+pub const COMPONENT: &str = "main";
+
+/// Builds the repository unless the cache has it; returns the bundle folder holding it under `debian/`
+/// (`dists/bookworm/main/binary-amd64/Packages`, `dists/bookworm/Release`, `pool/*.deb`).
 pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let tools = HostTools::ensure(cache)?;
     let mut h = Sha256::new();
     h.update(STAGE_PACKAGES.join(",").as_bytes());
+    h.update(b"layout 2: debian/dists/bookworm/main");
     let (debian, security) = host::mirror();
     h.update(debian.as_bytes());
     h.update(security.as_bytes());
     let key = format!("bookworm-{}", &hex::encode(h.finalize())[..16]);
     let dir = cache.join("repos").join(&key);
     let _lock = lock_cache(cache)?;
-    if dir.join("Release").exists() {
+    if dir.join("debian/dists").join(SUITE).join("Release").exists() {
         return Ok(dir);
     }
     let started = Instant::now();
     eprintln!("lab: building the guests' package repository {key}");
     let work = cache.join("repos").join(format!("{key}.build"));
     let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
+    let pool = work.join("debian/pool");
+    fs::create_dir_all(&pool).map_err(io(format!("cannot create {}", pool.display())))?;
     // An empty dpkg status: apt then downloads every dependency, as for a machine that has nothing.
     let status = cache.join("apt").join("empty-status");
     fs::create_dir_all(cache.join("apt")).map_err(io("cannot create the lab's apt folder"))?;
@@ -68,45 +74,58 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "deb") {
-            let to = work.join(e.file_name());
+            let to = pool.join(e.file_name());
             if fs::hard_link(&p, &to).is_err() {
                 fs::copy(&p, &to).map_err(io(format!("cannot copy {}", p.display())))?;
             }
         }
     }
-    index(&tools, &work)?;
+    index(&tools, &work.join("debian"))?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&work, &dir).map_err(io(format!("cannot move the repository to {}", dir.display())))?;
     eprintln!("lab: package repository built in {:.0?}", started.elapsed());
     Ok(dir)
 }
 
-/// Writes `Packages`, `Packages.gz` and `Release` for the .debs in `dir` (a flat repository).
-pub(crate) fn index(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
-    let out = Command::new(&tools.scanpackages)
-        .args(["--multiversion", "."])
-        .current_dir(dir)
+/// Writes `dists/SUITE/COMPONENT/binary-amd64/Packages(.gz)` and `dists/SUITE/Release` for `pool/` in `root`.
+pub(crate) fn index(tools: &HostTools, root: &Path) -> Result<(), LabError> {
+    let bin = root.join("dists").join(SUITE).join(COMPONENT).join("binary-amd64");
+    fs::create_dir_all(&bin).map_err(io(format!("cannot create {}", bin.display())))?;
+    let packages = ftparchive(tools, root, &["packages", "pool"])?;
+    fs::write(bin.join("Packages"), &packages).map_err(io("cannot write Packages"))?;
+    let release = ftparchive(
+        tools,
+        root,
+        &[
+            "-o",
+            "APT::FTPArchive::Release::Origin=kubeboot-lab",
+            "-o",
+            &format!("APT::FTPArchive::Release::Suite={SUITE}"),
+            "-o",
+            &format!("APT::FTPArchive::Release::Codename={SUITE}"),
+            "-o",
+            &format!("APT::FTPArchive::Release::Components={COMPONENT}"),
+            "-o",
+            "APT::FTPArchive::Release::Architectures=amd64",
+            "release",
+            &format!("dists/{SUITE}"),
+        ],
+    )?;
+    fs::write(root.join("dists").join(SUITE).join("Release"), &release).map_err(io("cannot write Release"))
+}
+
+fn ftparchive(tools: &HostTools, root: &Path, args: &[&str]) -> Result<Vec<u8>, LabError> {
+    let out = Command::new(&tools.ftparchive)
+        .args(args)
+        .current_dir(root)
         .output()
-        .map_err(io("cannot run dpkg-scanpackages"))?;
+        .map_err(io("cannot run apt-ftparchive"))?;
     if !out.status.success() {
         return Err(LabError::Command {
-            command: "dpkg-scanpackages --multiversion .".into(),
+            command: format!("apt-ftparchive {}", args.join(" ")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    fs::write(dir.join("Packages"), &out.stdout).map_err(io("cannot write Packages"))?;
-    let release = Command::new(&tools.ftparchive)
-        .args(["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."])
-        .current_dir(dir)
-        .output()
-        .map_err(io("cannot run apt-ftparchive"))?;
-    if !release.status.success() {
-        return Err(LabError::Command {
-            command: "apt-ftparchive release .".into(),
-            status: release.status.to_string(),
-            stderr: String::from_utf8_lossy(&release.stderr).into_owned(),
-        });
-    }
-    fs::write(dir.join("Release"), &release.stdout).map_err(io("cannot write Release"))
+    Ok(out.stdout)
 }
