@@ -4,7 +4,8 @@
 Per node: the wall time from its connection (node_connecting) to node_finished, against the sum of its tasks' own
 durations (task_finished duration_ms, guards included, as measured by kubeboot around each remote command). The
 difference is what kubeboot adds: connecting, sudo, uploads of copy tasks, journal writes and the round trips
-between tasks.
+between tasks. A retried task's failed attempts count as the task's own time (started -> task_retrying) and the
+waits between attempts (delay_ms) are shown apart: neither is orchestration.
 
     python3 benches/vm/overhead.py events.json
 """
@@ -19,7 +20,7 @@ def ts(e):
 
 
 def main(path):
-    start, end, tasks, count = {}, {}, {}, {}
+    start, end, tasks, count, delay, attempt = {}, {}, {}, {}, {}, {}
     for line in open(path):
         try:
             e = json.loads(line)
@@ -28,6 +29,12 @@ def main(path):
         node = e.get("node")
         if e["event"] == "node_connecting":
             start.setdefault(node, ts(e))
+        elif e["event"] == "task_started":
+            attempt[(node, e["task"])] = ts(e)
+        elif e["event"] == "task_retrying":
+            began = attempt.get((node, e["task"]), ts(e))
+            tasks[node] = tasks.get(node, 0) + 1000 * (ts(e) - began)
+            delay[node] = delay.get(node, 0) + (e.get("delay_ms") or 0)
         elif e["event"] == "task_finished":
             if e.get("reason") == "done":
                 continue
@@ -35,16 +42,18 @@ def main(path):
             count[node] = count.get(node, 0) + 1
         elif e["event"] == "node_finished":
             end[node] = ts(e)
-    print("| node | tasks | wall | sum of task durations | overhead | overhead per task |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| node | tasks | wall | sum of task durations | retry waits | overhead | overhead per task |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for node in sorted(end):
         if node not in start:
             continue
         wall = end[node] - start[node]
         own = tasks.get(node, 0) / 1000
+        waits = delay.get(node, 0) / 1000
+        extra = wall - own - waits
         n = max(count.get(node, 0), 1)
-        print(f"| {node} | {count.get(node, 0)} | {wall:.1f} s | {own:.1f} s | {wall - own:.1f} s "
-              f"({100 * (wall - own) / wall:.1f} %) | {1000 * (wall - own) / n:.0f} ms |")
+        print(f"| {node} | {count.get(node, 0)} | {wall:.1f} s | {own:.1f} s | {waits:.0f} s | {extra:.1f} s "
+              f"({100 * extra / wall:.1f} %) | {1000 * extra / n:.0f} ms |")
 
 
 if __name__ == "__main__":
