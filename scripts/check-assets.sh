@@ -102,6 +102,34 @@ class Secrets:
     def __getattr__(self, name):
         return f"<secret:{name}>"
 
+    __getitem__ = __getattr__
+
+
+def sample_sources():
+    """`sources` as kubeboot renders it for an Ubuntu node with the internet defaults (a sample: kubeboot's
+    own tests check the real rendering; here it only has to exercise every branch of the scripts)."""
+    repo = lambda url, suite='', components='', key='': dict(url=url, suite=suite, components=components, key=key)
+    k8s = 'https://pkgs.k8s.io/core:/stable:/v1.34/'
+    return dict(
+        bundle=False, bundle_url='', images_url='', proxy='http://proxy.example:3128', no_proxy='10.0.0.0/8,.lab',
+        containerd='docker',
+        apt=dict(kubernetes=repo(k8s + 'deb/', '/', '', k8s + 'deb/Release.key'),
+                 containerd=repo('https://download.docker.com/linux/ubuntu', '', 'stable',
+                                 'https://download.docker.com/linux/ubuntu/gpg'),
+                 distro=repo('http://mirror.example/ubuntu', '', 'main universe', 'http://mirror.example/key.asc')),
+        dnf=dict(kubernetes=repo(k8s + 'rpm/', key=k8s + 'rpm/repodata/repomd.xml.key'),
+                 containerd=repo('https://download.docker.com/linux/rhel/$releasever/$basearch/stable',
+                                 key='https://download.docker.com/linux/rhel/gpg'),
+                 distro=repo('')),
+        releases={n: dict(url=f'https://example.invalid/{n}.tar.gz', sha256='0' * 64) for n in ('helm', 'kustomize')},
+        charts={n: dict(repo=f'https://charts.example/{n}') for n in
+                ('cilium', 'longhorn', 'kube-prometheus-stack', 'grafana', 'opensearch', 'fluent-bit')},
+        registries=[dict(name='docker.io', mirror='https://mirror.example:5000', skip_verify=False, ca=True,
+                         ca_pem='-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----', auth=True,
+                         username_secret='registry_docker_io_username', password_secret='registry_docker_io_password')],
+        urls=[dict(name='apt kubernetes', url=k8s + 'deb/', host='pkgs.k8s.io')],
+    )
+
 
 def node_context(variables, clusters, cluster, node):
     central = next(c for c in clusters if c["role"] == "central")
@@ -110,6 +138,7 @@ def node_context(variables, clusters, cluster, node):
     ctx.update({
         "node": {"name": node["name"], "address": node["address"], "port": 22, "user": "bsh", "cluster": cluster["name"]},
         "cluster": cluster, "clusters": clusters, "central": central, "secrets": Secrets(),
+        "sources": sample_sources(),
         "os_family": "debian", "os_id": "ubuntu", "os_version": "22.04", "os_version_major": "22",
         "arch": "x86_64", "hostname": node["name"], "cpus": 4, "memory_mb": 16000, "disk_gb": 100, "user": "bsh",
     })

@@ -32,6 +32,31 @@ def cluster_obj(c, full=False):
     o['nodes'] = [node_obj(n) for n in nodes] if full else [n['name'] for n in nodes]
     return o
 
+def sample_sources():
+    """`sources` as kubeboot renders it for an Ubuntu node with the internet defaults (a sample: kubeboot's
+    own tests check the real rendering; here it only has to exercise every branch of the scripts)."""
+    repo = lambda url, suite='', components='', key='': dict(url=url, suite=suite, components=components, key=key)
+    k8s = 'https://pkgs.k8s.io/core:/stable:/v1.34/'
+    return dict(
+        bundle=False, bundle_url='', images_url='', proxy='http://proxy.example:3128', no_proxy='10.0.0.0/8,.lab',
+        containerd='docker',
+        apt=dict(kubernetes=repo(k8s + 'deb/', '/', '', k8s + 'deb/Release.key'),
+                 containerd=repo('https://download.docker.com/linux/ubuntu', '', 'stable',
+                                 'https://download.docker.com/linux/ubuntu/gpg'),
+                 distro=repo('http://mirror.example/ubuntu', '', 'main universe', 'http://mirror.example/key.asc')),
+        dnf=dict(kubernetes=repo(k8s + 'rpm/', key=k8s + 'rpm/repodata/repomd.xml.key'),
+                 containerd=repo('https://download.docker.com/linux/rhel/$releasever/$basearch/stable',
+                                 key='https://download.docker.com/linux/rhel/gpg'),
+                 distro=repo('')),
+        releases={n: dict(url=f'https://example.invalid/{n}.tar.gz', sha256='0' * 64) for n in ('helm', 'kustomize')},
+        charts={n: dict(repo=f'https://charts.example/{n}') for n in
+                ('cilium', 'longhorn', 'kube-prometheus-stack', 'grafana', 'opensearch', 'fluent-bit')},
+        registries=[dict(name='docker.io', mirror='https://mirror.example:5000', skip_verify=False, ca=True,
+                         ca_pem='-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----', auth=True,
+                         username_secret='registry_docker_io_username', password_secret='registry_docker_io_password')],
+        urls=[dict(name='apt kubernetes', url=k8s + 'deb/', host='pkgs.k8s.io')],
+    )
+
 def context(n, facts, stage_vars):
     c = [c for c in inv['clusters'] if c['name'] == n['cluster']][0]
     ctx = dict(inv['vars'])
@@ -40,11 +65,15 @@ def context(n, facts, stage_vars):
     ctx.update(node=node_obj(n), cluster=cluster_obj(c), clusters=[cluster_obj(x, True) for x in inv['clusters']],
                nodes=[node_obj(x) for x in inv['nodes']],
                central=cluster_obj([x for x in inv['clusters'] if x['role'] == 'central'][0]),
-               secrets={k: f'KUBEBOOT_SECRET_{k}' for k in inv['secrets']}, facts=facts,
-               # A bundle served on the node's loopback: renders the bundle branches too.
-               sources=dict(bundle=True, bundle_url='http://127.0.0.1:18470'))
+               secrets=SecretNames(), sources=sample_sources(), facts=facts)
     ctx.update(facts)
     return ctx
+
+class SecretNames(dict):
+    """`secrets.NAME` / `secrets[NAME]`: a placeholder per name, as kubeboot sends before filling values in."""
+    def __missing__(self, name):
+        return f'KUBEBOOT_SECRET_{name}'
+    __getattr__ = __missing__
 
 def render(src, ctx, where):
     try:

@@ -1,7 +1,7 @@
 //! The commands behind the command line: load and check the input, choose the frontend,
 //! run the engine, and map the outcome to an exit code.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use crate::event::Event;
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::{Progress, StateDir, StateError};
-use crate::plan::{self, Action, Decision, NodePlan, Selection};
+use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Vault};
 use crate::ssh::{self, HostKeyState};
@@ -347,10 +347,14 @@ pub(crate) async fn run_playbooks(
                 tracing::info!(nodes = ?names, "the operator accepted these unknown host keys");
             }
             spec.accept_host_keys_for = accept_host_keys_for;
+            state.mark_latest(&spec_run_id);
             let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
+            // Declined: nothing ran, so no log folder of this run stays and `logs/latest` keeps
+            // pointing at the last run that did.
             drop(events);
+            let _ = std::fs::remove_dir_all(&log_dir);
             None
         };
         let _ = fanout_thread.join();
@@ -376,6 +380,7 @@ pub(crate) async fn run_playbooks(
         };
         let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
         spawn_interrupt_handler(control_tx.clone());
+        state.mark_latest(&spec_run_id);
         let _ = events.send(started);
         let result = engine::run(spec, events, control_rx).await;
         drop(control_tx);
@@ -486,6 +491,8 @@ fn read_secrets(
     let mut problems = Diagnostics::default();
     let mut per_node = HashMap::new();
     let at = |line: usize, msg: String| Diagnostic::at(&cli.inventory, line, 1, msg);
+    // Nodes whose sudo password variable is unset and that use their login password instead.
+    let mut sudo_fallback: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for name in &input.nodes {
         let Some(node) = input.inventory.node(name) else {
             continue;
@@ -505,6 +512,12 @@ fn read_secrets(
         };
         let password = read(&node.ssh.password, "SSH password");
         let sudo_password = match &node.ssh.sudo_password {
+            // The guide's promise: without its own sudo password, sudo uses the login password. A
+            // named variable that is not set counts as none when there is a login password.
+            Some(inventory::SecretSource::Env(var)) if password.is_some() && std::env::var_os(var).is_none() => {
+                sudo_fallback.entry(var.clone()).or_default().push(name.clone());
+                password.clone()
+            }
             Some(_) => read(&node.ssh.sudo_password, "sudo password"),
             None => password.clone(),
         };
@@ -516,6 +529,12 @@ fn read_secrets(
             },
         );
     }
+    for (var, nodes) in &sudo_fallback {
+        eprintln!(
+            "note: {var} is not set: sudo uses the SSH login password on {}",
+            nodes.join(", ")
+        );
+    }
     let mut used = BTreeSet::new();
     for task in plans
         .iter()
@@ -525,13 +544,8 @@ fn read_secrets(
         for (_, value) in &task.env {
             used.extend(secrets::referenced(value));
         }
-        for field in task.action.credentials() {
-            used.extend(secrets::referenced(field));
-        }
-        if let Action::Copy { files, .. } = &task.action {
-            for f in files {
-                used.extend(secrets::referenced(&String::from_utf8_lossy(&f.content)));
-            }
+        for text in task.action.filled() {
+            used.extend(secrets::referenced(&text));
         }
     }
     for name in used {
@@ -618,6 +632,26 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
     let mut rows = Vec::new();
     for p in &plans {
         let left: Vec<&plan::PlannedTask> = p.tasks.iter().filter(|t| t.decision == Decision::Run).collect();
+        // The run holding the lock has started on this node but not finished anything there yet:
+        // the node is in that run, whatever its previous run said.
+        let current = running
+            .and_then(|pid| progress.started_run_of(pid, &p.node))
+            .filter(|(run, _)| progress.node(&p.node).is_none_or(|n| n.run != *run));
+        if let Some((run, ts)) = current {
+            rows.push(serde_json::json!({
+                "node": p.node,
+                "cluster": p.cluster,
+                "run": run,
+                "updated": ts,
+                "status": null,
+                "last_done": null,
+                "failed": null,
+                "done": p.tasks.len() - left.len(),
+                "left": left.len(),
+                "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
+            }));
+            continue;
+        }
         let node = progress.node(&p.node);
         rows.push(serde_json::json!({
             "node": p.node,
@@ -821,6 +855,35 @@ fn lab_cmd(args: &LabArgs) -> Result<Exit, Failure> {
         LabCommand::Down { dir } => {
             lab::down(dir).map_err(|e| Failure::Other(e.to_string()))?;
             println!("lab down: {}", dir.display());
+            Ok(Exit::Ok)
+        }
+        // Only the lab's own processes: each acts on the sshd recorded in the node's PID file
+        // (checked to be an sshd) and on what runs under it.
+        LabCommand::Stop(n) => {
+            lab::stop_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab stop: {} (start it again with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Freeze(n) => {
+            lab::pause_node(&n.dir, &n.node).map_err(|e| Failure::Other(e.to_string()))?;
+            println!(
+                "lab freeze: {} (thaw it with: kubeboot lab start {} --dir {})",
+                n.node,
+                n.node,
+                n.dir.display()
+            );
+            Ok(Exit::Ok)
+        }
+        LabCommand::Start(n) => {
+            lab::resume_node(&n.dir, &n.node)
+                .and_then(|()| lab::start_node(&n.dir, &n.node))
+                .map_err(|e| Failure::Other(e.to_string()))?;
+            println!("lab start: {}", n.node);
             Ok(Exit::Ok)
         }
     }

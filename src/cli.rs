@@ -248,4 +248,20 @@ pub enum LabCommand {
         #[arg(long, default_value = ".lab")]
         dir: PathBuf,
     },
+    /// Stop one node (its sshd and every session on it), as if it were shut down.
+    Stop(LabNodeArgs),
+    /// Freeze one node (SIGSTOP to its sshd and every session): it stops answering, like a hung machine.
+    Freeze(LabNodeArgs),
+    /// Start one stopped node again, or thaw a frozen one.
+    Start(LabNodeArgs),
+}
+
+/// One node of a lab.
+#[derive(Debug, Args)]
+pub struct LabNodeArgs {
+    /// The node's name (as in the lab's inventory).
+    pub node: String,
+    /// The lab's folder.
+    #[arg(long, default_value = ".lab")]
+    pub dir: PathBuf,
 }

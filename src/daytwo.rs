@@ -13,11 +13,11 @@ use serde_json::Value as Json;
 use crate::app::{DayTwo, Exit, Failure, run_id, run_playbooks};
 use crate::cli::{ApplyArgs, Cli, KubeconfigArgs, ResetArgs, RunArgs, SelectArgs};
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::engine::fetch;
 use crate::event::NodeStatus;
 use crate::inventory::{self, Inventory};
 use crate::journal::{Progress, Record, StateDir};
 use crate::kubeconfig;
+use crate::task::fetch;
 
 /// With `--output json` stdout carries only events: the commands' own report lines go to stderr then.
 static REPORT_TO_STDERR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -287,7 +287,7 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         vault.add_mask(secret.clone());
         vault.insert(name, secret);
     }
-    let target = crate::jump::S3Upload {
+    let target = crate::task::s3_buckets::S3Upload {
         endpoint: var("s3_endpoint"),
         region: var("s3_region"),
         bucket: bucket.clone(),
@@ -306,9 +306,9 @@ async fn keep_backups(cli: &Cli, day_two: &DayTwo, exit: Exit) -> Result<Exit, F
         };
         let key = format!("etcd/{cluster}/{file}");
         let bytes = std::fs::read(&path).map_err(|e| Failure::Other(format!("{}: {e}", path.display())))?;
-        match crate::jump::s3_put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
-            Ok(crate::jump::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
-            Ok(crate::jump::Uploaded::AlreadyThere) => {
+        match crate::task::s3_buckets::put_new(&target, &key, bytes, &vault, &sources.join(" / ")).await {
+            Ok(crate::task::s3_buckets::Uploaded::Stored) => say!("etcd snapshot uploaded: s3://{bucket}/{key}"),
+            Ok(crate::task::s3_buckets::Uploaded::AlreadyThere) => {
                 say!("etcd snapshot already in S3, not overwritten: s3://{bucket}/{key}")
             }
             Err(e) => {

@@ -11,6 +11,7 @@ pub mod daytwo;
 pub mod ui;
 
 pub use kubeboot_core::{
-    bundle, diag, engine, event, facts, fanout, inventory, journal, jump, kubeconfig, plan, playbook, secrets, ssh,
+    bundle, diag, engine, event, facts, fanout, inventory, journal, kubeconfig, plan, playbook, secrets, spanned, ssh,
+    task,
 };
 pub use kubeboot_lab as lab;

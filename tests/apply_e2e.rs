@@ -116,7 +116,10 @@ fn a_failed_node_resumes_at_the_failed_task_and_repeats_nothing_that_finished() 
             "second",
             &[
                 logging_task("three", "true"),
-                logging_task("allowed", "test -e {{ lab_root }}/allow"),
+                logging_task(
+                    "allowed",
+                    "test -e {{ lab_root }}/allow || { echo 'no allow file' >&2; echo 'PASS is the last output line'; exit 1; }",
+                ),
                 logging_task("five", "true"),
             ],
         ),
@@ -135,6 +138,26 @@ fn a_failed_node_resumes_at_the_failed_task_and_repeats_nothing_that_finished() 
     assert_eq!(t.log_lines("node-2"), ["one", "two", "three"]);
     let failed = run.finished("node-2", "allowed").expect("the failing task finished");
     assert_eq!(failed["status"], "failed");
+    // The reason is the exit code and the last stderr line, never a line of the task's output.
+    assert_eq!(str_of(&failed["error"]), "exit code 1: no allow file", "{failed}");
+    let ended = run
+        .events_of("node_finished")
+        .into_iter()
+        .find(|e| e["node"] == "node-2")
+        .expect("node-2 finished");
+    assert_eq!(ended["counts"]["failed"], 1, "the failed task counts: {ended}");
+    assert!(
+        str_of(&ended["error"]).ends_with("failed: exit code 1: no allow file"),
+        "{ended}"
+    );
+    let summary = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("node-2 "))
+        .unwrap_or_else(|| panic!("no node-2 row in the summary\n{run}"));
+    let columns: Vec<&str> = summary.split_whitespace().collect();
+    assert_eq!(columns[1], "FAILED", "{summary}");
+    assert_eq!(columns[5], "1", "the FAILED column counts the failed task: {summary}");
 
     let status = run_cmd(t.kubeboot(&["status"]));
     status.assert_code(0);

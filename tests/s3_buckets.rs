@@ -30,7 +30,7 @@ fn bucket_command(endpoint: &str) -> (String, Vec<String>) {
         .tasks
         .iter()
         .find_map(|t| match &t.action {
-            Action::Run { command } => Some(command),
+            Action::Run(kubeboot::task::Run { command }) => Some(command),
             _ => None,
         })
         .expect("the s3-buckets stage has a curl task for jump_checks = false");

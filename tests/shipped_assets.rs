@@ -9,6 +9,7 @@ use std::path::Path;
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, NodePlan, Selection};
+use kubeboot::task::{CopyFiles, Run, Wait};
 use kubeboot::{inventory, playbook};
 use serde_json::Value;
 
@@ -39,7 +40,7 @@ fn rhel() -> Facts {
 fn files(plan: &NodePlan) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for t in &plan.tasks {
-        if let Action::Copy { files, .. } = &t.action {
+        if let Action::Copy(CopyFiles { files, .. }) = &t.action {
             for f in files {
                 out.insert(f.dest.clone(), String::from_utf8_lossy(&f.content).into_owned());
             }
@@ -291,8 +292,8 @@ fn every_stage_calls_kustomize_and_helm_by_absolute_path() {
         for plan in plans(&facts) {
             for t in &plan.tasks {
                 let scripts = match &t.action {
-                    Action::Run { command } => vec![command.as_str()],
-                    Action::Wait { until, .. } => vec![until.as_str()],
+                    Action::Run(Run { command }) => vec![command.as_str()],
+                    Action::Wait(Wait { until, .. }) => vec![until.as_str()],
                     _ => vec![],
                 };
                 for script in scripts.into_iter().chain(t.unless.as_deref()) {
@@ -490,7 +491,7 @@ fn helm_hooks_never_become_plain_objects() {
                         .tasks
                         .iter()
                         .find(|t| t.stage == "cilium" && t.task == "apply cilium");
-                    let Some(Action::Run { command }) = apply.map(|t| &t.action) else {
+                    let Some(Action::Run(Run { command })) = apply.map(|t| &t.action) else {
                         panic!("{}: no `apply cilium` task", plan.node)
                     };
                     assert!(

@@ -6,6 +6,7 @@ use std::path::Path;
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
+use kubeboot::task::{CopyFiles, Fetch, Run, Wait};
 use kubeboot::{inventory, playbook};
 
 fn plans(facts: &Facts) -> Vec<NodePlan> {
@@ -38,12 +39,15 @@ fn script(plan: &NodePlan) -> String {
     for t in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
         out.push_str(&format!("## {}/{}\n", t.stage, t.task));
         match &t.action {
-            Action::Run { command } => out.push_str(command),
-            Action::Wait { until, .. } => out.push_str(until),
+            Action::Run(Run { command }) => out.push_str(command),
+            Action::Wait(Wait { until, .. }) => out.push_str(until),
             // Sent by kubeboot itself from the jump host: nothing of it reaches the node.
             Action::Http(_) | Action::S3Buckets(_) => {}
-            Action::Fetch { src, .. } => out.push_str(&format!("# fetch {src}\n")),
-            Action::Copy { files, .. } => {
+            Action::Fetch(Fetch { src, .. }) => out.push_str(&format!(
+                "# fetch {src}
+"
+            )),
+            Action::Copy(CopyFiles { files, .. }) => {
                 for f in files {
                     out.push_str(&format!("# file {}\n{}\n", f.dest, String::from_utf8_lossy(&f.content)));
                 }
@@ -168,7 +172,7 @@ fn ubuntu_and_rhel_nodes_take_their_own_package_branches() {
 fn no_secret_is_rendered_into_the_plan() {
     for p in plans(&Facts::assumed()) {
         for t in &p.tasks {
-            if let Action::Run { command } = &t.action {
+            if let Action::Run(Run { command }) = &t.action {
                 assert!(
                     !command.contains("@@kubeboot-secret:"),
                     "{}/{}: secret on a command line",

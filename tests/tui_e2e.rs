@@ -418,3 +418,32 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
         tmux.history()
     );
 }
+
+#[test]
+fn answering_no_on_the_confirmation_screen_leaves_the_logs_of_the_last_run_alone() {
+    let setup = Setup::new(153, 1);
+    // What an earlier run left: its log folder, and `latest` pointing at it.
+    let logs = setup.path("state/logs");
+    std::fs::create_dir_all(logs.join("20260101-000000-abcd")).expect("a log folder");
+    std::fs::write(logs.join("20260101-000000-abcd/kubeboot.log"), "an earlier run\n").expect("a log");
+    std::os::unix::fs::symlink("20260101-000000-abcd", logs.join("latest")).expect("latest");
+    let tmux = setup.start();
+    tmux.wait_for("the confirmation screen", |s| s.contains("y/Enter"));
+    tmux.keys(&["n"]);
+    assert_eq!(setup.exit_code(&tmux), 0);
+    assert_eq!(
+        std::fs::read_link(logs.join("latest")).expect("latest is still a link"),
+        PathBuf::from("20260101-000000-abcd")
+    );
+    let mut folders: Vec<String> = std::fs::read_dir(&logs)
+        .expect("logs")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    assert_eq!(
+        folders,
+        ["20260101-000000-abcd", "latest"],
+        "no empty log folder of the declined run"
+    );
+}

@@ -406,3 +406,62 @@ fn a_changed_host_key_is_a_hard_error_on_the_confirmation_screen() {
     );
     assert!(!app.accepted_host_keys().contains("edge-201"));
 }
+
+/// The shipped install's 18 stages, one task each, on two nodes: the first nine done, the tenth running.
+fn eighteen_stages() -> App {
+    let stages: Vec<String> = (0..18).map(|i| format!("stage-{:02}", i * 5)).collect();
+    let outline = |node: &str, host: u8| NodeOutline {
+        node: node.to_string(),
+        cluster: Some("cluster-01".to_string()),
+        address: format!("192.168.101.{host}:22"),
+        tasks: stages
+            .iter()
+            .map(|s| TaskOutline {
+                stage: s.clone(),
+                task: "step".to_string(),
+                skip: None,
+            })
+            .collect(),
+    };
+    let nodes = vec![outline("node-194", 194), outline("node-195", 195)];
+    let mut app = App::new("20250101-0930", stages.clone(), &nodes, PathBuf::from(".kubeboot/logs"));
+    app.color = false;
+    app
+}
+
+#[test]
+fn the_stage_matrix_numbers_stages_ten_and_up_with_two_digits_at_80x24() {
+    let mut app = eighteen_stages();
+    let _ = app.act(Action::Start, 10);
+    let stages = app.stages.clone();
+    for node in ["node-194", "node-195"] {
+        for stage in &stages[..9] {
+            app.apply(&started(node, stage, "step", 1), 100);
+            app.apply(&finished(node, stage, "step", TaskStatus::Ok, None), 200);
+        }
+        app.apply(&started(node, &stages[9], "step", 1), 300);
+    }
+    let screen = render(&app, 80, 24);
+    // The tens digits stand on the border above the units digits: `1` over `0` is stage 10.
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8"))
+        .unwrap_or_else(|| panic!("no stage numbers in the matrix header:\n{screen}"));
+    assert!(
+        lines[at - 1].contains("1─1─1─1─1─1─1─1─1"),
+        "tens digits above 10-18:\n{screen}"
+    );
+    insta::assert_snapshot!("matrix_18_stages_80x24", screen);
+}
+
+#[test]
+fn the_confirmation_screen_says_how_many_stages_do_not_fit_at_80x24() {
+    let app = eighteen_stages();
+    let screen = render(&app, 80, 24);
+    assert!(
+        screen.contains(" more"),
+        "the stages that do not fit are counted:\n{screen}"
+    );
+    insta::assert_snapshot!("confirm_18_stages_80x24", screen);
+}

@@ -201,7 +201,7 @@ impl std::fmt::Display for Apply {
 }
 
 /// The real node stages (everything they run is real on the VMs).
-const NODE_STAGES: &str = "preflight,os-prep,containerd,longhorn-prereqs";
+const NODE_STAGES: &str = "preflight,sources,os-prep,containerd,longhorn-prereqs";
 /// Stands in for a hung run: far beyond what the stages take under TCG.
 const APPLY_CAP: Duration = Duration::from_secs(1500);
 
@@ -509,7 +509,7 @@ fn node_state(vms: &Vms, node: &str) -> String {
         "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' | md5sum; \
          stat -c '%n %Y' /etc/containerd/config.toml /etc/fstab /etc/sysctl.d/99-kubernetes.conf \
            /etc/modules-load.d/k8s.conf /etc/modules-load.d/iscsi_tcp.conf /etc/crictl.yaml \
-           /etc/apt/sources.list.d/kubeboot-bundle.list; \
+           /etc/apt/sources.list.d/kubeboot-distro.list; \
          systemctl show -p MainPID containerd iscsid; cut -d' ' -f1 /proc/modules | sort | md5sum; \
          sysctl -a 2>/dev/null | grep -v -e random -e '^fs\\.\\(dentry\\|inode\\|file-nr\\)' -e 'kernel.ns_last_pid' | md5sum",
     )

@@ -385,6 +385,7 @@ fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path)
         ));
         if *nodes_failed > 0 && !*interrupted {
             text.push_str("Fix the cause and run `kubeboot apply` again: finished tasks are not repeated.\n");
+            text.push_str("After resetting a node by hand, add `--fresh` (with `--limit`/`--from`) so its finished tasks run again.\n");
         }
     }
     text

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::facts::Facts;
 
+/// Where events go: the engine never waits for whoever reads them.
+pub type EventSink = tokio::sync::mpsc::UnboundedSender<Event>;
+
 /// Which output stream of a remote command a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

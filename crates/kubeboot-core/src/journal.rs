@@ -37,6 +37,13 @@ pub enum StateError {
 pub enum Record {
     /// A run began.
     Run { run: String, ts: String, pid: u32 },
+    /// The run really starts (after the confirmation screen) on these nodes: `status` shows them
+    /// as in this run from now on, before any of them finished a task.
+    Started {
+        run: String,
+        ts: String,
+        nodes: Vec<String>,
+    },
     /// Facts gathered from a node.
     Facts { run: String, node: String, facts: Facts },
     /// A task ended.
@@ -120,6 +127,13 @@ impl Record {
                 ts,
                 interrupted: *interrupted,
             }),
+            Event::RunStarted {
+                nodes, dry_run: false, ..
+            } => Some(Record::Started {
+                run,
+                ts,
+                nodes: nodes.iter().map(|n| n.node.clone()).collect(),
+            }),
             _ => None,
         }
     }
@@ -147,11 +161,23 @@ pub struct Progress {
     done: HashMap<(String, String, String), String>,
     facts: HashMap<String, Facts>,
     nodes: HashMap<String, NodeProgress>,
+    /// The last run that began: its id and process.
+    last_run: Option<(String, u32)>,
+    /// The last run that really started: its id, when, and on which nodes.
+    last_started: Option<(String, String, Vec<String>)>,
     /// Lines that could not be read (a torn last line after a crash, or damage).
     pub unreadable_lines: usize,
 }
 
 impl Progress {
+    /// The run of process `pid` (the one holding the lock) when it has really started on `node`:
+    /// its id and start time, for `status` to show before the node has finished anything in it.
+    pub fn started_run_of(&self, pid: u32, node: &str) -> Option<(&str, &str)> {
+        let (run, run_pid) = self.last_run.as_ref()?;
+        let (started, ts, nodes) = self.last_started.as_ref()?;
+        (*run_pid == pid && started == run && nodes.iter().any(|n| n == node)).then_some((run.as_str(), ts.as_str()))
+    }
+
     /// No remembered progress (a first run, or `--fresh`).
     pub fn empty() -> Progress {
         Progress::default()
@@ -195,7 +221,9 @@ impl Progress {
     /// Folds one record in; records are applied in journal order.
     pub fn apply(&mut self, record: &Record) {
         match record {
-            Record::Run { .. } | Record::End { .. } => {}
+            Record::Run { run, pid, .. } => self.last_run = Some((run.clone(), *pid)),
+            Record::Started { run, ts, nodes } => self.last_started = Some((run.clone(), ts.clone(), nodes.clone())),
+            Record::End { .. } => {}
             Record::Forget { node, keep, .. } => {
                 self.done
                     .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
@@ -409,14 +437,19 @@ impl StateDir {
         })
     }
 
-    /// The folder for this run's log files (created, private).
+    /// The folder for this run's log files (created, private). `logs/latest` moves to it only
+    /// once the run really starts ([`StateDir::mark_latest`]).
     pub fn run_logs(&self, run_id: &str) -> io::Result<PathBuf> {
         let dir = self.path.join("logs").join(run_id);
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        Ok(dir)
+    }
+
+    /// Points `logs/latest` at this run's log folder.
+    pub fn mark_latest(&self, run_id: &str) {
         let latest = self.path.join("logs").join("latest");
         let _ = fs::remove_file(&latest);
         let _ = std::os::unix::fs::symlink(run_id, &latest);
-        Ok(dir)
     }
 }
 

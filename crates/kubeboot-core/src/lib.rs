@@ -1,7 +1,7 @@
 //! The core of kubeboot: everything between the operator's input and the events a frontend shows.
 //!
-//! Flow: [`inventory`] + [`playbook`] → [`plan`] → [`engine`] (over [`ssh`], or from the jump host
-//! via [`jump`]) → [`event`]s → [`journal`] and the log files ([`fanout`]). This crate has no
+//! Flow: [`inventory`] + [`playbook`] → [`plan`] → [`engine`] (each [`task`] kind over [`ssh`], or
+//! from the jump host) → [`event`]s → [`journal`] and the log files ([`fanout`]). This crate has no
 //! terminal code at all (no ratatui, crossterm or indicatif in its Cargo.toml): frontends live in
 //! the `kubeboot` binary crate and see the core only through events and controls.
 
@@ -13,9 +13,10 @@ pub mod facts;
 pub mod fanout;
 pub mod inventory;
 pub mod journal;
-pub mod jump;
 pub mod kubeconfig;
 pub mod plan;
 pub mod playbook;
 pub mod secrets;
+pub mod spanned;
 pub mod ssh;
+pub mod task;

@@ -1,6 +1,6 @@
 //! Inventory × playbooks × journal → per-node plans. Pure: no SSH, no clock, no terminal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -11,62 +11,10 @@ use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::playbook::template::{Context, Renderer, file_start};
-use crate::playbook::{ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Playbooks, S3BucketsDef, Stage, TaskDef};
+use crate::playbook::{Hosts, Location, Playbooks, Stage, TaskDef};
+use crate::task::{PAD, Render as _, block};
 
-/// What a planned task does on the node, fully rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Run this shell script.
-    Run { command: String },
-    /// Put these files on the node (one for a file `src` or inline `content`, every file below a folder
-    /// `src`, sorted), each owned by `owner` when set.
-    Copy {
-        files: Vec<FileCopy>,
-        owner: Option<String>,
-    },
-    /// Run `until` every `interval` until it exits 0.
-    Wait { until: String, interval: Duration },
-    /// A GET kubeboot sends itself, from the jump host.
-    Http(HttpCheck),
-    /// Buckets kubeboot makes sure exist, from the jump host.
-    S3Buckets(S3Buckets),
-    /// Read `src` on the node and write it on the jump host at `dest` (relative = under the state dir), 0600.
-    Fetch { src: String, dest: String, overwrite: bool },
-}
-
-impl Action {
-    /// True when kubeboot does it itself on the jump host instead of on the node.
-    pub fn runs_on_jump_host(&self) -> bool {
-        matches!(self, Action::Http(_) | Action::S3Buckets(_))
-    }
-
-    /// The credential fields, the only places a jump-host task may hold secret placeholders.
-    pub fn credentials(&self) -> Vec<&str> {
-        match self {
-            Action::Http(h) => h.user.iter().chain(h.password.iter()).map(String::as_str).collect(),
-            Action::S3Buckets(b) => vec![b.access_key.as_str(), b.secret_key.as_str()],
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// A rendered `http:` task: the playbook's fields with every text rendered (secrets as placeholders).
-pub type HttpCheck = HttpDef;
-
-/// A rendered `s3_buckets:` task: the playbook's fields rendered, the keys still secret placeholders
-/// that are filled only when a request is signed.
-pub type S3Buckets = S3BucketsDef;
-
-/// One file a `copy` task puts on the node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileCopy {
-    /// Absolute destination path on the node.
-    pub dest: String,
-    /// The (rendered) bytes.
-    pub content: Vec<u8>,
-    /// File mode, e.g. 0o644; folders on the way are created 0755.
-    pub mode: u32,
-}
+pub use crate::task::{Action, FileCopy, HttpCheck, S3Buckets};
 
 /// What the plan decided for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +258,13 @@ pub fn plan_node(
             continue;
         }
         let ctx = Context::new(inv, n, stage, facts);
+        for problem in ctx.problems() {
+            let d = Diagnostic::at(&inv.path, inv.sources.line.max(1), 1, problem.clone())
+                .with_hint("a [sources] text may use the node's variables and facts, like a playbook");
+            if !diags.0.contains(&d) {
+                diags.push(d);
+            }
+        }
         for def in &stage.tasks {
             match plan_task(&renderer, books, stage, def, &ctx) {
                 Ok(mut t) => {
@@ -366,56 +321,17 @@ fn plan_task(
         None => Decision::Run,
     };
     let lenient = decision != Decision::Run;
-    let mut text = |raw: &str, name: &str| -> String {
-        match r.render(raw, &field(name), name, ctx) {
-            Ok(s) => s,
-            Err(p) => {
-                // Static problems (undefined names, syntax) are errors even for a task skipped by `when`.
-                if !lenient || p.iter().any(|d| !d.message.starts_with("template error")) {
-                    problems.extend(p);
-                }
-                raw.to_string()
-            }
-        }
+    let mut render = TaskRender {
+        r,
+        books,
+        ctx,
+        field: &field,
+        lenient,
+        problems: &mut problems,
+        late: &mut asset_problems,
     };
-    let action = match &def.action {
-        ActionDef::Run(cmd) => Action::Run {
-            command: text(cmd, "run"),
-        },
-        ActionDef::Wait(w) => Action::Wait {
-            until: text(&w.until, "wait"),
-            interval: w.interval,
-        },
-        ActionDef::Http(h) => Action::Http(http_check(h, &mut text)),
-        ActionDef::S3Buckets(b) => Action::S3Buckets(s3_buckets(b, &mut text)),
-        ActionDef::Fetch(FetchDef { src, dest, overwrite }) => Action::Fetch {
-            src: text(src, "fetch.src"),
-            dest: text(dest, "fetch.dest"),
-            overwrite: *overwrite,
-        },
-        ActionDef::Copy(c) => {
-            let dest = text(&c.dest, "copy.dest");
-            let files = match (&c.content, &c.src) {
-                (Some(content), _) => vec![FileCopy {
-                    dest,
-                    content: text(content, "copy.content").into_bytes(),
-                    mode: c.mode,
-                }],
-                (None, Some(src)) => match asset_files(r, books, src, &dest, c, ctx) {
-                    Ok(files) => files,
-                    Err(p) => {
-                        asset_problems.extend(p);
-                        Vec::new()
-                    }
-                },
-                (None, None) => Vec::new(),
-            };
-            Action::Copy {
-                files,
-                owner: c.owner.clone(),
-            }
-        }
-    };
+    let action = def.action.render(&mut render);
+    let mut text = |raw: &str, name: &str| render.text(raw, name);
     let unless = def.unless.as_ref().map(|u| text(u, "unless"));
     let env: Vec<(String, String)> = def
         .env
@@ -426,8 +342,7 @@ fn plan_task(
     problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
     problems.extend(secrets_outside_credentials(def, &action));
     if !lenient {
-        problems.extend(bad_jump_urls(def, &action));
-        problems.extend(bad_fetch_paths(def, &action));
+        problems.extend(kind_problems(def, &action));
     }
     if !problems.is_empty() {
         return Err(problems);
@@ -450,60 +365,10 @@ fn plan_task(
     })
 }
 
-/// Renders an `http:` task's fields.
-fn http_check(h: &HttpDef, text: &mut impl FnMut(&str, &str) -> String) -> HttpCheck {
-    HttpCheck {
-        url: text(&h.url, "http.url"),
-        host: h.host.as_ref().map(|v| text(v, "http.host")),
-        expect_status: h.expect_status.clone(),
-        // Each line of a rendered text is a text of its own, so a `{% for %}` loop can list many.
-        contains: h
-            .contains
-            .iter()
-            .flat_map(|v| {
-                let rendered = text(v, "http.contains");
-                rendered
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect(),
-        user: h.user.as_ref().map(|v| text(v, "http.user")),
-        password: h.password.as_ref().map(|v| text(v, "http.password")),
-        insecure: h.insecure,
-    }
-}
-
-/// Renders an `s3_buckets:` task's fields.
-fn s3_buckets(b: &S3BucketsDef, text: &mut impl FnMut(&str, &str) -> String) -> S3Buckets {
-    S3Buckets {
-        endpoint: text(&b.endpoint, "s3_buckets.endpoint"),
-        region: text(&b.region, "s3_buckets.region"),
-        buckets: b.buckets.iter().map(|v| text(v, "s3_buckets.buckets")).collect(),
-        access_key: text(&b.access_key, "s3_buckets.access_key"),
-        secret_key: text(&b.secret_key, "s3_buckets.secret_key"),
-    }
-}
-
 /// A jump-host task's fields other than its credentials end up in output, the plan and the journal's
 /// messages, so a secret there would leak; kubeboot only fills secrets into the credential fields.
 fn secrets_outside_credentials(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
-    let mut fields: Vec<(&str, &str)> = Vec::new();
-    match action {
-        Action::Http(h) => {
-            fields.push(("http.url", &h.url));
-            fields.extend(h.host.iter().map(|v| ("http.host", v.as_str())));
-            fields.extend(h.contains.iter().map(|v| ("http.contains", v.as_str())));
-        }
-        Action::S3Buckets(b) => {
-            fields.push(("s3_buckets.endpoint", &b.endpoint));
-            fields.push(("s3_buckets.region", &b.region));
-            fields.extend(b.buckets.iter().map(|v| ("s3_buckets.buckets", v.as_str())));
-        }
-        _ => return Vec::new(),
-    }
+    let fields = action.shown();
     secret_fields(
         def,
         &fields,
@@ -542,54 +407,16 @@ fn secret_fields(
     out
 }
 
-/// A jump-host task's URL must be an absolute http(s) URL; found now rather than in the middle of a run.
-fn bad_jump_urls(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
-    let (field, text) = match action {
-        Action::Http(h) => ("http.url", h.url.as_str()),
-        Action::S3Buckets(b) => ("s3_buckets.endpoint", b.endpoint.as_str()),
-        _ => return Vec::new(),
-    };
-    let problem = match url::Url::parse(text) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => return Vec::new(),
-        Ok(u) => format!("`{field}` must be an http:// or https:// URL, not {}://", u.scheme()),
-        Err(e) => format!("`{field}` is not a URL ({e}): `{text}`"),
-    };
-    let at = def.fields.get(field).unwrap_or(&def.location);
-    vec![
-        Diagnostic::at(&at.file, at.line, at.column, problem)
-            .with_hint("write it whole, e.g. http://192.168.101.210/ or https://s3.example.lab"),
-    ]
-}
-
-/// A `fetch` reads an absolute path on the node and writes a file path (no folder) on the jump host.
-fn bad_fetch_paths(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
-    let Action::Fetch { src, dest, .. } = action else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut bad = |field: &str, message: String, hint: &str| {
-        let at = def.fields.get(field).unwrap_or(&def.location);
-        out.push(Diagnostic::at(&at.file, at.line, at.column, message).with_hint(hint));
-    };
-    if !src.starts_with('/') {
-        bad(
-            "fetch.src",
-            format!("`fetch.src` must be an absolute path on the node, not `{src}`"),
-            "e.g. /etc/kubernetes/admin.conf",
-        );
-    }
-    let rel = Path::new(dest.as_str());
-    if dest.trim().is_empty()
-        || dest.ends_with('/')
-        || rel.components().any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        bad(
-            "fetch.dest",
-            format!("`fetch.dest` must name a file on the jump host without `..`, not `{dest}`"),
-            "relative paths are under the state dir, e.g. backups/{{ cluster.name }}/etcd.db",
-        );
-    }
-    out
+/// What the task's kind finds wrong with it once rendered (URLs, paths), at the place of the field.
+fn kind_problems(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
+    action
+        .problems()
+        .into_iter()
+        .map(|p| {
+            let at = def.fields.get(p.field).unwrap_or(&def.location);
+            Diagnostic::at(&at.file, at.line, at.column, p.message).with_hint(p.hint)
+        })
+        .collect()
 }
 
 /// Secrets may only reach a node through `env` or file content: anything else ends up on a command line,
@@ -597,23 +424,7 @@ fn bad_fetch_paths(def: &TaskDef, action: &Action) -> Vec<Diagnostic> {
 fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>) -> Vec<Diagnostic> {
     let marker = crate::secrets::placeholder("");
     let marker = marker.trim_end_matches("@@");
-    let mut fields: Vec<(&str, &str)> = Vec::new();
-    match action {
-        Action::Run { command } => fields.push(("run", command)),
-        Action::Wait { until, .. } => fields.push(("wait", until)),
-        Action::Fetch { src, dest, .. } => {
-            fields.push(("fetch.src", src));
-            fields.push(("fetch.dest", dest));
-        }
-        Action::Copy { files, owner } => {
-            fields.extend(files.iter().map(|f| ("copy.dest", f.dest.as_str())));
-            if let Some(o) = owner {
-                fields.push(("copy.owner", o));
-            }
-        }
-        // Checked by `secrets_outside_credentials`: nothing of these reaches a command line.
-        Action::Http(_) | Action::S3Buckets(_) => {}
-    }
+    let mut fields = action.command_line();
     if let Some(u) = unless {
         fields.push(("unless", u));
     }
@@ -624,81 +435,6 @@ fn secrets_on_command_lines(def: &TaskDef, action: &Action, unless: Option<&str>
         "would show on the node's command line",
         "pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.NAME }}\" }`) and use $TOKEN",
     )
-}
-
-/// The files a `copy.src` puts on the node: the file itself, or every file below the folder (sorted).
-fn asset_files(
-    r: &Renderer,
-    books: &Playbooks,
-    src: &str,
-    dest: &str,
-    c: &CopyDef,
-    ctx: &Context,
-) -> Result<Vec<FileCopy>, Vec<Diagnostic>> {
-    let root = books.assets_dir.join(src);
-    let mut paths = Vec::new();
-    if root.is_dir() {
-        walk(&root, &mut paths)
-            .map_err(|e| vec![Diagnostic::file(&root, format!("cannot read the asset folder: {e}"))])?;
-        paths.sort();
-    } else {
-        paths.push(root.clone());
-    }
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
-    for path in paths {
-        let target = match path.strip_prefix(&root) {
-            Ok(rel) if !rel.as_os_str().is_empty() => {
-                format!("{}/{}", dest.trim_end_matches('/'), rel.to_string_lossy())
-            }
-            _ => dest.to_string(),
-        };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                problems.push(Diagnostic::file(&path, format!("cannot read the asset: {e}")));
-                continue;
-            }
-        };
-        let content = if c.template {
-            match String::from_utf8(bytes) {
-                Ok(text) => match r.render(&text, &file_start(&path), "template", ctx) {
-                    Ok(s) => s.into_bytes(),
-                    Err(p) => {
-                        problems.extend(p);
-                        continue;
-                    }
-                },
-                Err(_) => {
-                    problems.push(
-                        Diagnostic::file(&path, "a templated asset must be UTF-8 text")
-                            .with_hint("set `template: false` for binary files"),
-                    );
-                    continue;
-                }
-            }
-        } else {
-            bytes
-        };
-        files.push(FileCopy {
-            dest: target,
-            content,
-            mode: c.mode,
-        });
-    }
-    if problems.is_empty() { Ok(files) } else { Err(problems) }
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Hex sha256 over a length-prefixed encoding of everything that decides what the task does.
@@ -718,66 +454,7 @@ fn fingerprint(
     put(b"kubeboot-task-v1");
     put(stage.as_bytes());
     put(task.as_bytes());
-    match action {
-        Action::Run { command } => {
-            put(b"run");
-            put(command.as_bytes());
-        }
-        Action::Copy { files, owner } => {
-            put(b"copy");
-            put(owner.as_deref().unwrap_or("").as_bytes());
-            put(&(files.len() as u64).to_le_bytes());
-            for f in files {
-                put(f.dest.as_bytes());
-                put(&f.mode.to_le_bytes());
-                put(&f.content);
-            }
-        }
-        Action::Wait { until, interval } => {
-            put(b"wait");
-            put(until.as_bytes());
-            put(&interval.as_millis().to_le_bytes());
-        }
-        Action::Http(h) => {
-            put(b"http");
-            put(h.url.as_bytes());
-            for optional in [&h.host, &h.user, &h.password] {
-                match optional {
-                    Some(v) => {
-                        put(b"some");
-                        put(v.as_bytes());
-                    }
-                    None => put(b"none"),
-                }
-            }
-            put(&(h.expect_status.len() as u64).to_le_bytes());
-            for code in &h.expect_status {
-                put(&code.to_le_bytes());
-            }
-            put(&(h.contains.len() as u64).to_le_bytes());
-            for c in &h.contains {
-                put(c.as_bytes());
-            }
-            put(if h.insecure { b"insecure" } else { b"verified" });
-        }
-        Action::Fetch { src, dest, overwrite } => {
-            put(b"fetch");
-            put(src.as_bytes());
-            put(dest.as_bytes());
-            put(if *overwrite { b"overwrite" } else { b"keep-old" });
-        }
-        Action::S3Buckets(b) => {
-            put(b"s3_buckets");
-            put(b.endpoint.as_bytes());
-            put(b.region.as_bytes());
-            put(&(b.buckets.len() as u64).to_le_bytes());
-            for bucket in &b.buckets {
-                put(bucket.as_bytes());
-            }
-            put(b.access_key.as_bytes());
-            put(b.secret_key.as_bytes());
-        }
-    }
+    action.fingerprint(&mut put);
     match unless {
         Some(u) => {
             put(b"unless");
@@ -845,66 +522,13 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
 
 /// The rendered command, copy or wait under a task, indented.
 fn details(out: &mut String, t: &PlannedTask) {
-    const PAD: &str = "           ";
-    let block = |out: &mut String, first: &str, text: &str| {
-        for (i, line) in text.lines().enumerate() {
-            let lead = if i == 0 { first } else { "  " };
-            out.push_str(&format!("{PAD}{lead}{line}\n"));
-        }
-    };
     for (k, v) in &t.env {
         out.push_str(&format!("{PAD}env {k}={v}\n"));
     }
     if let Some(u) = &t.unless {
         block(out, "unless: ", u);
     }
-    match &t.action {
-        Action::Run { command } => block(out, "$ ", command),
-        Action::Wait { until, interval } => {
-            out.push_str(&format!("{PAD}wait every {}:\n", humantime::format_duration(*interval)));
-            block(out, "$ ", until);
-        }
-        Action::Copy { files, owner } => {
-            for f in files {
-                let owner = owner.as_deref().map(|o| format!(", owner {o}")).unwrap_or_default();
-                out.push_str(&format!(
-                    "{PAD}copy -> {} (mode {:04o}{owner}, {} bytes)\n",
-                    f.dest,
-                    f.mode,
-                    f.content.len()
-                ));
-            }
-        }
-        Action::Http(h) => http_details(out, h),
-        Action::Fetch { src, dest, overwrite } => {
-            out.push_str(&format!(
-                "{PAD}fetch {src} -> {} on the jump host (mode 0600)\n",
-                fetch_dest(dest)
-            ));
-            let old = if *overwrite {
-                "an older file there is replaced"
-            } else {
-                "an older file there is never overwritten (the same content counts as done)"
-            };
-            out.push_str(&format!("{PAD}  {old}\n"));
-        }
-        Action::S3Buckets(b) => {
-            out.push_str(&format!(
-                "{PAD}S3 buckets {} at {} (from the jump host)\n",
-                b.buckets.join(", "),
-                b.endpoint
-            ));
-            out.push_str(&format!(
-                "{PAD}  region {}, path-style; missing buckets are created, nothing is deleted\n",
-                b.region
-            ));
-            out.push_str(&format!(
-                "{PAD}  keys {} / {}\n",
-                credential(&b.access_key),
-                credential(&b.secret_key)
-            ));
-        }
-    }
+    t.action.describe(out);
     if t.retries > 0 {
         out.push_str(&format!(
             "{PAD}retries {} every {}\n",
@@ -917,55 +541,50 @@ fn details(out: &mut String, t: &PlannedTask) {
     }
 }
 
-/// A fetch destination as the plan shows it: relative ones are under the state dir.
-fn fetch_dest(dest: &str) -> String {
-    if dest.starts_with('/') {
-        dest.to_string()
-    } else {
-        format!("<state dir>/{dest}")
-    }
+/// A task's templates rendered for one node; what fails is recorded (leniently for a task that will not run).
+struct TaskRender<'a> {
+    r: &'a Renderer,
+    books: &'a Playbooks,
+    ctx: &'a Context,
+    field: &'a dyn Fn(&str) -> Location,
+    /// The task will not run (`when` is false): runtime template failures are not errors.
+    lenient: bool,
+    problems: &'a mut Vec<Diagnostic>,
+    /// Problems with asset files, reported after the task's own fields.
+    late: &'a mut Vec<Diagnostic>,
 }
 
-/// An `http:` task under its name: the request, then what counts as success.
-fn http_details(out: &mut String, h: &HttpCheck) {
-    const PAD: &str = "           ";
-    out.push_str(&format!("{PAD}GET {} (from the jump host)\n", h.url));
-    if let Some(host) = &h.host {
-        out.push_str(&format!("{PAD}  Host: {host}\n"));
+impl crate::task::Render for TaskRender<'_> {
+    fn text(&mut self, raw: &str, name: &str) -> String {
+        match self.r.render(raw, &(self.field)(name), name, self.ctx) {
+            Ok(s) => s,
+            Err(p) => {
+                // Static problems (undefined names, syntax) are errors even for a task skipped by `when`.
+                if !self.lenient || p.iter().any(|d| !d.message.starts_with("template error")) {
+                    self.problems.extend(p);
+                }
+                raw.to_string()
+            }
+        }
     }
-    if let Some(user) = &h.user {
-        let password = h.password.as_deref().map(credential).unwrap_or_else(|| "none".into());
-        out.push_str(&format!("{PAD}  basic auth {}, password {password}\n", shown(user)));
-    }
-    let statuses: Vec<String> = h.expect_status.iter().map(u16::to_string).collect();
-    out.push_str(&format!("{PAD}  expect HTTP {}\n", statuses.join(" or ")));
-    for c in &h.contains {
-        out.push_str(&format!("{PAD}  body contains '{c}'\n"));
-    }
-    if h.insecure {
-        out.push_str(&format!("{PAD}  TLS certificate not verified (insecure: true)\n"));
-    }
-}
 
-/// A credential as the plan shows it: the secret it comes from, never a value written in the playbook.
-fn credential(text: &str) -> String {
-    match crate::secrets::referenced(text).as_slice() {
-        [] => "****".into(),
-        names => names
-            .iter()
-            .map(|n| format!("secrets.{n}"))
-            .collect::<Vec<_>>()
-            .join(" + "),
+    fn asset(&mut self, text: &str, file: &Path) -> Option<String> {
+        match self.r.render(text, &file_start(file), "template", self.ctx) {
+            Ok(s) => Some(s),
+            Err(p) => {
+                self.late.extend(p);
+                None
+            }
+        }
     }
-}
 
-/// A user name as the plan shows it: as written, with secret placeholders named.
-fn shown(text: &str) -> String {
-    let mut out = text.to_string();
-    for name in crate::secrets::referenced(text) {
-        out = out.replace(&crate::secrets::placeholder(&name), &format!("secrets.{name}"));
+    fn assets_dir(&self) -> &Path {
+        &self.books.assets_dir
     }
-    out
+
+    fn problem(&mut self, d: Diagnostic) {
+        self.late.push(d);
+    }
 }
 
 #[cfg(test)]
@@ -1017,14 +636,15 @@ mod tests {
         assert_eq!(debian.decision, Decision::Run);
         assert_eq!(debian.unless.as_deref(), Some("dpkg -s containerd.io"));
         assert!(debian.become_);
-        let Action::Copy { files, owner } = &p.tasks.iter().find(|t| t.task == "containerd config").unwrap().action
+        let Action::Copy(crate::task::CopyFiles { files, owner }) =
+            &p.tasks.iter().find(|t| t.task == "containerd config").unwrap().action
         else {
             panic!("not a copy")
         };
         assert_eq!(owner.as_deref(), Some("root:root"));
         assert!(String::from_utf8_lossy(&files[0].content).contains("sandbox_image = \"registry.k8s.io/pause:3.10\""));
         let lb = p.tasks.iter().find(|t| t.task == "lb address").unwrap();
-        let Action::Copy { files, .. } = &lb.action else {
+        let Action::Copy(crate::task::CopyFiles { files, .. }) = &lb.action else {
             panic!()
         };
         assert_eq!(files[0].content, b"lb=192.168.101.210\n");
@@ -1035,7 +655,7 @@ mod tests {
         let (inv, books) = fixture();
         let p = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
         let t = p.tasks.iter().find(|t| t.task == "addons").unwrap();
-        let Action::Copy { files, .. } = &t.action else {
+        let Action::Copy(crate::task::CopyFiles { files, .. }) = &t.action else {
             panic!()
         };
         let dests: Vec<&str> = files.iter().map(|f| f.dest.as_str()).collect();
@@ -1083,7 +703,7 @@ mod tests {
         );
 
         // A changed command gets a new fingerprint and runs again.
-        books.stages[1].tasks[0].action = ActionDef::Run("apt-get install -y containerd.io=2.0".into());
+        books.stages[1].tasks[0].action = crate::task::ActionDef::Run("apt-get install -y containerd.io=2.0".into());
         let changed = plan(&inv, &books, "node-194", &progress, &Selection::default());
         assert_eq!(changed.tasks[0].decision, Decision::Skip(SkipReason::Done));
         assert_eq!(changed.tasks[1].decision, Decision::Run);

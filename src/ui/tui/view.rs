@@ -449,9 +449,14 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let column = area.width.saturating_sub(2) / app.stages.len() as u16;
     let columns = (area.width.saturating_sub(2) / column.max(1)) as usize;
     let shown = &app.stages[..app.stages.len().min(columns)];
+    // Numbers too wide for their column (stages 10 and up in one-character columns) show their units digit in
+    // the header and their tens digit above it, on the border line: `1` over `0` reads as stage 10.
+    let narrow = column < 3 && shown.len() >= 10;
     let header = shown.iter().enumerate().map(|(i, stage)| {
         if column >= 4 {
             truncate(stage, column as usize - 1)
+        } else if narrow {
+            ((i + 1) % 10).to_string()
         } else {
             ((i + 1) % 100).to_string()
         }
@@ -483,6 +488,15 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .column_spacing(u16::from(column >= 2))
     .block(Block::bordered().title(" stages ").border_style(theme.border(false)));
     frame.render_widget(table, area);
+    if narrow {
+        let buffer = frame.buffer_mut();
+        for i in 9..shown.len() {
+            let x = area.x + 1 + i as u16 * column;
+            if x + 1 < area.x + area.width {
+                buffer.set_string(x, area.y, ((i + 1) / 10).to_string(), theme.bold());
+            }
+        }
+    }
 }
 
 fn draw_output(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
@@ -665,29 +679,43 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         intro_area,
     );
 
+    // When the stages do not all fit, the last row says how many more there are.
+    let fits = stages_area.height.saturating_sub(3) as usize;
+    let (listed, more) = if app.stages.len() > fits && fits > 0 {
+        (fits - 1, app.stages.len() - (fits - 1))
+    } else {
+        (app.stages.len(), 0)
+    };
+    let more_row =
+        (more > 0).then(|| Row::new(vec![String::new(), format!("+{more} more")]).style(theme.fg(Color::DarkGray)));
     let stage_table = Table::new(
-        app.stages.iter().enumerate().map(|(i, stage)| {
-            let nodes = app
-                .nodes
-                .iter()
-                .filter(|n| n.tasks.iter().any(|t| &t.stage == stage))
-                .count();
-            let tasks = app.nodes.iter().flat_map(|n| &n.tasks).filter(|t| &t.stage == stage);
-            let (count, skip) = tasks.fold((0, 0), |(c, s), t| {
-                (
-                    c + 1,
-                    s + usize::from(t.planned_skip == Some(crate::event::SkipReason::Done)),
-                )
-            });
-            let skip = if skip > 0 { skip.to_string() } else { String::new() };
-            Row::new(vec![
-                (i + 1).to_string(),
-                stage.clone(),
-                nodes.to_string(),
-                count.to_string(),
-                skip,
-            ])
-        }),
+        app.stages
+            .iter()
+            .take(listed)
+            .enumerate()
+            .map(|(i, stage)| {
+                let nodes = app
+                    .nodes
+                    .iter()
+                    .filter(|n| n.tasks.iter().any(|t| &t.stage == stage))
+                    .count();
+                let tasks = app.nodes.iter().flat_map(|n| &n.tasks).filter(|t| &t.stage == stage);
+                let (count, skip) = tasks.fold((0, 0), |(c, s), t| {
+                    (
+                        c + 1,
+                        s + usize::from(t.planned_skip == Some(crate::event::SkipReason::Done)),
+                    )
+                });
+                let skip = if skip > 0 { skip.to_string() } else { String::new() };
+                Row::new(vec![
+                    (i + 1).to_string(),
+                    stage.clone(),
+                    nodes.to_string(),
+                    count.to_string(),
+                    skip,
+                ])
+            })
+            .chain(more_row),
         [
             Constraint::Length(3),
             Constraint::Fill(1),

@@ -5,7 +5,6 @@
 //! failing node never stops the others. The engine knows nothing about screens: it only
 //! sends [`Event`]s and listens for [`Control`] requests.
 
-pub mod fetch;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,8 +31,7 @@ pub enum Control {
     Cancel,
 }
 
-/// Where events go: the engine never waits for whoever reads them.
-pub type EventSink = mpsc::UnboundedSender<Event>;
+pub use crate::event::EventSink;
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]

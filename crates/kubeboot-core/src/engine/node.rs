@@ -4,22 +4,13 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio_util::sync::CancellationToken;
-
-use super::{NodeEnd, Shared, fetch};
+use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
-use crate::inventory::{NewHostKeys, SecretSource};
-use crate::jump;
-use crate::plan::{self, Action, Decision, PlannedTask};
-use crate::ssh::{self, Command, Exit, Session, SshError, Target};
-
-/// Default limit of a `wait` task when the playbook sets none.
-const WAIT_DEFAULT: Duration = Duration::from_secs(300);
-/// Default per-attempt limit of a jump-host task when the plan sets none.
-const JUMP_DEFAULT: Duration = Duration::from_secs(60);
-/// Output lines kept per task to explain a failure.
-const TAIL_LINES: usize = 20;
+use crate::inventory::NewHostKeys;
+use crate::plan::{self, Decision, PlannedTask};
+use crate::ssh::{self, Command, Session, SshError, Target};
+use crate::task::{Failure, RunCx};
 
 /// Why a node stopped early.
 enum Stop {
@@ -154,7 +145,16 @@ async fn run_session(
                 );
                 TaskStatus::Skipped
             }
-            Decision::Run => run_task(shared, name, session, task, index, total).await?,
+            Decision::Run => match run_task(shared, name, session, task, index, total).await {
+                Ok(status) => status,
+                Err(stop) => {
+                    // The task that stopped the node counts in the node's `failed` (the summary's FAILED column).
+                    if matches!(stop, Stop::Failed(_)) {
+                        counts.add(TaskStatus::Failed);
+                    }
+                    return Err(stop);
+                }
+            },
         };
         counts.add(status);
     }
@@ -243,55 +243,6 @@ async fn run_task(
     }
 }
 
-/// Why one attempt of a task failed.
-enum Failure {
-    Exit { code: i32, tail: Vec<String> },
-    Signal(String),
-    Timeout(Duration),
-    Lost(String),
-    Cancelled,
-    Other(String),
-}
-
-impl Failure {
-    fn message(&self) -> String {
-        match self {
-            Failure::Exit { code, tail } => {
-                let last = tail.iter().rev().find(|l| !l.trim().is_empty());
-                match last {
-                    Some(line) => format!("exit code {code}: {}", line.trim()),
-                    None => format!("exit code {code}"),
-                }
-            }
-            Failure::Signal(sig) => format!("killed by signal {sig}"),
-            Failure::Timeout(after) => format!(
-                "timed out after {} (the command was stopped)",
-                humantime::format_duration(*after)
-            ),
-            Failure::Lost(why) => why.clone(),
-            Failure::Cancelled => "cancelled".into(),
-            Failure::Other(why) => why.clone(),
-        }
-    }
-
-    fn exit_code(&self) -> Option<i32> {
-        match self {
-            Failure::Exit { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-impl From<SshError> for Failure {
-    fn from(e: SshError) -> Self {
-        match e {
-            SshError::Cancelled => Failure::Cancelled,
-            SshError::ConnectionLost(why) => Failure::Lost(why),
-            other => Failure::Other(other.to_string()),
-        }
-    }
-}
-
 struct TaskRunner<'a> {
     shared: &'a Shared,
     name: &'a str,
@@ -300,267 +251,28 @@ struct TaskRunner<'a> {
 }
 
 impl TaskRunner<'_> {
-    /// One attempt: the guard, then the action.
+    /// One attempt: the guard, then the task's kind.
     async fn attempt(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
+        let spec = &self.shared.spec;
+        let cx = RunCx {
+            node: self.name,
+            session: self.session,
+            env: &self.task.env,
+            become_: self.task.become_,
+            timeout: self.task.timeout,
+            vault: &spec.vault,
+            inventory: &spec.inventory,
+            fetch_root: &spec.fetch_root,
+            cancel: &self.shared.cancel,
+            events: &self.shared.events,
+        };
         if let Some(guard) = &self.task.unless {
-            let (exit, _) = self.exec(guard, false, self.task.timeout).await?;
+            let (exit, _) = cx.exec(guard, false, self.task.timeout).await?;
             if exit.success() {
                 return Ok((TaskStatus::Skipped, Some(SkipReason::Guard)));
             }
         }
-        match &self.task.action {
-            Action::Http(_) | Action::S3Buckets(_) => self.on_jump_host().await,
-            Action::Fetch { src, dest, overwrite } => self.fetch(src, dest, *overwrite).await,
-            Action::Run { command } => {
-                let (exit, tail) = self.exec(command, true, self.task.timeout).await?;
-                check_exit(exit, tail)?;
-                Ok((TaskStatus::Changed, None))
-            }
-            Action::Copy { files, owner } => {
-                // The plan's contract: folders on the way to a copied file are created (0755, like mkdir -p).
-                let mut dirs: Vec<&str> = files
-                    .iter()
-                    .filter_map(|f| f.dest.rsplit_once('/').map(|(dir, _)| dir))
-                    .filter(|dir| !dir.is_empty())
-                    .collect();
-                dirs.sort_unstable();
-                dirs.dedup();
-                if !dirs.is_empty() {
-                    let quoted: Vec<String> = dirs.iter().map(|d| format!("'{}'", d.replace('\'', "'\\''"))).collect();
-                    let (exit, tail) = self
-                        .exec(
-                            &format!("umask 022; mkdir -p -- {}", quoted.join(" ")),
-                            false,
-                            self.task.timeout,
-                        )
-                        .await?;
-                    check_exit(exit, tail)?;
-                }
-                let mut changed = false;
-                for file in files {
-                    let content = self.fill_bytes(&file.content);
-                    let upload = self.session.upload(
-                        &file.dest,
-                        &content,
-                        file.mode,
-                        owner.as_deref(),
-                        self.task.become_,
-                        &self.shared.cancel,
-                    );
-                    changed |= match self.task.timeout {
-                        Some(limit) => tokio::time::timeout(limit, upload)
-                            .await
-                            .map_err(|_| Failure::Timeout(limit))?,
-                        None => upload.await,
-                    }?;
-                }
-                Ok((if changed { TaskStatus::Changed } else { TaskStatus::Ok }, None))
-            }
-            Action::Wait { until, interval } => {
-                let limit = self.task.timeout.unwrap_or(WAIT_DEFAULT);
-                let deadline = Instant::now() + limit;
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let (exit, tail) = match self.exec(until, true, Some(left)).await {
-                        Err(Failure::Timeout(_)) => return Err(Failure::Timeout(limit)),
-                        other => other?,
-                    };
-                    if exit.success() {
-                        return Ok((TaskStatus::Ok, None));
-                    }
-                    if Instant::now() + *interval >= deadline {
-                        let last = match check_exit(exit, tail) {
-                            Err(f) => f.message(),
-                            Ok(()) => String::new(),
-                        };
-                        return Err(Failure::Other(format!(
-                            "still not true after {} (last try: {last})",
-                            humantime::format_duration(limit)
-                        )));
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(*interval) => {}
-                        _ = self.shared.cancel.cancelled() => return Err(Failure::Cancelled),
-                    }
-                }
-            }
-        }
-    }
-
-    /// A `fetch`: the node prints the file (digest + base64, never shown as output), kubeboot writes it here.
-    async fn fetch(&self, src: &str, dest: &str, overwrite: bool) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
-        let (exit, lines, tail) = self.capture(&fetch::script(src), self.task.timeout).await?;
-        check_exit(exit, tail)?;
-        let bytes = fetch::decode(&lines).map_err(|e| Failure::Other(format!("fetching {src}: {e}")))?;
-        let path = fetch::destination(&self.shared.spec.fetch_root, dest);
-        let written = fetch::write(&path, &bytes, overwrite).map_err(Failure::Other)?;
-        let line = match written {
-            fetch::Written::Changed => format!("fetched {src} ({} bytes) -> {}", bytes.len(), path.display()),
-            fetch::Written::Unchanged => format!("unchanged: {} already holds {src}", path.display()),
-        };
-        self.shared.emit(Event::Output {
-            node: self.name.to_string(),
-            stream: Stream::Stdout,
-            line,
-        });
-        Ok(match written {
-            fetch::Written::Changed => (TaskStatus::Changed, None),
-            fetch::Written::Unchanged => (TaskStatus::Ok, None),
-        })
-    }
-
-    /// Runs a script of this task and keeps all of its stdout (not shown: it may be a file's content).
-    async fn capture(
-        &self,
-        script: &str,
-        limit: Option<Duration>,
-    ) -> Result<(Exit, Vec<String>, Vec<String>), Failure> {
-        let command = Command {
-            script: script.to_string(),
-            env: Vec::new(),
-            become_: self.task.become_,
-        };
-        let stdout = Mutex::new(Vec::new());
-        let stderr = Mutex::new(Vec::new());
-        let output = |stream: Stream, line: String| match stream {
-            Stream::Stdout => lock(&stdout).push(line),
-            _ => {
-                let mut e = lock(&stderr);
-                if e.len() < TAIL_LINES {
-                    e.push(line);
-                }
-            }
-        };
-        let run = self.session.exec(&command, &output, &self.shared.cancel);
-        let exit = match limit {
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .map_err(|_| Failure::Timeout(limit))??,
-            None => run.await?,
-        };
-        let out = std::mem::take(&mut *lock(&stdout));
-        let err = std::mem::take(&mut *lock(&stderr));
-        Ok((exit, out, err))
-    }
-
-    /// A task kubeboot does itself on the jump host, within the task's limit; its report lines are the
-    /// task's output, like a command's.
-    async fn on_jump_host(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
-        let vault = &self.shared.spec.vault;
-        let out = |line: String| {
-            self.shared.emit(Event::Output {
-                node: self.name.to_string(),
-                stream: Stream::Stdout,
-                line,
-            })
-        };
-        let work = async {
-            match &self.task.action {
-                Action::Http(check) => jump::http(check, vault, &out).await.map(|()| TaskStatus::Ok),
-                Action::S3Buckets(task) => {
-                    let keys = key_sources(&self.shared.spec.inventory, &[&task.access_key, &task.secret_key]);
-                    let created = jump::s3_buckets(task, vault, &keys, &out).await?;
-                    Ok(if created { TaskStatus::Changed } else { TaskStatus::Ok })
-                }
-                _ => Err(jump::JumpError::Client("not a jump-host task".into())),
-            }
-        };
-        let limit = self.task.timeout.unwrap_or(JUMP_DEFAULT);
-        tokio::select! {
-            result = tokio::time::timeout(limit, work) => match result {
-                Ok(Ok(status)) => Ok((status, None)),
-                Ok(Err(e)) => Err(Failure::Other(e.to_string())),
-                Err(_) => Err(Failure::Timeout(limit)),
-            },
-            _ = self.shared.cancel.cancelled() => Err(Failure::Cancelled),
-        }
-    }
-
-    /// Runs a script of this task; streams its output as events when `show` is set.
-    async fn exec(&self, script: &str, show: bool, limit: Option<Duration>) -> Result<(Exit, Vec<String>), Failure> {
-        let command = Command {
-            script: script.to_string(),
-            env: self
-                .task
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), self.shared.spec.vault.fill(v)))
-                .collect(),
-            become_: self.task.become_,
-        };
-        let tail = Mutex::new(std::collections::VecDeque::with_capacity(TAIL_LINES));
-        let last_error = Mutex::new(None);
-        let output = |stream: Stream, line: String| {
-            if stream == Stream::Stderr && !line.trim().is_empty() {
-                *lock(&last_error) = Some(line.clone());
-            }
-            {
-                let mut tail = lock(&tail);
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-            }
-            if show {
-                self.shared.emit(Event::Output {
-                    node: self.name.to_string(),
-                    stream,
-                    line,
-                });
-            }
-        };
-        let cancel: &CancellationToken = &self.shared.cancel;
-        let run = self.session.exec(&command, &output, cancel);
-        let exit = match limit {
-            // Dropping the exec future on timeout kills the remote command.
-            Some(limit) => tokio::time::timeout(limit, run)
-                .await
-                .map_err(|_| Failure::Timeout(limit))??,
-            None => run.await?,
-        };
-        let mut tail: Vec<String> = lock(&tail).drain(..).collect();
-        // The last error line explains a failure better than the last output line, and the two streams may
-        // arrive in any order (stdout comes in batches): it goes last, where the failure message looks.
-        if let Some(line) = lock(&last_error).take()
-            && tail.last() != Some(&line)
-        {
-            tail.push(line);
-        }
-        Ok((exit, tail))
-    }
-
-    fn fill_bytes(&self, content: &[u8]) -> Vec<u8> {
-        match std::str::from_utf8(content) {
-            Ok(text) => self.shared.spec.vault.fill(text).into_bytes(),
-            Err(_) => content.to_vec(),
-        }
-    }
-}
-
-/// Where the credentials of a jump-host task come from, in the operator's words (the environment variables or
-/// files of the secrets they name), for an access-denied message.
-fn key_sources(inv: &crate::inventory::Inventory, fields: &[&str]) -> String {
-    let sources: Vec<String> = fields
-        .iter()
-        .flat_map(|f| crate::secrets::referenced(f))
-        .map(|name| match inv.secrets.get(&name) {
-            Some(SecretSource::Env(var)) => var.clone(),
-            Some(SecretSource::File(path)) => path.display().to_string(),
-            None => format!("secrets.{name}"),
-        })
-        .collect();
-    if sources.is_empty() {
-        "the task's access_key / secret_key".into()
-    } else {
-        sources.join(" / ")
-    }
-}
-
-fn check_exit(exit: Exit, tail: Vec<String>) -> Result<(), Failure> {
-    match exit {
-        Exit::Code(0) => Ok(()),
-        Exit::Code(code) => Err(Failure::Exit { code, tail }),
-        Exit::Signal(sig) => Err(Failure::Signal(sig)),
+        Ok((self.task.action.run(&cx).await?, None))
     }
 }
 

@@ -13,11 +13,10 @@ use serde_json::Value as Json;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, Sources, SshSettings};
+use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, SshSettings};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
 const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets", "sources"];
-const SOURCES_KEYS: &[&str] = &["bundle", "bundle_port"];
 const SSH_KEYS: &[&str] = &[
     "user",
     "port",
@@ -34,7 +33,7 @@ const SSH_KEYS: &[&str] = &[
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vars"];
 const NODE_KEYS: &[&str] = &["name", "address", "ssh_address", "cluster", "vars", "bundle_port"];
-const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
+pub(super) const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
 const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env = \"VAR\"` (an environment variable) \
                            or `password_file = \"path\"` (a file readable only by you)";
 
@@ -147,13 +146,13 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-type Table<'i> = DeTable<'i>;
-type Val<'i> = Spanned<DeValue<'i>>;
+pub(super) type Table<'i> = DeTable<'i>;
+pub(super) type Val<'i> = Spanned<DeValue<'i>>;
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     file: &'a Path,
     src: &'a str,
-    base: PathBuf,
+    pub(super) base: PathBuf,
     diags: Diagnostics,
 }
 
@@ -162,26 +161,26 @@ impl Reader<'_> {
         Diagnostic::at_offset(self.file, self.src, span.start, message)
     }
 
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
         let mut d = self.at(span, message);
         d.hint = hint;
         self.diags.push(d);
     }
 
     /// The 1-based line of a byte offset.
-    fn line(&self, offset: usize) -> usize {
+    pub(super) fn line(&self, offset: usize) -> usize {
         crate::diag::line_col(self.src, offset).0
     }
 
     /// Entries of a table in the order they appear in the file.
-    fn entries<'t, 'i>(table: &'t Table<'i>) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Val<'i>)> {
+    pub(super) fn entries<'t, 'i>(table: &'t Table<'i>) -> Vec<(&'t Spanned<std::borrow::Cow<'i, str>>, &'t Val<'i>)> {
         let mut v: Vec<_> = table.iter().collect();
         v.sort_by_key(|(k, _)| k.span().start);
         v
     }
 
     /// Reports keys that are not in `allowed` (with a did-you-mean), except those in `special`.
-    fn check_keys(&mut self, table: &Table<'_>, allowed: &[&str], special: &[&str], what: &str) {
+    pub(super) fn check_keys(&mut self, table: &Table<'_>, allowed: &[&str], special: &[&str], what: &str) {
         for (k, _) in Self::entries(table) {
             let key = k.get_ref().as_ref();
             if allowed.contains(&key) || special.contains(&key) {
@@ -195,7 +194,7 @@ impl Reader<'_> {
         }
     }
 
-    fn wrong_type(&mut self, key: &str, v: &Val<'_>, expected: &str) {
+    pub(super) fn wrong_type(&mut self, key: &str, v: &Val<'_>, expected: &str) {
         let hint = match expected {
             "a string" => format!("quote it: {key} = \"...\""),
             "an integer" => "write the number without quotes".to_string(),
@@ -209,7 +208,7 @@ impl Reader<'_> {
         );
     }
 
-    fn string(&mut self, table: &Table<'_>, key: &str) -> Option<(String, Range<usize>)> {
+    pub(super) fn string(&mut self, table: &Table<'_>, key: &str) -> Option<(String, Range<usize>)> {
         let v = table.get(key)?;
         match v.get_ref().as_str() {
             Some(s) => Some((s.to_string(), v.span())),
@@ -220,7 +219,7 @@ impl Reader<'_> {
         }
     }
 
-    fn boolean(&mut self, table: &Table<'_>, key: &str) -> Option<bool> {
+    pub(super) fn boolean(&mut self, table: &Table<'_>, key: &str) -> Option<bool> {
         let v = table.get(key)?;
         match v.get_ref().as_bool() {
             Some(b) => Some(b),
@@ -246,7 +245,7 @@ impl Reader<'_> {
         }
     }
 
-    fn path(&mut self, table: &Table<'_>, key: &str) -> Option<PathBuf> {
+    pub(super) fn path(&mut self, table: &Table<'_>, key: &str) -> Option<PathBuf> {
         let (s, _) = self.string(table, key)?;
         Some(resolve_path(&self.base, &s))
     }
@@ -256,7 +255,7 @@ impl Reader<'_> {
     }
 
     /// A TCP port number under `key`.
-    fn port_number(&mut self, table: &Table<'_>, key: &str, hint: &str) -> Option<u16> {
+    pub(super) fn port_number(&mut self, table: &Table<'_>, key: &str, hint: &str) -> Option<u16> {
         let v = table.get(key)?;
         let Some(i) = v.get_ref().as_integer() else {
             self.wrong_type(key, v, "an integer");
@@ -275,35 +274,8 @@ impl Reader<'_> {
         }
     }
 
-    fn sources(&mut self, doc: &Table<'_>) -> Sources {
-        let mut sources = Sources::default();
-        let Some(v) = doc.get("sources") else {
-            return sources;
-        };
-        let Some(t) = v.get_ref().as_table() else {
-            self.wrong_type("sources", v, "a table");
-            return sources;
-        };
-        self.check_keys(t, SOURCES_KEYS, &[], "[sources]");
-        if let Some((raw, span)) = self.string(t, "bundle") {
-            let dir = resolve_path(&self.base, &raw);
-            if !dir.is_dir() {
-                self.error(
-                    span,
-                    format!("bundle folder {} does not exist", dir.display()),
-                    Some("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle".into()),
-                );
-            }
-            sources.bundle = Some(dir);
-        }
-        if let Some(port) = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT) {
-            sources.bundle_port = port;
-        }
-        sources
-    }
-
     /// A secret given as `<prefix>_env` or `<prefix>_file`; a plain `<prefix>` is refused.
-    fn secret_source(&mut self, table: &Table<'_>, prefix: &str) -> Option<SecretSource> {
+    pub(super) fn secret_source(&mut self, table: &Table<'_>, prefix: &str) -> Option<SecretSource> {
         if let Some((k, _)) = table.get_key_value(prefix) {
             self.error(
                 k.span(),
@@ -432,11 +404,19 @@ impl Reader<'_> {
             None => SshPartial::default(),
         };
         let clusters = self.clusters(doc);
-        let nodes = self.nodes(doc, &clusters, &defaults);
+        let (nodes, rejected) = self.nodes(doc, &clusters, &defaults);
         let vars = self.vars(doc, "vars");
-        let secrets = self.secrets(doc);
+        let mut secrets = self.secrets(doc);
         let sources = self.sources(doc);
-        self.check_clusters_have_nodes(&clusters, &nodes);
+        // A registry mirror's credentials reach the nodes like any named secret (env values only).
+        for (name, reg) in &sources.registries {
+            for (what, source) in [("username", &reg.username), ("password", &reg.password)] {
+                if let Some(source) = source {
+                    secrets.insert(super::registry_secret(name, what), source.clone());
+                }
+            }
+        }
+        self.check_clusters_have_nodes(&clusters, &nodes, &rejected);
         Inventory {
             path: self.file.to_path_buf(),
             clusters: clusters.into_iter().map(|(c, _)| c).collect(),
@@ -539,8 +519,16 @@ impl Reader<'_> {
         Some((ip, span))
     }
 
-    fn nodes(&mut self, doc: &Table<'_>, clusters: &[(Cluster, Range<usize>)], defaults: &SshPartial) -> Vec<Node> {
+    /// The nodes, and the clusters named by node entries that were refused (already reported:
+    /// that such a cluster then has no nodes follows from it and is not reported again).
+    fn nodes(
+        &mut self,
+        doc: &Table<'_>,
+        clusters: &[(Cluster, Range<usize>)],
+        defaults: &SshPartial,
+    ) -> (Vec<Node>, Vec<String>) {
         let mut out: Vec<Node> = Vec::new();
+        let mut rejected = Vec::new();
         let tables = self.table_array(doc, "nodes");
         if tables.is_empty() && doc.get("nodes").is_none() {
             self.error(
@@ -573,6 +561,7 @@ impl Reader<'_> {
             let vars = self.vars(t, "vars");
             let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
             let (Some((name, name_span)), Some(address)) = (name, address) else {
+                rejected.extend(cluster);
                 continue;
             };
             if out.iter().any(|n| n.name == name) {
@@ -594,7 +583,7 @@ impl Reader<'_> {
                 line: self.line(span.start),
             });
         }
-        out
+        (out, rejected)
     }
 
     fn address(&mut self, t: &Table<'_>, span: Range<usize>) -> Option<String> {
@@ -672,9 +661,9 @@ impl Reader<'_> {
         out
     }
 
-    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node]) {
+    fn check_clusters_have_nodes(&mut self, clusters: &[(Cluster, Range<usize>)], nodes: &[Node], rejected: &[String]) {
         for (c, span) in clusters {
-            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) {
+            if !nodes.iter().any(|n| n.cluster.as_deref() == Some(c.name.as_str())) && !rejected.contains(&c.name) {
                 self.error(
                     span.clone(),
                     format!("cluster `{}` has no nodes", c.name),
@@ -696,7 +685,7 @@ fn misspelled(table: &Table<'_>, wanted: &str) -> bool {
 }
 
 /// `~` is the home folder; a relative path is relative to the inventory's folder.
-fn resolve_path(base: &Path, raw: &str) -> PathBuf {
+pub(super) fn resolve_path(base: &Path, raw: &str) -> PathBuf {
     if raw == "~" {
         return home();
     }

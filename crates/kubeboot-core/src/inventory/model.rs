@@ -44,7 +44,7 @@ pub struct SshSettings {
     pub new_host_keys: NewHostKeys,
     /// How long connecting and authenticating may take. Default 15s.
     pub connect_timeout: Duration,
-    /// SSH keepalive interval; a node that misses 3 in a row is lost. Default 10s.
+    /// SSH keepalive interval; a node silent for 3 intervals is lost. Default 10s.
     pub keepalive: Duration,
 }
 

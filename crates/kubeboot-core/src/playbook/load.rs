@@ -1,56 +1,24 @@
 //! Reading `playbooks/*.yaml` into [`Playbooks`], reporting every problem with file, line and column.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::model::{
-    ActionDef, CopyDef, FetchDef, Hosts, HttpDef, Location, Playbooks, S3BucketsDef, Stage, TaskDef, WaitDef,
-};
-use super::yaml::{self, Node, Yaml, pos};
-use crate::diag::{Diagnostic, Diagnostics, closest};
+use super::model::{ActionDef, Hosts, Location, Playbooks, Stage, TaskDef};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::spanned::{Entries, Node, Reader, Yaml, misspelled, yaml};
+use crate::task;
 
 const STAGE_KEYS: &[&str] = &["name", "hosts", "become", "vars", "tasks"];
-const TASK_KEYS: &[&str] = &[
-    "name",
-    "run",
-    "copy",
-    "wait",
-    "http",
-    "s3_buckets",
-    "fetch",
-    "interval",
-    "unless",
-    "when",
-    "retries",
-    "delay",
-    "timeout",
-    "become",
-    "env",
+/// Task keys besides the name and the action keys of the task kinds ([`task::KEYS`]).
+const COMMON_TASK_KEYS: &[&str] = &[
+    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env",
 ];
-const COPY_KEYS: &[&str] = &["src", "content", "dest", "mode", "owner", "template"];
-const FETCH_KEYS: &[&str] = &["src", "dest", "overwrite"];
-const HTTP_KEYS: &[&str] = &[
-    "url",
-    "host",
-    "expect_status",
-    "contains",
-    "user",
-    "password",
-    "insecure",
-];
-const S3_BUCKETS_KEYS: &[&str] = &["endpoint", "region", "buckets", "access_key", "secret_key"];
-/// Every action key; a task has exactly one.
-const ACTIONS: &[&str] = &["run", "copy", "wait", "http", "s3_buckets", "fetch"];
 /// Task keys that only mean something on the node, refused on tasks that run on the jump host.
 const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become"];
 const DEFAULT_DELAY: Duration = Duration::from_secs(5);
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(300);
-/// The per-attempt limit of `http`/`s3_buckets` tasks: a request must never hang a node's run.
-const DEFAULT_JUMP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads every `*.yaml`/`*.yml` in `dir` (one stage each, in file-name order); `copy.src` resolves under `assets_dir`.
 pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
@@ -168,121 +136,7 @@ fn parse_text(file: &Path, text: &str, assets_dir: &Path, diags: &mut Diagnostic
     r.stage(&doc)
 }
 
-struct Reader<'a> {
-    file: &'a Path,
-    assets_dir: &'a Path,
-    diags: &'a mut Diagnostics,
-}
-
-/// A mapping's entries by key text, in file order.
-type Entries<'n> = Vec<(String, &'n Node, &'n Node)>;
-
 impl Reader<'_> {
-    fn loc(&self, n: &Node) -> Location {
-        let (line, column) = pos(n);
-        Location {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-        }
-    }
-
-    fn error(&mut self, n: &Node, message: impl Into<String>, hint: impl Into<String>) {
-        let (line, column) = pos(n);
-        self.diags
-            .push(Diagnostic::at(self.file, line, column, message).with_hint(hint));
-    }
-
-    /// The entries of a mapping, with unknown keys reported (did you mean).
-    fn mapping<'n>(&mut self, n: &'n Node, allowed: &[&str], what: &str) -> Option<Entries<'n>> {
-        let Yaml::Map(entries) = &n.value else {
-            self.error(
-                n,
-                format!("{what} must be a mapping (`key: value` lines), not {}", n.value.kind()),
-                "see the playbook format in the README",
-            );
-            return None;
-        };
-        let mut out = Vec::new();
-        for (k, v) in entries {
-            let key = k.value.scalar_text().unwrap_or_default();
-            if !allowed.contains(&key.as_str()) {
-                let hint = match closest(&key, allowed.iter().copied()) {
-                    Some(m) => format!("did you mean `{m}`?"),
-                    None => format!("known keys in {what}: {}", allowed.join(", ")),
-                };
-                self.error(k, format!("unknown key `{key}` in {what}"), hint);
-                continue;
-            }
-            out.push((key, k, v));
-        }
-        Some(out)
-    }
-
-    fn string(&mut self, key: &str, v: &Node) -> Option<String> {
-        match &v.value {
-            Yaml::Str(s) => Some(s.clone()),
-            // `run: 42` or `dest: 1.0` are plainly meant as text.
-            Yaml::Int(_) | Yaml::Float(_) | Yaml::Bool(_) => v.value.scalar_text(),
-            other => {
-                let kind = other.kind();
-                self.error(v, format!("`{key}` must be a string, not {kind}"), "quote the value");
-                None
-            }
-        }
-    }
-
-    fn boolean(&mut self, key: &str, v: &Node) -> Option<bool> {
-        match &v.value {
-            Yaml::Bool(b) => Some(*b),
-            other => {
-                let kind = other.kind();
-                self.error(
-                    v,
-                    format!("`{key}` must be true or false, not {kind}"),
-                    "write true or false",
-                );
-                None
-            }
-        }
-    }
-
-    fn count(&mut self, key: &str, v: &Node) -> Option<u32> {
-        match &v.value {
-            Yaml::Int(i) if (0..=1000).contains(i) => u32::try_from(*i).ok(),
-            _ => {
-                self.error(
-                    v,
-                    format!("`{key}` must be a whole number from 0 to 1000"),
-                    "e.g. `retries: 3`",
-                );
-                None
-            }
-        }
-    }
-
-    fn duration(&mut self, key: &str, v: &Node) -> Option<Duration> {
-        let Yaml::Str(s) = &v.value else {
-            self.error(
-                v,
-                format!("`{key}` must be a duration like \"10s\" or \"5m\""),
-                "durations need a unit: 10s, 5m, 1h",
-            );
-            return None;
-        };
-        match humantime::parse_duration(s) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.error(
-                    v,
-                    format!("`{key}` is not a duration: {e}"),
-                    "write durations like \"10s\", \"5m\" or \"1h 30m\"",
-                );
-                None
-            }
-        }
-    }
-
     fn vars(&mut self, v: &Node) -> BTreeMap<String, Json> {
         match &v.value {
             Yaml::Map(entries) => entries
@@ -449,7 +303,13 @@ impl Reader<'_> {
     }
 
     fn task(&mut self, n: &Node) -> Option<TaskDef> {
-        let entries = self.mapping(n, TASK_KEYS, "a task")?;
+        let keys: Vec<&str> = ["name"]
+            .iter()
+            .chain(task::KEYS)
+            .chain(COMMON_TASK_KEYS)
+            .copied()
+            .collect();
+        let entries = self.mapping(n, &keys, "a task")?;
         let mut fields = BTreeMap::new();
         let mut name = None;
         let mut name_loc = self.loc(n);
@@ -478,7 +338,7 @@ impl Reader<'_> {
                         self.error(v, "a task name must not be empty", "give the task a short, unique name");
                     }
                 }
-                k if ACTIONS.contains(&k) => actions.push((key.as_str(), v)),
+                k if task::KEYS.contains(&k) => actions.push((key.as_str(), v)),
                 "interval" => {
                     interval_node = Some(*k);
                     interval = self.duration("interval", v);
@@ -503,21 +363,24 @@ impl Reader<'_> {
             }
         }
         let action = match actions.as_slice() {
-            [] if misspelled(n, ACTIONS) => None,
+            [] if misspelled(n, task::KEYS) => None,
             [] => {
                 self.error(
                     n,
                     "the task has no action",
-                    "give it one of `run`, `copy`, `wait`, `http` or `s3_buckets`",
+                    format!("give it one of {}", one_of(task::KEYS)),
                 );
                 None
             }
-            [(kind, v)] => self.action(kind, v, &mut fields),
+            [(kind, v)] => ActionDef::parse(kind, self, v, &mut fields),
             [_, (kind, v), ..] => {
                 self.error(
                     v,
                     format!("the task has more than one action (`{kind}` is the second)"),
-                    "a task does exactly one of `run`, `copy`, `wait`, `http` or `s3_buckets`; split it into two tasks",
+                    format!(
+                        "a task does exactly one of {}; split it into two tasks",
+                        one_of(task::KEYS)
+                    ),
                 );
                 None
             }
@@ -525,24 +388,23 @@ impl Reader<'_> {
         if entries.iter().all(|(k, _, _)| k != "name") && !misspelled(n, &["name"]) {
             self.error(n, "the task has no `name`", "add `name: <what it does>`");
         }
-        if actions.iter().any(|(kind, _)| matches!(*kind, "http" | "s3_buckets")) {
+        if actions.iter().any(|(kind, _)| task::key_runs_on_jump_host(kind)) {
             self.node_only_keys(&entries);
         }
         let mut action = action?;
-        if action.runs_on_jump_host() {
-            t.timeout = t.timeout.or(Some(DEFAULT_JUMP_TIMEOUT));
-        }
-        match (&mut action, interval_node) {
-            (ActionDef::Wait(w), _) => {
-                w.interval = interval.unwrap_or(DEFAULT_INTERVAL);
-                t.timeout = t.timeout.or(Some(DEFAULT_WAIT_TIMEOUT));
+        t.timeout = t.timeout.or(action.default_timeout());
+        match (action.interval(), interval_node) {
+            (Some(slot), _) => {
+                if let Some(interval) = interval {
+                    *slot = interval;
+                }
             }
-            (_, Some(k)) => self.error(
+            (None, Some(k)) => self.error(
                 k,
                 "`interval` only applies to `wait` tasks",
                 "remove it, or use `delay`",
             ),
-            _ => {}
+            (None, None) => {}
         }
         t.name = name?;
         t.action = action;
@@ -600,296 +462,16 @@ impl Reader<'_> {
         }
         out
     }
-
-    fn action(&mut self, kind: &str, v: &Node, fields: &mut BTreeMap<String, Location>) -> Option<ActionDef> {
-        match kind {
-            "run" => {
-                fields.insert("run".into(), self.loc(v));
-                self.string("run", v).map(ActionDef::Run)
-            }
-            "wait" => {
-                fields.insert("wait".into(), self.loc(v));
-                self.string("wait", v).map(|until| {
-                    ActionDef::Wait(WaitDef {
-                        until,
-                        interval: DEFAULT_INTERVAL,
-                    })
-                })
-            }
-            "http" => self.http(v, fields).map(ActionDef::Http),
-            "s3_buckets" => self.s3_buckets(v, fields).map(ActionDef::S3Buckets),
-            "fetch" => self.fetch(v, fields).map(ActionDef::Fetch),
-            _ => self.copy(v, fields).map(ActionDef::Copy),
-        }
-    }
-
-    /// A text field of a jump-host task, remembered under `<kind>.<key>` for template messages.
-    fn field(&mut self, kind: &str, key: &str, v: &Node, fields: &mut BTreeMap<String, Location>) -> Option<String> {
-        fields.insert(format!("{kind}.{key}"), self.loc(v));
-        self.string(key, v)
-    }
-
-    /// One text or a list of texts.
-    fn texts(&mut self, key: &str, v: &Node) -> Vec<String> {
-        match &v.value {
-            Yaml::Seq(items) => items.iter().filter_map(|n| self.string(key, n)).collect(),
-            _ => self.string(key, v).into_iter().collect(),
-        }
-    }
-
-    /// `expect_status`: one HTTP status or a list of them.
-    fn statuses(&mut self, v: &Node) -> Vec<u16> {
-        let items: Vec<&Node> = match &v.value {
-            Yaml::Seq(items) if !items.is_empty() => items.iter().collect(),
-            _ => vec![v],
-        };
-        let mut out = Vec::new();
-        for n in items {
-            match &n.value {
-                Yaml::Int(i) if (100..=599).contains(i) => out.push(*i as u16),
-                _ => self.error(
-                    n,
-                    "`expect_status` must be an HTTP status (100 to 599) or a list of them",
-                    "e.g. `expect_status: 200` or `expect_status: [200, 404]`",
-                ),
-            }
-        }
-        out
-    }
-
-    fn http(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<HttpDef> {
-        let entries = self.mapping(n, HTTP_KEYS, "`http`")?;
-        let mut h = HttpDef {
-            url: String::new(),
-            host: None,
-            expect_status: vec![200],
-            contains: Vec::new(),
-            user: None,
-            password: None,
-            insecure: false,
-        };
-        let mut url = None;
-        for (key, _k, v) in &entries {
-            match key.as_str() {
-                "url" => url = self.field("http", key, v, fields),
-                "host" => h.host = self.field("http", key, v, fields),
-                "user" => h.user = self.field("http", key, v, fields),
-                "password" => h.password = self.field("http", key, v, fields),
-                "contains" => {
-                    fields.insert("http.contains".into(), self.loc(v));
-                    h.contains = self.texts("contains", v);
-                }
-                "expect_status" => h.expect_status = self.statuses(v),
-                "insecure" => h.insecure = self.boolean("insecure", v).unwrap_or(false),
-                _ => {}
-            }
-        }
-        if h.expect_status.is_empty() {
-            h.expect_status = vec![200];
-        }
-        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
-        if !has("url") && !misspelled(n, &["url"]) {
-            self.error(n, "`http` has no `url`", "add `url: http://address/path`");
-        }
-        if has("password") && !has("user") {
-            self.error(
-                n,
-                "`http` has a `password` but no `user`",
-                "basic auth needs both: add `user`",
-            );
-        }
-        h.url = url?;
-        Some(h)
-    }
-
-    fn s3_buckets(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<S3BucketsDef> {
-        let entries = self.mapping(n, S3_BUCKETS_KEYS, "`s3_buckets`")?;
-        let mut got: BTreeMap<&str, String> = BTreeMap::new();
-        let mut buckets = Vec::new();
-        for (key, _k, v) in &entries {
-            if key == "buckets" {
-                fields.insert("s3_buckets.buckets".into(), self.loc(v));
-                buckets = self.texts("buckets", v);
-                if buckets.is_empty() {
-                    self.error(v, "`buckets` is empty", "list the bucket names: `buckets: [a, b]`");
-                }
-            } else if let Some(text) = self.field("s3_buckets", key, v, fields) {
-                let key = S3_BUCKETS_KEYS.iter().copied().find(|k| k == key).unwrap_or_default();
-                got.insert(key, text);
-            }
-        }
-        let mut missing = false;
-        for key in S3_BUCKETS_KEYS {
-            let written = entries.iter().any(|(k, _, _)| k == key);
-            if !written && !misspelled(n, &[key]) {
-                self.error(
-                    n,
-                    format!("`s3_buckets` has no `{key}`"),
-                    "it needs endpoint, region, buckets, access_key and secret_key",
-                );
-            }
-            missing |= !written;
-        }
-        if missing {
-            return None;
-        }
-        let mut take = |key: &str| got.remove(key);
-        Some(S3BucketsDef {
-            endpoint: take("endpoint")?,
-            region: take("region")?,
-            buckets,
-            access_key: take("access_key")?,
-            secret_key: take("secret_key")?,
-        })
-    }
-
-    fn fetch(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<FetchDef> {
-        let entries = self.mapping(n, FETCH_KEYS, "`fetch`")?;
-        let mut src = None;
-        let mut dest = None;
-        let mut overwrite = false;
-        for (key, _k, v) in &entries {
-            match key.as_str() {
-                "src" => src = self.field("fetch", key, v, fields),
-                "dest" => dest = self.field("fetch", key, v, fields),
-                "overwrite" => overwrite = self.boolean("overwrite", v).unwrap_or(false),
-                _ => {}
-            }
-        }
-        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
-        if !has("src") && !misspelled(n, &["src"]) {
-            self.error(n, "`fetch` has no `src`", "add `src: /absolute/path/on/the/node`");
-        }
-        if !has("dest") && !misspelled(n, &["dest"]) {
-            self.error(
-                n,
-                "`fetch` has no `dest`",
-                "add `dest: path/on/the/jump/host` (relative paths are under the state dir)",
-            );
-        }
-        Some(FetchDef {
-            src: src?,
-            dest: dest?,
-            overwrite,
-        })
-    }
-
-    fn copy(&mut self, n: &Node, fields: &mut BTreeMap<String, Location>) -> Option<CopyDef> {
-        let entries = self.mapping(n, COPY_KEYS, "`copy`")?;
-        let mut c = CopyDef {
-            src: None,
-            content: None,
-            dest: String::new(),
-            mode: 0o644,
-            owner: None,
-            template: false,
-        };
-        let mut dest = None;
-        let mut src_node = None;
-        for (key, _k, v) in &entries {
-            match key.as_str() {
-                "src" => {
-                    fields.insert("copy.src".into(), self.loc(v));
-                    src_node = Some(*v);
-                    c.src = self.string("src", v);
-                }
-                "content" => {
-                    fields.insert("copy.content".into(), self.loc(v));
-                    c.content = self.string("content", v);
-                }
-                "dest" => {
-                    fields.insert("copy.dest".into(), self.loc(v));
-                    dest = self.string("dest", v);
-                }
-                "mode" => c.mode = self.mode(v).unwrap_or(0o644),
-                "owner" => c.owner = self.string("owner", v),
-                "template" => c.template = self.boolean("template", v).unwrap_or(false),
-                _ => {}
-            }
-        }
-        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
-        if has("src") == has("content") {
-            self.error(
-                n,
-                "`copy` needs exactly one of `src` and `content`",
-                "`src` is a path under assets/, `content` is inline text",
-            );
-        }
-        if !has("dest") && !misspelled(n, &["dest"]) {
-            self.error(n, "`copy` has no `dest`", "add `dest: /absolute/path/on/the/node`");
-        }
-        if let (Some(src), Some(at)) = (&c.src, src_node) {
-            self.check_src(src, at);
-        }
-        if c.content.is_some() {
-            c.template = true;
-        }
-        c.dest = dest?;
-        Some(c)
-    }
-
-    fn check_src(&mut self, src: &str, at: &Node) {
-        let rel = Path::new(src);
-        if rel.is_absolute() || rel.components().any(|c| matches!(c, Component::ParentDir)) {
-            self.error(
-                at,
-                format!("`src` must be a path inside the assets folder, not `{src}`"),
-                "write it relative to assets/, without `..`",
-            );
-            return;
-        }
-        let full = self.assets_dir.join(rel);
-        if !full.exists() {
-            let hint = match nearby_asset(self.assets_dir, rel) {
-                Some(m) => format!("did you mean `{m}`?"),
-                None => format!("put the file under {}", self.assets_dir.display()),
-            };
-            self.error(at, format!("asset `{src}` does not exist"), hint);
-        }
-    }
-
-    fn mode(&mut self, v: &Node) -> Option<u32> {
-        let text = match &v.value {
-            Yaml::Str(s) => s.trim().trim_start_matches("0o").to_string(),
-            // An unquoted `644` is written meaning octal digits.
-            Yaml::Int(i) => i.to_string(),
-            _ => String::new(),
-        };
-        match u32::from_str_radix(&text, 8) {
-            Ok(m) if m <= 0o7777 => Some(m),
-            _ => {
-                self.error(
-                    v,
-                    "`mode` must be an octal file mode like \"0644\"",
-                    "quote it: mode: \"0644\"",
-                );
-                None
-            }
-        }
-    }
 }
 
-/// True when the mapping has an unknown key that looks like one of `wanted` (already reported as a typo,
-/// so "missing key" would only repeat it).
-fn misspelled(n: &Node, wanted: &[&str]) -> bool {
-    let Yaml::Map(entries) = &n.value else { return false };
-    entries.iter().any(|(k, _)| {
-        let key = k.value.scalar_text().unwrap_or_default();
-        !wanted.contains(&key.as_str()) && closest(&key, wanted.iter().copied()).is_some()
-    })
-}
-
-/// The closest existing sibling of a missing asset, for a did-you-mean.
-fn nearby_asset(assets_dir: &Path, rel: &Path) -> Option<String> {
-    let parent = rel.parent().unwrap_or(Path::new(""));
-    let wanted = rel.file_name()?.to_string_lossy().into_owned();
-    let names: Vec<String> = std::fs::read_dir(assets_dir.join(parent))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let best = closest(&wanted, names.iter().map(String::as_str))?;
-    Some(parent.join(best).display().to_string())
+/// `` `a`, `b` or `c` `` for a hint.
+fn one_of(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 fn to_json(v: &Yaml) -> Json {
@@ -989,7 +571,7 @@ tasks:
             panic!()
         };
         assert_eq!(w.interval, Duration::from_secs(2));
-        assert_eq!(s.tasks[3].timeout, Some(DEFAULT_WAIT_TIMEOUT));
+        assert_eq!(s.tasks[3].timeout, Some(Duration::from_secs(300)));
     }
 
     #[test]

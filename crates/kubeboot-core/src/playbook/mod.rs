@@ -3,7 +3,6 @@
 mod load;
 pub mod model;
 pub mod template;
-mod yaml;
 
 pub use load::{load, parse};
 pub use model::*;

@@ -6,13 +6,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// A place in a playbook file, for messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    pub file: PathBuf,
-    pub line: usize,
-    pub column: usize,
-}
+pub use crate::spanned::Location;
+pub use crate::task::{ActionDef, CopyDef, HttpDef, S3BucketsDef, WaitDef};
 
 /// Which nodes a stage runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,98 +16,6 @@ pub enum Hosts {
     All,
     /// Each entry: `central`, `edge`, a cluster name or a node name.
     Select(Vec<String>),
-}
-
-/// What a task does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ActionDef {
-    /// A shell command (a template).
-    Run(String),
-    /// A file from `assets/` (or inline content) put on the node.
-    Copy(CopyDef),
-    /// Poll a command until it exits 0 (or the task's timeout passes).
-    Wait(WaitDef),
-    /// An HTTP GET that kubeboot sends itself, from the jump host.
-    Http(HttpDef),
-    /// S3 buckets that kubeboot makes sure exist, from the jump host.
-    S3Buckets(S3BucketsDef),
-    /// A file copied from the node to the jump host (the reverse of `copy`).
-    Fetch(FetchDef),
-}
-
-impl ActionDef {
-    /// True for the kinds kubeboot runs itself on the jump host, not over SSH on the node.
-    pub fn runs_on_jump_host(&self) -> bool {
-        matches!(self, ActionDef::Http(_) | ActionDef::S3Buckets(_))
-    }
-}
-
-/// A `copy:` task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopyDef {
-    /// Path under the assets folder, a file or a folder (copied whole, `dest` is then a folder);
-    /// exactly one of `src` and `content` is set.
-    pub src: Option<String>,
-    /// Inline content (a template).
-    pub content: Option<String>,
-    /// Destination path on the node (a template).
-    pub dest: String,
-    /// File mode, e.g. 0o644. Default 0o644.
-    pub mode: u32,
-    /// `user` or `user:group` (needs `become`).
-    pub owner: Option<String>,
-    /// Render `src` through the template engine. Default false for `src`, always for `content`.
-    pub template: bool,
-}
-
-/// A `fetch:` task: one file read on the node (with `become`, as root) and written on the jump host, 0600.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchDef {
-    /// Absolute path of the file on the node (a template).
-    pub src: String,
-    /// Where it goes on the jump host (a template): relative paths are under the state dir, absolute ones as written.
-    pub dest: String,
-    /// Replace a file already at `dest`. Default false: an existing file with other content is never overwritten
-    /// (backups), the same content counts as done.
-    pub overwrite: bool,
-}
-
-/// A `wait:` task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitDef {
-    /// The command that must exit 0 (a template).
-    pub until: String,
-    /// Pause between tries. Default 5s.
-    pub interval: Duration,
-}
-
-/// An `http:` task: a GET from the jump host. Every text is a template; secrets only in `user`/`password`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpDef {
-    pub url: String,
-    /// The name to ask for (ingress hostnames), when `url` holds an address.
-    pub host: Option<String>,
-    /// Statuses that count as success. Default [200].
-    pub expect_status: Vec<u16>,
-    /// Texts the body must contain, every one of them.
-    pub contains: Vec<String>,
-    /// Basic auth.
-    pub user: Option<String>,
-    pub password: Option<String>,
-    /// Accept any TLS certificate (self-signed lab certificates). Default false.
-    pub insecure: bool,
-}
-
-/// An `s3_buckets:` task: HEAD each bucket, create the missing ones. Never deletes anything.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S3BucketsDef {
-    /// `http(s)://host[:port]`, addressed path-style.
-    pub endpoint: String,
-    pub region: String,
-    pub buckets: Vec<String>,
-    /// Templates, normally `{{ secrets.NAME }}`.
-    pub access_key: String,
-    pub secret_key: String,
 }
 
 /// One task as written in a playbook.

@@ -42,6 +42,8 @@ const BUILTINS: &[&str] = &[
 #[derive(Debug, Clone)]
 pub struct Context {
     vars: BTreeMap<String, Value>,
+    /// `[sources]` texts that did not render for this node (reported by the plan).
+    problems: Vec<String>,
 }
 
 impl Context {
@@ -86,8 +88,14 @@ impl Context {
             .map(|name| (name.clone(), Value::from(crate::secrets::placeholder(name))))
             .collect();
         vars.insert("secrets".into(), Value::from(secrets));
-        vars.insert("sources".into(), sources_object(inv, node));
-        Context { vars }
+        let (sources, problems) = sources_object(inv, node, &vars);
+        vars.insert("sources".into(), sources);
+        Context { vars, problems }
+    }
+
+    /// `[sources]` texts that did not render with this node's variables.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
     }
 
     /// The value of a top-level name (for tests and `when` evaluation).
@@ -100,15 +108,169 @@ impl Context {
     }
 }
 
-/// `sources`: where the node gets its artifacts (`sources.bundle_url` is "" without a bundle).
-fn sources_object(inv: &Inventory, node: &Node) -> Value {
-    let mut m: BTreeMap<String, Value> = BTreeMap::new();
-    m.insert("bundle".into(), Value::from(inv.sources.bundle.is_some()));
-    m.insert(
-        "bundle_url".into(),
-        Value::from(inv.sources.bundle_url(inv.bundle_port(node))),
+/// `sources`: where the node gets each artifact, every text rendered with the node's variables
+/// and facts (so `{{ kubernetes_version }}` in a source URL is the node's cluster's). A text that
+/// does not render is kept as written and reported in `problems`.
+fn sources_object(inv: &Inventory, node: &Node, vars: &BTreeMap<String, Value>) -> (Value, Vec<String>) {
+    let src = &inv.sources;
+    let bundle_url = src.bundle_url(inv.bundle_port(node));
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    let mut scope = vars.clone();
+    scope.insert(
+        "sources".into(),
+        Value::from(BTreeMap::from([(
+            "bundle_url".to_string(),
+            Value::from(bundle_url.as_str()),
+        )])),
     );
-    Value::from(m)
+    let scope = Value::from(scope);
+    let mut problems = Vec::new();
+    let mut text = |what: &str, t: &str| -> Value {
+        if !t.contains("{{") && !t.contains("{%") {
+            return Value::from(t);
+        }
+        match env.render_str(t, scope.clone()) {
+            Ok(r) => Value::from(r),
+            // A default needing variables this inventory does not set (own playbooks without helm) is
+            // just not offered; what the operator wrote must render.
+            Err(_) if !src.written.contains(what) => Value::from(""),
+            Err(e) => {
+                problems.push(format!("[sources] {what} `{t}` does not render for {}: {e}", node.name));
+                Value::from(t)
+            }
+        }
+    };
+    let mut urls: Vec<Value> = Vec::new();
+    let mut url_entry = |what: String, url: &Value| {
+        let Some(text) = url.as_str().filter(|u| !u.is_empty()) else {
+            return;
+        };
+        let host = url::Url::parse(text)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default();
+        urls.push(Value::from(BTreeMap::from([
+            ("name".to_string(), Value::from(what)),
+            ("url".to_string(), url.clone()),
+            ("host".to_string(), Value::from(host)),
+        ])));
+    };
+    let mut repos = |family: &str, map: &BTreeMap<String, crate::inventory::sources::Repo>| -> Value {
+        let mut out: BTreeMap<String, Value> = BTreeMap::new();
+        for (name, r) in map {
+            let url = text(&format!("{family}.{name}.url"), &r.url);
+            let key = text(&format!("{family}.{name}.key"), &r.key);
+            let mut m = BTreeMap::new();
+            m.insert("suite".to_string(), text(&format!("{family}.{name}.suite"), &r.suite));
+            m.insert(
+                "components".to_string(),
+                text(&format!("{family}.{name}.components"), &r.components),
+            );
+            m.insert("url".to_string(), url.clone());
+            m.insert("key".to_string(), key.clone());
+            out.insert(name.clone(), Value::from(m));
+        }
+        Value::from(out)
+    };
+    let apt = repos("apt", &src.apt);
+    let dnf = repos("dnf", &src.dnf);
+    let mut releases: BTreeMap<String, Value> = BTreeMap::new();
+    for (name, r) in &src.releases {
+        let mut m = BTreeMap::new();
+        m.insert("url".to_string(), text(&format!("releases.{name}.url"), &r.url));
+        m.insert(
+            "sha256".to_string(),
+            text(&format!("releases.{name}.sha256"), &r.sha256),
+        );
+        releases.insert(name.clone(), Value::from(m));
+    }
+    let mut charts: BTreeMap<String, Value> = BTreeMap::new();
+    for (name, c) in &src.charts {
+        let repo = text(&format!("charts.{name}.repo"), &c.repo);
+        charts.insert(name.clone(), Value::from(BTreeMap::from([("repo".to_string(), repo)])));
+    }
+    let mut registries: Vec<Value> = Vec::new();
+    for (name, r) in &src.registries {
+        let mut m = BTreeMap::new();
+        m.insert("name".to_string(), Value::from(name.as_str()));
+        m.insert(
+            "mirror".to_string(),
+            text(&format!("registries.{name}.mirror"), &r.mirror),
+        );
+        m.insert("skip_verify".to_string(), Value::from(r.skip_verify));
+        m.insert("ca".to_string(), Value::from(r.ca_file.is_some()));
+        m.insert("ca_pem".to_string(), Value::from(r.ca_pem.as_str()));
+        m.insert(
+            "auth".to_string(),
+            Value::from(r.username.is_some() && r.password.is_some()),
+        );
+        m.insert(
+            "username_secret".to_string(),
+            Value::from(crate::inventory::registry_secret(name, "username")),
+        );
+        m.insert(
+            "password_secret".to_string(),
+            Value::from(crate::inventory::registry_secret(name, "password")),
+        );
+        registries.push(Value::from(m));
+    }
+    // Every place a node downloads from, for the preflight check (the bundle itself is one).
+    let family = vars.get("os_family").and_then(|v| v.as_str().map(str::to_string));
+    let (family_name, family_repos) = if family.as_deref() == Some("redhat") {
+        ("dnf", &dnf)
+    } else {
+        ("apt", &apt)
+    };
+    if let Ok(iter) = family_repos.try_iter() {
+        for name in iter {
+            if let Ok(repo) = family_repos.get_item(&name)
+                && let Ok(url) = repo.get_attr("url")
+            {
+                url_entry(format!("{family_name} {name}"), &url);
+            }
+        }
+    }
+    for (name, r) in &releases {
+        if let Ok(url) = r.get_attr("url") {
+            url_entry(format!("release {name}"), &url);
+        }
+    }
+    for (name, c) in &charts {
+        if let Ok(repo) = c.get_attr("repo") {
+            url_entry(format!("chart {name}"), &repo);
+        }
+    }
+    for r in &registries {
+        if let (Ok(name), Ok(mirror)) = (r.get_attr("name"), r.get_attr("mirror")) {
+            url_entry(format!("registry mirror for {name}"), &mirror);
+        }
+    }
+    if !bundle_url.is_empty() {
+        url_entry("bundle".into(), &Value::from(format!("{bundle_url}/")));
+    }
+    let mut m: BTreeMap<String, Value> = BTreeMap::new();
+    m.insert("bundle".into(), Value::from(src.bundle.is_some()));
+    m.insert("bundle_url".into(), Value::from(bundle_url.as_str()));
+    m.insert(
+        "images_url".into(),
+        Value::from(if bundle_url.is_empty() {
+            String::new()
+        } else {
+            format!("{bundle_url}/images/")
+        }),
+    );
+    m.insert("proxy".into(), text("proxy", &src.proxy));
+    m.insert("no_proxy".into(), Value::from(src.no_proxy.join(",")));
+    m.insert("containerd".into(), Value::from(src.containerd.as_str()));
+    m.insert("apt".into(), apt);
+    m.insert("dnf".into(), dnf);
+    m.insert("releases".into(), Value::from(releases));
+    m.insert("charts".into(), Value::from(charts));
+    m.insert("registries".into(), Value::from(registries));
+    m.insert("urls".into(), Value::from(urls));
+    (Value::from(m), problems)
 }
 
 fn members<'a>(inv: &'a Inventory, c: &'a Cluster) -> impl Iterator<Item = &'a Node> + 'a {

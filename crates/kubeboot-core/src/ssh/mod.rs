@@ -56,7 +56,7 @@ pub struct Target {
     pub new_host_keys: NewHostKeys,
     /// Limit for connecting and authenticating.
     pub connect_timeout: Duration,
-    /// Keepalive interval; 3 unanswered keepalives mean the node is lost.
+    /// Keepalive interval; a node that sends nothing for 3 intervals (keepalives unanswered) is lost.
     pub keepalive: Duration,
 }
 
@@ -279,7 +279,11 @@ impl Session {
             // Without it every small packet waits for Nagle: ~45 ms more per command.
             nodelay: true,
             keepalive_interval: Some(target.keepalive),
-            keepalive_max: 3,
+            // russh sends a keepalive after each `keepalive_interval` of silence and gives up at the
+            // first timer past `keepalive_max` unanswered ones: with 2, a node is lost after 3
+            // intervals with nothing from it (30 s by default, as the guide says), not 4.
+            // Checked against russh 0.65.1 client/mod.rs (`alive_timeouts > keepalive_max`).
+            keepalive_max: 2,
             inactivity_timeout: None,
             ..Default::default()
         });
@@ -591,7 +595,8 @@ impl Session {
         let t = &self.inner.target;
         let why = if self.inner.keepalive_timed_out.load(Ordering::SeqCst) {
             format!(
-                ": the node stopped answering (3 keepalives every {} went unanswered)",
+                ": the node stopped answering (nothing from it for {}: keepalives every {} went unanswered)",
+                humantime::format_duration(t.keepalive * 3),
                 humantime::format_duration(t.keepalive)
             )
         } else {
@@ -758,30 +763,43 @@ async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<()
             target.host_port()
         ))
     };
+    let agent_available = target.agent && std::env::var_os("SSH_AUTH_SOCK").is_some();
+    // An encrypted key file is no reason to give up while the agent may hold the same key: its
+    // error is kept for the end, when nothing else got in.
+    let mut encrypted_key = None;
     if let Some(path) = &target.key {
-        let key = russh::keys::load_secret_key(path, None).map_err(|e| SshError::KeyFile {
+        let key_file_error = |reason: String| SshError::KeyFile {
             path: path.display().to_string(),
-            reason: match e {
-                russh::keys::Error::KeyIsEncrypted => {
-                    "it is encrypted with a passphrase — load it into ssh-agent (ssh-add) and set agent = true".into()
+            reason,
+        };
+        match russh::keys::load_secret_key(path, None) {
+            Ok(key) => {
+                tried.push("publickey");
+                let hash = handle_rsa_hash(handle).await;
+                let result = handle
+                    .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                    .await
+                    .map_err(lost)?;
+                if result.success() {
+                    return Ok(());
                 }
-                other => format!("{other} — check the `key` path in the inventory"),
-            },
-        })?;
-        tried.push("publickey");
-        let hash = handle_rsa_hash(handle).await;
-        let result = handle
-            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
-            .await
-            .map_err(lost)?;
-        if result.success() {
-            return Ok(());
+            }
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                let reason = if agent_available {
+                    "it is encrypted with a passphrase, and none of ssh-agent's keys was accepted — load this key into the agent (ssh-add)"
+                } else {
+                    "it is encrypted with a passphrase — load it into ssh-agent (ssh-add) and set agent = true"
+                };
+                encrypted_key = Some(key_file_error(reason.into()));
+            }
+            Err(other) => {
+                return Err(key_file_error(format!(
+                    "{other} — check the `key` path in the inventory"
+                )));
+            }
         }
     }
-    if target.agent
-        && std::env::var_os("SSH_AUTH_SOCK").is_some()
-        && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
-    {
+    if agent_available && let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await {
         tried.push("agent");
         let identities = agent.request_identities().await.unwrap_or_default();
         for identity in identities {
@@ -803,6 +821,9 @@ async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<()
         if result.success() {
             return Ok(());
         }
+    }
+    if let Some(e) = encrypted_key {
+        return Err(e);
     }
     Err(SshError::Auth {
         user: user.to_string(),

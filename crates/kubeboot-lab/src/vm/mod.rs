@@ -350,6 +350,8 @@ fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabE
     let sources = model.entry("sources").or_insert_with(|| Value::Table(Table::new()));
     if let Some(sources) = sources.as_table_mut() {
         sources.insert("bundle".into(), Value::String(bundle.display().to_string()));
+        // Debian's own containerd package: Docker's repository is out of reach of an air-gapped guest.
+        sources.insert("containerd".into(), Value::String("distro".into()));
     }
     let nodes: Vec<like::LabAddress> = lab
         .nodes
@@ -369,8 +371,6 @@ fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabE
         known_hosts: lab.dir.join("known_hosts"),
     };
     let mut extra = Table::new();
-    // Debian's own containerd package: Docker's repository is out of reach of an air-gapped guest.
-    extra.insert("containerd_source".into(), Value::String("distribution".into()));
     // The guests resolve no name at all (no network): preflight must not require any.
     extra.insert("preflight_dns_names".into(), Value::Array(Vec::new()));
     let header = "# Written by kubeboot's VM lab: every node is a Debian 12 VM under qemu, reached on a loopback\n\

@@ -32,31 +32,30 @@ pub const STAGE_PACKAGES: &[&str] = &[
     "nfs-common",
 ];
 
-/// The suite and component the repository answers as (`deb [trusted=yes] URL/debian bookworm main`).
-pub const SUITE: &str = "bookworm";
-pub const COMPONENT: &str = "main";
+/// Where a bundle keeps the Debian 12 repository (flat: `Packages`, `Release` and the .debs side by side),
+/// as `kubeboot bundle` lays it out (`apt/<os_id>-<os_version>/`).
+pub const APT_DIR: &str = "apt/debian-12";
 
-/// Builds the repository unless the cache has it; returns the bundle folder holding it under `debian/`
-/// (`dists/bookworm/main/binary-amd64/Packages`, `dists/bookworm/Release`, `pool/*.deb`).
+/// Builds the repository unless the cache has it; returns the bundle folder holding it in [`APT_DIR`].
 pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let tools = HostTools::ensure(cache)?;
     let mut h = Sha256::new();
     h.update(STAGE_PACKAGES.join(",").as_bytes());
-    h.update(b"layout 2: debian/dists/bookworm/main");
+    h.update(APT_DIR.as_bytes());
     let (debian, security) = host::mirror();
     h.update(debian.as_bytes());
     h.update(security.as_bytes());
     let key = format!("bookworm-{}", &hex::encode(h.finalize())[..16]);
     let dir = cache.join("repos").join(&key);
     let _lock = lock_cache(cache)?;
-    if dir.join("debian/dists").join(SUITE).join("Release").exists() {
+    if dir.join(APT_DIR).join("Release").exists() {
         return Ok(dir);
     }
     let started = Instant::now();
     eprintln!("lab: building the guests' package repository {key}");
     let work = cache.join("repos").join(format!("{key}.build"));
     let _ = fs::remove_dir_all(&work);
-    let pool = work.join("debian/pool");
+    let pool = work.join(APT_DIR);
     fs::create_dir_all(&pool).map_err(io(format!("cannot create {}", pool.display())))?;
     // An empty dpkg status: apt then downloads every dependency, as for a machine that has nothing.
     let status = cache.join("apt").join("empty-status");
@@ -80,38 +79,19 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
             }
         }
     }
-    index(&tools, &work.join("debian"))?;
+    index(&tools, &pool)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&work, &dir).map_err(io(format!("cannot move the repository to {}", dir.display())))?;
     eprintln!("lab: package repository built in {:.0?}", started.elapsed());
     Ok(dir)
 }
 
-/// Writes `dists/SUITE/COMPONENT/binary-amd64/Packages(.gz)` and `dists/SUITE/Release` for `pool/` in `root`.
-pub(crate) fn index(tools: &HostTools, root: &Path) -> Result<(), LabError> {
-    let bin = root.join("dists").join(SUITE).join(COMPONENT).join("binary-amd64");
-    fs::create_dir_all(&bin).map_err(io(format!("cannot create {}", bin.display())))?;
-    let packages = ftparchive(tools, root, &["packages", "pool"])?;
-    fs::write(bin.join("Packages"), &packages).map_err(io("cannot write Packages"))?;
-    let release = ftparchive(
-        tools,
-        root,
-        &[
-            "-o",
-            "APT::FTPArchive::Release::Origin=kubeboot-lab",
-            "-o",
-            &format!("APT::FTPArchive::Release::Suite={SUITE}"),
-            "-o",
-            &format!("APT::FTPArchive::Release::Codename={SUITE}"),
-            "-o",
-            &format!("APT::FTPArchive::Release::Components={COMPONENT}"),
-            "-o",
-            "APT::FTPArchive::Release::Architectures=amd64",
-            "release",
-            &format!("dists/{SUITE}"),
-        ],
-    )?;
-    fs::write(root.join("dists").join(SUITE).join("Release"), &release).map_err(io("cannot write Release"))
+/// Writes `Packages` and `Release` for the .debs in `dir` (a flat repository: `deb [trusted=yes] URL ./`).
+pub(crate) fn index(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
+    let packages = ftparchive(tools, dir, &["packages", "."])?;
+    fs::write(dir.join("Packages"), &packages).map_err(io("cannot write Packages"))?;
+    let release = ftparchive(tools, dir, &["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."])?;
+    fs::write(dir.join("Release"), &release).map_err(io("cannot write Release"))
 }
 
 fn ftparchive(tools: &HostTools, root: &Path, args: &[&str]) -> Result<Vec<u8>, LabError> {

@@ -14,11 +14,11 @@ use crate::diag::Diagnostic;
 pub(crate) const MAX_FILE_BYTES: usize = 1024 * 1024;
 
 /// A value with where it is (1-based line and column).
-pub(crate) type Node = serde_saphyr::Spanned<Yaml>;
+pub type Node = serde_saphyr::Spanned<Yaml>;
 
 /// One YAML value; mapping entries keep their order and their keys' positions.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Yaml {
+pub enum Yaml {
     Null,
     Bool(bool),
     Int(i64),
@@ -30,7 +30,7 @@ pub(crate) enum Yaml {
 
 impl Yaml {
     /// The kind of value, for "must be X, not Y" messages.
-    pub(crate) fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Yaml::Null => "empty",
             Yaml::Bool(_) => "a boolean",
@@ -43,7 +43,7 @@ impl Yaml {
     }
 
     /// A scalar as text (mapping keys, and values where a string is expected but YAML guessed a number).
-    pub(crate) fn scalar_text(&self) -> Option<String> {
+    pub fn scalar_text(&self) -> Option<String> {
         match self {
             Yaml::Str(s) => Some(s.clone()),
             Yaml::Int(i) => Some(i.to_string()),
@@ -55,7 +55,7 @@ impl Yaml {
 }
 
 /// 1-based (line, column) of a node.
-pub(crate) fn pos(n: &Node) -> (usize, usize) {
+pub fn pos(n: &Node) -> (usize, usize) {
     let loc = n.referenced;
     (loc.line() as usize, loc.column() as usize)
 }

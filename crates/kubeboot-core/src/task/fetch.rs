@@ -1,4 +1,4 @@
-//! The `fetch` task kind: a file read on the node and written on the jump host (the reverse of `copy`).
+//! `fetch:` a file read on the node and written on the jump host (the reverse of `copy`).
 //!
 //! The node sends the file's sha256 and then the file as base64 on the stdout of one command (under sudo
 //! for `become`), so binary files (etcd snapshots) and root-only files (admin.conf) travel the same way; the
@@ -10,13 +10,153 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
+use crate::event::TaskStatus;
+use crate::spanned::{Fields, Node, Reader, misspelled};
+
+use super::{Failure, Kind, PAD, Problem, Render, RunCx, check_exit};
+
+const KEYS: &[&str] = &["src", "dest", "overwrite"];
+
+/// A `fetch:` task: one file read on the node (with `become`, as root) and written on the jump host, 0600.
+/// As written `src` and `dest` are templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// Absolute path of the file on the node.
+    pub src: String,
+    /// Where it goes on the jump host: relative paths are under the state dir, absolute ones as written.
+    pub dest: String,
+    /// Replace a file already at `dest`. Default false: an existing file with other content is never overwritten
+    /// (backups), the same content counts as done.
+    pub overwrite: bool,
+}
+
+/// A `fetch:` task as written in the playbook (the same fields, not yet rendered).
+pub type FetchDef = Fetch;
+
+impl Kind for Fetch {
+    const KEY: &'static str = "fetch";
+    type Def = Fetch;
+
+    fn parse(r: &mut Reader, n: &Node, fields: &mut Fields) -> Option<Fetch> {
+        let entries = r.mapping(n, KEYS, "`fetch`")?;
+        let mut src = None;
+        let mut dest = None;
+        let mut overwrite = false;
+        for (key, _k, v) in &entries {
+            match key.as_str() {
+                "src" => src = r.field("fetch.src", key, v, fields),
+                "dest" => dest = r.field("fetch.dest", key, v, fields),
+                "overwrite" => overwrite = r.boolean("overwrite", v).unwrap_or(false),
+                _ => {}
+            }
+        }
+        let has = |key: &str| entries.iter().any(|(k, _, _)| k == key);
+        if !has("src") && !misspelled(n, &["src"]) {
+            r.error(n, "`fetch` has no `src`", "add `src: /absolute/path/on/the/node`");
+        }
+        if !has("dest") && !misspelled(n, &["dest"]) {
+            r.error(
+                n,
+                "`fetch` has no `dest`",
+                "add `dest: path/on/the/jump/host` (relative paths are under the state dir)",
+            );
+        }
+        Some(Fetch {
+            src: src?,
+            dest: dest?,
+            overwrite,
+        })
+    }
+
+    fn render(def: &Fetch, r: &mut dyn Render) -> Fetch {
+        Fetch {
+            src: r.text(&def.src, "fetch.src"),
+            dest: r.text(&def.dest, "fetch.dest"),
+            overwrite: def.overwrite,
+        }
+    }
+
+    fn fingerprint(&self, put: &mut dyn FnMut(&[u8])) {
+        put(self.src.as_bytes());
+        put(self.dest.as_bytes());
+        put(if self.overwrite { b"overwrite" } else { b"keep-old" });
+    }
+
+    fn describe(&self, out: &mut String) {
+        let dest = if self.dest.starts_with('/') {
+            self.dest.clone()
+        } else {
+            format!("<state dir>/{}", self.dest)
+        };
+        out.push_str(&format!(
+            "{PAD}fetch {} -> {dest} on the jump host (mode 0600)\n",
+            self.src
+        ));
+        let old = if self.overwrite {
+            "an older file there is replaced"
+        } else {
+            "an older file there is never overwritten (the same content counts as done)"
+        };
+        out.push_str(&format!("{PAD}  {old}\n"));
+    }
+
+    fn command_line(&self) -> Vec<(&'static str, &str)> {
+        vec![("fetch.src", &self.src), ("fetch.dest", &self.dest)]
+    }
+
+    /// `src` is an absolute path on the node, `dest` a file path (no folder) on the jump host.
+    fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if !self.src.starts_with('/') {
+            out.push(Problem {
+                field: "fetch.src",
+                message: format!("`fetch.src` must be an absolute path on the node, not `{}`", self.src),
+                hint: "e.g. /etc/kubernetes/admin.conf",
+            });
+        }
+        let rel = Path::new(self.dest.as_str());
+        if self.dest.trim().is_empty()
+            || self.dest.ends_with('/')
+            || rel.components().any(|c| matches!(c, Component::ParentDir))
+        {
+            out.push(Problem {
+                field: "fetch.dest",
+                message: format!(
+                    "`fetch.dest` must name a file on the jump host without `..`, not `{}`",
+                    self.dest
+                ),
+                hint: "relative paths are under the state dir, e.g. backups/{{ cluster.name }}/etcd.db",
+            });
+        }
+        out
+    }
+
+    /// The node prints the file (digest + base64, never shown as output), kubeboot writes it here.
+    async fn run(&self, cx: &RunCx<'_>) -> Result<TaskStatus, Failure> {
+        let src = &self.src;
+        let (exit, lines, errors) = cx.capture(&script(src), cx.timeout).await?;
+        check_exit(exit, errors)?;
+        let bytes = decode(&lines).map_err(|e| Failure::Other(format!("fetching {src}: {e}")))?;
+        let path = destination(cx.fetch_root, &self.dest);
+        let written = write(&path, &bytes, self.overwrite).map_err(Failure::Other)?;
+        cx.output(match written {
+            Written::Changed => format!("fetched {src} ({} bytes) -> {}", bytes.len(), path.display()),
+            Written::Unchanged => format!("unchanged: {} already holds {src}", path.display()),
+        });
+        Ok(match written {
+            Written::Changed => TaskStatus::Changed,
+            Written::Unchanged => TaskStatus::Ok,
+        })
+    }
+}
+
 /// The script that prints the file's sha256 (first line) and the file as base64 (the other lines).
-pub(super) fn script(src: &str) -> String {
+fn script(src: &str) -> String {
     let q = crate::ssh::quote(src);
     format!(
         "set -eu\nf={q}\nif [ ! -f \"$f\" ]; then echo \"no such file on the node: $f\" >&2; exit 3; fi\n\
@@ -31,7 +171,7 @@ pub fn destination(root: &Path, dest: &str) -> PathBuf {
 }
 
 /// The file's bytes from what [`script`] printed, checked against the digest the node computed.
-pub(super) fn decode(lines: &[String]) -> Result<Vec<u8>, String> {
+fn decode(lines: &[String]) -> Result<Vec<u8>, String> {
     let Some((digest, body)) = lines.split_first() else {
         return Err("the node sent nothing".into());
     };
