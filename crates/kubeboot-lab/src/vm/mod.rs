@@ -43,6 +43,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// RHEL 8/9's sudoers `secure_path` (no /usr/local/bin), which the RHEL-like guest keeps.
 pub const RHEL_SECURE_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
+/// Where the guests' /etc/hosts puts the model's S3 host: an address on the switch that nothing answers.
+const S3_STAND_IN: &str = "10.77.0.250";
 /// The file in a lab folder that marks it as a VM lab.
 const MARKER: &str = "vm-lab.json";
 
@@ -185,9 +187,16 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     });
     fs::write(dir.join(MARKER), marker.to_string()).map_err(io("cannot write the lab's marker"))?;
 
+    // The site's DNS would resolve its S3 endpoint (preflight requires it); the lab's guests resolve nothing, so
+    // their /etc/hosts names it (at an unused switch address: the S3 stages are not run on the VMs).
+    let s3_host = model
+        .get("vars")
+        .and_then(|v| v.get("s3_host"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut known_hosts = String::new();
     for (i, node) in nodes.iter().enumerate() {
-        let host_key = seed(&tools, &dir, node, i, &hash, &client_public)?;
+        let host_key = seed(&tools, &dir, node, i, &hash, &client_public, s3_host.as_deref())?;
         known_hosts.push_str(&format!("[{}]:{} {}\n", node.ssh.ip(), node.ssh.port(), host_key));
         let ndir = node_dir(&dir, &node.name);
         let overlay = ndir.join("overlay.qcow2");
@@ -387,6 +396,7 @@ fn seed(
     index: usize,
     hash: &str,
     client_public: &str,
+    s3_host: Option<&str>,
 ) -> Result<String, LabError> {
     let ndir = node_dir(dir, &node.name);
     let sdir = ndir.join("seed");
@@ -412,8 +422,10 @@ fn seed(
     write(
         "etc/hosts",
         &format!(
-            "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-            node.address, node.name
+            "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n{}",
+            node.address,
+            node.name,
+            s3_host.map_or_else(String::new, |h| format!("{S3_STAND_IN}\t{h}\n"))
         ),
         0o644,
     )?;

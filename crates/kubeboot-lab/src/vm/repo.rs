@@ -90,7 +90,11 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
 pub(crate) fn index(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
     let packages = ftparchive(tools, dir, &["packages", "."])?;
     fs::write(dir.join("Packages"), &packages).map_err(io("cannot write Packages"))?;
-    let release = ftparchive(tools, dir, &["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."])?;
+    let release = ftparchive(
+        tools,
+        dir,
+        &["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."],
+    )?;
     fs::write(dir.join("Release"), &release).map_err(io("cannot write Release"))
 }
 
