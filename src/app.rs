@@ -220,8 +220,16 @@ fn default_assets(playbooks: &Path) -> PathBuf {
     parent.join("assets")
 }
 
-/// Plans every selected node before connecting: with the facts remembered from the last run, or assumed ones.
+/// Tasks done before that run again because this run needs their secret outputs: (node, stage, task) → why.
+type Again = std::collections::BTreeMap<(String, String, String), String>;
+
+/// Plans every selected node before connecting: with the facts remembered from the last run, or assumed ones;
+/// tasks whose secret outputs this run needs are set to run again.
 fn preliminary_plans(input: &Input, progress: &Progress) -> Result<Vec<NodePlan>, Failure> {
+    preliminary_plans_again(input, progress).map(|(plans, _)| plans)
+}
+
+fn preliminary_plans_again(input: &Input, progress: &Progress) -> Result<(Vec<NodePlan>, Again), Failure> {
     let assumed = Facts::assumed();
     let mut plans = Vec::new();
     let mut problems = Diagnostics::default();
@@ -239,7 +247,9 @@ fn preliminary_plans(input: &Input, progress: &Progress) -> Result<Vec<NodePlan>
             Err(d) => problems.0.extend(d.0),
         }
     }
-    problems.into_result(plans).map_err(Failure::BadInput)
+    let mut plans = problems.into_result(plans).map_err(Failure::BadInput)?;
+    let again = plan::depends::again(&mut plans, progress, input.selection.fresh);
+    Ok((plans, again))
 }
 
 async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
@@ -273,7 +283,7 @@ pub(crate) async fn run_playbooks(
     if let Some(d) = day_two {
         crate::daytwo::before_run(cli, d, &input.inventory, &input.nodes, &progress, &state)?;
     }
-    let plans = preliminary_plans(&input, &progress)?;
+    let (plans, again) = preliminary_plans_again(&input, &progress)?;
     let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
     let vault = Arc::new(vault);
 
@@ -316,6 +326,7 @@ pub(crate) async fn run_playbooks(
         accept_host_keys_for: HashSet::new(),
         fetch_root: cli.state_dir.clone(),
         interactive: tui_wanted,
+        again,
     };
     let started = Event::RunStarted {
         run_id: run_id.clone(),
@@ -450,7 +461,7 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
 fn exit_for(result: RunResult) -> Exit {
     if result.interrupted {
         Exit::Interrupted
-    } else if result.nodes_failed > 0 {
+    } else if result.nodes_failed + result.nodes_blocked > 0 {
         Exit::NodesFailed
     } else {
         Exit::Ok
@@ -661,6 +672,7 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             "status": node.and_then(|n| n.status),
             "last_done": node.and_then(|n| n.last_done.clone()).map(|(s, t)| format!("{s} / {t}")),
             "failed": node.and_then(|n| n.failed.clone()).map(|(s, t, e)| serde_json::json!({"stage": s, "task": t, "error": e})),
+            "blocked_by": node.and_then(|n| n.blocked_by.clone()),
             "done": p.tasks.len() - left.len(),
             "left": left.len(),
             "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
@@ -698,13 +710,24 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
         if !row["last_done"].is_null() {
             println!("  last finished: {}", s("last_done"));
         }
-        if let Some(f) = row["failed"].as_object() {
+        if let Some(by) = row["blocked_by"].as_str() {
+            let why = row["failed"]["error"].as_str().unwrap_or("");
+            println!("  BLOCKED by {by}: {why}");
+        } else if let Some(f) = row["failed"].as_object() {
             let field = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("");
             if field("task").is_empty() {
                 println!("  FAILED: {}", field("error"));
             } else {
                 println!("  FAILED: {} / {}: {}", field("stage"), field("task"), field("error"));
             }
+        }
+        let blocked: Vec<&str> = rows
+            .iter()
+            .filter(|r| r["blocked_by"].as_str() == row["node"].as_str())
+            .filter_map(|r| r["node"].as_str())
+            .collect();
+        if !blocked.is_empty() {
+            println!("  its failure blocked: {} (they wait for it)", blocked.join(", "));
         }
         match row["next"].as_str() {
             Some(next) => println!("  next: {next} ({} left)", row["left"]),
@@ -790,6 +813,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         accept_host_keys_for: HashSet::new(),
         fetch_root: cli.state_dir.clone(),
         interactive: false,
+        again: Again::new(),
     };
     let outlines = plans.iter().map(NodePlan::outline).collect();
     let stages = input.playbooks.stages.iter().map(|s| s.name.clone()).collect();

@@ -115,7 +115,8 @@ fn read_progress(cli: &Cli) -> Result<Progress, Failure> {
 fn api_host(inv: &Inventory, stage: Option<&crate::playbook::Stage>, node: &inventory::Node) -> String {
     let rendered = stage.and_then(|stage| {
         let text = stage.vars.get("kubeconfig_server").and_then(Json::as_str)?;
-        let ctx = crate::playbook::template::Context::new(inv, node, stage, &crate::facts::Facts::assumed());
+        let registry = crate::playbook::template::Registry::new();
+        let ctx = crate::playbook::template::Context::new(inv, node, stage, &crate::facts::Facts::assumed(), &registry);
         crate::playbook::template::Renderer::new()
             .render(text, &stage.location, "vars.kubeconfig_server", &ctx)
             .ok()

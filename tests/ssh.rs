@@ -626,3 +626,52 @@ async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_loggin
     closed.connect_timeout = Duration::from_secs(2);
     assert!(probe_host_key(&closed).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_job_has_its_own_process_group_and_environment_and_cancel_kills_only_it() {
+    let t = start_lab(49, 1);
+    let s = connect(&t).await;
+    // The job's shell leads its own session and process group.
+    let c = Command {
+        env: vec![("KB_ONE".into(), "1".into())],
+        ..cmd("echo \"$$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$)\"; echo \"${KB_ONE-unset}\"; export KB_TWO=2")
+    };
+    let (exit, lines) = run(&s, &c).await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    let out = stdout(&lines);
+    let ids: Vec<&str> = out[0].split_whitespace().collect();
+    assert_eq!(ids.len(), 3, "{out:?}");
+    assert!(ids.iter().all(|id| *id == ids[0]), "pid, pgid and sid differ: {out:?}");
+    assert_eq!(out[1], "1");
+    // Nothing of an earlier job's environment, nor of the long-lived shell's own variables.
+    let (exit, lines) = run(
+        &s,
+        &cmd("echo \"${KB_ONE-unset} ${KB_TWO-unset} ${__kb_d-unset} ${__KB_D-unset}\""),
+    )
+    .await;
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), ["unset unset unset unset"]);
+    // `exec` keeps the exit status; a syntax error anywhere means nothing of the script runs.
+    assert_eq!(run(&s, &cmd("exec sh -c 'exit 5'")).await.0.unwrap(), Exit::Code(5));
+    let (exit, lines) = run(&s, &cmd("echo ran\nif\n")).await;
+    assert_ne!(exit.unwrap(), Exit::Code(0));
+    assert!(stdout(&lines).is_empty(), "{lines:?}");
+
+    // Cancelling one job leaves another one of the same shell running.
+    let other = tokio::spawn({
+        let s = s.clone();
+        async move { run(&s, &cmd("sleep 1.5; echo survived")).await }
+    });
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        trigger.cancel();
+    });
+    let result = s.exec(&cmd("sleep 349"), &|_, _| {}, &cancel).await;
+    assert!(matches!(result, Err(SshError::Cancelled)), "{result:?}");
+    assert!(wait_until_gone("sleep 349").await, "the cancelled job still runs");
+    let (exit, lines) = other.await.unwrap();
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&lines), ["survived"]);
+}

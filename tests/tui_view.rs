@@ -180,6 +180,7 @@ fn fail_node_196(app: &mut App, now_ms: u64) {
             node: "node-196".into(),
             status: NodeStatus::Failed,
             error: None,
+            blocked_by: None,
             counts: Counts {
                 ok: 3,
                 changed: 3,
@@ -265,6 +266,7 @@ fn the_finished_summary_shows_counts_durations_and_log_files() {
                 node: node.into(),
                 status: NodeStatus::Ok,
                 error: None,
+                blocked_by: None,
                 counts: Counts {
                     ok: 9,
                     changed: 9,
@@ -281,6 +283,7 @@ fn the_finished_summary_shows_counts_durations_and_log_files() {
             nodes_ok: 3,
             nodes_failed: 1,
             nodes_cancelled: 0,
+            nodes_blocked: 0,
             counts: Counts {
                 ok: 30,
                 changed: 30,

@@ -40,9 +40,12 @@ WORKLOAD_TEXT = {
     "W3": "50 × `true` per host with become (sudo with a password)",
 }
 
+BASELINE = "kubeboot (baseline binary)"
+
 # Every variant: name, family (for --tools), whether it needs the venv.
 VARIANTS = [
     ("kubeboot", "kubeboot", False),
+    (BASELINE, "kubeboot", False),  # only with --baseline: another kubeboot binary, e.g. main before a change
     ("kubeboot (no persistent shell)", "kubeboot", False),
     ("floor: one ssh, one shell", "floor", False),
     ("floor: ControlMaster, ssh per command", "floor", False),
@@ -54,6 +57,16 @@ VARIANTS = [
     ("pyinfra --no-wait", "pyinfra", True),
 ]
 FLOOR = "floor: one ssh, one shell"
+
+# sshd profiles. `lab`: the config `kubeboot lab up` writes (already `UsePAM no`). `lean`: the same plus every
+# per-session extra OpenSSH can skip turned off, so the floor pays as little per connection and per command as an
+# sshd can make it (the login shell stays kblab's /bin/bash: other tests share that user; sshd runs
+# `bash -c 'sh -s'`, and bash execs `sh` at once, so that is one exec per session, not per task).
+PROFILES = {
+    "lab": "",
+    "lean": ("UsePAM no\nPermitUserRC no\nPermitUserEnvironment no\nPrintMotd no\nPrintLastLog no\n"
+             "X11Forwarding no\nPermitTTY no\nUseDNS no\nCompression no\nBanner none\nLogLevel ERROR\n"),
+}
 
 # Every process this script starts that may outlive a run is killed through here, by its PID.
 LIVE = set()
@@ -71,9 +84,10 @@ def log(msg):
 class Lab:
     """One kubeboot lab: N sshd on 127.0.X.1.. with ports P.. ."""
 
-    def __init__(self, args, n, index):
+    def __init__(self, args, n, index, profile="lab"):
         self.n = n
-        self.dir = Path(args.workdir) / f"lab-{n}"
+        self.profile = profile
+        self.dir = Path(args.workdir) / f"lab-{n}-{profile}"
         self.kubeboot = args.kubeboot
         # 127.<base+i>.0.1, ports 30000 + 1000 * (base + i - 100): away from the test suite's labs.
         self.first_octet = args.lab_base + index
@@ -115,8 +129,10 @@ class Lab:
             ndir = self.dir / "nodes" / name
             conf = ndir / "sshd_config"
             text = conf.read_text()
-            text = re.sub(r"(?m)^(MaxStartups|MaxSessions) .*\n", "", text)
-            text += f"MaxStartups {max_startups}\nMaxSessions 64\n"
+            extra = PROFILES[self.profile]
+            keys = ["MaxStartups", "MaxSessions"] + [line.split()[0] for line in extra.splitlines()]
+            text = re.sub(r"(?m)^(%s) .*\n" % "|".join(keys), "", text)
+            text += f"MaxStartups {max_startups}\nMaxSessions 64\n{extra}"
             conf.write_text(text)
             try:
                 pid = int((ndir / "sshd.pid").read_text().strip())
@@ -231,6 +247,7 @@ def prepare(lab, work, wl, variant, args):
     n = lab.n
     marker = None
     if variant.startswith("kubeboot"):
+        binary = args.baseline if variant == BASELINE else args.kubeboot
         pb = work / "playbooks"
         pb.mkdir(exist_ok=True)
         lines = [f"name: {wl.lower()}", "hosts: all", f"become: {'true' if become else 'false'}", "tasks:"]
@@ -240,7 +257,7 @@ def prepare(lab, work, wl, variant, args):
         if "no persistent" in variant:
             env["KUBEBOOT_SSH_PERSISTENT_SHELL"] = "0"
         state = work / "state"  # fresh per run: run() removes it first
-        argv = [args.kubeboot, "-i", str(lab.dir / "inventory.toml"), "-p", str(pb), "--state-dir", str(state),
+        argv = [binary, "-i", str(lab.dir / "inventory.toml"), "-p", str(pb), "--state-dir", str(state),
                 "apply", "--yes", "--output", "json", "--forks", str(n)]
         return argv, env, check_kubeboot(n, tasks), state
     if variant.startswith("floor"):
@@ -483,7 +500,7 @@ class Sampler(threading.Thread):
 
 
 def run_one(lab, wl, variant, args, run_index):
-    work = Path(args.workdir) / f"n{lab.n}" / wl / re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-") / f"r{run_index}"
+    work = Path(args.workdir) / f"n{lab.n}-{lab.profile}" / wl / re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-") / f"r{run_index}"
     if work.exists():
         shutil.rmtree(work)
     argv, env, check, marker = prepare(lab, work, wl, variant, args)
@@ -530,7 +547,8 @@ def run_one(lab, wl, variant, args, run_index):
     if problem:
         tail = stderr_path.read_text(errors="replace")[-1500:] or stdout_path.read_text(errors="replace")[-1500:]
         problem = f"{problem}; output ends with:\n{tail}"
-    return {"load1": float(open("/proc/loadavg").read().split()[0]), "n": lab.n, "workload": wl, "variant": variant, "run": run_index, "wall": wall, "cpu": cpu,
+    return {"load1": float(open("/proc/loadavg").read().split()[0]), "n": lab.n, "profile": lab.profile,
+            "workload": wl, "variant": variant, "run": run_index, "wall": wall, "cpu": cpu,
             "server_cpu": server, "rss_max": rss_max, "rss_tree": max(sampler.peak, rss_max), "ok": problem is None, "problem": problem}
 
 
@@ -553,6 +571,12 @@ def versions(args, families):
         v["kubeboot"] = "?"
     git = subprocess.run(["git", "-C", str(HERE), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     v["kubeboot"] += f" (commit {git.stdout.strip() or '?'})"
+    if getattr(args, "baseline", None):
+        try:
+            base = subprocess.run([args.baseline, "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            base = "?"
+        v["kubeboot (baseline binary)"] = f"{base} ({args.baseline})"
     v["OpenSSH"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     if args.venv and ("ansible" in families or "pyinfra" in families):
         pip = subprocess.run([str(args.venv / "bin" / "python"), "-m", "pip", "list", "--format=json"],
@@ -599,35 +623,17 @@ def report(results, args, families, notes):
     for r in results:
         groups.setdefault((r["workload"], r["n"]), []).append(r)
     for (wl, n) in sorted(groups, key=lambda k: (k[0], k[1])):
-        rows = groups[(wl, n)]
-        lines.append(f"### {wl} — {WORKLOAD_TEXT[wl]}, N = {n} hosts ({n * WORKLOADS[wl][0]} tasks)")
+        tasks = n * WORKLOADS[wl][0]
+        lines.append(f"### {wl} — {WORKLOAD_TEXT[wl]}, N = {n} hosts ({tasks} tasks)")
         lines.append("")
-        lines.append("| tool | wall s (median) | min–max (runs) | client CPU s | peak RSS largest process MiB | "
-                     "peak RSS whole tree MiB | node-side CPU s | wall ÷ floor | wall ÷ kubeboot |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        by = {}
-        for r in rows:
-            by.setdefault(r["variant"], []).append(r)
-        floor = med([r["wall"] for r in by.get(FLOOR, []) if r["ok"]])
-        kb = med([r["wall"] for r in by.get("kubeboot", []) if r["ok"]])
-        for variant, _, _ in VARIANTS:
-            if variant not in by:
-                continue
-            rs = [r for r in by[variant] if r["ok"]]
-            failed = len(by[variant]) - len(rs)
-            if not rs:
-                lines.append(f"| {variant} | FAILED ({failed}/{len(by[variant])}) | | | | | | | |")
-                continue
-            w = [r["wall"] for r in rs]
-            mw = med(w)
-            fail_note = f" ({failed} failed)" if failed else ""
-            ratio_floor = f"{mw / floor:.2f}×" if floor == floor and floor > 0 else "–"
-            faster = f"{mw / kb:.1f}×" if kb == kb and kb > 0 and not variant.startswith("kubeboot") else "–"
-            lines.append(
-                f"| {variant}{fail_note} | {mw:.2f} | {min(w):.2f}–{max(w):.2f} ({len(w)}) | {med([r['cpu'] for r in rs]):.2f} | "
-                f"{med([r['rss_max'] for r in rs]) / 1048576:.0f} | {med([r['rss_tree'] for r in rs]) / 1048576:.0f} | "
-                f"{med([r.get('server_cpu', float('nan')) for r in rs]):.2f} | "
-                f"{ratio_floor} | {faster} |")
+        lines.append("| tool | sshd | wall s (median) | min–max (runs) | client CPU s | peak RSS largest process MiB | "
+                     "peak RSS whole tree MiB | node-side CPU s | node CPU ms / task | wall ÷ floor | "
+                     "node CPU ÷ floor | wall ÷ kubeboot |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        profiles = sorted({r.get("profile", "lab") for r in groups[(wl, n)]}, key=list(PROFILES).index)
+        for profile in profiles:
+            rows = [r for r in groups[(wl, n)] if r.get("profile", "lab") == profile]
+            _report_rows(lines, rows, profile, tasks)
         lines.append("")
     if notes:
         lines.append("Notes from this run:")
@@ -635,6 +641,37 @@ def report(results, args, families, notes):
         lines += [f"- {n}" for n in notes]
         lines.append("")
     return "\n".join(lines)
+
+
+def _report_rows(lines, rows, profile, tasks):
+    """One table row per variant measured on labs of `profile`; ratios are to that profile's floor and kubeboot."""
+    by = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    ok = {v: [r for r in rs if r["ok"]] for v, rs in by.items()}
+    floor = med([r["wall"] for r in ok.get(FLOOR, [])])
+    floor_node = med([r.get("server_cpu", float("nan")) for r in ok.get(FLOOR, [])])
+    kb = med([r["wall"] for r in ok.get("kubeboot", [])])
+    for variant, _, _ in VARIANTS:
+        if variant not in by:
+            continue
+        rs = ok[variant]
+        failed = len(by[variant]) - len(rs)
+        if not rs:
+            lines.append(f"| {variant} | {profile} | FAILED ({failed}/{len(by[variant])}) | | | | | | | | | |")
+            continue
+        w = [r["wall"] for r in rs]
+        mw = med(w)
+        node = med([r.get("server_cpu", float("nan")) for r in rs])
+        fail_note = f" ({failed} failed)" if failed else ""
+        ratio_floor = f"{mw / floor:.2f}×" if floor == floor and floor > 0 else "–"
+        node_floor = f"{node / floor_node:.1f}×" if floor_node == floor_node and floor_node > 0 and node == node else "–"
+        faster = f"{mw / kb:.1f}×" if kb == kb and kb > 0 and not variant.startswith("kubeboot") else "–"
+        lines.append(
+            f"| {variant}{fail_note} | {profile} | {mw:.2f} | {min(w):.2f}–{max(w):.2f} ({len(w)}) | "
+            f"{med([r['cpu'] for r in rs]):.2f} | "
+            f"{med([r['rss_max'] for r in rs]) / 1048576:.0f} | {med([r['rss_tree'] for r in rs]) / 1048576:.0f} | "
+            f"{node:.2f} | {node * 1000 / tasks:.2f} | {ratio_floor} | {node_floor} | {faster} |")
 
 
 def write_readme(table):
@@ -654,6 +691,9 @@ def write_readme(table):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kubeboot", required=True)
+    ap.add_argument("--baseline", default=None,
+                    help="another kubeboot binary run beside it as 'kubeboot (baseline binary)' (before/after a change)")
+    ap.add_argument("--profiles", default="lab", help="sshd profiles, comma list of: " + ", ".join(PROFILES))
     ap.add_argument("--venv", type=Path, default=None)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--sizes", default="4,32,128")
@@ -673,6 +713,8 @@ def main():
     args = ap.parse_args()
     # Runs start in their own work folders, so a relative path given here must not stay relative.
     args.kubeboot = str(Path(args.kubeboot).resolve())
+    if args.baseline:
+        args.baseline = str(Path(args.baseline).resolve())
     if args.from_json:
         results = [r for f in args.from_json for r in json.loads(f.read_text())]
         args.runs = max((r["run"] + 1 for r in results), default=0)
@@ -684,7 +726,12 @@ def main():
 
     families = set(args.tools.split(","))
     wanted = set(v.strip() for v in args.variants.split(";") if v.strip())
-    variants = [v for v, fam, _ in VARIANTS if fam in families and (not wanted or v in wanted)]
+    variants = [v for v, fam, _ in VARIANTS if fam in families and (not wanted or v in wanted)
+                and (v != BASELINE or args.baseline)]
+    profiles = args.profiles.split(",")
+    for p in profiles:
+        if p not in PROFILES:
+            ap.error(f"unknown sshd profile {p!r}; known: {', '.join(PROFILES)}")
     workloads = args.workloads.split(",")
     sizes = [int(s) for s in args.sizes.split(",")]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -704,8 +751,8 @@ def main():
 
     results, notes, failures = [], [], []
     try:
-        for index, n in enumerate(sizes):
-            lab = Lab(args, n, index)
+        for index, (n, profile) in enumerate((n, p) for n in sizes for p in profiles):
+            lab = Lab(args, n, index, profile)
             labs.append(lab)
             lab.start(args.max_startups)
             for run in range(args.runs):
@@ -717,16 +764,16 @@ def main():
                         r = run_one(lab, wl, variant, args, run)
                         results.append(r)
                         status = "ok" if r["ok"] else "FAILED"
-                        log(f"  N={n:<3} {wl} run {run + 1}/{args.runs} {variant:<40} {r['wall']:7.2f} s wall "
+                        log(f"  N={n:<3} {profile:<4} {wl} run {run + 1}/{args.runs} {variant:<40} {r['wall']:7.2f} s wall "
                             f"{r['cpu']:6.2f} s cpu {r['server_cpu']:6.2f} s node cpu {r['rss_max'] / 1048576:5.0f} MiB  {status}")
                         if not r["ok"]:
                             failures.append(r)
                             log(r["problem"])
             hits = lab.throttle_lines()
             if hits:
-                notes.append(f"N={n}: sshd logged {len(hits)} throttling/refusal lines, e.g. `{hits[0]}`")
+                notes.append(f"N={n} ({profile}): sshd logged {len(hits)} throttling/refusal lines, e.g. `{hits[0]}`")
             else:
-                notes.append(f"N={n}: no sshd throttling or refused connections logged "
+                notes.append(f"N={n} ({profile}): no sshd throttling or refused connections logged "
                              f"(MaxStartups {args.max_startups}, MaxSessions 64 on every node)")
             lab.stop()
     finally:

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The side-by-side SSH orchestration benchmark, from a fresh machine, in one command:
 #
-#   bash benches/ssh/run.sh            # N = 4, 32, 128; W1..W3; every tool; 3 runs; writes README.md
-#   bash benches/ssh/run.sh --quick    # N = 4, 1 run
+#   bash benches/ssh/run.sh            # N = 4, 32, 128; W1..W3; every tool; both sshd profiles; 3 runs; writes README.md
+#   bash benches/ssh/run.sh --quick    # N = 4, 1 run, the lab's sshd profile only
 #   bash benches/ssh/run.sh --sizes 32 --workloads W1 --tools kubeboot,floor   # any bench.py option
 #
 # Needs root (the lab creates its user and runs sshd), openssh-server, sudo, python3 with venv, cargo.
-# Environment: KUBEBOOT=path skips the build; KUBEBOOT_BENCH_VENV=dir picks the peers' venv;
-# KEEP_WORKDIR=1 keeps the generated playbooks and outputs.
+# Environment: KUBEBOOT=path skips the build; BASELINE=path also runs that kubeboot binary beside it
+# (before/after a change); KUBEBOOT_BENCH_VENV=dir picks the peers' venv; KEEP_WORKDIR=1 keeps the
+# generated playbooks and outputs.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ pass=()
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) pass+=("$arg") ;;
     esac
 done
@@ -70,10 +71,14 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 args=(--kubeboot "$KUBEBOOT" --venv "$venv" --workdir "$work" --json "${RESULTS_JSON:-$work.json}")
+if [ -n "${BASELINE:-}" ]; then
+    [ -x "$BASELINE" ] || die "no kubeboot binary at BASELINE=$BASELINE"
+    args+=(--baseline "$BASELINE")
+fi
 if [ "$quick" = 1 ]; then
     args+=(--sizes 4 --runs 1)
 else
-    args+=(--write-readme)
+    args+=(--write-readme --profiles lab,lean)
 fi
 status=0
 python3 "$here/bench.py" "${args[@]}" "${pass[@]}" || status=$?

@@ -197,6 +197,17 @@ impl Printer {
                     None => self.line(format!("[{node}] ▶ {stage} / {task}{retry}")),
                 }
             }
+            Event::TaskWaiting { node, stage, task, on } => {
+                let text = format!("{stage} / {task} waits for {}", on.join(", "));
+                match self.bar(node) {
+                    Some(bar) => bar.set_message(format!("waiting: {text}")),
+                    None => self.line(format!("[{node}] ⏸ {text}")),
+                }
+            }
+            Event::OutputRegistered { node, name, secret, .. } => {
+                let what = if *secret { " (secret, kept in memory only)" } else { "" };
+                self.line(format!("[{node}] ⇢ output `{name}` registered{what}"));
+            }
             Event::Output { node, stream, line } => {
                 let mark = if *stream == Stream::Stderr { '!' } else { '|' };
                 self.line(format!("[{node}] {mark} {line}"));
@@ -254,6 +265,7 @@ impl Printer {
                 error,
                 counts,
                 duration_ms,
+                ..
             } => {
                 let text = match status {
                     NodeStatus::Ok => format!("[{node}] ● done: {} in {}", counts_text(counts), secs(*duration_ms)),
@@ -261,12 +273,14 @@ impl Printer {
                     NodeStatus::Cancelled => {
                         format!("[{node}] ■ cancelled: {}", error.as_deref().unwrap_or("cancelled"))
                     }
+                    NodeStatus::Blocked => format!("[{node}] ⊘ BLOCKED: {}", error.as_deref().unwrap_or("blocked")),
                 };
                 if let Some(bar) = self.bar(node) {
                     bar.finish_with_message(match status {
                         NodeStatus::Ok => "done".to_string(),
                         NodeStatus::Failed => "FAILED".to_string(),
                         NodeStatus::Cancelled => "cancelled".to_string(),
+                        NodeStatus::Blocked => "BLOCKED".to_string(),
                     });
                 }
                 self.line(text);
@@ -291,6 +305,7 @@ impl Printer {
                 error,
                 counts,
                 duration_ms,
+                ..
             } => {
                 let row = self.rows.entry(node.clone()).or_default();
                 *row = NodeRow {
@@ -346,6 +361,7 @@ fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path)
             Some(NodeStatus::Ok) => "ok",
             Some(NodeStatus::Failed) => "FAILED",
             Some(NodeStatus::Cancelled) => "cancelled",
+            Some(NodeStatus::Blocked) => "BLOCKED",
             None => "not run",
         };
         text.push_str(&format!(
@@ -358,7 +374,7 @@ fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path)
         ));
     }
     for (node, row) in rows {
-        if let (Some(NodeStatus::Failed), Some(error)) = (row.status, &row.error) {
+        if let (Some(NodeStatus::Failed | NodeStatus::Blocked), Some(error)) = (row.status, &row.error) {
             text.push_str(&format!(
                 "\n{node}: {error}\n  full output: {}\n",
                 node_log_path(log_dir, node).display()
@@ -369,13 +385,19 @@ fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path)
         nodes_ok,
         nodes_failed,
         nodes_cancelled,
+        nodes_blocked,
         duration_ms,
         interrupted,
         ..
     }) = finished
     {
+        let blocked = if *nodes_blocked > 0 {
+            format!(", {nodes_blocked} blocked")
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "\n{nodes_ok} ok, {nodes_failed} failed, {nodes_cancelled} cancelled in {}{}\n",
+            "\n{nodes_ok} ok, {nodes_failed} failed, {nodes_cancelled} cancelled{blocked} in {}{}\n",
             secs(*duration_ms),
             if *interrupted {
                 " — interrupted; progress is saved, run `kubeboot apply` again to continue"
@@ -383,7 +405,7 @@ fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path)
                 ""
             }
         ));
-        if *nodes_failed > 0 && !*interrupted {
+        if *nodes_failed + *nodes_blocked > 0 && !*interrupted {
             text.push_str("Fix the cause and run `kubeboot apply` again: finished tasks are not repeated.\n");
             text.push_str("After resetting a node by hand, add `--fresh` (with `--limit`/`--from`) so its finished tasks run again.\n");
         }

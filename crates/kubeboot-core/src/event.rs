@@ -72,6 +72,8 @@ pub enum NodeStatus {
     Failed,
     /// The run was interrupted before the node finished.
     Cancelled,
+    /// A node it waits for failed (or a task it needs from that node did): it stopped without running on.
+    Blocked,
 }
 
 /// One task as the frontends show it before it runs.
@@ -152,6 +154,30 @@ pub enum Event {
         total: usize,
         attempt: u32,
     },
+    /// A task waits before it starts: for tasks on other nodes (`wait_for`, outputs it needs) or for its turn in a
+    /// `serial` stage. A `task_started` follows when it may go.
+    TaskWaiting {
+        node: String,
+        stage: String,
+        task: String,
+        /// What it waits for, in the operator's words (`node-194: kubeadm-init/kubeadm init`).
+        on: Vec<String>,
+    },
+    /// A task registered an output. `value` is there for a non-secret output only (the journal keeps it for
+    /// resume); a secret one stays in kubeboot's memory.
+    OutputRegistered {
+        node: String,
+        stage: String,
+        task: String,
+        name: String,
+        secret: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+        /// A secret output's value, only on its way to the fan-out, which masks it from then on and takes it
+        /// out of the event: never serialized, so never in the journal, logs or `--output json`.
+        #[serde(skip)]
+        mask: Option<crate::secrets::Secret>,
+    },
     /// One line a remote command printed, as it printed it.
     Output { node: String, stream: Stream, line: String },
     /// An attempt failed and the task will be tried again after `delay_ms`.
@@ -179,12 +205,14 @@ pub enum Event {
         error: Option<String>,
         duration_ms: u64,
     },
-    /// A node ended; `error` says why when it failed.
+    /// A node ended; `error` says why when it failed; `blocked_by` names the node whose failure blocked it.
     NodeFinished {
         node: String,
         status: NodeStatus,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blocked_by: Option<String>,
         counts: Counts,
         duration_ms: u64,
     },
@@ -193,6 +221,9 @@ pub enum Event {
         nodes_ok: usize,
         nodes_failed: usize,
         nodes_cancelled: usize,
+        /// Nodes that stopped because a node they wait for failed.
+        #[serde(default)]
+        nodes_blocked: usize,
         counts: Counts,
         duration_ms: u64,
         interrupted: bool,
@@ -208,6 +239,8 @@ impl Event {
             | Event::NodeConnected { node, .. }
             | Event::NodePlanned { node, .. }
             | Event::TaskStarted { node, .. }
+            | Event::TaskWaiting { node, .. }
+            | Event::OutputRegistered { node, .. }
             | Event::Output { node, .. }
             | Event::TaskRetrying { node, .. }
             | Event::TaskFinished { node, .. }

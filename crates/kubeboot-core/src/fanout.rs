@@ -37,7 +37,7 @@ pub fn start(
                 journal,
                 log_dir,
                 node_logs: HashMap::new(),
-                vault,
+                vault: (*vault).clone(),
                 frontend,
             };
             out.record_start();
@@ -62,7 +62,8 @@ struct Outputs {
     journal: Option<JournalWriter>,
     log_dir: PathBuf,
     node_logs: HashMap<String, BufWriter<File>>,
-    vault: Arc<Vault>,
+    /// The inventory's secrets, then every secret output as it is registered.
+    vault: Vault,
     frontend: Option<mpsc::UnboundedSender<Event>>,
 }
 
@@ -81,6 +82,7 @@ impl Outputs {
     fn write_batch(&mut self, batch: &mut Vec<Event>) {
         let ts = now();
         for event in batch.drain(..) {
+            let event = self.take_mask(event);
             let event = redact(&self.vault, event);
             if let Some(journal) = &mut self.journal
                 && let Some(record) = Record::from_event(&self.run_id, &ts, &event)
@@ -101,6 +103,16 @@ impl Outputs {
         for log in self.node_logs.values_mut() {
             let _ = log.flush();
         }
+    }
+
+    /// A secret output's value: masked in everything from this event on, and taken out of it.
+    fn take_mask(&mut self, mut event: Event) -> Event {
+        if let Event::OutputRegistered { mask, .. } = &mut event
+            && let Some(value) = mask.take()
+        {
+            crate::outputs::mask(&mut self.vault, &value);
+        }
+        event
     }
 
     fn flush_all(&mut self) {
@@ -223,8 +235,8 @@ pub fn node_log_path(log_dir: &Path, node: &str) -> PathBuf {
     log_dir.join(format!("{node}.log"))
 }
 
-/// Masks secret values in every free-text field of an event.
-fn redact(vault: &Vault, event: Event) -> Event {
+/// Masks secret values in every free-text field of an event (also used by the engine for secret outputs).
+pub fn redact(vault: &Vault, event: Event) -> Event {
     if vault.is_empty() {
         return event;
     }
@@ -274,14 +286,34 @@ fn redact(vault: &Vault, event: Event) -> Event {
             node,
             status,
             error,
+            blocked_by,
             counts,
             duration_ms,
         } => Event::NodeFinished {
             node,
             status,
             error: error.map(|e| vault.redact(&e)),
+            blocked_by,
             counts,
             duration_ms,
+        },
+        Event::OutputRegistered {
+            node,
+            stage,
+            task,
+            name,
+            secret,
+            value,
+            ..
+        } => Event::OutputRegistered {
+            node,
+            stage,
+            task,
+            name,
+            // A secret output never travels with its value; a plain one is masked like any text.
+            value: if secret { None } else { value.map(|v| vault.redact(&v)) },
+            secret,
+            mask: None,
         },
         other => other,
     }

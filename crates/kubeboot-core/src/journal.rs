@@ -68,6 +68,18 @@ pub enum Record {
         status: NodeStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The node whose failure blocked this one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        blocked_by: Option<String>,
+    },
+    /// A non-secret output a task registered (secret ones are never journaled: they are made again when needed).
+    Output {
+        run: String,
+        node: String,
+        stage: String,
+        task: String,
+        name: String,
+        value: String,
     },
     /// A run ended.
     End { run: String, ts: String, interrupted: bool },
@@ -114,13 +126,34 @@ impl Record {
                 error: error.clone(),
             }),
             Event::NodeFinished {
-                node, status, error, ..
+                node,
+                status,
+                error,
+                blocked_by,
+                ..
             } => Some(Record::Node {
                 run,
                 ts,
                 node: node.clone(),
                 status: *status,
                 error: error.clone(),
+                blocked_by: blocked_by.clone(),
+            }),
+            Event::OutputRegistered {
+                node,
+                stage,
+                task,
+                name,
+                secret: false,
+                value: Some(value),
+                ..
+            } => Some(Record::Output {
+                run,
+                node: node.clone(),
+                stage: stage.clone(),
+                task: task.clone(),
+                name: name.clone(),
+                value: value.clone(),
             }),
             Event::RunFinished { interrupted, .. } => Some(Record::End {
                 run,
@@ -152,6 +185,8 @@ pub struct NodeProgress {
     pub failed: Option<(String, String, String)>,
     /// How the node's latest run ended; None if it never ended (crash or still running).
     pub status: Option<NodeStatus>,
+    /// The node whose failure blocked it, when it ended blocked.
+    pub blocked_by: Option<String>,
 }
 
 /// What earlier runs finished, as read from the journal.
@@ -161,6 +196,8 @@ pub struct Progress {
     done: HashMap<(String, String, String), String>,
     facts: HashMap<String, Facts>,
     nodes: HashMap<String, NodeProgress>,
+    /// (node, output name) → value: the non-secret outputs registered, latest first.
+    outputs: HashMap<(String, String), String>,
     /// The last run that began: its id and process.
     last_run: Option<(String, u32)>,
     /// The last run that really started: its id, when, and on which nodes.
@@ -200,6 +237,18 @@ impl Progress {
         self.nodes.get(node)
     }
 
+    /// A non-secret output registered in an earlier run (secret ones are never kept).
+    pub fn output(&self, node: &str, name: &str) -> Option<&str> {
+        self.outputs
+            .get(&(node.to_string(), name.to_string()))
+            .map(String::as_str)
+    }
+
+    /// Every remembered output: ((node, name), value).
+    pub fn outputs(&self) -> impl Iterator<Item = (&(String, String), &String)> {
+        self.outputs.iter()
+    }
+
     /// How many tasks of this node are recorded done.
     pub fn done_count(&self, node: &str) -> usize {
         self.done.keys().filter(|(n, _, _)| n == node).count()
@@ -224,6 +273,9 @@ impl Progress {
             Record::Run { run, pid, .. } => self.last_run = Some((run.clone(), *pid)),
             Record::Started { run, ts, nodes } => self.last_started = Some((run.clone(), ts.clone(), nodes.clone())),
             Record::End { .. } => {}
+            Record::Output { node, name, value, .. } => {
+                self.outputs.insert((node.clone(), name.clone()), value.clone());
+            }
             Record::Forget { node, keep, .. } => {
                 self.done
                     .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
@@ -270,6 +322,7 @@ impl Progress {
                 node,
                 status,
                 error,
+                blocked_by,
             } => {
                 let entry = self.nodes.entry(node.clone()).or_default();
                 if entry.run != *run {
@@ -280,7 +333,8 @@ impl Progress {
                 }
                 entry.ts = ts.clone();
                 entry.status = Some(*status);
-                if *status == NodeStatus::Failed && entry.failed.is_none() {
+                entry.blocked_by = blocked_by.clone();
+                if matches!(status, NodeStatus::Failed | NodeStatus::Blocked) && entry.failed.is_none() {
                     entry.failed = Some((String::new(), String::new(), error.clone().unwrap_or_default()));
                 }
             }

@@ -14,6 +14,7 @@ pub mod fanout;
 pub mod inventory;
 pub mod journal;
 pub mod kubeconfig;
+pub mod outputs;
 pub mod plan;
 pub mod playbook;
 pub mod secrets;

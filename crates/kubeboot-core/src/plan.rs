@@ -10,9 +10,12 @@ use crate::event::{NodeOutline, SkipReason, TaskOutline};
 use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
-use crate::playbook::template::{Context, Renderer, file_start};
-use crate::playbook::{Hosts, Location, Playbooks, Stage, TaskDef};
+use crate::outputs::OutputRef;
+use crate::playbook::template::{Context, Registry, Renderer, file_start};
+use crate::playbook::{Capture, Hosts, Location, Playbooks, Stage, TaskDef};
 use crate::task::{PAD, Render as _, block};
+
+pub mod depends;
 
 pub use crate::task::{Action, FileCopy, HttpCheck, S3Buckets};
 
@@ -41,6 +44,43 @@ pub struct PlannedTask {
     /// sha256 (hex) of the rendered content: the task's identity for resume, with (node, stage, task).
     pub fingerprint: String,
     pub decision: Decision,
+    /// What it keeps of its stdout, under which name.
+    pub register: Option<Register>,
+    /// Tasks on other nodes that must have finished before it starts (declared, or producing an output it needs).
+    pub waits: Vec<Wait>,
+    /// Outputs its rendered text uses (filled when it is sent).
+    pub needs: Vec<OutputRef>,
+    /// Its stage runs on one node of the cluster at a time.
+    pub serial: bool,
+    /// Set when a task done before runs again because a later task needs its secret output, which is never kept.
+    pub again_for: Option<String>,
+}
+
+/// A planned task's `register`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Register {
+    pub name: String,
+    pub secret: bool,
+    pub capture: Capture,
+}
+
+/// One task on another node that must have finished (ok, changed or skipped) before a task starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wait {
+    pub node: String,
+    pub stage: String,
+    pub task: String,
+    /// Where it was asked for: the `wait_for` entry, or the field that uses the output.
+    pub at: Location,
+    /// The output it produces, when that is why the task waits.
+    pub output: Option<String>,
+}
+
+impl Wait {
+    /// `node-194: kubeadm-init/kubeadm init`.
+    pub fn describe(&self) -> String {
+        format!("{}: {}/{}", self.node, self.stage, self.task)
+    }
 }
 
 /// One node's ordered, rendered tasks.
@@ -150,7 +190,10 @@ fn selected_stages<'b>(books: &'b Playbooks, sel: &Selection) -> Vec<&'b Stage> 
 }
 
 /// True when a stage's `hosts` selects this node.
-fn stage_runs_on(inv: &Inventory, stage: &Stage, node: &Node) -> bool {
+pub(crate) fn stage_runs_on(inv: &Inventory, stage: &Stage, node: &Node) -> bool {
+    if stage.once_per_cluster && inv.first_control_plane(node).is_none_or(|f| f.name != node.name) {
+        return false;
+    }
     let Hosts::Select(names) = &stage.hosts else {
         return true;
     };
@@ -222,19 +265,45 @@ pub fn check(inv: &Inventory, books: &Playbooks, progress: &Progress, sel: &Sele
     if !diags.is_empty() {
         return Err(diags);
     }
+    diags.0.extend(depends::check_registers(inv, books).0);
     let assumed = Facts::assumed();
+    let mut plans = Vec::new();
     for node in select_nodes(inv, books, sel)? {
         let facts = progress.facts(&node.name).unwrap_or(&assumed);
-        if let Err(d) = plan_node(inv, books, &node.name, facts, progress, sel) {
-            for problem in d.0 {
-                // The same template problem shows up once per node; report it once.
-                if !diags.0.contains(&problem) {
-                    diags.push(problem);
+        match plan_node(inv, books, &node.name, facts, progress, sel) {
+            Ok(p) => plans.push(p),
+            Err(d) => {
+                for problem in d.0 {
+                    // The same template problem shows up once per node; report it once.
+                    if !diags.0.contains(&problem) {
+                        diags.push(problem);
+                    }
                 }
             }
         }
     }
+    if diags.is_empty() {
+        diags.0.extend(depends::check_links(&plans).0);
+    }
     diags.into_result(())
+}
+
+/// Every selected node's plan with the remembered (or assumed) facts, after `check`; tasks done before whose
+/// secret outputs a task of this run needs are set to run again ([`depends::again`]).
+pub fn plan_all(
+    inv: &Inventory,
+    books: &Playbooks,
+    progress: &Progress,
+    sel: &Selection,
+) -> Result<Vec<NodePlan>, Diagnostics> {
+    let assumed = Facts::assumed();
+    let mut plans = Vec::new();
+    for node in select_nodes(inv, books, sel)? {
+        let facts = progress.facts(&node.name).unwrap_or(&assumed);
+        plans.push(plan_node(inv, books, &node.name, facts, progress, sel)?);
+    }
+    depends::again(&mut plans, progress, sel.fresh);
+    Ok(plans)
 }
 
 /// One node's ordered rendered tasks. `when` is evaluated here (false -> Decision::Skip(Condition));
@@ -253,11 +322,13 @@ pub fn plan_node(
     let renderer = Renderer::new();
     let mut diags = Diagnostics::default();
     let mut tasks = Vec::new();
+    let producers = depends::producers(inv, books);
+    let registry: Registry = depends::registry(&producers);
     for stage in selected_stages(books, sel) {
         if !stage_runs_on(inv, stage, n) {
             continue;
         }
-        let ctx = Context::new(inv, n, stage, facts);
+        let ctx = Context::new(inv, n, stage, facts, &registry);
         for problem in ctx.problems() {
             let d = Diagnostic::at(&inv.path, inv.sources.line.max(1), 1, problem.clone())
                 .with_hint("a [sources] text may use the node's variables and facts, like a playbook");
@@ -265,7 +336,7 @@ pub fn plan_node(
                 diags.push(d);
             }
         }
-        for def in &stage.tasks {
+        for (i, def) in stage.tasks.iter().enumerate() {
             match plan_task(&renderer, books, stage, def, &ctx) {
                 Ok(mut t) => {
                     if t.decision == Decision::Run
@@ -273,6 +344,16 @@ pub fn plan_node(
                         && progress.is_done(&n.name, &t.stage, &t.task, &t.fingerprint)
                     {
                         t.decision = Decision::Skip(SkipReason::Done);
+                    }
+                    let stage_waits = if i == 0 { stage.wait_for.as_slice() } else { &[] };
+                    match depends::waits(inv, books, n, stage, def, stage_waits, &t, &producers, &tasks) {
+                        Ok(w) => t.waits = w,
+                        Err(p) => diags.0.extend(p),
+                    }
+                    if t.decision == Decision::Skip(SkipReason::Condition) {
+                        // It will not run: it waits for nothing and needs nothing.
+                        t.waits.clear();
+                        t.needs.clear();
                     }
                     tasks.push(t);
                 }
@@ -339,6 +420,8 @@ fn plan_task(
         .map(|(k, v)| (k.clone(), text(v, &format!("env.{k}"))))
         .collect();
     problems.extend(asset_problems);
+    let needs = depends::needs(&action, unless.as_deref(), &env);
+    problems.extend(depends::misplaced_outputs(def, &action, &needs));
     problems.extend(secrets_on_command_lines(def, &action, unless.as_deref()));
     problems.extend(secrets_outside_credentials(def, &action));
     if !lenient {
@@ -362,6 +445,15 @@ fn plan_task(
         env,
         fingerprint,
         decision,
+        register: def.register.as_ref().map(|r| Register {
+            name: r.name.clone(),
+            secret: r.secret,
+            capture: r.capture.clone(),
+        }),
+        waits: Vec::new(),
+        needs,
+        serial: stage.serial,
+        again_for: None,
     })
 }
 
@@ -497,7 +589,11 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
         for t in &plan.tasks {
             if stage != Some(t.stage.as_str()) {
                 stage = Some(t.stage.as_str());
-                out.push_str(&format!("  stage {}\n", t.stage));
+                let serial = match (&plan.cluster, t.serial) {
+                    (Some(c), true) => format!(" (one node of {c} at a time)"),
+                    _ => String::new(),
+                };
+                out.push_str(&format!("  stage {}{serial}\n", t.stage));
             }
             number += 1;
             let what = match t.decision {
@@ -512,12 +608,48 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
                 ""
             };
             out.push_str(&format!("    {number:>3}. [{what:<15}] {}{sudo}\n", t.task));
+            runbook(&mut out, t);
             if show_commands {
                 details(&mut out, t);
             }
         }
     }
     out
+}
+
+/// Who waits for whom, under a task: what it waits for on other nodes, the outputs it uses, the output it
+/// registers, and why a task done before runs again.
+fn runbook(out: &mut String, t: &PlannedTask) {
+    const PAD: &str = "           ";
+    if let Some(why) = &t.again_for {
+        out.push_str(&format!("{PAD}again: {why}\n"));
+    }
+    for w in &t.waits {
+        let what = match &w.output {
+            Some(o) => format!(" (for output `{o}`)"),
+            None => String::new(),
+        };
+        out.push_str(&format!("{PAD}waits for {}{what}\n", w.describe()));
+    }
+    for n in t.needs.iter().filter(|n| {
+        !t.waits
+            .iter()
+            .any(|w| w.output.as_deref() == Some(&n.name) && w.node == n.node)
+    }) {
+        out.push_str(&format!("{PAD}uses {n}{}\n", if n.secret { " (secret)" } else { "" }));
+    }
+    if let Some(r) = t
+        .register
+        .as_ref()
+        .filter(|_| t.decision != Decision::Skip(SkipReason::Condition))
+    {
+        let secret = if r.secret {
+            " (secret: masked, kept in memory only)"
+        } else {
+            ""
+        };
+        out.push_str(&format!("{PAD}registers output `{}`{secret}\n", r.name));
+    }
 }
 
 /// The rendered command, copy or wait under a task, indented.

@@ -124,8 +124,15 @@ impl Vault {
     }
 }
 
-/// The secret names whose placeholders appear in `text`.
+/// The inventory secret names whose placeholders appear in `text` (secret outputs, `out:...`, share the
+/// placeholder form but are filled by the engine from what a task printed: [`crate::outputs`]).
 pub fn referenced(text: &str) -> Vec<String> {
+    let mut names = all_referenced(text);
+    names.retain(|n| !n.starts_with("out:"));
+    names
+}
+
+fn all_referenced(text: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find(OPEN) {

@@ -835,12 +835,119 @@ def kubeadm(argv):
         state.save()
         out("Your Kubernetes control-plane has initialized successfully!\n")
         return 0
+    if argv[:2] == ["token", "create"]:
+        return kubeadm_token_create(argv)
+    if argv[:3] == ["init", "phase", "upload-certs"]:
+        return kubeadm_upload_certs(argv)
+    if argv[:1] == ["join"]:
+        return kubeadm_join(config)
     if argv[:1] == ["reset"]:
         return kubeadm_reset(argv)
     if argv[:1] == ["upgrade"]:
         return kubeadm_upgrade(argv[1:])
     if argv[:1] == ["certs"]:
         return kubeadm_certs(argv[1:])
+    return 0
+
+
+def random_text(alphabet, n):
+    return "".join(alphabet[b % len(alphabet)] for b in os.urandom(n))
+
+
+def control_plane_endpoint():
+    try:
+        m = re.search(r'controlPlaneEndpoint:\s*"?([^"\s]+)', open("/etc/kubernetes/kubeadm-config.yaml").read())
+        return m.group(1) if m else NODE["address"] + ":6443"
+    except OSError:
+        return NODE["address"] + ":6443"
+
+
+def ca_cert_hash():
+    """The sha256 a real kubeadm takes of the CA's public key; here of this node's stand-in CA."""
+    return "sha256:" + hashlib.sha256(b"stand-in ca of " + NODE["name"].encode()).hexdigest()
+
+
+def kubeadm_token_create(argv):
+    """`kubeadm token create [--ttl D] --print-join-command`: a bootstrap token, remembered in the node's state
+    (the test compares it with what the joining nodes got; it is never recorded with the call)."""
+    if not os.path.exists("/etc/kubernetes/admin.conf"):
+        err("failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\n")
+        return 1
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    token = random_text(alphabet, 6) + "." + random_text(alphabet, 16)
+    state = State()
+    state.data.setdefault("tokens", []).append(token)
+    state.save()
+    if "--print-join-command" in argv:
+        out(f"kubeadm join {control_plane_endpoint()} --token {token} --discovery-token-ca-cert-hash {ca_cert_hash()} \n")
+    else:
+        out(token + "\n")
+    return 0
+
+
+def kubeadm_upload_certs(argv):
+    """`kubeadm init phase upload-certs --upload-certs`: a new certificate key, printed last as kubeadm does."""
+    if not os.path.exists("/etc/kubernetes/admin.conf"):
+        err("failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\n")
+        return 1
+    key = random_text("0123456789abcdef", 64)
+    state = State()
+    state.data.setdefault("certificate_keys", []).append(key)
+    state.save()
+    out('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace\n'
+        "[upload-certs] Using certificate key:\n" + key + "\n")
+    return 0
+
+
+def kubeadm_join(config):
+    """`kubeadm join --config F`: checks the JoinConfiguration like kubeadm's decoding would (token, CA hash, the
+    certificate key of a control plane) and leaves a joined node's files; what it joined with goes to the state."""
+    if not config:
+        err("this stand-in only joins with --config (the token must not be on the command line)\n")
+        return 1
+    if os.path.exists("/etc/kubernetes/kubelet.conf"):
+        err("[preflight] Some fatal errors occurred: /etc/kubernetes/kubelet.conf already exists\n")
+        return 1
+    text = open(config).read()
+    field = lambda name: (re.search(name + r':\s*"?([^"\s]+)"?', text) or [None, None])[1]
+    token, endpoint = field("token"), field("apiServerEndpoint")
+    hashes = re.search(r'caCertHashes:\s*\n\s*-\s*"?([^"\s]+)', text)
+    control_plane = re.search(r"^controlPlane:", text, re.M) is not None
+    key = field("certificateKey")
+    problems = []
+    if "kind: JoinConfiguration" not in text:
+        problems.append("no JoinConfiguration")
+    if not token or not re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token):
+        problems.append("the bootstrap token is not of the form [a-z0-9]{6}.[a-z0-9]{16}")
+    if not hashes or not re.fullmatch(r"sha256:[0-9a-f]{64}", hashes.group(1)):
+        problems.append("caCertHashes needs one sha256:<64 hex>")
+    if control_plane and (not key or not re.fullmatch(r"[0-9a-f]{64}", key)):
+        problems.append("a control plane needs certificateKey (64 hex)")
+    if problems:
+        err("error execution phase preflight: " + "; ".join(problems) + "\n")
+        return 1
+    os.makedirs("/etc/kubernetes/pki", exist_ok=True)
+    with open("/etc/kubernetes/kubelet.conf", "w") as f:
+        f.write("apiVersion: v1\nkind: Config\n# server: https://" + endpoint + "\n")
+    tainted = not re.search(r"^\s*taints:\s*\[\]\s*$", text, re.M)
+    if control_plane:
+        with open("/etc/kubernetes/admin.conf", "w") as f:
+            f.write("apiVersion: v1\nclusters:\n- cluster:\n    server: https://" + endpoint + "\n  name: kubernetes\n"
+                    "kind: Config\n")
+        os.chmod("/etc/kubernetes/admin.conf", 0o600)
+        write_control_plane(kubeadm_version())
+        os.makedirs("/var/lib/etcd/member/snap", exist_ok=True)
+    state = State()
+    state.data["joined"] = {
+        "endpoint": endpoint,
+        "token": token,
+        "ca_hash": hashes.group(1),
+        "certificate_key": key if control_plane else None,
+        "control_plane": control_plane,
+        "tainted": tainted,
+    }
+    state.save()
+    out("This node has joined the cluster" + (" and a new control plane instance was created" if control_plane else "") + ".\n")
     return 0
 
 

@@ -51,12 +51,19 @@ pub enum NodeState {
     Failed,
     /// The run was interrupted before the node finished.
     Cancelled,
+    /// Connected, but its next task waits for tasks on other nodes (or its turn in a serial stage).
+    WaitingOnOthers,
+    /// A node it waits for failed; it stopped.
+    Blocked,
 }
 
 impl NodeState {
     /// True once the node will not change any more (unless retried).
     pub fn is_finished(self) -> bool {
-        matches!(self, NodeState::Done | NodeState::Failed | NodeState::Cancelled)
+        matches!(
+            self,
+            NodeState::Done | NodeState::Failed | NodeState::Cancelled | NodeState::Blocked
+        )
     }
 }
 
@@ -246,6 +253,10 @@ pub struct NodeView {
     pub output: OutputBuffer,
     /// Why it failed.
     pub failure: Option<Failure>,
+    /// What its next task waits for, while it waits.
+    pub waiting_on: Option<String>,
+    /// The node whose failure blocked it.
+    pub blocked_by: Option<String>,
 }
 
 impl NodeView {
@@ -266,6 +277,8 @@ impl NodeView {
             final_counts: None,
             output: OutputBuffer::default(),
             failure: None,
+            waiting_on: None,
+            blocked_by: None,
         }
     }
 
@@ -663,6 +676,8 @@ impl App {
                 NodeState::Done => tally.done += 1,
                 NodeState::Failed => tally.failed += 1,
                 NodeState::Cancelled => tally.cancelled += 1,
+                NodeState::WaitingOnOthers => tally.waiting += 1,
+                NodeState::Blocked => tally.failed += 1,
             }
         }
         tally
@@ -770,6 +785,20 @@ impl App {
                 };
                 node.output.push(LineKind::Note, &note);
             }
+            Event::TaskWaiting { node, stage, task, on } => {
+                let node = self.node_mut(node);
+                let text = on.join(", ");
+                node.state = NodeState::WaitingOnOthers;
+                node.output
+                    .push(LineKind::Note, &format!("⏸ {stage} / {task} waits for {text}"));
+                node.waiting_on = Some(text);
+            }
+            Event::OutputRegistered { node, name, secret, .. } => {
+                let what = if *secret { " (secret)" } else { "" };
+                self.node_mut(node)
+                    .output
+                    .push(LineKind::Note, &format!("⇢ output `{name}` registered{what}"));
+            }
             Event::Output { node, stream, line } => {
                 let kind = match stream {
                     Stream::Stdout => LineKind::Stdout,
@@ -837,6 +866,7 @@ impl App {
                 node,
                 status,
                 error,
+                blocked_by,
                 counts,
                 duration_ms,
             } => {
@@ -845,7 +875,10 @@ impl App {
                     NodeStatus::Ok => NodeState::Done,
                     NodeStatus::Failed => NodeState::Failed,
                     NodeStatus::Cancelled => NodeState::Cancelled,
+                    NodeStatus::Blocked => NodeState::Blocked,
                 };
+                node.waiting_on = None;
+                node.blocked_by = blocked_by.clone();
                 node.finished_ms = Some(now);
                 node.duration_ms = Some(*duration_ms);
                 node.final_counts = Some(*counts);
@@ -881,6 +914,7 @@ impl App {
                 nodes_ok,
                 nodes_failed,
                 nodes_cancelled,
+                nodes_blocked: _,
                 counts,
                 duration_ms,
                 interrupted,
@@ -1191,6 +1225,7 @@ mod tests {
             node: node.into(),
             status,
             error: None,
+            blocked_by: None,
             counts: Counts::default(),
             duration_ms: 9,
         }
@@ -1201,6 +1236,7 @@ mod tests {
             nodes_ok: 0,
             nodes_failed: 0,
             nodes_cancelled: 0,
+            nodes_blocked: 0,
             counts: Counts::default(),
             duration_ms: 10,
             interrupted: false,

@@ -52,6 +52,8 @@ impl Theme {
             NodeState::Done => self.fg(Color::Green),
             NodeState::Failed => self.fg(Color::Red).add_modifier(Modifier::BOLD),
             NodeState::Cancelled => self.fg(Color::Yellow),
+            NodeState::WaitingOnOthers => self.fg(Color::Magenta),
+            NodeState::Blocked => self.fg(Color::Red),
         }
     }
 
@@ -83,6 +85,8 @@ pub fn node_symbol(state: NodeState) -> &'static str {
         NodeState::Done => "✓",
         NodeState::Failed => "✗",
         NodeState::Cancelled => "■",
+        NodeState::WaitingOnOthers => "⏸",
+        NodeState::Blocked => "⊘",
     }
 }
 
@@ -336,6 +340,8 @@ fn node_activity(node: &NodeView) -> String {
             None => "failed".to_string(),
         },
         NodeState::Cancelled => "cancelled".to_string(),
+        NodeState::WaitingOnOthers => format!("waiting for {}", node.waiting_on.as_deref().unwrap_or("other nodes")),
+        NodeState::Blocked => format!("blocked by {}", node.blocked_by.as_deref().unwrap_or("another node")),
     }
 }
 
@@ -869,6 +875,8 @@ fn result_word(state: NodeState) -> &'static str {
         NodeState::Done => "ok",
         NodeState::Failed => "failed",
         NodeState::Cancelled => "cancelled",
+        NodeState::WaitingOnOthers => "waiting",
+        NodeState::Blocked => "blocked",
     }
 }
 

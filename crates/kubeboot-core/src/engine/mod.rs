@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Counts, Event, NodeStatus};
 use crate::inventory::Inventory;
 use crate::journal::Progress;
+use crate::outputs;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
 use crate::secrets::{Secret, Vault};
@@ -64,6 +65,9 @@ pub struct RunSpec {
     pub fetch_root: std::path::PathBuf,
     /// Keep running after all nodes ended, so a frontend can ask for retries, until `control` closes.
     pub interactive: bool,
+    /// Tasks done before that run again because a task of this run needs their secret output
+    /// ([`crate::plan::depends::again`]): (node, stage, task) → why.
+    pub again: BTreeMap<(String, String, String), String>,
 }
 
 /// How the run ended, for the exit code.
@@ -72,6 +76,8 @@ pub struct RunResult {
     pub nodes_ok: usize,
     pub nodes_failed: usize,
     pub nodes_cancelled: usize,
+    /// Nodes that stopped because a node they wait for failed.
+    pub nodes_blocked: usize,
     pub interrupted: bool,
 }
 
@@ -82,12 +88,39 @@ pub(crate) struct Shared {
     pub events: EventSink,
     pub cancel: CancellationToken,
     pub forks: Semaphore,
+    /// What each node finished in this run, for the nodes that wait for it.
+    pub board: Mutex<Board>,
+    /// Bumped whenever the board changes; waiting nodes look again.
+    pub board_changed: watch::Sender<u64>,
+    /// Outputs registered so far (and the non-secret ones an earlier run kept).
+    pub outputs: Mutex<outputs::Store>,
+    /// One lock per (serial stage, cluster): the node holding it runs that stage.
+    pub serial: Mutex<HashMap<(String, String), SerialSlot>>,
+}
+
+/// The turn in a serial stage of one cluster.
+pub(crate) type SerialSlot = Arc<tokio::sync::Mutex<()>>;
+
+/// What the nodes of this run finished, as the waiting nodes see it.
+#[derive(Debug, Default)]
+pub(crate) struct Board {
+    /// (node, stage, task) that ended ok, changed or skipped in this run.
+    pub finished: HashSet<(String, String, String)>,
+    /// Nodes that ended (and how), or failed a task and are ending.
+    pub ended: HashMap<String, NodeStatus>,
 }
 
 impl Shared {
     pub(crate) fn emit(&self, event: Event) {
+        // Secret outputs are masked by the fan-out (`output_registered` carries the value only that far).
         // A frontend that went away must not stop the run: the journal still gets everything.
         let _ = self.events.send(event);
+    }
+
+    /// Changes the board and wakes every waiting node.
+    pub(crate) fn on_board(&self, change: impl FnOnce(&mut Board)) {
+        change(&mut node::lock(&self.board));
+        self.board_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -103,12 +136,22 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
     let started = Instant::now();
     let forks = spec.forks.unwrap_or(spec.nodes.len()).clamp(1, Semaphore::MAX_PERMITS);
     let interactive = spec.interactive;
+    let mut store = outputs::Store::default();
+    if !spec.selection.fresh {
+        for ((node, name), value) in spec.progress.outputs() {
+            store.insert(node, name, value.clone());
+        }
+    }
     let shared = Arc::new(Shared {
         progress: Mutex::new(spec.progress.clone()),
         spec,
         events,
         cancel: CancellationToken::new(),
         forks: Semaphore::new(forks),
+        board: Mutex::new(Board::default()),
+        board_changed: watch::channel(0).0,
+        outputs: Mutex::new(store),
+        serial: Mutex::new(HashMap::new()),
     });
 
     let mut tasks = JoinSet::new();
@@ -138,6 +181,9 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
                     let failed = ends.get(&node).is_some_and(|e| e.status == NodeStatus::Failed);
                     if failed && !shared.cancel.is_cancelled() {
                         ends.remove(&node);
+                        shared.on_board(|b| {
+                            b.ended.remove(&node);
+                        });
                         tasks.spawn(node::run(shared.clone(), node));
                     }
                 }
@@ -169,12 +215,14 @@ fn finish(shared: &Shared, ends: &BTreeMap<String, NodeEnd>, started: Instant) -
             NodeStatus::Ok => result.nodes_ok += 1,
             NodeStatus::Failed => result.nodes_failed += 1,
             NodeStatus::Cancelled => result.nodes_cancelled += 1,
+            NodeStatus::Blocked => result.nodes_blocked += 1,
         }
     }
     shared.emit(Event::RunFinished {
         nodes_ok: result.nodes_ok,
         nodes_failed: result.nodes_failed,
         nodes_cancelled: result.nodes_cancelled,
+        nodes_blocked: result.nodes_blocked,
         counts,
         duration_ms: started.elapsed().as_millis() as u64,
         interrupted: result.interrupted,

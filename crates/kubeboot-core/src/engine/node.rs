@@ -10,12 +10,14 @@ use crate::facts::Facts;
 use crate::inventory::NewHostKeys;
 use crate::plan::{self, Decision, PlannedTask};
 use crate::ssh::{self, Command, Session, SshError, Target};
-use crate::task::{Failure, RunCx};
+use crate::task::{Action, Failure, RunCx};
 
 /// Why a node stopped early.
 enum Stop {
     Failed(String),
     Cancelled(String),
+    /// A node it waits for failed: (that node, what happened).
+    Blocked(String, String),
 }
 
 /// Runs one node to its end and reports how it ended (also as a `node_finished` event).
@@ -29,15 +31,20 @@ pub(super) async fn run(shared: Arc<Shared>, name: String) -> NodeEnd {
         },
         _ = shared.cancel.cancelled() => Err(Stop::Cancelled("cancelled before it started".into())),
     };
-    let (status, error) = match outcome {
-        Ok(()) => (NodeStatus::Ok, None),
-        Err(Stop::Failed(e)) => (NodeStatus::Failed, Some(e)),
-        Err(Stop::Cancelled(e)) => (NodeStatus::Cancelled, Some(e)),
+    let (status, error, blocked_by) = match outcome {
+        Ok(()) => (NodeStatus::Ok, None, None),
+        Err(Stop::Failed(e)) => (NodeStatus::Failed, Some(e), None),
+        Err(Stop::Cancelled(e)) => (NodeStatus::Cancelled, Some(e), None),
+        Err(Stop::Blocked(by, e)) => (NodeStatus::Blocked, Some(e), Some(by)),
     };
+    shared.on_board(|b| {
+        b.ended.insert(name.clone(), status);
+    });
     shared.emit(Event::NodeFinished {
         node: name.clone(),
         status,
         error,
+        blocked_by,
         counts,
         duration_ms: started.elapsed().as_millis() as u64,
     });
@@ -118,18 +125,39 @@ async fn run_session(
         )
     }
     .map_err(|d| Stop::Failed(format!("cannot plan with the node's facts:\n{d}")))?;
+    let mut node_plan = node_plan;
+    for t in &mut node_plan.tasks {
+        let key = (name.to_string(), t.stage.clone(), t.task.clone());
+        if let (Some(why), Decision::Skip(SkipReason::Done)) = (spec.again.get(&key), t.decision) {
+            t.decision = Decision::Run;
+            t.again_for = Some(why.clone());
+        }
+    }
     shared.emit(Event::NodePlanned {
         node: name.to_string(),
         plan: node_plan.outline(),
     });
 
     let total = node_plan.tasks.len();
+    let cluster = node_plan.cluster.clone().unwrap_or_else(|| name.to_string());
+    // The turn this node holds in a serial stage, released when it moves on to another stage.
+    let mut turn: Option<(String, tokio::sync::OwnedMutexGuard<()>)> = None;
     for (index, task) in node_plan.tasks.iter().enumerate() {
         if shared.cancel.is_cancelled() {
             return Err(Stop::Cancelled(format!(
                 "cancelled before {}/{}",
                 task.stage, task.task
             )));
+        }
+        if turn.as_ref().is_some_and(|(stage, _)| *stage != task.stage) {
+            turn = None;
+        }
+        if task.decision == Decision::Run {
+            // Dependencies first: a node never holds its turn in a serial stage while it waits for others.
+            wait_for_others(shared, name, task).await?;
+            if task.serial && turn.is_none() {
+                turn = Some((task.stage.clone(), serial_turn(shared, name, &cluster, task).await?));
+            }
         }
         let status = match task.decision {
             Decision::Skip(reason) => {
@@ -156,9 +184,107 @@ async fn run_session(
                 }
             },
         };
+        shared.on_board(|b| {
+            b.finished
+                .insert((name.to_string(), task.stage.clone(), task.task.clone()));
+        });
         counts.add(status);
     }
     Ok(())
+}
+
+/// Waits for this node's turn in a serial stage of its cluster.
+async fn serial_turn(
+    shared: &Shared,
+    name: &str,
+    cluster: &str,
+    task: &PlannedTask,
+) -> Result<tokio::sync::OwnedMutexGuard<()>, Stop> {
+    let slot = lock(&shared.serial)
+        .entry((task.stage.clone(), cluster.to_string()))
+        .or_default()
+        .clone();
+    if let Ok(guard) = slot.clone().try_lock_owned() {
+        return Ok(guard);
+    }
+    shared.emit(Event::TaskWaiting {
+        node: name.to_string(),
+        stage: task.stage.clone(),
+        task: task.task.clone(),
+        on: vec![format!(
+            "its turn: stage {} runs on one node of {cluster} at a time",
+            task.stage
+        )],
+    });
+    tokio::select! {
+        guard = slot.lock_owned() => Ok(guard),
+        _ = shared.cancel.cancelled() => Err(Stop::Cancelled(format!(
+            "cancelled while waiting for its turn in {}", task.stage
+        ))),
+    }
+}
+
+/// Waits until every task this one waits for has finished on its node; a node that ended without finishing it
+/// blocks this one. An output an earlier run kept counts as its task finished.
+async fn wait_for_others(shared: &Shared, name: &str, task: &PlannedTask) -> Result<(), Stop> {
+    if task.waits.is_empty() {
+        return Ok(());
+    }
+    let mut changes = shared.board_changed.subscribe();
+    let mut announced = false;
+    loop {
+        let mut open = Vec::new();
+        {
+            let board = lock(&shared.board);
+            let store = lock(&shared.outputs);
+            for w in &task.waits {
+                let kept = w.output.as_ref().is_some_and(|o| store.has(&w.node, o));
+                if kept
+                    || board
+                        .finished
+                        .contains(&(w.node.clone(), w.stage.clone(), w.task.clone()))
+                {
+                    continue;
+                }
+                if let Some(status) = board.ended.get(&w.node) {
+                    let how = match status {
+                        NodeStatus::Ok => "ended",
+                        NodeStatus::Failed => "failed",
+                        NodeStatus::Cancelled => "was cancelled",
+                        NodeStatus::Blocked => "was blocked",
+                    };
+                    return Err(Stop::Blocked(
+                        w.node.clone(),
+                        format!(
+                            "blocked by {}: it {how} before {}/{} finished, which {}/{} waits for",
+                            w.node, w.stage, w.task, task.stage, task.task
+                        ),
+                    ));
+                }
+                open.push(w.describe());
+            }
+        }
+        if open.is_empty() {
+            return Ok(());
+        }
+        if !announced {
+            announced = true;
+            shared.emit(Event::TaskWaiting {
+                node: name.to_string(),
+                stage: task.stage.clone(),
+                task: task.task.clone(),
+                on: open,
+            });
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() {
+                return Err(Stop::Cancelled("the run ended while waiting".into()));
+            },
+            _ = shared.cancel.cancelled() => return Err(Stop::Cancelled(format!(
+                "cancelled while {}/{} waited", task.stage, task.task
+            ))),
+        }
+    }
 }
 
 /// Runs one task with its retries; returns its status, or why the node must stop.
@@ -250,29 +376,104 @@ struct TaskRunner<'a> {
     task: &'a PlannedTask,
 }
 
-impl TaskRunner<'_> {
-    /// One attempt: the guard, then the task's kind.
+impl<'a> TaskRunner<'a> {
+    /// One attempt: the guard, then the task's kind (a `run` that registers an output captures it).
     async fn attempt(&self) -> Result<(TaskStatus, Option<SkipReason>), Failure> {
         let spec = &self.shared.spec;
+        let task = self.with_outputs()?;
         let cx = RunCx {
             node: self.name,
             session: self.session,
-            env: &self.task.env,
-            become_: self.task.become_,
-            timeout: self.task.timeout,
+            env: &task.env,
+            become_: task.become_,
+            timeout: task.timeout,
             vault: &spec.vault,
             inventory: &spec.inventory,
             fetch_root: &spec.fetch_root,
             cancel: &self.shared.cancel,
             events: &self.shared.events,
         };
-        if let Some(guard) = &self.task.unless {
-            let (exit, _) = cx.exec(guard, false, self.task.timeout).await?;
+        if let Some(guard) = &task.unless {
+            let (exit, _) = cx.exec(guard, false, task.timeout).await?;
             if exit.success() {
                 return Ok((TaskStatus::Skipped, Some(SkipReason::Guard)));
             }
         }
-        Ok((self.task.action.run(&cx).await?, None))
+        if let (Some(register), Action::Run(run)) = (&task.register, &task.action) {
+            return Ok((self.register(&cx, register, &run.command).await?, None));
+        }
+        Ok((task.action.run(&cx).await?, None))
+    }
+
+    /// The task with the outputs it uses put where their placeholders stand (secret ones only reach `env`
+    /// values and file contents: the plan refuses them anywhere else).
+    fn with_outputs(&self) -> Result<std::borrow::Cow<'a, PlannedTask>, Failure> {
+        if self.task.needs.is_empty() {
+            return Ok(std::borrow::Cow::Borrowed(self.task));
+        }
+        let store = lock(&self.shared.outputs);
+        let fill = |text: &str| {
+            store.fill(text).map_err(|missing| {
+                Failure::Other(format!(
+                    "{missing} has no value in this run: the task on {} that registers it did not run or printed \
+                     nothing (check its node's result, or run again without --only/--from)",
+                    missing.node
+                ))
+            })
+        };
+        let mut task = self.task.clone();
+        if let Some(u) = &task.unless {
+            task.unless = Some(fill(u)?);
+        }
+        for (_, v) in task.env.iter_mut() {
+            *v = fill(v)?;
+        }
+        match &mut task.action {
+            Action::Run(r) => r.command = fill(&r.command)?,
+            Action::Wait(w) => w.until = fill(&w.until)?,
+            Action::Copy(c) => {
+                for f in c.files.iter_mut() {
+                    f.dest = fill(&f.dest)?;
+                    if let Ok(text) = std::str::from_utf8(&f.content) {
+                        f.content = fill(text)?.into_bytes();
+                    }
+                }
+            }
+            // The plan refuses outputs in the other kinds.
+            _ => {}
+        }
+        Ok(std::borrow::Cow::Owned(task))
+    }
+
+    /// A `run` with `register`: its stdout is kept; the value is registered (a secret one masked from then on)
+    /// before its output lines are shown, so the value is masked in them too.
+    async fn register(&self, cx: &RunCx<'_>, register: &plan::Register, command: &str) -> Result<TaskStatus, Failure> {
+        let (exit, stdout, lines) = cx.capture(command, self.task.timeout).await?;
+        let value = crate::outputs::capture(&register.capture, &stdout.join("\n"));
+        if exit.success()
+            && let Ok(v) = &value
+        {
+            lock(&self.shared.outputs).insert(self.name, &register.name, v.clone());
+            self.shared.emit(Event::OutputRegistered {
+                node: self.name.to_string(),
+                stage: self.task.stage.clone(),
+                task: self.task.task.clone(),
+                name: register.name.clone(),
+                secret: register.secret,
+                value: (!register.secret).then(|| v.clone()),
+                mask: register.secret.then(|| crate::secrets::Secret::new(v.clone())),
+            });
+        }
+        for line in stdout {
+            self.shared.emit(Event::Output {
+                node: self.name.to_string(),
+                stream: Stream::Stdout,
+                line,
+            });
+        }
+        crate::task::check_exit(exit, lines)?;
+        value.map_err(|why| Failure::Other(format!("cannot register `{}`: {why}", register.name)))?;
+        Ok(TaskStatus::Changed)
     }
 }
 
@@ -352,6 +553,6 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
 }
 
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

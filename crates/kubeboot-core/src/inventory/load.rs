@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Cluster, Inventory, NewHostKeys, Node, Role, SecretSource, SshSettings};
+use super::model::{Cluster, Inventory, NewHostKeys, Node, NodeRole, Role, SecretSource, SshSettings};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
 const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets", "sources"];
@@ -31,8 +31,16 @@ const SSH_KEYS: &[&str] = &[
     "connect_timeout",
     "keepalive",
 ];
-const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vars"];
-const NODE_KEYS: &[&str] = &["name", "address", "ssh_address", "cluster", "vars", "bundle_port"];
+const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vip", "vars"];
+const NODE_KEYS: &[&str] = &[
+    "name",
+    "address",
+    "ssh_address",
+    "cluster",
+    "role",
+    "vars",
+    "bundle_port",
+];
 pub(super) const BUNDLE_PORT_HINT: &str = "a free port on the nodes' 127.0.0.1; the bundle is served there";
 const SECRET_HINT: &str = "keep secrets out of the inventory: use `password_env = \"VAR\"` (an environment variable) \
                            or `password_file = \"path\"` (a file readable only by you)";
@@ -447,7 +455,8 @@ impl Reader<'_> {
                     Role::Edge
                 }
             };
-            let lb_ip = self.lb_ip(t);
+            let lb_ip = self.ip(t, "lb_ip");
+            let vip = self.ip(t, "vip");
             let domain = self.string(t, "domain").map(|(d, _)| d);
             let vars = self.vars(t, "vars");
             let Some((name, name_span)) = name else { continue };
@@ -488,6 +497,7 @@ impl Reader<'_> {
                     role,
                     lb_ip: lb_ip.map(|(ip, _)| ip),
                     domain,
+                    vip: vip.map(|(ip, _)| ip),
                     vars,
                     line,
                 },
@@ -497,12 +507,13 @@ impl Reader<'_> {
         out
     }
 
-    fn lb_ip(&mut self, t: &Table<'_>) -> Option<(IpAddr, Range<usize>)> {
-        let (s, span) = self.string(t, "lb_ip")?;
+    /// An address a cluster announces on the LAN (`lb_ip`, `vip`).
+    fn ip(&mut self, t: &Table<'_>, key: &str) -> Option<(IpAddr, Range<usize>)> {
+        let (s, span) = self.string(t, key)?;
         let Ok(ip) = s.parse::<IpAddr>() else {
             self.error(
                 span,
-                format!("lb_ip `{s}` is not an IP address"),
+                format!("{key} `{s}` is not an IP address"),
                 Some("write an IPv4 or IPv6 address, e.g. \"192.168.101.210\"".into()),
             );
             return None;
@@ -511,7 +522,7 @@ impl Reader<'_> {
         if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() || broadcast {
             self.error(
                 span,
-                format!("lb_ip {ip} cannot be a LoadBalancer address"),
+                format!("{key} {ip} cannot be a LoadBalancer address"),
                 Some("use a free unicast address on the nodes' network".into()),
             );
             return None;
@@ -539,6 +550,8 @@ impl Reader<'_> {
         }
         let mut allowed: Vec<&str> = NODE_KEYS.to_vec();
         allowed.extend_from_slice(SSH_KEYS);
+        // (node, role as written, where the entry starts) for the multi-node checks below.
+        let mut written_roles: Vec<(String, Option<NodeRole>, Range<usize>)> = Vec::new();
         for (t, span) in tables {
             self.check_keys(t, &allowed, &["password", "sudo_password"], "a [[nodes]] entry");
             let name = self.name(t, span.clone(), "node");
@@ -557,6 +570,7 @@ impl Reader<'_> {
                 }
                 None => None,
             };
+            let role = self.node_role(t);
             let ssh = self.ssh(t).merged(defaults);
             let vars = self.vars(t, "vars");
             let bundle_port = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT);
@@ -572,18 +586,100 @@ impl Reader<'_> {
                 );
                 continue;
             }
+            // A role written but misspelled is reported already; it is not "missing" too.
+            let written = role
+                .as_ref()
+                .map(|(r, _)| *r)
+                .or(t.contains_key("role").then_some(NodeRole::ControlPlane));
+            written_roles.push((name.clone(), written, span.clone()));
             out.push(Node {
                 name,
                 address,
                 ssh_address,
                 cluster,
+                role: role.map(|(r, _)| r).unwrap_or(NodeRole::ControlPlane),
                 ssh,
                 vars,
                 bundle_port,
                 line: self.line(span.start),
             });
         }
+        self.check_multi_node(clusters, &out, &written_roles);
         (out, rejected)
+    }
+
+    /// `role = "control-plane" | "worker"` of a node entry.
+    fn node_role(&mut self, t: &Table<'_>) -> Option<(NodeRole, Range<usize>)> {
+        let (r, span) = self.string(t, "role")?;
+        match r.as_str() {
+            "control-plane" => Some((NodeRole::ControlPlane, span)),
+            "worker" => Some((NodeRole::Worker, span)),
+            _ => {
+                let hint = match closest(&r, ["control-plane", "worker"]) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "a node's `role` is `control-plane` or `worker`".into(),
+                };
+                self.error(span, format!("unknown node role `{r}`"), Some(hint));
+                None
+            }
+        }
+    }
+
+    /// A cluster of several nodes: every node says its role, one at least is a control plane, and the cluster
+    /// has a `vip` for its API server (the one address every node and Cilium reach it at).
+    fn check_multi_node(
+        &mut self,
+        clusters: &[(Cluster, Range<usize>)],
+        nodes: &[Node],
+        written: &[(String, Option<NodeRole>, Range<usize>)],
+    ) {
+        for (c, cspan) in clusters {
+            let members: Vec<&Node> = nodes
+                .iter()
+                .filter(|n| n.cluster.as_deref() == Some(c.name.as_str()))
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            for (name, role, span) in written {
+                if role.is_none() && members.iter().any(|n| &n.name == name) {
+                    self.error(
+                        span.clone(),
+                        format!(
+                            "node `{name}` is one of {} nodes of cluster `{}` but has no `role`",
+                            members.len(),
+                            c.name
+                        ),
+                        Some("add `role = \"control-plane\"` or `role = \"worker\"` (only a node alone in its cluster defaults to control-plane)".into()),
+                    );
+                }
+            }
+            let explicit = |n: &&Node| written.iter().any(|(w, r, _)| w == &n.name && r.is_some());
+            if members.iter().all(|n| explicit(n) && n.role == NodeRole::Worker) {
+                self.error(
+                    cspan.clone(),
+                    format!("cluster `{}` has no control-plane node", c.name),
+                    Some("give at least one of its nodes `role = \"control-plane\"`".into()),
+                );
+            }
+            if c.vip.is_none() {
+                self.error(
+                    cspan.clone(),
+                    format!("cluster `{}` has {} nodes but no `vip`", c.name, members.len()),
+                    Some("add `vip = \"<a free address on the nodes' network>\"`: the API server's virtual IP (controlPlaneEndpoint), announced by kube-vip".into()),
+                );
+            }
+            if let Some(vip) = c.vip {
+                let vip = vip.to_string();
+                if c.lb_ip.is_some_and(|l| l.to_string() == vip) || members.iter().any(|n| n.address == vip) {
+                    self.error(
+                        cspan.clone(),
+                        format!("cluster `{}`: vip {vip} is also its lb_ip or a node's address", c.name),
+                        Some("the vip must be an address of its own, free on the nodes' network".into()),
+                    );
+                }
+            }
+        }
     }
 
     fn address(&mut self, t: &Table<'_>, span: Range<usize>) -> Option<String> {

@@ -76,10 +76,31 @@ pub struct Cluster {
     pub lb_ip: Option<IpAddr>,
     /// The ingress domain (`grafana.<domain>` ...).
     pub domain: Option<String>,
+    /// The virtual IP of the API server of a cluster with several nodes (its `controlPlaneEndpoint`).
+    pub vip: Option<IpAddr>,
     /// Cluster-level template variables (override `[vars]`).
     pub vars: BTreeMap<String, serde_json::Value>,
     /// Where the `[[clusters]]` entry starts (1-based line), for messages.
     pub line: usize,
+}
+
+/// A node's part in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Runs the API server and etcd (and, with no workers in the cluster, the workloads too).
+    ControlPlane,
+    /// Runs only workloads; joins a control plane.
+    Worker,
+}
+
+impl NodeRole {
+    /// The word used in the inventory and the templates.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeRole::ControlPlane => "control-plane",
+            NodeRole::Worker => "worker",
+        }
+    }
 }
 
 /// One machine (`[[nodes]]`).
@@ -93,6 +114,8 @@ pub struct Node {
     /// forward, the VM lab's loopback forwards).
     pub ssh_address: Option<String>,
     pub cluster: Option<String>,
+    /// Control plane or worker; a node alone in its cluster (or in none) is a control plane.
+    pub role: NodeRole,
     pub ssh: SshSettings,
     /// Node-level template variables (override cluster and `[vars]`).
     pub vars: BTreeMap<String, serde_json::Value>,
@@ -139,5 +162,19 @@ impl Inventory {
     /// The cluster with this name.
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
         self.clusters.iter().find(|c| c.name == name)
+    }
+
+    /// The nodes of a cluster, in inventory order.
+    pub fn members<'a>(&'a self, cluster: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
+        self.nodes.iter().filter(move |n| n.cluster.as_deref() == Some(cluster))
+    }
+
+    /// The first control-plane node of a node's cluster (the one that runs `kubeadm init`); a node in no
+    /// cluster is its own.
+    pub fn first_control_plane<'a>(&'a self, node: &'a Node) -> Option<&'a Node> {
+        match &node.cluster {
+            None => Some(node),
+            Some(c) => self.members(c).find(|n| n.role == NodeRole::ControlPlane),
+        }
     }
 }

@@ -6,18 +6,31 @@ use std::time::Duration;
 
 use serde_json::Value as Json;
 
-use super::model::{ActionDef, Hosts, Location, Playbooks, Stage, TaskDef};
+use super::model::{
+    ActionDef, Capture, Hosts, Location, Playbooks, RegisterDef, Stage, TaskDef, WaitForDef, WaitNodes,
+};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::spanned::{Entries, Node, Reader, Yaml, misspelled, yaml};
 use crate::task;
 
-const STAGE_KEYS: &[&str] = &["name", "hosts", "become", "vars", "tasks"];
+const STAGE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "become",
+    "vars",
+    "wait_for",
+    "serial",
+    "once_per_cluster",
+    "tasks",
+];
+const REGISTER_KEYS: &[&str] = &["name", "secret", "line", "json"];
+const WAIT_FOR_KEYS: &[&str] = &["node", "task"];
 /// Task keys besides the name and the action keys of the task kinds ([`task::KEYS`]).
 const COMMON_TASK_KEYS: &[&str] = &[
-    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env",
+    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env", "register", "wait_for",
 ];
 /// Task keys that only mean something on the node, refused on tasks that run on the jump host.
-const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become"];
+const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become", "register"];
 const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 
 /// Reads every `*.yaml`/`*.yml` in `dir` (one stage each, in file-name order); `copy.src` resolves under `assets_dir`.
@@ -200,6 +213,9 @@ impl Reader<'_> {
         let mut hosts_loc = self.loc(doc);
         let mut become_ = false;
         let mut vars = BTreeMap::new();
+        let mut wait_for = Vec::new();
+        let mut serial = false;
+        let mut once_per_cluster = false;
         let mut tasks = Vec::new();
         let mut written_tasks = 0;
         for (key, _k, v) in &entries {
@@ -223,6 +239,9 @@ impl Reader<'_> {
                 }
                 "become" => become_ = self.boolean("become", v).unwrap_or(false),
                 "vars" => vars = self.vars(v),
+                "wait_for" => wait_for = self.wait_for(v),
+                "serial" => serial = self.boolean("serial", v).unwrap_or(false),
+                "once_per_cluster" => once_per_cluster = self.boolean("once_per_cluster", v).unwrap_or(false),
                 "tasks" => {
                     written_tasks = match &v.value {
                         Yaml::Seq(items) => items.len(),
@@ -263,6 +282,9 @@ impl Reader<'_> {
             hosts: hosts?,
             become_,
             vars,
+            wait_for,
+            serial,
+            once_per_cluster,
             tasks,
             location: name_loc,
             hosts_location: hosts_loc,
@@ -326,6 +348,8 @@ impl Reader<'_> {
             timeout: None,
             become_: None,
             env: BTreeMap::new(),
+            register: None,
+            wait_for: Vec::new(),
             location: self.loc(n),
             fields: BTreeMap::new(),
         };
@@ -359,6 +383,8 @@ impl Reader<'_> {
                 "timeout" => t.timeout = self.duration("timeout", v),
                 "become" => t.become_ = self.boolean("become", v),
                 "env" => t.env = self.env(v, &mut fields),
+                "register" => t.register = self.register(v),
+                "wait_for" => t.wait_for = self.wait_for(v),
                 _ => {}
             }
         }
@@ -411,6 +437,146 @@ impl Reader<'_> {
         t.location = name_loc;
         t.fields = fields;
         Some(t)
+    }
+
+    /// `register: NAME` or `register: { name, secret, line | json }`.
+    fn register(&mut self, v: &Node) -> Option<RegisterDef> {
+        const HINT: &str = "e.g. `register: token` or `register: { name: token, secret: true, line: -1 }`";
+        let valid = |r: &mut Self, n: &Node, name: &str| -> bool {
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                r.error(
+                    n,
+                    format!("output name `{name}` is not allowed"),
+                    "output names are used in templates (`{{ outputs.NAME }}`): letters, digits and `_`",
+                );
+            }
+            ok
+        };
+        match &v.value {
+            Yaml::Str(name) => valid(self, v, name).then(|| RegisterDef {
+                name: name.clone(),
+                secret: false,
+                capture: Capture::Stdout,
+                location: self.loc(v),
+            }),
+            Yaml::Map(_) => {
+                let entries = self.mapping(v, REGISTER_KEYS, "`register`")?;
+                let mut name = None;
+                let mut secret = false;
+                let mut capture = Capture::Stdout;
+                let mut chosen: Option<&str> = None;
+                for (key, k, val) in &entries {
+                    match key.as_str() {
+                        "name" => {
+                            name = self.string("name", val).filter(|n| valid(self, val, n));
+                        }
+                        "secret" => secret = self.boolean("secret", val).unwrap_or(true),
+                        "line" | "json" => {
+                            if let Some(first) = chosen {
+                                self.error(
+                                    k,
+                                    format!("`register` has both `{first}` and `{key}`"),
+                                    "take one line, or one JSON value, not both",
+                                );
+                                continue;
+                            }
+                            chosen = Some(if key == "line" { "line" } else { "json" });
+                            capture = if key == "line" {
+                                match &val.value {
+                                    Yaml::Int(i) if *i != 0 => Capture::Line(*i),
+                                    _ => {
+                                        self.error(
+                                            val,
+                                            "`line` must be a line number: 1 is the first line, -1 the last",
+                                            "e.g. `line: -1` for the last line",
+                                        );
+                                        Capture::Stdout
+                                    }
+                                }
+                            } else {
+                                match self.string("json", val) {
+                                    Some(path) => Capture::Json(path),
+                                    None => Capture::Stdout,
+                                }
+                            };
+                        }
+                        _ => {}
+                    }
+                }
+                if entries.iter().all(|(k, _, _)| k != "name") {
+                    self.error(v, "`register` has no `name`", HINT);
+                }
+                Some(RegisterDef {
+                    name: name?,
+                    secret,
+                    capture,
+                    location: self.loc(v),
+                })
+            }
+            other => {
+                let kind = other.kind();
+                self.error(v, format!("`register` must be a name or a mapping, not {kind}"), HINT);
+                None
+            }
+        }
+    }
+
+    /// `wait_for: { node: ..., task: ... }` or a list of those.
+    fn wait_for(&mut self, v: &Node) -> Vec<WaitForDef> {
+        let items: Vec<&Node> = match &v.value {
+            Yaml::Seq(items) => items.iter().collect(),
+            Yaml::Map(_) => vec![v],
+            other => {
+                let kind = other.kind();
+                self.error(
+                    v,
+                    format!("`wait_for` must be a mapping or a list of them, not {kind}"),
+                    "e.g. `wait_for: { node: first-control-plane, task: kubeadm-init/kubeadm init }`",
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(entries) = self.mapping(item, WAIT_FOR_KEYS, "`wait_for`") else {
+                continue;
+            };
+            let mut nodes = None;
+            let mut task = None;
+            for (key, _k, val) in &entries {
+                let text = self.string(key, val);
+                match key.as_str() {
+                    "node" => {
+                        nodes = text.map(|t| match t.as_str() {
+                            "first-control-plane" => WaitNodes::FirstControlPlane,
+                            "control-planes" => WaitNodes::ControlPlanes,
+                            "cluster" => WaitNodes::Cluster,
+                            _ => WaitNodes::Named(t),
+                        })
+                    }
+                    _ => task = text.filter(|t| !t.trim().is_empty()),
+                }
+            }
+            for (key, what) in [("node", nodes.is_some()), ("task", task.is_some())] {
+                if !what && entries.iter().all(|(k, _, _)| k != key) {
+                    self.error(
+                        item,
+                        format!("`wait_for` has no `{key}`"),
+                        "give `node` (a node name, first-control-plane, control-planes or cluster) and `task` (stage/task)",
+                    );
+                }
+            }
+            if let (Some(nodes), Some(task)) = (nodes, task) {
+                out.push(WaitForDef {
+                    nodes,
+                    task,
+                    location: self.loc(item),
+                });
+            }
+        }
+        out
     }
 
     /// `unless`, `env` and `become` on a task that runs on the jump host: each would silently do nothing.

@@ -18,6 +18,50 @@ pub enum Hosts {
     Select(Vec<String>),
 }
 
+/// Where a registered output's value comes from in what the task printed on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// All of stdout, surrounding whitespace trimmed.
+    Stdout,
+    /// One line: 1 is the first, -1 the last (counting non-empty lines), trimmed.
+    Line(i64),
+    /// stdout is a JSON document; the value at this dotted path (`a.b.0.c`), a string as is, anything else as JSON.
+    Json(String),
+}
+
+/// `register:` — keep what a task printed under a name, for later tasks of this node (`{{ outputs.NAME }}`) and
+/// of other nodes (`{{ nodes['NODE'].outputs.NAME }}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterDef {
+    pub name: String,
+    /// Masked like the inventory's secrets, never journaled, allowed only where secrets are (`env`, file content).
+    pub secret: bool,
+    pub capture: Capture,
+    pub location: Location,
+}
+
+/// Which nodes a `wait_for` waits for, seen from the waiting node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WaitNodes {
+    /// This node by name.
+    Named(String),
+    /// The first control-plane node of the waiting node's cluster.
+    FirstControlPlane,
+    /// Every other control-plane node of the cluster.
+    ControlPlanes,
+    /// Every other node of the cluster.
+    Cluster,
+}
+
+/// `wait_for:` — do not start until a task has finished on other nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitForDef {
+    pub nodes: WaitNodes,
+    /// `stage/task`, or a task of the same stage.
+    pub task: String,
+    pub location: Location,
+}
+
 /// One task as written in a playbook.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskDef {
@@ -37,6 +81,10 @@ pub struct TaskDef {
     pub become_: Option<bool>,
     /// Environment variables for the command (values are templates; secrets belong here, not in `run`).
     pub env: BTreeMap<String, String>,
+    /// Keep what it printed under a name.
+    pub register: Option<RegisterDef>,
+    /// Tasks on other nodes that must have finished first.
+    pub wait_for: Vec<WaitForDef>,
     pub location: Location,
     /// Where each templated field's value starts (`run`, `unless`, `when`, `copy.dest`, `env.NAME`, ...),
     /// so template problems point at the field.
@@ -54,6 +102,12 @@ pub struct Stage {
     pub become_: bool,
     /// Stage-level variables.
     pub vars: BTreeMap<String, serde_json::Value>,
+    /// Tasks on other nodes that must have finished before this stage starts on a node.
+    pub wait_for: Vec<WaitForDef>,
+    /// One node of a cluster at a time runs this stage.
+    pub serial: bool,
+    /// Only the first control-plane node of each cluster runs this stage (cluster-wide work: manifests).
+    pub once_per_cluster: bool,
     pub tasks: Vec<TaskDef>,
     pub location: Location,
     /// Where the `hosts` value is, for unknown-selector messages.

@@ -13,7 +13,10 @@ use serde_json::Value as Json;
 use super::model::{Location, Stage};
 use crate::diag::{Diagnostic, closest};
 use crate::facts::Facts;
-use crate::inventory::{Cluster, Inventory, Node, Role};
+use crate::inventory::{Cluster, Inventory, Node, NodeRole, Role};
+
+/// The outputs each node registers: node → output name → secret.
+pub type Registry = BTreeMap<String, BTreeMap<String, bool>>;
 
 /// Names minijinja provides itself; never reported as undefined.
 const BUILTINS: &[&str] = &[
@@ -48,8 +51,10 @@ pub struct Context {
 
 impl Context {
     /// The context for `node` in `stage`: `[vars]` < cluster vars < node vars < stage vars, then the
-    /// `node`/`cluster`/`clusters`/`nodes`/`central` objects, then facts, then `secrets` (placeholders only).
-    pub fn new(inv: &Inventory, node: &Node, stage: &Stage, facts: &Facts) -> Context {
+    /// `node`/`cluster`/`clusters`/`nodes`/`central` objects, then facts, then `secrets` and `outputs` (placeholders
+    /// only: [`crate::outputs`]). `nodes` is a list that may also be indexed by name: `nodes['node-194']`.
+    pub fn new(inv: &Inventory, node: &Node, stage: &Stage, facts: &Facts, outputs: &Registry) -> Context {
+        let node_object = |n: &Node| node_object(inv, n, outputs);
         let mut vars: BTreeMap<String, Value> = BTreeMap::new();
         let cluster = node.cluster.as_deref().and_then(|c| inv.cluster(c));
         let layers = [
@@ -64,18 +69,21 @@ impl Context {
             }
         }
         vars.insert("node".into(), node_object(node));
+        vars.insert("outputs".into(), outputs_object(&node.name, outputs));
         if let Some(c) = cluster {
             let names: Vec<Value> = members(inv, c).map(|n| Value::from(n.name.as_str())).collect();
-            vars.insert("cluster".into(), cluster_object(c, names));
+            vars.insert("cluster".into(), cluster_object(inv, c, names));
         }
-        let clusters: Vec<Value> = inv.clusters.iter().map(|c| full_cluster(inv, c)).collect();
+        let clusters: Vec<Value> = inv.clusters.iter().map(|c| full_cluster(inv, c, outputs)).collect();
         vars.insert("clusters".into(), Value::from(clusters));
         vars.insert(
             "nodes".into(),
-            Value::from(inv.nodes.iter().map(node_object).collect::<Vec<_>>()),
+            Value::from_object(NodeList(
+                inv.nodes.iter().map(|n| (n.name.clone(), node_object(n))).collect(),
+            )),
         );
         if let Some(c) = inv.clusters.iter().find(|c| c.role == Role::Central) {
-            vars.insert("central".into(), full_cluster(inv, c));
+            vars.insert("central".into(), full_cluster(inv, c, outputs));
         }
         let facts_map = facts_object(facts);
         for (k, v) in &facts_map {
@@ -279,9 +287,52 @@ fn members<'a>(inv: &'a Inventory, c: &'a Cluster) -> impl Iterator<Item = &'a N
         .filter(move |n| n.cluster.as_deref() == Some(c.name.as_str()))
 }
 
-fn node_object(n: &Node) -> Value {
+/// Every node, in inventory order, also reachable by name (`nodes['node-194']`).
+#[derive(Debug)]
+struct NodeList(Vec<(String, Value)>);
+
+impl minijinja::value::Object for NodeList {
+    fn repr(self: &std::sync::Arc<Self>) -> minijinja::value::ObjectRepr {
+        minijinja::value::ObjectRepr::Seq
+    }
+
+    fn get_value(self: &std::sync::Arc<Self>, key: &Value) -> Option<Value> {
+        match key.as_str() {
+            Some(name) => self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()),
+            None => self.0.get(key.as_usize()?).map(|(_, v)| v.clone()),
+        }
+    }
+
+    fn enumerate(self: &std::sync::Arc<Self>) -> minijinja::value::Enumerator {
+        minijinja::value::Enumerator::Seq(self.0.len())
+    }
+}
+
+/// A node's outputs as placeholders the engine fills when it sends a command.
+fn outputs_object(node: &str, outputs: &Registry) -> Value {
+    let m: BTreeMap<String, Value> = outputs
+        .get(node)
+        .into_iter()
+        .flatten()
+        .map(|(name, secret)| {
+            (
+                name.clone(),
+                Value::from(crate::outputs::placeholder(node, name, *secret)),
+            )
+        })
+        .collect();
+    Value::from(m)
+}
+
+fn node_object(inv: &Inventory, n: &Node, outputs: &Registry) -> Value {
     let mut m: BTreeMap<String, Value> = BTreeMap::new();
     m.insert("name".into(), Value::from(n.name.as_str()));
+    m.insert("role".into(), Value::from(n.role.as_str()));
+    m.insert(
+        "first_control_plane".into(),
+        Value::from(inv.first_control_plane(n).is_some_and(|f| f.name == n.name)),
+    );
+    m.insert("outputs".into(), outputs_object(&n.name, outputs));
     m.insert("address".into(), Value::from(n.address.as_str()));
     m.insert("port".into(), Value::from(n.ssh.port));
     m.insert("user".into(), Value::from(n.ssh.user.as_str()));
@@ -292,9 +343,34 @@ fn node_object(n: &Node) -> Value {
 }
 
 /// A cluster: its vars, then its fixed fields (which win over vars of the same name).
-fn cluster_object(c: &Cluster, nodes: Vec<Value>) -> Value {
+fn cluster_object(inv: &Inventory, c: &Cluster, nodes: Vec<Value>) -> Value {
     let mut m: BTreeMap<String, Value> = c.vars.iter().map(|(k, v)| (k.clone(), to_value(v))).collect();
     m.insert("name".into(), Value::from(c.name.as_str()));
+    let with_role = |role: NodeRole| -> Vec<Value> {
+        members(inv, c)
+            .filter(|n| n.role == role)
+            .map(|n| Value::from(n.name.as_str()))
+            .collect()
+    };
+    let control_planes = with_role(NodeRole::ControlPlane);
+    if let Some(first) = control_planes.first() {
+        m.insert("first_control_plane".into(), first.clone());
+    }
+    m.insert("control_planes".into(), Value::from(control_planes));
+    m.insert("workers".into(), Value::from(with_role(NodeRole::Worker)));
+    m.insert("multi_node".into(), Value::from(members(inv, c).count() > 1));
+    // The address the API server is reached at: the virtual IP of a cluster of several nodes, else the node.
+    let endpoint = match (c.vip, members(inv, c).next()) {
+        (Some(vip), _) => Some(vip.to_string()),
+        (None, Some(only)) => Some(only.address.clone()),
+        (None, None) => None,
+    };
+    if let Some(e) = endpoint {
+        m.insert("api_host".into(), Value::from(e));
+    }
+    if let Some(vip) = c.vip {
+        m.insert("vip".into(), Value::from(vip.to_string()));
+    }
     m.insert("role".into(), Value::from(c.role.as_str()));
     if let Some(ip) = c.lb_ip {
         m.insert("lb_ip".into(), Value::from(ip.to_string()));
@@ -306,8 +382,8 @@ fn cluster_object(c: &Cluster, nodes: Vec<Value>) -> Value {
     Value::from(m)
 }
 
-fn full_cluster(inv: &Inventory, c: &Cluster) -> Value {
-    cluster_object(c, members(inv, c).map(node_object).collect())
+fn full_cluster(inv: &Inventory, c: &Cluster, outputs: &Registry) -> Value {
+    cluster_object(inv, c, members(inv, c).map(|n| node_object(inv, n, outputs)).collect())
 }
 
 fn facts_object(f: &Facts) -> BTreeMap<String, Value> {
@@ -423,7 +499,9 @@ fn template_error(e: &minijinja::Error, at: &Location, field: &str) -> Diagnosti
         _ => "template error",
     };
     let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
+    let outputs = e.kind() == ErrorKind::UndefinedError && e.to_string().contains("outputs");
     let hint = match e.kind() {
+        _ if outputs => "no task of that node registers this output: add `register: NAME` to the task that prints it",
         ErrorKind::SyntaxError => "check the {{ }} / {% %} pairs and the expression syntax",
         ErrorKind::UndefinedError => "define it in [vars], the cluster or node vars, or the stage's `vars`",
         ErrorKind::OutOfFuel => {
@@ -482,7 +560,12 @@ fn undefined_names(
                 .unwrap_or_default();
             let Ok(next) = value.get_attr(attr) else { break };
             if next.is_undefined() && !guarded(source, &format!("{walked}.{attr}")) {
-                let hint = if top == "secrets" {
+                let hint = if top == "outputs" {
+                    format!(
+                        "no task of this node registers `{attr}` (add `register: {attr}` to the task that prints it); registered here: {}",
+                        keys.join(", ")
+                    )
+                } else if top == "secrets" {
                     match closest(attr, keys.iter().map(String::as_str)) {
                         Some(m) => format!("did you mean `{m}`? secrets are declared in the inventory's [secrets]"),
                         None => "declare it in the inventory's [secrets] as `NAME = { env = \"VAR\" }`".into(),
@@ -590,6 +673,9 @@ s3 = { env = "X" }
             hosts: Hosts::All,
             become_: false,
             vars: vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            wait_for: vec![],
+            serial: false,
+            once_per_cluster: false,
             tasks: vec![],
             location: file_start(Path::new("s.yaml")),
             hosts_location: file_start(Path::new("s.yaml")),
@@ -606,7 +692,7 @@ s3 = { env = "X" }
 
     fn render(text: &str, st: &Stage) -> Result<String, String> {
         let inv = inventory();
-        let ctx = Context::new(&inv, &inv.nodes[0], st, &Facts::assumed());
+        let ctx = Context::new(&inv, &inv.nodes[0], st, &Facts::assumed(), &Registry::new());
         Renderer::new()
             .render(text, &at(5), "run", &ctx)
             .map_err(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))
@@ -711,7 +797,7 @@ s3 = { env = "X" }
     fn conditions_accept_braces_or_bare_expressions() {
         let inv = inventory();
         let st = stage(&[]);
-        let ctx = Context::new(&inv, &inv.nodes[0], &st, &Facts::assumed());
+        let ctx = Context::new(&inv, &inv.nodes[0], &st, &Facts::assumed(), &Registry::new());
         let r = Renderer::new();
         assert_eq!(r.condition("{{ os_family == 'debian' }}", &at(1), &ctx), Ok(true));
         assert_eq!(r.condition("os_family == 'redhat'", &at(1), &ctx), Ok(false));

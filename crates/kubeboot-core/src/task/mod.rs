@@ -217,7 +217,8 @@ impl RunCx<'_> {
     pub async fn capture(&self, script: &str, limit: Option<Duration>) -> Result<(Exit, Vec<String>, Lines), Failure> {
         let command = Command {
             script: script.to_string(),
-            env: Vec::new(),
+            // The task's `env` (a `run` that registers its output may need secrets there).
+            env: self.env.iter().map(|(k, v)| (k.clone(), self.vault.fill(v))).collect(),
             become_: self.become_,
         };
         let stdout = Mutex::new(Vec::new());
