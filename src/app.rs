@@ -416,22 +416,12 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
         .filter_map(|name| inventory.node(name))
         .filter(|node| node.ssh.new_host_keys == NewHostKeys::Refuse)
         .map(|node| {
-            let s = &node.ssh;
             // No credentials: the probe never logs in.
-            let target = ssh::Target {
-                node: node.name.clone(),
-                host: node.connect_address().to_string(),
-                port: s.port,
-                user: s.user.clone(),
-                key: None,
-                agent: false,
-                password: None,
-                sudo_password: None,
-                known_hosts: s.known_hosts.clone(),
-                new_host_keys: NewHostKeys::Refuse,
-                connect_timeout: s.connect_timeout.min(HOST_KEY_PROBE_TIMEOUT),
-                keepalive: s.keepalive,
-            };
+            let mut target = engine::node_target(node, NodeSecrets::default(), false);
+            target.key = None;
+            target.agent = false;
+            target.new_host_keys = NewHostKeys::Refuse;
+            target.connect_timeout = target.connect_timeout.min(HOST_KEY_PROBE_TIMEOUT);
             async move { (target.node.clone(), ssh::probe_host_key(&target).await) }
         });
     let mut prompts = Vec::new();

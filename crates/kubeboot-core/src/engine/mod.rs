@@ -22,6 +22,7 @@ use crate::outputs;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
 use crate::secrets::{Secret, Vault};
+use crate::ssh;
 
 /// What a frontend may ask of a running engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +69,30 @@ pub struct RunSpec {
     /// Tasks done before that run again because a task of this run needs their secret output
     /// ([`crate::plan::depends::again`]): (node, stage, task) → why.
     pub again: BTreeMap<(String, String, String), String>,
+}
+
+/// The SSH target for an inventory node: the one place a node's settings become an [`ssh::Target`].
+/// `accept_new_host_key` records an unknown host key instead of following the node's `new_host_keys`.
+pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
+    let s = &node.ssh;
+    ssh::Target {
+        node: node.name.clone(),
+        host: node.connect_address().to_string(),
+        port: s.port,
+        user: s.user.clone(),
+        key: s.key.clone(),
+        agent: s.agent,
+        password: secrets.password,
+        sudo_password: secrets.sudo_password,
+        known_hosts: s.known_hosts.clone(),
+        new_host_keys: if accept_new_host_key {
+            crate::inventory::NewHostKeys::Accept
+        } else {
+            s.new_host_keys
+        },
+        connect_timeout: s.connect_timeout,
+        keepalive: s.keepalive,
+    }
 }
 
 /// How the run ended, for the exit code.

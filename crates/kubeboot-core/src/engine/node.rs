@@ -7,9 +7,8 @@ use std::time::{Duration, Instant};
 use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
-use crate::inventory::NewHostKeys;
 use crate::plan::{self, Decision, PlannedTask};
-use crate::ssh::{self, Command, Session, SshError, Target};
+use crate::ssh::{Command, Session, SshError, Target};
 use crate::task::{Action, Failure, RunCx};
 
 /// Why a node stopped early.
@@ -531,25 +530,8 @@ fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
         .node(name)
         .ok_or_else(|| Stop::Failed(format!("{name} is not in the inventory")))?;
     let secrets = spec.secrets.get(name).cloned().unwrap_or_default();
-    let s = &node.ssh;
-    Ok(ssh::Target {
-        node: node.name.clone(),
-        host: node.connect_address().to_string(),
-        port: s.port,
-        user: s.user.clone(),
-        key: s.key.clone(),
-        agent: s.agent,
-        password: secrets.password,
-        sudo_password: secrets.sudo_password,
-        known_hosts: s.known_hosts.clone(),
-        new_host_keys: if spec.accept_new_host_keys || spec.accept_host_keys_for.contains(name) {
-            NewHostKeys::Accept
-        } else {
-            s.new_host_keys
-        },
-        connect_timeout: s.connect_timeout,
-        keepalive: s.keepalive,
-    })
+    let accept = spec.accept_new_host_keys || spec.accept_host_keys_for.contains(name);
+    Ok(super::node_target(node, secrets, accept))
 }
 
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).
