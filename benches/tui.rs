@@ -59,6 +59,7 @@ fn build() -> App {
                     status: TaskStatus::Changed,
                     reason: None,
                     fingerprint: String::new(),
+                    inputs: Default::default(),
                     exit_code: Some(0),
                     error: None,
                     duration_ms: 10,
@@ -75,6 +76,7 @@ fn build() -> App {
                     index: finished,
                     total: node.tasks.len(),
                     attempt: 1,
+                    why: None,
                 },
                 1_000,
             );

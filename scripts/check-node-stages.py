@@ -8,7 +8,7 @@ from jinja2 import meta
 
 ROOT = sys.argv[1] if len(sys.argv) > 1 else '/work/wt-nodes'
 STAGES = ['00-preflight', '10-os-prep', '20-containerd', '30-kubernetes', '40-kubeadm-init', '50-cilium',
-          '60-longhorn-prereqs', '95-verify',
+          '45-kubeadm-join', '60-longhorn-prereqs', '95-verify',
           # Day-two folders (kubeboot kubeconfig/backup/reset/upgrade/renew-certs/check).
           'kubeconfig/10-kubeconfig', 'backup/10-etcd-snapshot', 'reset/10-reset', 'upgrade/20-upgrade',
           'renew-certs/10-renew-certs', 'check/10-certificates']
@@ -25,11 +25,33 @@ FACTS = {
 errors = []
 def err(msg): errors.append(msg); print('ERROR', msg)
 
-def node_obj(n): return dict(name=n['name'], address=n['address'], port=22, user=inv['ssh']['user'], cluster=n['cluster'])
+# Outputs the shipped playbooks register (secret ones render as kubeboot's secret placeholder).
+OUTPUTS = {'join_command': True, 'certificate_key': True}
+def members(c): return [n for n in inv['nodes'] if n['cluster'] == c['name']]
+def first_cp(c):
+    cps = [n for n in members(c) if n.get('role', 'control-plane') == 'control-plane']
+    return cps[0]['name'] if cps else None
+def node_obj(n):
+    c = [x for x in inv['clusters'] if x['name'] == n['cluster']][0]
+    outputs = {k: (f'KUBEBOOT_SECRET_out:{n["name"]}/{k}' if sec else f'KUBEBOOT_OUTPUT_{k}') for k, sec in OUTPUTS.items()}
+    return dict(name=n['name'], address=n['address'], port=22, user=inv['ssh']['user'], cluster=n['cluster'],
+                role=n.get('role', 'control-plane'), first_control_plane=first_cp(c) == n['name'], outputs=outputs)
+class NodeList(list):
+    """`nodes`: a list that may also be indexed by name, as in kubeboot."""
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return next(n for n in self if n['name'] == key)
+        return super().__getitem__(key)
 def cluster_obj(c, full=False):
-    nodes = [n for n in inv['nodes'] if n['cluster'] == c['name']]
+    nodes = members(c)
     o = dict(name=c['name'], role=c['role'], lb_ip=c['lb_ip'], domain=c['domain'])
     o['nodes'] = [node_obj(n) for n in nodes] if full else [n['name'] for n in nodes]
+    o['control_planes'] = [n['name'] for n in nodes if n.get('role', 'control-plane') == 'control-plane']
+    o['workers'] = [n['name'] for n in nodes if n.get('role') == 'worker']
+    o['first_control_plane'] = first_cp(c)
+    o['multi_node'] = len(nodes) > 1
+    o['api_host'] = c.get('vip') or nodes[0]['address']
+    if c.get('vip'): o['vip'] = c['vip']
     return o
 
 def sample_sources():
@@ -63,7 +85,7 @@ def context(n, facts, stage_vars):
     ctx.update(DAY_TWO_VARS)
     ctx.update(stage_vars or {})
     ctx.update(node=node_obj(n), cluster=cluster_obj(c), clusters=[cluster_obj(x, True) for x in inv['clusters']],
-               nodes=[node_obj(x) for x in inv['nodes']],
+               nodes=NodeList(node_obj(x) for x in inv['nodes']), outputs=node_obj(n)['outputs'],
                central=cluster_obj([x for x in inv['clusters'] if x['role'] == 'central'][0]),
                secrets=SecretNames(), sources=sample_sources(), facts=facts)
     ctx.update(facts)
@@ -92,14 +114,14 @@ def shellcheck(script, where):
     if r.returncode != 0: err(f'{where}: dash -n: {r.stderr}')
 
 ALLOWED_TASK = {'name', 'run', 'copy', 'wait', 'http', 's3_buckets', 'fetch', 'interval', 'unless', 'when', 'retries', 'delay',
-                'timeout', 'become', 'env'}
+                'timeout', 'become', 'env', 'register', 'wait_for'}
 # Jump-host tasks (kubeboot sends them itself): secrets only in these fields; no shell to check.
 JUMP_CREDENTIALS = {'http': {'user', 'password'}, 's3_buckets': {'access_key', 'secret_key'}}
 count = 0
 for stage in STAGES:
     path = f'{ROOT}/playbooks/{stage}.yaml'
     book = yaml.safe_load(open(path))
-    assert set(book) <= {'name', 'hosts', 'become', 'vars', 'tasks'}, (path, set(book))
+    assert set(book) <= {'name', 'hosts', 'become', 'vars', 'tasks', 'wait_for', 'serial', 'once_per_cluster'}, (path, set(book))
     names = [t['name'] for t in book['tasks']]
     if len(names) != len(set(names)): err(f'{path}: duplicate task names')
     for fam, facts in FACTS.items():
@@ -137,7 +159,8 @@ print(f'{count} scripts checked')
 # The kubeadm config heredoc renders to valid multi-document YAML.
 book = yaml.safe_load(open(f'{ROOT}/playbooks/40-kubeadm-init.yaml'))
 for n in inv['nodes']:
-    s = render(book['tasks'][0]['run'], context(n, FACTS['debian'], None), 'kubeadm config')
+    config_task = next(t for t in book['tasks'] if t['name'] == 'kubeadm config')
+    s = render(config_task['run'], context(n, FACTS['debian'], None), 'kubeadm config')
     body = s.split('<<EOF\n', 1)[1].split('\nEOF\n', 1)[0].replace('$kv', 'v1.34.2')
     docs = list(yaml.safe_load_all(body))
     kinds = [d['kind'] for d in docs]

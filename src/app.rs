@@ -16,12 +16,14 @@ use crate::cli::{
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::{self, Control, NodeSecrets, RunResult, RunSpec};
 use crate::event::Event;
+use crate::event::SkipReason;
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
+use crate::journal::Record;
 use crate::journal::{Progress, StateDir, StateError};
 use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
-use crate::secrets::{self, Vault};
+use crate::secrets::{self, Digests, Vault};
 use crate::ssh::{self, HostKeyState};
 use crate::ui::tui::state::{HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
@@ -46,10 +48,11 @@ pub enum Exit {
 pub async fn main(cli: Cli) -> Exit {
     let result = match &cli.command {
         Command::Apply(args) => apply(&cli, args).await,
-        Command::Plan(args) => plan_cmd(&cli, args),
+        Command::Plan(args) => plan_cmd(&cli, args).await,
         Command::Status(args) => status(&cli, args),
         Command::Check(args) => check(&cli, args).await,
         Command::Lab(args) => lab_cmd(args),
+        Command::Bundle(args) => crate::bundle_cmd::bundle(&cli, args).await,
         Command::Kubeconfig(args) => crate::daytwo::kubeconfig(&cli, args).await,
         Command::Backup(args) => crate::daytwo::backup(&cli, args).await,
         Command::Reset(args) => crate::daytwo::reset(&cli, args).await,
@@ -225,11 +228,15 @@ type Again = std::collections::BTreeMap<(String, String, String), String>;
 
 /// Plans every selected node before connecting: with the facts remembered from the last run, or assumed ones;
 /// tasks whose secret outputs this run needs are set to run again.
-fn preliminary_plans(input: &Input, progress: &Progress) -> Result<Vec<NodePlan>, Failure> {
-    preliminary_plans_again(input, progress).map(|(plans, _)| plans)
+fn preliminary_plans(input: &Input, progress: &Progress, digests: &Digests) -> Result<Vec<NodePlan>, Failure> {
+    preliminary_plans_again(input, progress, digests).map(|(plans, _)| plans)
 }
 
-fn preliminary_plans_again(input: &Input, progress: &Progress) -> Result<(Vec<NodePlan>, Again), Failure> {
+fn preliminary_plans_again(
+    input: &Input,
+    progress: &Progress,
+    digests: &Digests,
+) -> Result<(Vec<NodePlan>, Again), Failure> {
     let assumed = Facts::assumed();
     let mut plans = Vec::new();
     let mut problems = Diagnostics::default();
@@ -241,6 +248,7 @@ fn preliminary_plans_again(input: &Input, progress: &Progress) -> Result<(Vec<No
             node,
             facts,
             progress,
+            digests,
             &input.selection,
         ) {
             Ok(p) => plans.push(p),
@@ -264,18 +272,16 @@ pub(crate) async fn run_playbooks(
     day_two: Option<&DayTwo>,
 ) -> Result<(Exit, Option<String>), Failure> {
     if args.dry_run {
-        let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
-        let mut input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
-        use_bundle(&mut input, args.bundle.as_deref())?;
-        let plans = preliminary_plans(&input, &progress)?;
+        let (input, progress, plans, note) = preview(cli, &args.select, args.fresh, day_two, args.bundle.as_deref())?;
         print!("{}", facts_note(&input.nodes, &progress));
+        print!("{note}");
         print!("{}", plan::render(&plans, true));
         println!("dry run: nothing was run.");
         return Ok((Exit::Ok, None));
     }
     let state = StateDir::open(&cli.state_dir)?;
     let _lock = state.lock()?;
-    let progress = state
+    let mut progress = state
         .progress()
         .map_err(|e| Failure::Other(format!("cannot read the journal: {e}")))?;
     let mut input = load_for(cli, &args.select, args.fresh, &progress, day_two)?;
@@ -283,8 +289,19 @@ pub(crate) async fn run_playbooks(
     if let Some(d) = day_two {
         crate::daytwo::before_run(cli, d, &input.inventory, &input.nodes, &progress, &state)?;
     }
-    let (plans, again) = preliminary_plans_again(&input, &progress)?;
+    // --fresh: a new generation of the selected stages, in memory now and in the journal before anything runs.
+    let fresh = if input.selection.fresh {
+        plan::start_fresh(&input.inventory, &input.playbooks, &input.selection, &mut progress)?
+    } else {
+        Vec::new()
+    };
+    let plans = preliminary_plans(&input, &progress, &Digests::none())?;
     let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
+    let key = state
+        .digest_key()
+        .map_err(|e| Failure::Other(format!("cannot read or make the secrets' digest key: {e}")))?;
+    let digests = vault.digests(&key);
+    let (plans, again) = preliminary_plans_again(&input, &progress, &digests)?;
     let vault = Arc::new(vault);
 
     let run_id = run_id();
@@ -294,16 +311,31 @@ pub(crate) async fn run_playbooks(
         .map_err(|e| Failure::Other(format!("cannot create the log folder: {e}")))?;
     let _log_guard = init_run_log(&log_dir);
     tracing::info!(run = %run_id, inventory = %cli.inventory.display(), nodes = input.nodes.len(), "run started");
-    let journal = state
+    let mut journal = state
         .writer()
         .map_err(|e| Failure::Other(format!("cannot open the journal: {e}")))?;
+    if !fresh.is_empty() {
+        let ts = fanout::now();
+        let written: std::io::Result<()> = fresh.iter().try_for_each(|(node, stages)| {
+            journal.append(&Record::Fresh {
+                run: run_id.clone(),
+                ts: ts.clone(),
+                node: node.clone(),
+                stages: stages.clone(),
+            })
+        });
+        // Durable before the first task of the fresh run can be recorded.
+        written
+            .and_then(|()| journal.sync())
+            .map_err(|e| Failure::Other(format!("cannot write the journal: {e}")))?;
+    }
 
     let stages: Vec<String> = input.playbooks.stages.iter().map(|s| s.name.clone()).collect();
     let outlines: Vec<_> = plans.iter().map(NodePlan::outline).collect();
     let tui_wanted = !args.yes && args.output == OutputFormat::Text && std::io::stdout().is_terminal();
 
     let (front_tx, front_rx) = mpsc::unbounded_channel();
-    let (events, fanout_thread) = fanout::start(
+    let (events, fanout_thread, durable) = fanout::start(
         run_id.clone(),
         Some(journal),
         log_dir.clone(),
@@ -321,6 +353,8 @@ pub(crate) async fn run_playbooks(
         nodes: input.nodes.clone(),
         forks: args.forks.map(|f| f as usize),
         vault,
+        secret_digests: digests,
+        durable: Some(durable),
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),
@@ -536,20 +570,7 @@ fn read_secrets(
             nodes.join(", ")
         );
     }
-    let mut used = BTreeSet::new();
-    for task in plans
-        .iter()
-        .flat_map(|p| &p.tasks)
-        .filter(|t| t.decision == Decision::Run)
-    {
-        for (_, value) in &task.env {
-            used.extend(secrets::referenced(value));
-        }
-        for text in task.action.filled() {
-            used.extend(secrets::referenced(&text));
-        }
-    }
-    for name in used {
+    for name in used_secrets(plans) {
         match input.inventory.secrets.get(&name) {
             Some(source) => match secrets::read(source) {
                 Ok(secret) => vault.insert(&name, secret),
@@ -559,6 +580,61 @@ fn read_secrets(
         }
     }
     problems.into_result((vault, per_node)).map_err(Failure::BadInput)
+}
+
+/// The secrets the tasks of these plans use, done ones included: a task recorded done runs again when one of
+/// its secrets changed, which only its value tells.
+fn used_secrets(plans: &[NodePlan]) -> BTreeSet<String> {
+    plans
+        .iter()
+        .flat_map(|p| &p.tasks)
+        .filter(|t| t.decision != Decision::Skip(SkipReason::Condition))
+        .flat_map(|t| t.secrets.iter().cloned())
+        .collect()
+}
+
+/// `plan` and `apply --dry-run`: the plans a run would start with, changing nothing (a `--fresh` generation is
+/// only started in memory). Secrets that can be read are compared by their digests; the note says when some
+/// could not be.
+fn preview(
+    cli: &Cli,
+    select: &SelectArgs,
+    fresh: bool,
+    day_two: Option<&DayTwo>,
+    bundle: Option<&Path>,
+) -> Result<(Input, Progress, Vec<NodePlan>, String), Failure> {
+    let state = StateDir::existing(&cli.state_dir);
+    let mut progress = state.progress().unwrap_or_default();
+    let mut input = load_for(cli, select, fresh, &progress, day_two)?;
+    use_bundle(&mut input, bundle)?;
+    if input.selection.fresh {
+        plan::start_fresh(&input.inventory, &input.playbooks, &input.selection, &mut progress)?;
+    }
+    let plans = preliminary_plans(&input, &progress, &Digests::none())?;
+    let mut vault = Vault::default();
+    let mut unread = Vec::new();
+    for name in used_secrets(&plans) {
+        match input.inventory.secrets.get(&name).map(secrets::read) {
+            Some(Ok(secret)) => vault.insert(&name, secret),
+            _ => unread.push(name),
+        }
+    }
+    let key = state.existing_digest_key().ok().flatten();
+    let digests = key.as_ref().map(|k| vault.digests(k)).unwrap_or_default();
+    let plans = preliminary_plans(&input, &progress, &digests)?;
+    let resumed = input.nodes.iter().any(|n| progress.done_count(n) > 0);
+    let note = match (resumed, key.is_some(), unread.is_empty()) {
+        (true, true, false) => format!(
+            "Secrets: {} not set here; the tasks using them are compared without them.\n\n",
+            unread.join(", ")
+        ),
+        (true, false, _) if !vault.is_empty() || !unread.is_empty() => {
+            "Secrets: no digest key in the state dir yet; the tasks using secrets are compared without them.\n\n"
+                .to_string()
+        }
+        _ => String::new(),
+    };
+    Ok((input, progress, plans, note))
 }
 
 pub(crate) fn run_id() -> String {
@@ -608,13 +684,46 @@ fn facts_note(nodes: &[String], progress: &Progress) -> String {
     )
 }
 
-fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
-    let progress = StateDir::existing(&cli.state_dir).progress().unwrap_or_default();
-    let input = load(cli, &args.select, args.fresh, &progress)?;
-    let plans = preliminary_plans(&input, &progress)?;
+async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
+    let (input, progress, plans, note) = preview(cli, &args.select, args.fresh, None, None)?;
     print!("{}", facts_note(&input.nodes, &progress));
+    print!("{note}");
     print!("{}", plan::render(&plans, args.commands));
-    Ok(Exit::Ok)
+    if !args.check {
+        return Ok(Exit::Ok);
+    }
+    // The drift check: the guards of the tasks recorded done, on the nodes, with the real facts.
+    let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
+    let digests = match StateDir::existing(&cli.state_dir).existing_digest_key() {
+        Ok(Some(key)) => vault.digests(&key),
+        _ => Digests::none(),
+    };
+    let spec = RunSpec {
+        run_id: "check".into(),
+        inventory: input.inventory.clone(),
+        playbooks: input.playbooks.clone(),
+        progress,
+        selection: input.selection.clone(),
+        nodes: input.nodes.clone(),
+        forks: None,
+        vault: Arc::new(vault),
+        fetch_root: cli.state_dir.clone(),
+        secret_digests: digests,
+        durable: None,
+        secrets: node_secrets,
+        accept_new_host_keys: args.accept_new_host_keys,
+        accept_host_keys_for: HashSet::new(),
+        interactive: false,
+        again: Again::new(),
+    };
+    let checks = engine::drift::check_guards(spec).await;
+    println!();
+    print!("{}", engine::drift::render(&checks));
+    Ok(if engine::drift::all_hold(&checks) {
+        Exit::Ok
+    } else {
+        Exit::NodesFailed
+    })
 }
 
 fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
@@ -628,7 +737,7 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
         from: None,
     };
     let input = load(cli, &select, false, &progress)?;
-    let plans = preliminary_plans(&input, &progress)?;
+    let plans = preliminary_plans(&input, &progress, &Digests::none())?;
     let running = state.running_holder();
     let mut rows = Vec::new();
     for p in &plans {
@@ -773,14 +882,15 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         selection,
         nodes,
     };
-    let plans = preliminary_plans(&input, &progress)?;
+    let plans = preliminary_plans(&input, &progress, &Digests::none())?;
     let (vault, node_secrets) = read_secrets(cli, &input, &plans)?;
     let vault = Arc::new(vault);
     let log_dir = std::env::temp_dir().join(format!("kubeboot-check-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&log_dir);
     let (front_tx, front_rx) = mpsc::unbounded_channel();
-    let (events, fanout_thread) = fanout::start(run_id(), None, log_dir.clone(), vault.clone(), Some(front_tx))
-        .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
+    let (events, fanout_thread, _durable) =
+        fanout::start(run_id(), None, log_dir.clone(), vault.clone(), Some(front_tx))
+            .map_err(|e| Failure::Other(format!("cannot start: {e}")))?;
     let style = if args.output == OutputFormat::Json {
         headless::Style::Json
     } else {
@@ -798,6 +908,8 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         nodes: input.nodes.clone(),
         forks: None,
         vault,
+        secret_digests: Digests::none(),
+        durable: None,
         secrets: node_secrets,
         accept_new_host_keys: args.accept_new_host_keys,
         accept_host_keys_for: HashSet::new(),

@@ -52,6 +52,8 @@ pub enum Command {
     Lab(LabArgs),
     /// Fetch each cluster's admin kubeconfig into one file on the jump host (one context per cluster, 0600).
     Kubeconfig(KubeconfigArgs),
+    /// Gather what the install downloads into one folder (--out DIR), or verify a copied one (--check DIR).
+    Bundle(BundleArgs),
     /// Take an etcd snapshot of each cluster and keep it on the jump host (never overwriting an older one).
     Backup(RunArgs),
     /// Tear the selected clusters down to before kubeadm (etcd snapshot first); needs typed confirmation.
@@ -173,6 +175,13 @@ pub struct PlanArgs {
     /// Show the rendered command (or file, or wait condition) under each task.
     #[arg(long)]
     pub commands: bool,
+    /// Also connect and run the `unless` guards of the tasks recorded done (guards only, nothing is changed):
+    /// reports which would run again because the node no longer matches. Exit 1 when one does.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: accept and record host keys never seen before (a CHANGED key is always refused).
+    #[arg(long, requires = "check")]
+    pub accept_new_host_keys: bool,
 }
 
 /// `kubeboot status`.
@@ -264,4 +273,16 @@ pub struct LabNodeArgs {
     /// The lab's folder.
     #[arg(long, default_value = ".lab")]
     pub dir: PathBuf,
+}
+
+/// `kubeboot bundle`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct BundleArgs {
+    /// Download everything the inventory's [sources] name into this folder (resumes an interrupted run).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Verify every file of a copied bundle against its manifest (a damaged file: exit 2).
+    #[arg(long, value_name = "DIR")]
+    pub check: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@
 //! `kubeboot-lab` ([`lab`]).
 
 pub mod app;
+pub mod bundle_cmd;
 pub mod cli;
 pub mod daytwo;
 pub mod ui;

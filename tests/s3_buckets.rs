@@ -23,8 +23,16 @@ fn bucket_command(endpoint: &str) -> (String, Vec<String>) {
         only: vec!["s3-buckets".into()],
         ..Selection::default()
     };
-    let plan = plan::plan_node(&inv, &books, "node-194", &Facts::assumed(), &Progress::empty(), &sel)
-        .unwrap_or_else(|d| panic!("{d}"));
+    let plan = plan::plan_node(
+        &inv,
+        &books,
+        "node-194",
+        &Facts::assumed(),
+        &Progress::empty(),
+        &kubeboot::secrets::Digests::none(),
+        &sel,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
     // The node-side variant (jump_checks = false); the jump-host one is tested in tests/jump_tasks.rs.
     let command = plan
         .tasks

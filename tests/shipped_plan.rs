@@ -18,7 +18,16 @@ fn plans(facts: &Facts) -> Vec<NodePlan> {
     inv.nodes
         .iter()
         .map(|n| {
-            plan::plan_node(&inv, &books, &n.name, facts, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"))
+            plan::plan_node(
+                &inv,
+                &books,
+                &n.name,
+                facts,
+                &Progress::empty(),
+                &kubeboot::secrets::Digests::none(),
+                &sel,
+            )
+            .unwrap_or_else(|d| panic!("{d}"))
         })
         .collect()
 }
@@ -118,6 +127,14 @@ fn kubeadm_config_skips_kube_proxy_and_has_no_taint() {
             "{}: control-plane taint not removed",
             plan.node
         );
+        assert!(
+            s.contains(&format!(
+                "controlPlaneEndpoint: \"{}:6443\"",
+                plan.address.trim_end_matches(":22")
+            )),
+            "{}: a single node is its own endpoint",
+            plan.node
+        );
     }
 }
 
@@ -182,4 +199,109 @@ fn no_secret_is_rendered_into_the_plan() {
             }
         }
     }
+}
+
+/// examples/ha/inventory.toml with the shipped playbooks: every node's plan.
+fn ha_plans() -> Vec<NodePlan> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inv = inventory::load(&root.join("examples/ha/inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
+    let sel = Selection::default();
+    plan::check(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"));
+    plan::plan_all(
+        &inv,
+        &books,
+        &Progress::empty(),
+        &kubeboot::secrets::Digests::none(),
+        &sel,
+    )
+    .unwrap_or_else(|d| panic!("{d}"))
+}
+
+fn runs<'a>(p: &'a NodePlan, stage: &str, task: &str) -> Option<&'a plan::PlannedTask> {
+    p.tasks
+        .iter()
+        .find(|t| t.stage == stage && t.task == task && t.decision == Decision::Run)
+}
+
+#[test]
+fn the_ha_example_initialises_once_and_joins_the_others_through_secret_outputs() {
+    let plans = ha_plans();
+    let by = |n: &str| plans.iter().find(|p| p.node == n).unwrap_or_else(|| panic!("{n}"));
+    let first = by("node-194");
+    let init = runs(first, "kubeadm-init", "kubeadm init").expect("node-194 initialises");
+    let Action::Run(run) = &init.action else { panic!() };
+    let command = &run.command;
+    assert!(command.contains("--upload-certs"), "{command}");
+    assert!(command.contains("--skip-token-print"), "{command}");
+    for t in [
+        "join command",
+        "certificate key",
+        "kube-vip before init",
+        "kube-vip after init",
+    ] {
+        assert!(runs(first, "kubeadm-init", t).is_some(), "node-194 runs {t}");
+    }
+    let s = script(first);
+    assert!(
+        s.contains("controlPlaneEndpoint: \"192.168.101.220:6443\""),
+        "the vip is the endpoint"
+    );
+    assert!(
+        s.contains("k8sServiceHost: \"192.168.101.220\""),
+        "Cilium talks to the vip"
+    );
+    assert!(
+        s.contains("defaultClassReplicaCount: 3"),
+        "Longhorn: min(3, 4 nodes) replicas"
+    );
+    assert!(s.contains("numberOfReplicas: \"3\""));
+    assert!(
+        !s.contains("taints: []"),
+        "with a worker the control planes keep their taint"
+    );
+    assert!(s.contains("value: \"192.168.101.220\""), "kube-vip announces the vip");
+    assert!(s.contains("image: \"ghcr.io/kube-vip/kube-vip:v1.0.4\""));
+    // The manifest stages run once, on the first control plane; monitoring per cluster as before.
+    for other in ["node-196", "node-197", "node-198"] {
+        let p = by(other);
+        assert!(
+            runs(p, "kubeadm-init", "kubeadm init").is_none(),
+            "{other} never initialises"
+        );
+        assert!(
+            !p.tasks.iter().any(|t| t.stage == "cilium" || t.stage == "monitoring"),
+            "{other}"
+        );
+        let join = runs(p, "kubeadm-join", "kubeadm join").unwrap_or_else(|| panic!("{other} joins"));
+        let Action::Run(run) = &join.action else { panic!() };
+        let command = &run.command;
+        assert!(!command.contains("@@kubeboot-secret:"), "no secret on the command line");
+        assert!(command.contains("kubeadm join --config"), "{command}");
+        let waits: Vec<String> = join.waits.iter().map(|w| w.describe()).collect();
+        assert!(
+            waits.contains(&"node-194: kubeadm-init/join command".to_string()),
+            "{waits:?}"
+        );
+        let env: Vec<&str> = join.env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(env, ["CERTIFICATE_KEY", "JOIN_COMMAND"]);
+        let cert = join.env[0]
+            .1
+            .contains("@@kubeboot-secret:out:node-194/certificate_key@@");
+        assert_eq!(
+            cert,
+            other != "node-198",
+            "{other}: the certificate key goes to control planes only"
+        );
+        assert_eq!(command.contains("controlPlane:"), other != "node-198");
+    }
+    assert!(by("node-194").tasks.iter().any(|t| t.stage == "monitoring"));
+    let verify = first.tasks.iter().find(|t| t.stage == "verify").expect("verify");
+    assert_eq!(verify.waits.len(), 3, "verify waits for the three joins");
+    let text = plan::render(&plans, false);
+    assert!(
+        text.contains("stage kubeadm-join (one node of cluster-01 at a time)"),
+        "{text}"
+    );
+    assert!(text.contains("waits for node-194: kubeadm-init/join command (for output `join_command`)"));
 }

@@ -30,7 +30,16 @@ fn plans(inventory: &Path, facts: &Facts) -> Vec<NodePlan> {
     inv.nodes
         .iter()
         .map(|n| {
-            plan::plan_node(&inv, &books, &n.name, facts, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"))
+            plan::plan_node(
+                &inv,
+                &books,
+                &n.name,
+                facts,
+                &Progress::empty(),
+                &kubeboot::secrets::Digests::none(),
+                &sel,
+            )
+            .unwrap_or_else(|d| panic!("{d}"))
         })
         .collect()
 }

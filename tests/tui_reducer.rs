@@ -76,6 +76,7 @@ fn event() -> impl Strategy<Value = Event> {
                 index: 0,
                 total: 6,
                 attempt,
+                why: None,
             }
         }),
         (node.clone(), ".{0,40}", any::<bool>()).prop_map(|(node, line, err)| Event::Output {
@@ -99,6 +100,7 @@ fn event() -> impl Strategy<Value = Event> {
                 status,
                 reason: (status == TaskStatus::Skipped).then_some(SkipReason::Done),
                 fingerprint: String::new(),
+                inputs: Default::default(),
                 exit_code: code,
                 error: None,
                 duration_ms: 3,

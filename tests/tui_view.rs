@@ -75,6 +75,7 @@ fn finished(node: &str, stage: &str, task: &str, status: TaskStatus, reason: Opt
         status,
         reason,
         fingerprint: "f".into(),
+        inputs: Default::default(),
         exit_code: None,
         error: None,
         duration_ms: 1200,
@@ -89,6 +90,7 @@ fn started(node: &str, stage: &str, task: &str, attempt: u32) -> Event {
         index: 0,
         total: STAGES.len() * TASKS_PER_STAGE,
         attempt,
+        why: None,
     }
 }
 
@@ -169,6 +171,7 @@ fn fail_node_196(app: &mut App, now_ms: u64) {
             status: TaskStatus::Failed,
             reason: None,
             fingerprint: "f".into(),
+            inputs: Default::default(),
             exit_code: Some(100),
             error: Some("command exited with status 100".into()),
             duration_ms: 4100,

@@ -185,13 +185,17 @@ impl Printer {
                 stage,
                 task,
                 attempt,
+                why,
                 ..
             } => {
-                let retry = if *attempt > 1 {
+                let mut retry = if *attempt > 1 {
                     format!(" (attempt {attempt})")
                 } else {
                     String::new()
                 };
+                if let Some(why) = why {
+                    retry.push_str(&format!(" — {why}"));
+                }
                 match self.bar(node) {
                     Some(bar) => bar.set_message(format!("{stage} / {task}{retry}")),
                     None => self.line(format!("[{node}] ▶ {stage} / {task}{retry}")),

@@ -3,6 +3,8 @@
 //! The engine only produces [`Event`]s; the journal, the log files, the TUI and the
 //! headless printer only consume them. `--output json` prints them as they are.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::facts::Facts;
@@ -60,6 +62,15 @@ impl SkipReason {
             SkipReason::Condition => "condition",
         }
     }
+}
+
+/// What the journal keeps of a task besides its fingerprint, for the next run's resume decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    /// Keyed digest (HMAC-SHA256) of the secret values the task uses; None when it uses none.
+    pub secrets: Option<String>,
+    /// Short digests of the task's parts (`command`, `guard`, `env`, `file <dest>`, ...), to say what changed.
+    pub parts: BTreeMap<String, String>,
 }
 
 /// How a node's run ended.
@@ -153,6 +164,9 @@ pub enum Event {
         index: usize,
         total: usize,
         attempt: u32,
+        /// Why it runs when it finished before ("input changed: command", "after changed: copy manifests", ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        why: Option<String>,
     },
     /// A task waits before it starts: for tasks on other nodes (`wait_for`, outputs it needs) or for its turn in a
     /// `serial` stage. A `task_started` follows when it may go.
@@ -199,6 +213,9 @@ pub enum Event {
         reason: Option<SkipReason>,
         /// Fingerprint of the task's rendered content (its identity for resume).
         fingerprint: String,
+        /// The rest of its identity for the journal (not printed: `--output json` shows the fingerprint only).
+        #[serde(skip)]
+        inputs: Inputs,
         #[serde(skip_serializing_if = "Option::is_none")]
         exit_code: Option<i32>,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -262,6 +279,7 @@ mod tests {
             status: TaskStatus::Skipped,
             reason: Some(SkipReason::Done),
             fingerprint: "abc".into(),
+            inputs: Inputs::default(),
             exit_code: None,
             error: None,
             duration_ms: 0,

@@ -12,11 +12,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::event::{Event, Stream, TaskStatus};
 use crate::journal::{JournalWriter, Record};
 use crate::secrets::Vault;
+
+/// How many `task_started` events of each node are durable in the journal (synced). The engine waits for its
+/// own before it runs a task again that the journal records done, so a kill -9 in the middle of that task can
+/// never leave the old finish standing.
+pub type Durable = watch::Receiver<HashMap<String, u64>>;
 
 /// Starts the fan-out thread. Events sent into the returned sender end up in the journal and
 /// `<log_dir>/<node>.log`, then in `frontend`. Join the handle after the engine ended to be sure
@@ -27,8 +32,9 @@ pub fn start(
     log_dir: PathBuf,
     vault: Arc<Vault>,
     frontend: Option<mpsc::UnboundedSender<Event>>,
-) -> std::io::Result<(mpsc::UnboundedSender<Event>, JoinHandle<()>)> {
+) -> std::io::Result<(mpsc::UnboundedSender<Event>, JoinHandle<()>, Durable)> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let (durable_tx, durable) = watch::channel(HashMap::new());
     let handle = std::thread::Builder::new()
         .name("kubeboot-fanout".into())
         .spawn(move || {
@@ -39,6 +45,8 @@ pub fn start(
                 node_logs: HashMap::new(),
                 vault: (*vault).clone(),
                 frontend,
+                durable: durable_tx,
+                started: HashMap::new(),
             };
             out.record_start();
             let mut batch = Vec::new();
@@ -54,7 +62,7 @@ pub fn start(
             }
             out.flush_all();
         })?;
-    Ok((tx, handle))
+    Ok((tx, handle, durable))
 }
 
 struct Outputs {
@@ -65,6 +73,9 @@ struct Outputs {
     /// The inventory's secrets, then every secret output as it is registered.
     vault: Vault,
     frontend: Option<mpsc::UnboundedSender<Event>>,
+    durable: watch::Sender<HashMap<String, u64>>,
+    /// `task_started` events seen per node.
+    started: HashMap<String, u64>,
 }
 
 impl Outputs {
@@ -81,7 +92,12 @@ impl Outputs {
 
     fn write_batch(&mut self, batch: &mut Vec<Event>) {
         let ts = now();
+        let mut started = false;
         for event in batch.drain(..) {
+            if let Event::TaskStarted { node, .. } = &event {
+                *self.started.entry(node.clone()).or_default() += 1;
+                started = true;
+            }
             let event = self.take_mask(event);
             let event = redact(&self.vault, event);
             if let Some(journal) = &mut self.journal
@@ -99,6 +115,10 @@ impl Outputs {
             && let Err(e) = journal.sync()
         {
             tracing::error!("cannot sync the journal: {e}");
+        }
+        if started {
+            let counts = self.started.clone();
+            self.durable.send_replace(counts);
         }
         for log in self.node_logs.values_mut() {
             let _ = log.flush();
@@ -162,8 +182,15 @@ impl Outputs {
                 ..
             } => format!("{ts} ! {line}"),
             Event::TaskStarted {
-                stage, task, attempt, ..
-            } => format!("{ts} ▶ {stage} / {task} (attempt {attempt})"),
+                stage,
+                task,
+                attempt,
+                why,
+                ..
+            } => {
+                let why = why.as_ref().map(|w| format!(" — {w}")).unwrap_or_default();
+                format!("{ts} ▶ {stage} / {task} (attempt {attempt}){why}")
+            }
             Event::TaskFinished {
                 stage,
                 task,
@@ -253,6 +280,7 @@ pub fn redact(vault: &Vault, event: Event) -> Event {
             status,
             reason,
             fingerprint,
+            inputs,
             exit_code,
             error,
             duration_ms,
@@ -263,6 +291,7 @@ pub fn redact(vault: &Vault, event: Event) -> Event {
             status,
             reason,
             fingerprint,
+            inputs,
             exit_code,
             error: error.map(|e| vault.redact(&e)),
             duration_ms,

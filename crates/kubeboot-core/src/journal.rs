@@ -4,8 +4,14 @@
 //! The journal is JSON lines, one record per line, appended and flushed as events arrive
 //! and synced to disk once per batch. A crash (even `kill -9`) at any byte leaves a
 //! readable journal: a torn last line is ignored when reading.
+//!
+//! Resume reads three things from it: the last successful finish of every task (its fingerprint, the keyed
+//! digest of the secrets it used, and where in the journal it finished), when each task last reported
+//! `changed` (a task that finished before one of its dependencies changed is stale), and the generation of
+//! every (node, stage): `--fresh` starts a new one, and only finishes of the current generation count as done.
+//! Journals written before generations existed simply have none: every entry is generation 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -15,9 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, NodeStatus, SkipReason, TaskStatus};
 use crate::facts::Facts;
+use crate::secrets::DigestKey;
 
 const JOURNAL: &str = "journal.jsonl";
 const LOCK: &str = "lock";
+/// The random key of the secrets' keyed digests (see [`crate::secrets::DigestKey`]).
+const DIGEST_KEY: &str = "fingerprint.key";
 
 /// Problems with the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,22 @@ pub enum Record {
     },
     /// Facts gathered from a node.
     Facts { run: String, node: String, facts: Facts },
+    /// `--fresh` started a new generation of these stages on this node: what finished before is not done.
+    Fresh {
+        run: String,
+        ts: String,
+        node: String,
+        stages: Vec<String>,
+    },
+    /// A task began (an attempt): until it ends, the node is not known to be in any state of that task, so an
+    /// earlier finish of it no longer counts (a run cut off in the middle of it must run it again).
+    TaskStarted {
+        run: String,
+        ts: String,
+        node: String,
+        stage: String,
+        task: String,
+    },
     /// A task ended.
     Task {
         run: String,
@@ -54,6 +79,12 @@ pub enum Record {
         stage: String,
         task: String,
         fingerprint: String,
+        /// Keyed digest (HMAC) of the secrets the task used; never a secret or a plain hash of one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secrets: Option<String>,
+        /// Short digests of the task's parts (command, guard, env, each file), to say what changed.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        inputs: BTreeMap<String, String>,
         status: TaskStatus,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<SkipReason>,
@@ -100,6 +131,13 @@ impl Record {
         let run = run.to_string();
         let ts = ts.to_string();
         match event {
+            Event::TaskStarted { node, stage, task, .. } => Some(Record::TaskStarted {
+                run,
+                ts,
+                node: node.clone(),
+                stage: stage.clone(),
+                task: task.clone(),
+            }),
             Event::NodeConnected { node, facts } => Some(Record::Facts {
                 run,
                 node: node.clone(),
@@ -112,6 +150,7 @@ impl Record {
                 status,
                 reason,
                 fingerprint,
+                inputs,
                 error,
                 ..
             } => Some(Record::Task {
@@ -121,6 +160,8 @@ impl Record {
                 stage: stage.clone(),
                 task: task.clone(),
                 fingerprint: fingerprint.clone(),
+                secrets: inputs.secrets.clone(),
+                inputs: inputs.parts.clone(),
                 status: *status,
                 reason: *reason,
                 error: error.clone(),
@@ -189,11 +230,42 @@ pub struct NodeProgress {
     pub blocked_by: Option<String>,
 }
 
+/// A task's last successful finish, as the journal remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    /// sha256 of the task's rendered content then.
+    pub fingerprint: String,
+    /// Keyed digest of the secrets it used then (None: it used none, or an older kubeboot did not record it).
+    pub secrets: Option<String>,
+    /// Short digests of its parts then (empty in journals of older kubeboot versions).
+    pub inputs: BTreeMap<String, String>,
+    /// The generation of its (node, stage) when it finished.
+    pub generation: u64,
+    /// Where in the journal it finished: a dependency that reported `changed` later makes it stale.
+    pub seq: u64,
+}
+
+type Key = (String, String, String);
+
+fn key(node: &str, stage: &str, task: &str) -> Key {
+    (node.to_string(), stage.to_string(), task.to_string())
+}
+
 /// What earlier runs finished, as read from the journal.
 #[derive(Debug, Clone, Default)]
 pub struct Progress {
-    /// (node, stage, task) → fingerprint of the last successful finish.
-    done: HashMap<(String, String, String), String>,
+    /// (node, stage, task) → its last successful finish.
+    done: HashMap<Key, Done>,
+    /// Tasks whose latest attempt failed.
+    failed: HashSet<Key>,
+    /// Tasks that started and never ended (the run was cut off in the middle of them).
+    cut_off: HashSet<Key>,
+    /// (node, stage, task) → where it last reported `changed`.
+    changed: HashMap<Key, u64>,
+    /// (node, stage) → its generation (how many `--fresh` runs started it anew).
+    generations: HashMap<(String, String), u64>,
+    /// Records applied so far: the position of the next one.
+    seq: u64,
     facts: HashMap<String, Facts>,
     nodes: HashMap<String, NodeProgress>,
     /// (node, output name) → value: the non-secret outputs registered, latest first.
@@ -215,16 +287,43 @@ impl Progress {
         (*run_pid == pid && started == run && nodes.iter().any(|n| n == node)).then_some((run.as_str(), ts.as_str()))
     }
 
-    /// No remembered progress (a first run, or `--fresh`).
+    /// No remembered progress (a first run).
     pub fn empty() -> Progress {
         Progress::default()
     }
 
-    /// True when this task finished successfully before with exactly this rendered content.
+    /// True when this task finished successfully in the current generation with exactly this rendered content.
     pub fn is_done(&self, node: &str, stage: &str, task: &str, fingerprint: &str) -> bool {
-        self.done
-            .get(&(node.to_string(), stage.to_string(), task.to_string()))
-            .is_some_and(|f| f == fingerprint)
+        self.done(node, stage, task)
+            .is_some_and(|d| d.fingerprint == fingerprint && d.generation == self.generation(node, stage))
+    }
+
+    /// The task's last successful finish, of any generation.
+    pub fn done(&self, node: &str, stage: &str, task: &str) -> Option<&Done> {
+        self.done.get(&key(node, stage, task))
+    }
+
+    /// True when the task's latest attempt failed.
+    pub fn failed_last(&self, node: &str, stage: &str, task: &str) -> bool {
+        self.failed.contains(&key(node, stage, task))
+    }
+
+    /// True when the task's latest attempt started and never ended (kill -9, a lost jump host, Ctrl-C).
+    pub fn cut_off(&self, node: &str, stage: &str, task: &str) -> bool {
+        self.cut_off.contains(&key(node, stage, task))
+    }
+
+    /// Where in the journal the task last reported `changed`, if it ever did.
+    pub fn changed_at(&self, node: &str, stage: &str, task: &str) -> Option<u64> {
+        self.changed.get(&key(node, stage, task)).copied()
+    }
+
+    /// The current generation of a stage on a node (0 until a `--fresh` run starts one).
+    pub fn generation(&self, node: &str, stage: &str) -> u64 {
+        self.generations
+            .get(&(node.to_string(), stage.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The facts gathered from the node in the latest run that reached it.
@@ -249,17 +348,48 @@ impl Progress {
         self.outputs.iter()
     }
 
-    /// How many tasks of this node are recorded done.
-    pub fn done_count(&self, node: &str) -> usize {
-        self.done.keys().filter(|(n, _, _)| n == node).count()
+    /// True when the journal holds any finish of a task of this node.
+    pub fn knows_node(&self, node: &str) -> bool {
+        self.done
+            .keys()
+            .chain(self.failed.iter())
+            .chain(self.cut_off.iter())
+            .any(|(n, _, _)| n == node)
     }
 
-    /// Records a successful finish.
+    /// How many tasks of this node are recorded done (in their stage's current generation).
+    pub fn done_count(&self, node: &str) -> usize {
+        self.done
+            .iter()
+            .filter(|((n, s, _), d)| n == node && d.generation == self.generation(n, s))
+            .count()
+    }
+
+    /// Records a successful finish (status `changed`).
     pub fn mark_done(&mut self, node: &str, stage: &str, task: &str, fingerprint: &str) {
-        self.done.insert(
-            (node.to_string(), stage.to_string(), task.to_string()),
-            fingerprint.to_string(),
-        );
+        self.apply(&Record::Task {
+            run: String::new(),
+            ts: String::new(),
+            node: node.to_string(),
+            stage: stage.to_string(),
+            task: task.to_string(),
+            fingerprint: fingerprint.to_string(),
+            secrets: None,
+            inputs: BTreeMap::new(),
+            status: TaskStatus::Changed,
+            reason: None,
+            error: None,
+        });
+    }
+
+    /// Starts a new generation of these stages on this node (what `--fresh` does), in memory.
+    pub fn start_generation(&mut self, node: &str, stages: &[String]) {
+        self.apply(&Record::Fresh {
+            run: String::new(),
+            ts: String::new(),
+            node: node.to_string(),
+            stages: stages.to_vec(),
+        });
     }
 
     /// Records gathered facts.
@@ -269,6 +399,8 @@ impl Progress {
 
     /// Folds one record in; records are applied in journal order.
     pub fn apply(&mut self, record: &Record) {
+        self.seq += 1;
+        let seq = self.seq;
         match record {
             Record::Run { run, pid, .. } => self.last_run = Some((run.clone(), *pid)),
             Record::Started { run, ts, nodes } => self.last_started = Some((run.clone(), ts.clone(), nodes.clone())),
@@ -281,6 +413,16 @@ impl Progress {
                     .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
             }
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
+            Record::TaskStarted { node, stage, task, .. } => {
+                let key = key(node, stage, task);
+                self.done.remove(&key);
+                self.cut_off.insert(key);
+            }
+            Record::Fresh { node, stages, .. } => {
+                for stage in stages {
+                    *self.generations.entry((node.clone(), stage.clone())).or_default() += 1;
+                }
+            }
             Record::Task {
                 run,
                 ts,
@@ -288,11 +430,15 @@ impl Progress {
                 stage,
                 task,
                 fingerprint,
+                secrets,
+                inputs,
                 status,
                 reason,
                 error,
             } => {
                 let key = (node.clone(), stage.clone(), task.clone());
+                let generation = self.generation(node, stage);
+                self.cut_off.remove(&key);
                 let entry = self.nodes.entry(node.clone()).or_default();
                 if entry.run != *run {
                     *entry = NodeProgress {
@@ -305,12 +451,32 @@ impl Progress {
                     (TaskStatus::Failed, _) => {
                         // A failure means the node is no longer known to be in that task's state.
                         self.done.remove(&key);
+                        self.failed.insert(key);
                         entry.failed = Some((stage.clone(), task.clone(), error.clone().unwrap_or_default()));
                     }
                     // A false `when` says nothing about the node's state: nothing to remember.
                     (TaskStatus::Skipped, Some(SkipReason::Condition)) => {}
+                    // Skipped as done: the earlier finish still stands, from where it was (a later change of a
+                    // dependency must still find it older).
+                    (TaskStatus::Skipped, Some(SkipReason::Done)) if self.done.contains_key(&key) => {
+                        entry.last_done = Some((stage.clone(), task.clone()));
+                        entry.failed = None;
+                    }
                     _ => {
-                        self.done.insert(key, fingerprint.clone());
+                        if *status == TaskStatus::Changed {
+                            self.changed.insert(key.clone(), seq);
+                        }
+                        self.failed.remove(&key);
+                        self.done.insert(
+                            key,
+                            Done {
+                                fingerprint: fingerprint.clone(),
+                                secrets: secrets.clone(),
+                                inputs: inputs.clone(),
+                                generation,
+                                seq,
+                            },
+                        );
                         entry.last_done = Some((stage.clone(), task.clone()));
                         entry.failed = None;
                     }
@@ -478,6 +644,47 @@ impl StateDir {
         }
     }
 
+    /// The key of the secrets' keyed digests, made (random, 0600) on first use.
+    pub fn digest_key(&self) -> io::Result<DigestKey> {
+        if let Some(key) = self.existing_digest_key()? {
+            return Ok(key);
+        }
+        let path = self.path.join(DIGEST_KEY);
+        let key = DigestKey::random();
+        // Written under a temporary name and renamed: a crash never leaves a short key behind.
+        let part = self.path.join(format!("{DIGEST_KEY}.part"));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&part)?;
+        f.write_all(key.bytes())?;
+        f.sync_all()?;
+        fs::rename(&part, &path)?;
+        File::open(&self.path)?.sync_all()?;
+        Ok(key)
+    }
+
+    /// The key of the secrets' digests if one was made before (for read-only commands such as `plan`).
+    pub fn existing_digest_key(&self) -> io::Result<Option<DigestKey>> {
+        let path = self.path.join(DIGEST_KEY);
+        match fs::read(&path) {
+            Ok(bytes) => match DigestKey::from_bytes(&bytes) {
+                Some(key) => Ok(Some(key)),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is damaged (not 32 bytes); remove it and the tasks that use secrets run once more",
+                        path.display()
+                    ),
+                )),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens the journal for appending.
     pub fn writer(&self) -> io::Result<JournalWriter> {
         let path = self.journal_path();
@@ -566,6 +773,8 @@ mod tests {
             stage: "s".into(),
             task: name.into(),
             fingerprint: fp.into(),
+            secrets: None,
+            inputs: BTreeMap::new(),
             status,
             reason: None,
             error: (status == TaskStatus::Failed).then(|| "exit 1".to_string()),
@@ -636,6 +845,97 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_generation_forgets_what_finished_before_it_for_its_stages_only() {
+        let mut records = vec![
+            task("r1", "n1", "a", "f1", TaskStatus::Changed),
+            task("r1", "n2", "a", "f1", TaskStatus::Changed),
+        ];
+        records.push(Record::Fresh {
+            run: "r2".into(),
+            ts: "t".into(),
+            node: "n1".into(),
+            stages: vec!["s".into()],
+        });
+        let p = Progress::read(journal_text(&records).as_bytes()).unwrap();
+        assert!(!p.is_done("n1", "s", "a", "f1"), "n1's stage s started anew");
+        assert!(p.is_done("n2", "s", "a", "f1"), "n2 was not part of the fresh run");
+        assert_eq!(p.done("n1", "s", "a").map(|d| d.generation), Some(0));
+        records.push(task("r2", "n1", "a", "f1", TaskStatus::Ok));
+        let p = Progress::read(journal_text(&records).as_bytes()).unwrap();
+        assert!(p.is_done("n1", "s", "a", "f1"), "done again in the new generation");
+    }
+
+    #[test]
+    fn a_task_that_started_and_never_ended_is_not_done() {
+        let started = Record::TaskStarted {
+            run: "r2".into(),
+            ts: "t".into(),
+            node: "n1".into(),
+            stage: "s".into(),
+            task: "a".into(),
+        };
+        let text = journal_text(&[task("r1", "n1", "a", "f1", TaskStatus::Changed), started]);
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert!(
+            !p.is_done("n1", "s", "a", "f1"),
+            "cut off in the middle: its earlier finish no longer holds"
+        );
+        assert!(p.cut_off("n1", "s", "a"));
+    }
+
+    #[test]
+    fn a_journal_of_an_older_kubeboot_reads_as_generation_zero() {
+        // Written before generations, secret digests and input digests existed.
+        let text = concat!(
+            r#"{"record":"run","run":"r0","ts":"t","pid":1}"#,
+            "\n",
+            r#"{"record":"task","run":"r0","ts":"t","node":"n1","stage":"s","task":"a","fingerprint":"f1","status":"changed"}"#,
+            "\n",
+            r#"{"record":"task","run":"r0","ts":"t","node":"n1","stage":"s","task":"b","fingerprint":"f2","status":"skipped","reason":"guard"}"#,
+            "\n",
+        );
+        let p = Progress::read(text.as_bytes()).unwrap();
+        assert_eq!(p.unreadable_lines, 0);
+        assert!(p.is_done("n1", "s", "a", "f1"));
+        assert!(p.is_done("n1", "s", "b", "f2"));
+        let d = p.done("n1", "s", "a").unwrap();
+        assert_eq!((d.generation, d.secrets.as_deref(), d.inputs.len()), (0, None, 0));
+    }
+
+    #[test]
+    fn a_skip_as_done_keeps_where_the_task_really_finished() {
+        let mut skipped = task("r2", "n1", "b", "f2", TaskStatus::Skipped);
+        if let Record::Task { reason, .. } = &mut skipped {
+            *reason = Some(SkipReason::Done);
+        }
+        let text = journal_text(&[
+            task("r1", "n1", "b", "f2", TaskStatus::Ok),
+            task("r1", "n1", "a", "f1", TaskStatus::Changed),
+            skipped,
+        ]);
+        let p = Progress::read(text.as_bytes()).unwrap();
+        let b = p.done("n1", "s", "b").unwrap();
+        assert!(
+            b.seq < p.changed_at("n1", "s", "a").unwrap(),
+            "b still finished before a changed"
+        );
+    }
+
+    #[test]
+    fn the_digest_key_is_made_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert!(state.existing_digest_key().unwrap().is_none());
+        let key = state.digest_key().unwrap();
+        let again = state.digest_key().unwrap();
+        assert_eq!(key.bytes(), again.bytes());
+        let mode = fs::metadata(dir.path().join(DIGEST_KEY)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::write(dir.path().join(DIGEST_KEY), b"short").unwrap();
+        assert!(state.existing_digest_key().is_err());
+    }
+
+    #[test]
     fn a_torn_last_line_is_skipped_and_counted() {
         let mut text = journal_text(&[task("r1", "n1", "a", "f1", TaskStatus::Changed)]);
         text.push_str("{\"record\":\"task\",\"run\":\"r1\",\"no");
@@ -696,8 +996,8 @@ mod tests {
             let cut = cut.min(text.len());
             let prefix = Progress::read(&text.as_bytes()[..cut]).unwrap();
             let full = Progress::read(text.as_bytes()).unwrap();
-            for ((node, stage, t), fp) in &prefix.done {
-                proptest::prop_assert!(full.is_done(node, stage, t, fp));
+            for ((node, stage, t), d) in &prefix.done {
+                proptest::prop_assert!(full.is_done(node, stage, t, &d.fingerprint));
             }
         }
     }

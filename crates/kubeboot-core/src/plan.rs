@@ -1,18 +1,20 @@
 //! Inventory × playbooks × journal → per-node plans. Pure: no SSH, no clock, no terminal.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use crate::diag::{Diagnostic, Diagnostics, closest};
-use crate::event::{NodeOutline, SkipReason, TaskOutline};
+use crate::event::{Inputs, NodeOutline, SkipReason, TaskOutline};
 use crate::facts::Facts;
 use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::outputs::OutputRef;
 use crate::playbook::template::{Context, Registry, Renderer, file_start};
-use crate::playbook::{Capture, Hosts, Location, Playbooks, Stage, TaskDef};
+use crate::playbook::{Capture, Hosts, Location, Playbooks, Stage, TaskDef, TaskKey};
+use crate::secrets::Digests;
 use crate::task::{PAD, Render as _, block};
 
 pub mod depends;
@@ -24,6 +26,48 @@ pub use crate::task::{Action, FileCopy, HttpCheck, S3Buckets};
 pub enum Decision {
     Run,
     Skip(SkipReason),
+}
+
+/// Why a task runs, as the journal explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// It never finished on this node.
+    New,
+    /// Its latest attempt failed.
+    FailedBefore,
+    /// Its latest attempt started and never ended (the run was cut off in the middle of it).
+    CutOff,
+    /// It finished before, but what it is made of differs now: these parts (empty: not known which).
+    InputChanged(Vec<String>),
+    /// It finished only before a `--fresh` run started its stage anew.
+    FreshGeneration,
+    /// A task it depends on reported `changed` after it last finished (e.g. in a run cut off in between).
+    AfterChanged(String),
+    /// A task it depends on runs now: it runs again if that one reports `changed`, else it stays done.
+    IfChanged(String),
+}
+
+impl Why {
+    /// The words the plan and the events use.
+    pub fn text(&self) -> String {
+        match self {
+            Why::New => "new".into(),
+            Why::FailedBefore => "failed before".into(),
+            Why::CutOff => "cut off before".into(),
+            Why::InputChanged(parts) if parts.is_empty() => "input changed".into(),
+            Why::InputChanged(parts) => {
+                const SHOWN: usize = 2;
+                let mut text = format!("input changed: {}", parts[..parts.len().min(SHOWN)].join(", "));
+                if parts.len() > SHOWN {
+                    text.push_str(&format!(" (+{} more)", parts.len() - SHOWN));
+                }
+                text
+            }
+            Why::FreshGeneration => "fresh generation".into(),
+            Why::AfterChanged(task) => format!("after changed: {task}"),
+            Why::IfChanged(task) => format!("after changed: {task} (if it changes)"),
+        }
+    }
 }
 
 /// One task of one node, rendered for that node.
@@ -43,6 +87,12 @@ pub struct PlannedTask {
     pub env: Vec<(String, String)>,
     /// sha256 (hex) of the rendered content: the task's identity for resume, with (node, stage, task).
     pub fingerprint: String,
+    /// The rest of its identity: keyed digest of the secrets it uses, digests of its parts.
+    pub inputs: Inputs,
+    /// The secrets it uses, by name.
+    pub secrets: Vec<String>,
+    /// The tasks whose `changed` makes it run again: the earlier tasks of its stage, or its `after` list.
+    pub after: Vec<TaskKey>,
     pub decision: Decision,
     /// What it keeps of its stdout, under which name.
     pub register: Option<Register>,
@@ -54,6 +104,8 @@ pub struct PlannedTask {
     pub serial: bool,
     /// Set when a task done before runs again because a later task needs its secret output, which is never kept.
     pub again_for: Option<String>,
+    /// Why it runs (set with Decision::Run).
+    pub why: Option<Why>,
 }
 
 /// A planned task's `register`.
@@ -125,7 +177,9 @@ pub struct Selection {
     pub only: Vec<String>,
     /// Start at this stage (inclusive).
     pub from: Option<String>,
-    /// Ignore remembered progress.
+    /// `--fresh`: start a new generation of the selected stages on the selected nodes. The plan itself only reads
+    /// generations: the caller starts one (in the journal, or in memory for a preview) with
+    /// [`start_fresh`] before planning.
     pub fresh: bool,
 }
 
@@ -238,6 +292,28 @@ fn check_hosts(inv: &Inventory, books: &Playbooks) -> Diagnostics {
     diags
 }
 
+/// `--fresh`: starts a new generation of every selected stage on every selected node in `progress` (in memory),
+/// and returns what was started, per node, for the journal.
+pub fn start_fresh(
+    inv: &Inventory,
+    books: &Playbooks,
+    sel: &Selection,
+    progress: &mut Progress,
+) -> Result<Vec<(String, Vec<String>)>, Diagnostics> {
+    let stages = selected_stages(books, sel);
+    let mut started = Vec::new();
+    for n in select_nodes(inv, books, sel)? {
+        let names: Vec<String> = stages
+            .iter()
+            .filter(|s| stage_runs_on(inv, s, n))
+            .map(|s| s.name.clone())
+            .collect();
+        progress.start_generation(&n.name, &names);
+        started.push((n.name.clone(), names));
+    }
+    Ok(started)
+}
+
 /// Nodes selected by --limit (node or cluster names) that have at least one selected stage.
 pub fn select_nodes<'a>(inv: &'a Inventory, books: &Playbooks, sel: &Selection) -> Result<Vec<&'a Node>, Diagnostics> {
     check_selection(inv, books, sel).into_result(())?;
@@ -270,7 +346,7 @@ pub fn check(inv: &Inventory, books: &Playbooks, progress: &Progress, sel: &Sele
     let mut plans = Vec::new();
     for node in select_nodes(inv, books, sel)? {
         let facts = progress.facts(&node.name).unwrap_or(&assumed);
-        match plan_node(inv, books, &node.name, facts, progress, sel) {
+        match plan_node(inv, books, &node.name, facts, progress, &Digests::none(), sel) {
             Ok(p) => plans.push(p),
             Err(d) => {
                 for problem in d.0 {
@@ -294,26 +370,29 @@ pub fn plan_all(
     inv: &Inventory,
     books: &Playbooks,
     progress: &Progress,
+    secrets: &Digests,
     sel: &Selection,
 ) -> Result<Vec<NodePlan>, Diagnostics> {
     let assumed = Facts::assumed();
     let mut plans = Vec::new();
     for node in select_nodes(inv, books, sel)? {
         let facts = progress.facts(&node.name).unwrap_or(&assumed);
-        plans.push(plan_node(inv, books, &node.name, facts, progress, sel)?);
+        plans.push(plan_node(inv, books, &node.name, facts, progress, secrets, sel)?);
     }
     depends::again(&mut plans, progress, sel.fresh);
     Ok(plans)
 }
 
-/// One node's ordered rendered tasks. `when` is evaluated here (false -> Decision::Skip(Condition));
-/// a task recorded done with the same fingerprint (progress.is_done, unless sel.fresh) -> Decision::Skip(Done).
+/// One node's ordered rendered tasks. `when` is evaluated here (false -> Decision::Skip(Condition)); whether a
+/// task is done comes from the journal ([`resume`]). `secrets` are the keyed digests of this run's secret values
+/// (empty when they were not read: then tasks using secrets are compared without them).
 pub fn plan_node(
     inv: &Inventory,
     books: &Playbooks,
     node: &str,
     facts: &Facts,
     progress: &Progress,
+    secrets: &Digests,
     sel: &Selection,
 ) -> Result<NodePlan, Diagnostics> {
     let Some(n) = inv.node(node) else {
@@ -321,11 +400,12 @@ pub fn plan_node(
     };
     let renderer = Renderer::new();
     let mut diags = Diagnostics::default();
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<PlannedTask> = Vec::new();
     let producers = depends::producers(inv, books);
     let registry: Registry = depends::registry(&producers);
-    for stage in selected_stages(books, sel) {
-        if !stage_runs_on(inv, stage, n) {
+    let selected = selected_stages(books, sel);
+    for (si, stage) in books.stages.iter().enumerate() {
+        if !selected.iter().any(|s| std::ptr::eq(*s, stage)) || !stage_runs_on(inv, stage, n) {
             continue;
         }
         let ctx = Context::new(inv, n, stage, facts, &registry);
@@ -336,16 +416,24 @@ pub fn plan_node(
                 diags.push(d);
             }
         }
-        for (i, def) in stage.tasks.iter().enumerate() {
+        for (ti, def) in stage.tasks.iter().enumerate() {
             match plan_task(&renderer, books, stage, def, &ctx) {
                 Ok(mut t) => {
-                    if t.decision == Decision::Run
-                        && !sel.fresh
-                        && progress.is_done(&n.name, &t.stage, &t.task, &t.fingerprint)
-                    {
-                        t.decision = Decision::Skip(SkipReason::Done);
+                    t.inputs.secrets = secrets.of(&t.secrets);
+                    t.after = match &def.after {
+                        // The stage rule: every earlier task of the stage.
+                        None => stage.tasks[..ti]
+                            .iter()
+                            .map(|d| (stage.name.clone(), d.name.clone()))
+                            .collect(),
+                        Some(names) => names.iter().filter_map(|a| books.resolve_after(si, ti, a)).collect(),
+                    };
+                    if t.decision == Decision::Run {
+                        let (decision, why) = resume(&n.name, &t, progress, secrets, &tasks);
+                        t.decision = decision;
+                        t.why = why;
                     }
-                    let stage_waits = if i == 0 { stage.wait_for.as_slice() } else { &[] };
+                    let stage_waits = if ti == 0 { stage.wait_for.as_slice() } else { &[] };
                     match depends::waits(inv, books, n, stage, def, stage_waits, &t, &producers, &tasks) {
                         Ok(w) => t.waits = w,
                         Err(p) => diags.0.extend(p),
@@ -367,6 +455,72 @@ pub fn plan_node(
         address: host_port(n.connect_address(), n.ssh.port),
         tasks,
     })
+}
+
+/// Whether a task (whose `when` holds) runs, from the journal: it runs when it never finished in its stage's
+/// current generation, when its content or its secrets differ from its last finish, when a task it depends on
+/// reported `changed` after that finish, or (conditionally, decided by the engine) when such a task runs now.
+/// `earlier` are the node's tasks planned before it.
+pub fn resume(
+    node: &str,
+    t: &PlannedTask,
+    progress: &Progress,
+    secrets: &Digests,
+    earlier: &[PlannedTask],
+) -> (Decision, Option<Why>) {
+    let run = |why| (Decision::Run, Some(why));
+    let Some(done) = progress.done(node, &t.stage, &t.task) else {
+        return run(if progress.cut_off(node, &t.stage, &t.task) {
+            Why::CutOff
+        } else if progress.failed_last(node, &t.stage, &t.task) {
+            Why::FailedBefore
+        } else {
+            Why::New
+        });
+    };
+    if done.generation != progress.generation(node, &t.stage) {
+        return run(Why::FreshGeneration);
+    }
+    // Secrets not read in this run (a plan shown without them) cannot be compared: they count as unchanged.
+    let secrets_differ = !t.secrets.is_empty() && secrets.knows_all(&t.secrets) && done.secrets != t.inputs.secrets;
+    if done.fingerprint != t.fingerprint || secrets_differ {
+        let mut parts: Vec<String> = Vec::new();
+        if !done.inputs.is_empty() {
+            let now = &t.inputs.parts;
+            parts.extend(
+                now.iter()
+                    .filter(|(k, v)| done.inputs.get(*k) != Some(*v))
+                    .map(|(k, _)| k.clone()),
+            );
+            parts.extend(done.inputs.keys().filter(|k| !now.contains_key(*k)).cloned());
+        }
+        if secrets_differ {
+            parts.push("secrets".into());
+        }
+        return run(Why::InputChanged(parts));
+    }
+    let label = |(stage, task): &TaskKey| {
+        if *stage == t.stage {
+            task.clone()
+        } else {
+            format!("{stage}/{task}")
+        }
+    };
+    if let Some(dep) = t
+        .after
+        .iter()
+        .find(|(s, name)| progress.changed_at(node, s, name).is_some_and(|at| at > done.seq))
+    {
+        return run(Why::AfterChanged(label(dep)));
+    }
+    if let Some(dep) = t.after.iter().find(|(s, name)| {
+        earlier
+            .iter()
+            .any(|e| e.stage == *s && e.task == *name && e.decision == Decision::Run)
+    }) {
+        return run(Why::IfChanged(label(dep)));
+    }
+    (Decision::Skip(SkipReason::Done), None)
 }
 
 /// `host:port`, with IPv6 addresses in brackets.
@@ -433,6 +587,11 @@ fn plan_task(
     // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
     let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
     let fingerprint = fingerprint(&stage.name, &def.name, &action, unless.as_deref(), become_, &env);
+    let inputs = Inputs {
+        secrets: None,
+        parts: parts(&action, unless.as_deref(), become_, &env),
+    };
+    let secrets = secrets_used(&action, &env);
     Ok(PlannedTask {
         stage: stage.name.clone(),
         task: def.name.clone(),
@@ -444,6 +603,9 @@ fn plan_task(
         timeout: def.timeout,
         env,
         fingerprint,
+        inputs,
+        secrets,
+        after: Vec::new(),
         decision,
         register: def.register.as_ref().map(|r| Register {
             name: r.name.clone(),
@@ -454,7 +616,57 @@ fn plan_task(
         needs,
         serial: stage.serial,
         again_for: None,
+        why: None,
     })
+}
+
+/// The secret names a task's env values and the texts its kind fills secrets into refer to, sorted.
+fn secrets_used(action: &Action, env: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = env.iter().flat_map(|(_, v)| crate::secrets::referenced(v)).collect();
+    names.extend(action.filled().iter().flat_map(|text| crate::secrets::referenced(text)));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Short digests (sha256, 16 hex digits) of the parts of a task, so a rerun can say which part changed:
+/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, and for a copy `owner` and
+/// `file <dest>` for each copied file.
+fn parts(action: &Action, unless: Option<&str>, become_: bool, env: &[(String, String)]) -> BTreeMap<String, String> {
+    let short = |pieces: &[&[u8]]| {
+        let mut h = Sha256::new();
+        for p in pieces {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        hex::encode(&h.finalize()[..8])
+    };
+    let mut out = BTreeMap::new();
+    match action {
+        Action::Copy(c) => {
+            for f in &c.files {
+                out.insert(format!("file {}", f.dest), short(&[&f.mode.to_le_bytes(), &f.content]));
+            }
+            out.insert("owner".into(), short(&[c.owner.as_deref().unwrap_or("").as_bytes()]));
+        }
+        other => {
+            let mut h = Sha256::new();
+            other.fingerprint(&mut |bytes: &[u8]| {
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(bytes);
+            });
+            out.insert("command".into(), hex::encode(&h.finalize()[..8]));
+        }
+    }
+    if let Some(u) = unless {
+        out.insert("guard".into(), short(&[u.as_bytes()]));
+    }
+    if !env.is_empty() {
+        let flat: Vec<&[u8]> = env.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]).collect();
+        out.insert("env".into(), short(&flat));
+    }
+    out.insert("sudo".into(), short(&[if become_ { b"become" } else { b"as-user" }]));
+    out
 }
 
 /// A jump-host task's fields other than its credentials end up in output, the plan and the journal's
@@ -584,6 +796,10 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
             plan.tasks.len(),
             plan.tasks.len() - to_run
         ));
+        let resumed = plan
+            .tasks
+            .iter()
+            .any(|t| t.decision == Decision::Skip(SkipReason::Done) || !matches!(t.why, None | Some(Why::New)));
         let mut stage: Option<&str> = None;
         let mut number = 0;
         for t in &plan.tasks {
@@ -607,7 +823,13 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
             } else {
                 ""
             };
-            out.push_str(&format!("    {number:>3}. [{what:<15}] {}{sudo}\n", t.task));
+            // On a node nothing ever finished on, every task is new: saying so on each line says nothing.
+            let why = match &t.why {
+                Some(Why::New) if !resumed => String::new(),
+                Some(why) => format!(" — {}", why.text()),
+                None => String::new(),
+            };
+            out.push_str(&format!("    {number:>3}. [{what:<15}] {}{sudo}{why}\n", t.task));
             runbook(&mut out, t);
             if show_commands {
                 details(&mut out, t);
@@ -722,6 +944,8 @@ impl crate::task::Render for TaskRender<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::TaskStatus;
+    use crate::task::{ActionDef, CopyDef};
 
     fn fixture() -> (Inventory, Playbooks) {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/good");
@@ -737,7 +961,7 @@ mod tests {
     }
 
     fn plan(inv: &Inventory, books: &Playbooks, node: &str, progress: &Progress, sel: &Selection) -> NodePlan {
-        match plan_node(inv, books, node, &Facts::assumed(), progress, sel) {
+        match plan_node(inv, books, node, &Facts::assumed(), progress, &Digests::none(), sel) {
             Ok(p) => p,
             Err(d) => panic!("{d}"),
         }
@@ -824,15 +1048,16 @@ mod tests {
         assert_eq!(again.tasks[1].decision, Decision::Skip(SkipReason::Done));
         assert_eq!(again.tasks[2].decision, Decision::Skip(SkipReason::Condition));
 
-        // --fresh ignores what was remembered.
+        // --fresh starts a new generation: what finished before it is not done.
         let fresh = Selection {
             fresh: true,
             ..Selection::default()
         };
-        assert_eq!(
-            plan(&inv, &books, "node-194", &progress, &fresh).tasks[0].decision,
-            Decision::Run
-        );
+        let mut fresh_progress = progress.clone();
+        start_fresh(&inv, &books, &fresh, &mut fresh_progress).unwrap();
+        let p = plan(&inv, &books, "node-194", &fresh_progress, &fresh);
+        assert_eq!(p.tasks[0].decision, Decision::Run);
+        assert_eq!(p.tasks[0].why, Some(Why::FreshGeneration));
 
         // A changed command gets a new fingerprint and runs again.
         books.stages[1].tasks[0].action = crate::task::ActionDef::Run("apt-get install -y containerd.io=2.0".into());
@@ -840,6 +1065,168 @@ mod tests {
         assert_eq!(changed.tasks[0].decision, Decision::Skip(SkipReason::Done));
         assert_eq!(changed.tasks[1].decision, Decision::Run);
         assert_ne!(changed.tasks[1].fingerprint, first.tasks[1].fingerprint);
+    }
+
+    /// Records every task of a plan as the engine would: `changed` for run tasks, `ok` for copies and waits.
+    fn record_all(progress: &mut Progress, p: &NodePlan, digests: &Digests) {
+        for t in p
+            .tasks
+            .iter()
+            .filter(|t| t.decision != Decision::Skip(SkipReason::Condition))
+        {
+            let status = match t.action {
+                Action::Run { .. } => TaskStatus::Changed,
+                _ => TaskStatus::Ok,
+            };
+            progress.apply(&crate::journal::Record::Task {
+                run: "r".into(),
+                ts: "t".into(),
+                node: p.node.clone(),
+                stage: t.stage.clone(),
+                task: t.task.clone(),
+                fingerprint: t.fingerprint.clone(),
+                secrets: digests.of(&t.secrets),
+                inputs: t.inputs.parts.clone(),
+                status,
+                reason: None,
+                error: None,
+            });
+        }
+    }
+
+    fn decision_of(p: &NodePlan, task: &str) -> (Decision, Option<String>) {
+        let t = p.tasks.iter().find(|t| t.task == task).unwrap();
+        (t.decision, t.why.as_ref().map(Why::text))
+    }
+
+    #[test]
+    fn a_task_runs_again_when_an_earlier_task_of_its_stage_changes() {
+        let (inv, mut books) = fixture();
+        let sel = Selection::default();
+        let mut progress = Progress::empty();
+        let first = plan(&inv, &books, "node-194", &progress, &sel);
+        record_all(&mut progress, &first, &Digests::none());
+        // An edited asset: the copy's content changed, so it runs; the later tasks of its stage run if it changes.
+        let ActionDef::Copy(c) = &mut books.stages[1].tasks[3].action else {
+            panic!("addons is a copy")
+        };
+        c.dest = "/etc/kubeboot/addons2".into();
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(decision_of(&p, "containerd config").0, Decision::Skip(SkipReason::Done));
+        let (d, why) = decision_of(&p, "addons");
+        assert_eq!(d, Decision::Run);
+        let why = why.unwrap();
+        assert!(
+            why.starts_with("input changed: file /etc/kubeboot/addons2/a.yaml"),
+            "{why}"
+        );
+        assert_eq!(
+            decision_of(&p, "s3 credentials"),
+            (Decision::Run, Some("after changed: addons (if it changes)".into()))
+        );
+        // Another stage is not touched by the stage rule.
+        assert_eq!(decision_of(&p, "lb address").0, Decision::Skip(SkipReason::Done));
+
+        // The copy reported `changed`, then the run was cut off: the next plan still owes the later task.
+        let addons = p.tasks.iter().find(|t| t.task == "addons").unwrap();
+        progress.apply(&crate::journal::Record::Task {
+            run: "r2".into(),
+            ts: "t".into(),
+            node: "node-194".into(),
+            stage: addons.stage.clone(),
+            task: addons.task.clone(),
+            fingerprint: addons.fingerprint.clone(),
+            secrets: None,
+            inputs: addons.inputs.parts.clone(),
+            status: TaskStatus::Changed,
+            reason: None,
+            error: None,
+        });
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(decision_of(&p, "addons").0, Decision::Skip(SkipReason::Done));
+        assert_eq!(
+            decision_of(&p, "s3 credentials"),
+            (Decision::Run, Some("after changed: addons".into()))
+        );
+
+        // `after: []` opts out of the stage rule.
+        books.stages[1].tasks[4].after = Some(Vec::new());
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(decision_of(&p, "s3 credentials").0, Decision::Skip(SkipReason::Done));
+    }
+
+    #[test]
+    fn after_names_earlier_tasks_also_of_earlier_stages() {
+        let (inv, mut books) = fixture();
+        let sel = Selection::default();
+        let mut progress = Progress::empty();
+        let first = plan(&inv, &books, "node-194", &progress, &sel);
+        record_all(&mut progress, &first, &Digests::none());
+        books.stages[2].tasks[1].after = Some(vec!["containerd/containerd config".into()]);
+        books.stages[1].tasks[2].action = ActionDef::Copy(CopyDef {
+            src: None,
+            content: Some("other".into()),
+            dest: "/etc/containerd/config.toml".into(),
+            mode: 0o644,
+            owner: None,
+            template: true,
+        });
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "lb address"),
+            (
+                Decision::Run,
+                Some("after changed: containerd/containerd config (if it changes)".into())
+            )
+        );
+        assert_eq!(
+            books.resolve_after(2, 1, "containerd/containerd config"),
+            Some(("containerd".into(), "containerd config".into()))
+        );
+        assert_eq!(
+            books.resolve_after(1, 0, "addons"),
+            None,
+            "a later task is no dependency"
+        );
+    }
+
+    #[test]
+    fn a_changed_secret_runs_the_tasks_that_use_it() {
+        let (inv, books) = fixture();
+        let sel = Selection::default();
+        let key = crate::secrets::DigestKey::random();
+        let digests = |value: &str| {
+            let mut v = crate::secrets::Vault::default();
+            v.insert("s3_access_key", crate::secrets::Secret::new(value));
+            v.digests(&key)
+        };
+        let before = digests("AKIA-ONE");
+        let mut progress = Progress::empty();
+        let first = plan_node(&inv, &books, "node-194", &Facts::assumed(), &progress, &before, &sel).unwrap();
+        record_all(&mut progress, &first, &before);
+        let same = plan_node(&inv, &books, "node-194", &Facts::assumed(), &progress, &before, &sel).unwrap();
+        assert_eq!(decision_of(&same, "s3 credentials").0, Decision::Skip(SkipReason::Done));
+        let rotated = plan_node(
+            &inv,
+            &books,
+            "node-194",
+            &Facts::assumed(),
+            &progress,
+            &digests("AKIA-TWO"),
+            &sel,
+        )
+        .unwrap();
+        assert_eq!(
+            decision_of(&rotated, "s3 credentials"),
+            (Decision::Run, Some("input changed: secrets".into()))
+        );
+        assert_eq!(decision_of(&rotated, "addons").0, Decision::Skip(SkipReason::Done));
+        // Not read (a plan shown without the secret): compared without it.
+        let unknown = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&unknown, "s3 credentials").0,
+            Decision::Skip(SkipReason::Done)
+        );
     }
 
     #[test]

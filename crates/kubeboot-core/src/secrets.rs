@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
 use crate::inventory::model::SecretSource;
 
 const OPEN: &str = "@@kubeboot-secret:";
@@ -122,6 +125,99 @@ impl Vault {
     pub fn is_empty(&self) -> bool {
         self.mask.is_empty()
     }
+
+    /// The keyed digest of every named secret, for the plan's resume decisions.
+    pub fn digests(&self, key: &DigestKey) -> Digests {
+        Digests(
+            self.named
+                .iter()
+                .map(|(name, value)| (name.clone(), key.digest(name, value)))
+                .collect(),
+        )
+    }
+}
+
+/// The random key that makes secret digests unguessable offline: without it, a digest in the journal says
+/// nothing about the value (a plain sha256 of a short password could be brute-forced; an HMAC cannot).
+/// Kept 0600 in the state dir, made on first use.
+#[derive(Clone)]
+pub struct DigestKey([u8; 32]);
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(****)")
+    }
+}
+
+impl DigestKey {
+    /// A new random key.
+    pub fn random() -> DigestKey {
+        DigestKey(rand::random())
+    }
+
+    /// The key from its stored bytes; None unless exactly 32.
+    pub fn from_bytes(bytes: &[u8]) -> Option<DigestKey> {
+        bytes.try_into().ok().map(DigestKey)
+    }
+
+    /// The bytes to store.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// HMAC-SHA256 over the secret's name and value (length-prefixed), hex.
+    fn digest(&self, name: &str, value: &Secret) -> String {
+        // An HMAC key may have any length: `new_from_slice` cannot fail for HMAC.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.0) else {
+            return String::new();
+        };
+        for part in [
+            b"kubeboot-secret-v1".as_slice(),
+            name.as_bytes(),
+            value.expose().as_bytes(),
+        ] {
+            mac.update(&(part.len() as u64).to_le_bytes());
+            mac.update(part);
+        }
+        hex::encode(mac.finalize().into_bytes())
+    }
+}
+
+/// Keyed digests (HMAC-SHA256) of the named secrets of a run, by name: what the plan puts into the resume
+/// identity of a task that uses secrets, so a rotated secret runs its tasks again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests(BTreeMap<String, String>);
+
+impl Digests {
+    /// No secret known (plans that are only shown, or tests).
+    pub fn none() -> Digests {
+        Digests::default()
+    }
+
+    /// One digest for the secrets a task uses (sorted names, each with its HMAC); None when the task uses none
+    /// or one of them is not known in this run (see [`Digests::knows_all`]).
+    pub fn of(&self, names: &[String]) -> Option<String> {
+        if names.is_empty() {
+            return None;
+        }
+        let mut names: Vec<&String> = names.iter().collect();
+        names.sort();
+        names.dedup();
+        let mut h = Sha256::new();
+        for name in names {
+            let mac = self.0.get(name)?;
+            for part in [name.as_bytes(), mac.as_bytes()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+        }
+        Some(hex::encode(h.finalize()))
+    }
+
+    /// True when every one of these secrets has a digest in this run.
+    pub fn knows_all(&self, names: &[String]) -> bool {
+        names.iter().all(|n| self.0.contains_key(n))
+    }
 }
 
 /// The inventory secret names whose placeholders appear in `text` (secret outputs, `out:...`, share the
@@ -171,6 +267,27 @@ mod tests {
     fn referenced_lists_every_placeholder_name() {
         let text = format!("a={} b={} c", placeholder("one"), placeholder("two"));
         assert_eq!(referenced(&text), vec!["one".to_string(), "two".to_string()]);
+    }
+
+    #[test]
+    fn secret_digests_are_keyed_and_follow_the_value() {
+        let key = DigestKey::random();
+        let mut v = Vault::default();
+        v.insert("pw", Secret::new("hunter2"));
+        let one = v.digests(&key).of(&["pw".to_string()]).unwrap();
+        // Same key, same value: same digest; another value or another key: another one.
+        assert_eq!(v.digests(&key).of(&["pw".to_string()]), Some(one.clone()));
+        v.insert("pw", Secret::new("hunter3"));
+        assert_ne!(v.digests(&key).of(&["pw".to_string()]), Some(one.clone()));
+        v.insert("pw", Secret::new("hunter2"));
+        assert_ne!(
+            v.digests(&DigestKey::random()).of(&["pw".to_string()]),
+            Some(one.clone())
+        );
+        // Never the plain hash of the value.
+        assert_ne!(one, hex::encode(Sha256::digest(b"hunter2")));
+        assert_eq!(v.digests(&key).of(&[]), None);
+        assert_eq!(v.digests(&key).of(&["unknown".to_string()]), None);
     }
 
     #[test]

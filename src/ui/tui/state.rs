@@ -1203,6 +1203,7 @@ mod tests {
             index: 0,
             total: 3,
             attempt: 1,
+            why: None,
         }
     }
 
@@ -1214,6 +1215,7 @@ mod tests {
             status,
             reason: None,
             fingerprint: String::new(),
+            inputs: Default::default(),
             exit_code: (status == TaskStatus::Failed).then_some(2),
             error: None,
             duration_ms: 5,
@@ -1436,6 +1438,7 @@ mod tests {
                     status: TaskStatus::Skipped,
                     reason: Some(SkipReason::Done),
                     fingerprint: String::new(),
+                    inputs: Default::default(),
                     exit_code: None,
                     error: None,
                     duration_ms: 0,

@@ -5,6 +5,7 @@
 //! failing node never stops the others. The engine knows nothing about screens: it only
 //! sends [`Event`]s and listens for [`Control`] requests.
 
+pub mod drift;
 mod node;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,7 +22,7 @@ use crate::journal::Progress;
 use crate::outputs;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
-use crate::secrets::{Secret, Vault};
+use crate::secrets::{Digests, Secret, Vault};
 use crate::ssh;
 
 /// What a frontend may ask of a running engine.
@@ -57,6 +58,10 @@ pub struct RunSpec {
     pub forks: Option<usize>,
     /// Named secrets, filled into env values and copied files only when sending.
     pub vault: Arc<Vault>,
+    /// Keyed digests of the named secrets, so a task whose secrets changed runs again.
+    pub secret_digests: Digests,
+    /// What of this run's `task_started` events is on disk (from the fan-out); None: nothing to wait for.
+    pub durable: Option<crate::fanout::Durable>,
     pub secrets: HashMap<String, NodeSecrets>,
     /// `--accept-new-host-keys`: record unknown host keys instead of refusing them.
     pub accept_new_host_keys: bool,
@@ -121,6 +126,33 @@ pub(crate) struct Shared {
     pub outputs: Mutex<outputs::Store>,
     /// One lock per (serial stage, cluster): the node holding it runs that stage.
     pub serial: Mutex<HashMap<(String, String), SerialSlot>>,
+    /// `task_started` events emitted per node, to know when one of them is durable.
+    pub started: Mutex<HashMap<String, u64>>,
+}
+
+impl Shared {
+    /// The state one run shares between its nodes: outputs an earlier run kept (unless `--fresh`), no
+    /// finished task yet, at most `forks` nodes at once.
+    pub(crate) fn new(spec: RunSpec, events: EventSink, forks: usize) -> Self {
+        let mut store = outputs::Store::default();
+        if !spec.selection.fresh {
+            for ((node, name), value) in spec.progress.outputs() {
+                store.insert(node, name, value.clone());
+            }
+        }
+        Shared {
+            progress: Mutex::new(spec.progress.clone()),
+            spec,
+            events,
+            cancel: CancellationToken::new(),
+            forks: Semaphore::new(forks),
+            board: Mutex::new(Board::default()),
+            board_changed: watch::channel(0).0,
+            outputs: Mutex::new(store),
+            serial: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// The turn in a serial stage of one cluster.
@@ -161,23 +193,7 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
     let started = Instant::now();
     let forks = spec.forks.unwrap_or(spec.nodes.len()).clamp(1, Semaphore::MAX_PERMITS);
     let interactive = spec.interactive;
-    let mut store = outputs::Store::default();
-    if !spec.selection.fresh {
-        for ((node, name), value) in spec.progress.outputs() {
-            store.insert(node, name, value.clone());
-        }
-    }
-    let shared = Arc::new(Shared {
-        progress: Mutex::new(spec.progress.clone()),
-        spec,
-        events,
-        cancel: CancellationToken::new(),
-        forks: Semaphore::new(forks),
-        board: Mutex::new(Board::default()),
-        board_changed: watch::channel(0).0,
-        outputs: Mutex::new(store),
-        serial: Mutex::new(HashMap::new()),
-    });
+    let shared = Arc::new(Shared::new(spec, events, forks));
 
     let mut tasks = JoinSet::new();
     let mut ends: BTreeMap<String, NodeEnd> = BTreeMap::new();

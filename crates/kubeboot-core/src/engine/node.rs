@@ -1,5 +1,6 @@
 //! One node's run: connect, gather facts, plan with the real facts, then each task in order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -7,16 +8,26 @@ use std::time::{Duration, Instant};
 use super::{NodeEnd, Shared};
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::facts::Facts;
-use crate::plan::{self, Decision, PlannedTask};
+use crate::journal::Record;
+use crate::plan::{self, Decision, PlannedTask, Why};
+use crate::playbook::TaskKey;
 use crate::ssh::{Command, Session, SshError, Target};
 use crate::task::{Action, Failure, RunCx};
 
 /// Why a node stopped early.
-enum Stop {
+pub(super) enum Stop {
     Failed(String),
     Cancelled(String),
     /// A node it waits for failed: (that node, what happened).
     Blocked(String, String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Failed(e) | Stop::Cancelled(e) | Stop::Blocked(_, e) => f.write_str(e),
+        }
+    }
 }
 
 /// Runs one node to its end and reports how it ended (also as a `node_finished` event).
@@ -120,6 +131,7 @@ async fn run_session(
             node,
             &facts,
             &progress,
+            &spec.secret_digests,
             &spec.selection,
         )
     }
@@ -141,6 +153,8 @@ async fn run_session(
     let cluster = node_plan.cluster.clone().unwrap_or_else(|| name.to_string());
     // The turn this node holds in a serial stage, released when it moves on to another stage.
     let mut turn: Option<(String, tokio::sync::OwnedMutexGuard<()>)> = None;
+    // The tasks that reported `changed` in this run: the later tasks depending on them run again.
+    let mut changed: HashSet<TaskKey> = HashSet::new();
     for (index, task) in node_plan.tasks.iter().enumerate() {
         if shared.cancel.is_cancelled() {
             return Err(Stop::Cancelled(format!(
@@ -148,17 +162,18 @@ async fn run_session(
                 task.stage, task.task
             )));
         }
+        let (decision, why) = live_decision(task, &changed);
         if turn.as_ref().is_some_and(|(stage, _)| *stage != task.stage) {
             turn = None;
         }
-        if task.decision == Decision::Run {
+        if decision == Decision::Run {
             // Dependencies first: a node never holds its turn in a serial stage while it waits for others.
             wait_for_others(shared, name, task).await?;
             if task.serial && turn.is_none() {
                 turn = Some((task.stage.clone(), serial_turn(shared, name, &cluster, task).await?));
             }
         }
-        let status = match task.decision {
+        let status = match decision {
             Decision::Skip(reason) => {
                 finished(
                     shared,
@@ -172,7 +187,7 @@ async fn run_session(
                 );
                 TaskStatus::Skipped
             }
-            Decision::Run => match run_task(shared, name, session, task, index, total).await {
+            Decision::Run => match run_task(shared, name, session, task, index, total, why.as_deref()).await {
                 Ok(status) => status,
                 Err(stop) => {
                     // The task that stopped the node counts in the node's `failed` (the summary's FAILED column).
@@ -187,6 +202,9 @@ async fn run_session(
             b.finished
                 .insert((name.to_string(), task.stage.clone(), task.task.clone()));
         });
+        if status == TaskStatus::Changed {
+            changed.insert((task.stage.clone(), task.task.clone()));
+        }
         counts.add(status);
     }
     Ok(())
@@ -286,6 +304,29 @@ async fn wait_for_others(shared: &Shared, name: &str, task: &PlannedTask) -> Res
     }
 }
 
+/// The plan's decision, completed with what this run learned: a task recorded done runs again when a task it
+/// depends on reported `changed` earlier in this run, and one planned to run only if such a task changed stays
+/// done when none did. Also why it runs, for the `task_started` event (nothing for a task that is simply new).
+fn live_decision(task: &PlannedTask, changed: &HashSet<TaskKey>) -> (Decision, Option<String>) {
+    let dependency = task.after.iter().find(|dep| changed.contains(*dep));
+    let after = |(stage, name): &TaskKey| {
+        let label = if *stage == task.stage {
+            name.clone()
+        } else {
+            format!("{stage}/{name}")
+        };
+        Why::AfterChanged(label).text()
+    };
+    match (&task.decision, &task.why, dependency) {
+        (Decision::Skip(SkipReason::Done), _, Some(dep)) => (Decision::Run, Some(after(dep))),
+        (Decision::Run, Some(Why::IfChanged(_)), None) => (Decision::Skip(SkipReason::Done), None),
+        (Decision::Run, Some(Why::IfChanged(_)), Some(dep)) => (Decision::Run, Some(after(dep))),
+        (Decision::Run, Some(Why::New), _) | (Decision::Run, None, _) => (Decision::Run, None),
+        (Decision::Run, Some(why), _) => (Decision::Run, Some(why.text())),
+        (decision, _, _) => (*decision, None),
+    }
+}
+
 /// Runs one task with its retries; returns its status, or why the node must stop.
 async fn run_task(
     shared: &Shared,
@@ -294,11 +335,21 @@ async fn run_task(
     task: &PlannedTask,
     index: usize,
     total: usize,
+    why: Option<&str>,
 ) -> Result<TaskStatus, Stop> {
     let attempts = task.retries.saturating_add(1);
     let mut attempt = 1;
     loop {
         let started = Instant::now();
+        let number = {
+            let mut counts = lock(&shared.started);
+            let n = counts.entry(name.to_string()).or_default();
+            *n += 1;
+            *n
+        };
+        // Re-running a task the journal records done: its `started` record must be on disk first, or a kill -9
+        // in the middle of it would leave the old finish standing (and the next run would skip a half-done task).
+        let recorded = lock(&shared.progress).done(name, &task.stage, &task.task).is_some();
         shared.emit(Event::TaskStarted {
             node: name.to_string(),
             stage: task.stage.clone(),
@@ -306,7 +357,25 @@ async fn run_task(
             index,
             total,
             attempt,
+            why: why.map(str::to_string),
         });
+        lock(&shared.progress).apply(&Record::TaskStarted {
+            run: shared.spec.run_id.clone(),
+            ts: String::new(),
+            node: name.to_string(),
+            stage: task.stage.clone(),
+            task: task.task.clone(),
+        });
+        if recorded && let Some(durable) = &shared.spec.durable {
+            let mut durable = durable.clone();
+            tokio::select! {
+                // An error means the fan-out ended (the run is ending): nothing more will be written anyway.
+                _ = durable.wait_for(|counts| counts.get(name).is_some_and(|c| *c >= number)) => {}
+                _ = shared.cancel.cancelled() => {
+                    return Err(Stop::Cancelled(format!("cancelled before {}/{}", task.stage, task.task)));
+                }
+            }
+        }
         let runner = TaskRunner {
             shared,
             name,
@@ -315,9 +384,14 @@ async fn run_task(
         };
         match runner.attempt().await {
             Ok((status, reason)) => {
-                if status.is_success() {
-                    lock(&shared.progress).mark_done(name, &task.stage, &task.task, &task.fingerprint);
-                }
+                // A task done before that runs again only to make an output this run needs (a secret one is never
+                // kept) restores what the run had: it is `ok`, and re-runs nothing that depends on it.
+                let status = if recorded && task.again_for.is_some() && status == TaskStatus::Changed {
+                    TaskStatus::Ok
+                } else {
+                    status
+                };
+                remember(shared, name, task, status, reason);
                 finished(shared, name, task, status, reason, None, None, started.elapsed());
                 return Ok(status);
             }
@@ -348,6 +422,7 @@ async fn run_task(
                     continue;
                 }
                 let message = failure.message();
+                remember(shared, name, task, TaskStatus::Failed, None);
                 finished(
                     shared,
                     name,
@@ -366,6 +441,24 @@ async fn run_task(
             }
         }
     }
+}
+
+/// Folds a task's end into the run's own copy of the journal, as the journal will read it (a retry of a failed
+/// node plans from it).
+fn remember(shared: &Shared, name: &str, task: &PlannedTask, status: TaskStatus, reason: Option<SkipReason>) {
+    lock(&shared.progress).apply(&Record::Task {
+        run: shared.spec.run_id.clone(),
+        ts: String::new(),
+        node: name.to_string(),
+        stage: task.stage.clone(),
+        task: task.task.clone(),
+        fingerprint: task.fingerprint.clone(),
+        secrets: task.inputs.secrets.clone(),
+        inputs: task.inputs.parts.clone(),
+        status,
+        reason,
+        error: None,
+    });
 }
 
 struct TaskRunner<'a> {
@@ -476,6 +569,11 @@ impl<'a> TaskRunner<'a> {
     }
 }
 
+/// The node's facts for the drift check, or why they could not be read.
+pub(super) async fn gather_facts_for_check(shared: &Shared, session: &Session) -> Result<Facts, String> {
+    gather_facts(shared, session).await.map_err(|stop| stop.to_string())
+}
+
 async fn gather_facts(shared: &Shared, session: &Session) -> Result<Facts, Stop> {
     let command = Command {
         script: Facts::GATHER_SCRIPT.to_string(),
@@ -516,6 +614,7 @@ fn finished(
         status,
         reason,
         fingerprint: task.fingerprint.clone(),
+        inputs: task.inputs.clone(),
         exit_code,
         error,
         duration_ms: took.as_millis() as u64,
@@ -523,7 +622,7 @@ fn finished(
 }
 
 /// The SSH target for a node, from its inventory settings and the secrets read at start.
-fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
+pub(super) fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
     let spec = &shared.spec;
     let node = spec
         .inventory

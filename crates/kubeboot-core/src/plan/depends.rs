@@ -551,8 +551,11 @@ pub fn again(plans: &mut [NodePlan], progress: &Progress, fresh: bool) -> BTreeM
             else {
                 continue;
             };
-            if t.decision == Decision::Skip(SkipReason::Done) {
+            // A task that would run only if an earlier one changed must run: the output is never kept.
+            let conditional = matches!(t.why, Some(super::Why::IfChanged(_)));
+            if t.decision == Decision::Skip(SkipReason::Done) || conditional {
                 t.decision = Decision::Run;
+                t.why = None;
                 t.again_for = Some(why.clone());
                 forced.insert((node.clone(), t.stage.clone(), t.task.clone()), why);
                 changed = true;

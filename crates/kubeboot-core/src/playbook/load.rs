@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 use super::model::{
     ActionDef, Capture, Hosts, Location, Playbooks, RegisterDef, Stage, TaskDef, WaitForDef, WaitNodes,
 };
-use crate::diag::{Diagnostic, Diagnostics};
+use crate::diag::{Diagnostic, Diagnostics, closest};
 use crate::spanned::{Entries, Node, Reader, Yaml, misspelled, yaml};
 use crate::task;
 
@@ -27,7 +27,7 @@ const REGISTER_KEYS: &[&str] = &["name", "secret", "line", "json"];
 const WAIT_FOR_KEYS: &[&str] = &["node", "task"];
 /// Task keys besides the name and the action keys of the task kinds ([`task::KEYS`]).
 const COMMON_TASK_KEYS: &[&str] = &[
-    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env", "register", "wait_for",
+    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env", "register", "wait_for", "after",
 ];
 /// Task keys that only mean something on the node, refused on tasks that run on the jump host.
 const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become", "register"];
@@ -69,6 +69,7 @@ pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
         }
         stages.push(stage);
     }
+    check_after(&stages, &mut diags);
     // Files in run order, problems in each file top to bottom.
     let order: Vec<PathBuf> = diags.0.iter().map(|d| d.file.clone()).fold(Vec::new(), |mut v, f| {
         if !v.contains(&f) {
@@ -84,6 +85,35 @@ pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
         assets_dir: assets_dir.to_path_buf(),
         stages,
     })
+}
+
+/// Every name in an `after` list must be an earlier task: of its stage by name, or of an earlier stage as
+/// `stage/name` (a later task cannot have changed before this one runs).
+fn check_after(stages: &[Stage], diags: &mut Diagnostics) {
+    for (si, stage) in stages.iter().enumerate() {
+        for (ti, task) in stage.tasks.iter().enumerate() {
+            for name in task.after.iter().flatten() {
+                if super::model::resolve_after(stages, si, ti, name).is_some() {
+                    continue;
+                }
+                let earlier = stage.tasks[..ti].iter().map(|t| t.name.as_str());
+                let hint = match closest(name, earlier) {
+                    Some(m) => format!("did you mean `{m}`?"),
+                    None => "name an earlier task of this stage, or `stage/task` of an earlier stage".into(),
+                };
+                let at = task.fields.get("after").unwrap_or(&task.location);
+                diags.push(
+                    Diagnostic::at(
+                        &stage.file,
+                        at.line,
+                        at.column,
+                        format!("`after` names `{name}`, which is not an earlier task"),
+                    )
+                    .with_hint(hint),
+                );
+            }
+        }
+    }
 }
 
 fn load_file(file: &Path, assets_dir: &Path, diags: &mut Diagnostics) -> Option<Stage> {
@@ -350,6 +380,7 @@ impl Reader<'_> {
             env: BTreeMap::new(),
             register: None,
             wait_for: Vec::new(),
+            after: None,
             location: self.loc(n),
             fields: BTreeMap::new(),
         };
@@ -385,6 +416,13 @@ impl Reader<'_> {
                 "env" => t.env = self.env(v, &mut fields),
                 "register" => t.register = self.register(v),
                 "wait_for" => t.wait_for = self.wait_for(v),
+                "after" => {
+                    fields.insert("after".to_string(), self.loc(v));
+                    t.after = Some(match &v.value {
+                        Yaml::Seq(items) if items.is_empty() => Vec::new(),
+                        _ => self.texts("after", v),
+                    });
+                }
                 _ => {}
             }
         }

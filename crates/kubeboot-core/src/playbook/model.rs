@@ -85,6 +85,9 @@ pub struct TaskDef {
     pub register: Option<RegisterDef>,
     /// Tasks on other nodes that must have finished first.
     pub wait_for: Vec<WaitForDef>,
+    /// The earlier tasks whose `changed` makes this one run again (`name` in the same stage, `stage/name` in an
+    /// earlier one). None: every earlier task of its stage (the stage rule); an empty list: none.
+    pub after: Option<Vec<String>>,
     pub location: Location,
     /// Where each templated field's value starts (`run`, `unless`, `when`, `copy.dest`, `env.NAME`, ...),
     /// so template problems point at the field.
@@ -114,6 +117,9 @@ pub struct Stage {
     pub hosts_location: Location,
 }
 
+/// A task's identity in the playbooks: (stage, task).
+pub type TaskKey = (String, String);
+
 /// All stages of a playbook folder, in run order, with the assets folder they read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Playbooks {
@@ -121,4 +127,27 @@ pub struct Playbooks {
     /// `assets/` next to the playbooks folder (or as configured).
     pub assets_dir: PathBuf,
     pub stages: Vec<Stage>,
+}
+
+impl Playbooks {
+    /// What a name in the `after` list of task `task` of stage `stage` (indexes) means: an earlier task of the
+    /// same stage by its name, or `stage/name` of an earlier stage. None when it names nothing earlier.
+    pub fn resolve_after(&self, stage: usize, task: usize, name: &str) -> Option<TaskKey> {
+        resolve_after(&self.stages, stage, task, name)
+    }
+}
+
+/// [`Playbooks::resolve_after`] over a list of stages in run order.
+pub fn resolve_after(stages: &[Stage], stage: usize, task: usize, name: &str) -> Option<TaskKey> {
+    let own = stages.get(stage)?;
+    if own.tasks[..task.min(own.tasks.len())].iter().any(|t| t.name == name) {
+        return Some((own.name.clone(), name.to_string()));
+    }
+    // Stage names may not hold `/` in practice, task names may: the first `/` ends the stage.
+    let (stage_name, task_name) = name.split_once('/')?;
+    stages[..stage]
+        .iter()
+        .find(|s| s.name == stage_name.trim())
+        .filter(|s| s.tasks.iter().any(|t| t.name == task_name.trim()))
+        .map(|s| (s.name.clone(), task_name.trim().to_string()))
 }

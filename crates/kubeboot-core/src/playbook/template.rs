@@ -54,15 +54,25 @@ impl Context {
     /// `node`/`cluster`/`clusters`/`nodes`/`central` objects, then facts, then `secrets` and `outputs` (placeholders
     /// only: [`crate::outputs`]). `nodes` is a list that may also be indexed by name: `nodes['node-194']`.
     pub fn new(inv: &Inventory, node: &Node, stage: &Stage, facts: &Facts, outputs: &Registry) -> Context {
+        Self::build(inv, node, Some(&stage.vars), facts, outputs)
+    }
+
+    /// The context for `node` outside any stage (what `kubeboot bundle` reads the sources from).
+    pub fn for_node(inv: &Inventory, node: &Node, facts: &Facts) -> Context {
+        Self::build(inv, node, None, facts, &Registry::new())
+    }
+
+    fn build(
+        inv: &Inventory,
+        node: &Node,
+        stage_vars: Option<&BTreeMap<String, serde_json::Value>>,
+        facts: &Facts,
+        outputs: &Registry,
+    ) -> Context {
         let node_object = |n: &Node| node_object(inv, n, outputs);
         let mut vars: BTreeMap<String, Value> = BTreeMap::new();
         let cluster = node.cluster.as_deref().and_then(|c| inv.cluster(c));
-        let layers = [
-            Some(&inv.vars),
-            cluster.map(|c| &c.vars),
-            Some(&node.vars),
-            Some(&stage.vars),
-        ];
+        let layers = [Some(&inv.vars), cluster.map(|c| &c.vars), Some(&node.vars), stage_vars];
         for layer in layers.into_iter().flatten() {
             for (k, v) in layer {
                 vars.insert(k.clone(), to_value(v));

@@ -1,0 +1,19 @@
+# Installs kube-vip's static pod for {{ node.name }} (cluster {{ cluster.name }}, vip {{ cluster.vip | default('') }}),
+# rendered by kubeboot. Kubernetes >= 1.29 gives admin.conf no rights until kubeadm init has finished, so the
+# first control plane mounts super-admin.conf while it initialises and admin.conf from then on (kube-vip issue
+# #684); the others join first and use admin.conf.
+set -eu
+conf=/etc/kubernetes/admin.conf
+if [ '{{ node.first_control_plane | lower }}' = 'true' ] && [ ! -f /etc/kubernetes/admin.conf ]; then
+  conf=/etc/kubernetes/super-admin.conf
+fi
+install -d -m 0755 /etc/kubernetes/manifests
+new="$(mktemp)"
+trap 'rm -f "$new"' EXIT
+sed "s#@KUBECONFIG@#$conf#" /etc/kubernetes/kube-vip/kube-vip.yaml > "$new"
+if cmp -s "$new" /etc/kubernetes/manifests/kube-vip.yaml; then
+  echo "unchanged: /etc/kubernetes/manifests/kube-vip.yaml (kubeconfig $conf)"
+else
+  install -m 0600 "$new" /etc/kubernetes/manifests/kube-vip.yaml
+  echo "written: /etc/kubernetes/manifests/kube-vip.yaml (kubeconfig $conf)"
+fi
