@@ -516,15 +516,6 @@ fn args(inv: &Path, pb: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
-/// Unmounts a test mount when dropped.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// A stage whose first task is a read-only check (`changed_when: false`) with this command.
 fn check_then_work(t: &TestLab, check: &str) {
     let checked = format!(

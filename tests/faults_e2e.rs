@@ -56,7 +56,7 @@ fn a_node_killed_mid_task_fails_with_connection_lost_and_the_rerun_continues_at_
     std::thread::sleep(Duration::from_millis(300));
     lab::kill_node(&t.lab.dir, "node-2").expect("kill node-2");
     let out = wait_with_cap(child, Duration::from_secs(60));
-    let run = as_run(out);
+    let run = Run::from_output(out);
     run.assert_code(1);
     let error = node_error(&run, "node-2");
     assert!(error.contains("connection lost during s/long"), "{error}");
@@ -82,23 +82,10 @@ fn a_node_killed_mid_task_fails_with_connection_lost_and_the_rerun_continues_at_
     );
 }
 
-fn as_run(out: std::process::Output) -> Run {
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: Duration::ZERO,
-    }
-}
-
 #[test]
 fn a_frozen_node_is_detected_by_keepalive_names_the_node_and_nothing_hangs() {
     let t = start_lab(122, 2);
-    let inv = t.work().join("inventory.toml");
-    let text = fs::read_to_string(t.inventory())
-        .expect("read")
-        .replace("[ssh]\n", "[ssh]\nkeepalive = \"1s\"\n");
-    fs::write(&inv, text).expect("write");
+    let inv = t.keepalive_inventory("1s");
     t.write_playbook(
         "00-s.yaml",
         &stage(
@@ -110,12 +97,7 @@ fn a_frozen_node_is_detected_by_keepalive_names_the_node_and_nothing_hangs() {
             ],
         ),
     );
-    let child = t
-        .kubeboot_with(&inv, &["apply", "--yes", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubeboot starts");
+    let child = t.spawn_apply_with(&inv);
     assert!(wait_until(Duration::from_secs(20), || t.log_lines("node-2").len() == 1));
     std::thread::sleep(Duration::from_millis(200));
     lab::pause_node(&t.lab.dir, "node-2").expect("pause node-2");
@@ -123,7 +105,7 @@ fn a_frozen_node_is_detected_by_keepalive_names_the_node_and_nothing_hangs() {
     let out = wait_with_cap(child, Duration::from_secs(40));
     let detected = paused.elapsed();
     lab::resume_node(&t.lab.dir, "node-2").expect("resume node-2");
-    let run = as_run(out);
+    let run = Run::from_output(out);
     run.assert_code(1);
     // 3 unanswered keepalives 1 s apart, plus slack for a busy machine.
     assert!(detected < Duration::from_secs(15), "took {detected:?} to notice");
@@ -172,7 +154,7 @@ fn sigint_exits_130_cancels_the_remote_command_records_progress_and_the_rerun_co
     signal(pid, libc::SIGINT);
     let started = Instant::now();
     let out = wait_with_cap(child, Duration::from_secs(30));
-    let run = as_run(out);
+    let run = Run::from_output(out);
     run.assert_code(130);
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -281,18 +263,6 @@ fn uploads_to_an_unwritable_folder_or_a_full_disk_fail_clearly_at_the_upload_ste
             .map(|m| m.len())
             .unwrap_or(0);
         assert_eq!(size, 256 * 1024);
-    }
-}
-
-/// Unmounts a test mount when dropped.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -68,20 +68,11 @@ fn write_playbook(t: &TestLab, long: &str) {
 
 /// An inventory with keepalives (and so the shells' beats) every second.
 fn fast_keepalive_inventory(t: &TestLab) -> std::path::PathBuf {
-    let inv = t.work().join("inventory.toml");
-    let text = fs::read_to_string(t.inventory())
-        .expect("read the inventory")
-        .replace("[ssh]\n", "[ssh]\nkeepalive = \"1s\"\n");
-    fs::write(&inv, text).expect("write the inventory");
-    inv
+    t.keepalive_inventory("1s")
 }
 
 fn spawn(t: &TestLab, inventory: &Path) -> Child {
-    t.kubeboot_with(inventory, &["apply", "--yes", "--output", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubeboot starts")
+    t.spawn_apply_with(inventory)
 }
 
 /// Starts the run and waits until `sleeper` runs on every node with both shells' folders there.

@@ -12,11 +12,7 @@ use kubeboot::lab;
 #[test]
 fn a_frozen_node_is_lost_after_three_keepalive_intervals_as_the_guide_says() {
     let t = start_lab(181, 1);
-    let inv = t.work().join("inventory.toml");
-    let text = fs::read_to_string(t.inventory())
-        .expect("read")
-        .replace("[ssh]\n", "[ssh]\nkeepalive = \"3s\"\n");
-    fs::write(&inv, text).expect("write");
+    let inv = t.keepalive_inventory("3s");
     let ready = t.root("node-1").join("ready");
     t.write_playbook(
         "00-s.yaml",
@@ -28,12 +24,7 @@ fn a_frozen_node_is_lost_after_three_keepalive_intervals_as_the_guide_says() {
             )],
         ),
     );
-    let child = t
-        .kubeboot_with(&inv, &["apply", "--yes", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubeboot starts");
+    let child = t.spawn_apply_with(&inv);
     assert!(
         wait_until(Duration::from_secs(20), || ready.exists()),
         "the task did not start"

@@ -5,6 +5,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod plans;
+pub mod tmux;
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -138,11 +141,26 @@ impl TestLab {
 
     /// Starts `apply --yes --output json` in the background.
     pub fn spawn_apply(&self) -> Child {
-        self.kubeboot(&["apply", "--yes", "--output", "json"])
+        self.spawn_apply_with(&self.inventory())
+    }
+
+    /// Like [`TestLab::spawn_apply`] with another inventory.
+    pub fn spawn_apply_with(&self, inventory: &Path) -> Child {
+        self.kubeboot_with(inventory, &["apply", "--yes", "--output", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubeboot starts")
+    }
+
+    /// The lab's inventory with keepalives every `every` (`"1s"`), written to the work folder.
+    pub fn keepalive_inventory(&self, every: &str) -> PathBuf {
+        let inv = self.work().join("inventory.toml");
+        let text = fs::read_to_string(self.inventory())
+            .expect("read the inventory")
+            .replace("[ssh]\n", &format!("[ssh]\nkeepalive = \"{every}\"\n"));
+        fs::write(&inv, text).expect("write the inventory");
+        inv
     }
 
     /// How many logins the node's sshd accepted so far.
@@ -206,6 +224,16 @@ pub fn wait_with_cap(child: Child, cap: Duration) -> Output {
 }
 
 impl Run {
+    /// A run that [`wait_with_cap`] waited for (its duration unknown).
+    pub fn from_output(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            took: Duration::ZERO,
+        }
+    }
+
     /// The JSON events on stdout; panics on a line that is not JSON.
     pub fn events(&self) -> Vec<Value> {
         self.stdout
@@ -355,6 +383,15 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Unmounts a test's mount when dropped (so a failed assertion leaves no mount behind).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).stderr(Stdio::null()).status();
+    }
 }
 
 /// Sends a signal to a process.
