@@ -515,3 +515,87 @@ fn args(inv: &Path, pb: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
+
+/// A stage whose first task is a read-only check (`changed_when: false`) with this command.
+fn check_then_work(t: &TestLab, check: &str) {
+    let checked = format!(
+        "  - name: check\n    changed_when: false\n    run: |\n      {check}\n      echo check >> {{{{ lab_root }}}}/log\n"
+    );
+    t.write_playbook(
+        "00-checks.yaml",
+        &stage("checks", &[checked, logging_task("work", "true")]),
+    );
+}
+
+#[test]
+fn a_read_only_task_ends_ok_everywhere_and_its_rerun_reruns_nothing_after_it() {
+    let t = start_lab(119, 2);
+    check_then_work(&t, "echo 'PASS all good'");
+    let run = t.apply(&[]);
+    run.assert_code(0);
+    for node in ["node-1", "node-2"] {
+        let check = run.finished(node, "check").expect("check finished");
+        assert_eq!(
+            check["status"], "ok",
+            "a read-only task is ok, not changed: {check}\n{run}"
+        );
+        let work = run.finished(node, "work").expect("work finished");
+        assert_eq!(work["status"], "changed", "{work}");
+        let ended = run
+            .events_of("node_finished")
+            .into_iter()
+            .find(|e| e["node"] == node)
+            .expect("node finished");
+        assert_eq!(
+            (&ended["counts"]["ok"], &ended["counts"]["changed"]),
+            (&1.into(), &1.into()),
+            "{ended}"
+        );
+        // The summary table: NODE RESULT CHANGED OK SKIPPED FAILED TIME.
+        let row: Vec<&str> = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no {node} row in the summary\n{run}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!((row[2], row[3]), ("1", "1"), "{row:?}");
+    }
+    let journal = t.journal();
+    let statuses: Vec<(String, String, String)> = journal
+        .iter()
+        .filter(|r| r["record"] == "task")
+        .map(|r| (str_of(&r["node"]), str_of(&r["task"]), str_of(&r["status"])))
+        .collect();
+    for node in ["node-1", "node-2"] {
+        assert!(
+            statuses.contains(&(node.into(), "check".into(), "ok".into())),
+            "the journal records the check ok: {statuses:?}"
+        );
+    }
+
+    // The check's command changes: it runs again (its input changed) and, being ok, re-runs nothing after it.
+    check_then_work(&t, "echo 'PASS all good, checked twice'");
+    let again = t.apply(&[]);
+    again.assert_code(0);
+    let mut started: Vec<String> = again
+        .events_of("task_started")
+        .iter()
+        .map(|e| format!("{}/{}", str_of(&e["node"]), str_of(&e["task"])))
+        .collect();
+    started.sort();
+    assert_eq!(
+        started,
+        ["node-1/check", "node-2/check"],
+        "only the checks run again\n{again}"
+    );
+    for node in ["node-1", "node-2"] {
+        let work = again.finished(node, "work").expect("work reported");
+        assert_eq!(
+            (&work["status"], &work["reason"]),
+            (&"skipped".into(), &"done".into()),
+            "{work}\n{again}"
+        );
+        assert_eq!(t.log_lines(node), ["check", "work", "check"]);
+    }
+}

@@ -451,6 +451,28 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
     for node in NODES.iter().filter(|n| **n != FAILING_NODE) {
         assert_all_succeeded(&first_run, node);
     }
+    // The read-only checks (`changed_when: false`) change nothing and say so: `ok`, never `changed`.
+    for node in NODES {
+        let checks: Vec<&Value> = first_run
+            .finished(node)
+            .into_iter()
+            .filter(|e| {
+                ["preflight", "verify"].contains(&e["stage"].as_str().unwrap_or("")) && e["status"] != "skipped"
+            })
+            .collect();
+        assert!(
+            checks.len() >= 6,
+            "{node}: the preflight checks ran\n{}",
+            first_run.explain()
+        );
+        for e in checks {
+            assert_eq!(
+                e["status"], "ok",
+                "{node}: a preflight check ended {}: {e}",
+                e["status"]
+            );
+        }
+    }
     let before_resume = calls(&t, FAILING_NODE);
 
     // 2. The flag is gone: the same apply resumes at kubeadm init and nothing before it runs again.
