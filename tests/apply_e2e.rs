@@ -529,7 +529,7 @@ fn check_then_work(t: &TestLab, check: &str) {
 
 #[test]
 fn a_read_only_task_ends_ok_everywhere_and_its_rerun_reruns_nothing_after_it() {
-    let t = start_lab(119, 2);
+    let t = start_lab(2);
     check_then_work(&t, "echo 'PASS all good'");
     let run = t.apply(&[]);
     run.assert_code(0);
