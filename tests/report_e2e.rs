@@ -43,7 +43,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn the_report_holds_what_a_ticket_needs_and_no_secret_value() {
-    let t = start_lab(120, 2);
+    let t = start_lab(2);
     let password = lab::password(&t.lab.dir)
         .expect("the lab password")
         .expose()
