@@ -84,7 +84,9 @@ fn inline_commands(text: &str) -> Vec<String> {
                 || span.contains('…')
                 || span.contains('<')
                 || span.contains('[')
-                || span.split_whitespace().any(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase()));
+                || span
+                    .split_whitespace()
+                    .any(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase()));
             span.starts_with("kubeboot ") && !placeholder
         })
         .collect()
@@ -171,7 +173,10 @@ fn every_flag_the_docs_name_on_its_own_is_a_kubeboot_flag() {
             if OTHER_TOOLS_FLAGS.contains(&flag) {
                 continue;
             }
-            assert!(known.iter().any(|k| k == flag), "{name}: `--{flag}` is no kubeboot flag");
+            assert!(
+                known.iter().any(|k| k == flag),
+                "{name}: `--{flag}` is no kubeboot flag"
+            );
             checked += 1;
         }
     }
