@@ -63,12 +63,24 @@ pub(crate) struct ShellOptions {
     pub beat: Duration,
     /// The shell runs jobs (needs `setsid`), or only holds a folder.
     pub need_setsid: bool,
+    /// The shell is started by `sudo -S -p PROMPT … sh -c 'echo SUDO_OK; exec sh -s'` with the
+    /// password as the first line of stdin: the prelude is sent only once [`SUDO_OK`] arrives, so
+    /// the same sudo that starts the shell is the one that checks the password (one sudo and one
+    /// password hash per node, not two), and a refused password (sudo prompts again) never makes
+    /// sudo read the prelude as further tries.
+    pub sudo_prompt: Option<&'static str>,
 }
+
+/// What the root shell prints once sudo has let it run (see [`ShellOptions::sudo_prompt`]).
+pub(crate) const SUDO_OK: &str = "kubeboot-sudo-ok";
 
 /// Why a shell could not be started; the caller falls back to one channel per command.
 pub(crate) enum StartError {
     /// The node cannot host it (no `setsid`, no `mktemp`): use channels for this session.
     Unsupported,
+    /// sudo did not start the shell (refused the password, or the user may not use it): what it
+    /// wrote to stderr.
+    SudoRefused(String),
     Ssh(SshError),
 }
 
@@ -95,6 +107,36 @@ impl Executor {
             .await
             .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
         let mut stdin = stdin_prefix;
+        let mut buf = LineBuffer::default();
+        if let Some(prompt) = shell.sudo_prompt {
+            write
+                .data_bytes(std::mem::take(&mut stdin))
+                .await
+                .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
+            // sudo prints its prompt once before it reads the password and once more for every
+            // further try: a second prompt means the password was refused, and stdin is closed so
+            // that sudo gives up after that one try.
+            let (mut errors, mut ok, mut closed) = (Vec::new(), false, false);
+            while !ok {
+                match read.wait().await {
+                    Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| ok |= l == SUDO_OK),
+                    Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        errors.extend_from_slice(&data);
+                        let prompts = errors.windows(prompt.len()).filter(|w| *w == prompt.as_bytes()).count();
+                        if prompts > 1 && !closed {
+                            closed = true;
+                            let _ = write.eof().await;
+                        }
+                    }
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                }
+            }
+            if !ok {
+                let _ = write.close().await;
+                return Err(StartError::SudoRefused(String::from_utf8_lossy(&errors).into_owned()));
+            }
+        }
         let beat_secs = shell.beat.as_secs().max(1);
         stdin.extend_from_slice(prelude(&nonce, beat_secs, shell.need_setsid).as_bytes());
         write
@@ -103,7 +145,6 @@ impl Executor {
             .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
 
         // Wait for the ready frame before handing the shell out.
-        let mut buf = LineBuffer::default();
         let ready = format!("{nonce} - R /");
         let unsupported = format!("{nonce} - U");
         let mut state: Option<Option<String>> = None;
@@ -564,13 +605,13 @@ mod tests {
         stdin.write_all(prelude(nonce, 60, true).as_bytes()).expect("prelude");
         let mut wait_for = |frame: String| {
             for line in lines.by_ref() {
-                if line.expect("a line") == frame {
+                if line.expect("a line").starts_with(&frame) {
                     return;
                 }
             }
             panic!("the shell ended before {frame}");
         };
-        wait_for(format!("{nonce} - R"));
+        wait_for(format!("{nonce} - R "));
         for id in 1..=jobs {
             stdin.write_all(text(nonce, id).as_bytes()).expect("a job");
             wait_for(format!("{nonce} {id} D"));

@@ -224,6 +224,11 @@ async fn probe_inner(target: &Target) -> Result<HostKeyState, SshError> {
     }
 }
 
+/// The root shell with a sudo password: sudo's prompt (on stderr, counted to see a refused
+/// password) and the command, which says [`executor::SUDO_OK`] once sudo let it run.
+const SUDO_PROMPT: &str = "[kubeboot: sudo asks]";
+const SUDO_SHELL: &str = "sudo -k -S -p '[kubeboot: sudo asks]' -- sh -c 'echo kubeboot-sudo-ok; exec sh -s'";
+
 /// How `become` works on this node, found out once per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Become {
@@ -257,6 +262,8 @@ struct Inner {
     /// A shell that only holds a folder for uploads in transit, when the node runs no persistent shell.
     files_shell: tokio::sync::Mutex<Option<Arc<executor::Executor>>>,
     become_mode: OnceCell<Become>,
+    /// Set once sudo has taken the password on this node (by a root shell's start, or a check).
+    sudo_checked: OnceCell<()>,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
 }
 
@@ -321,6 +328,7 @@ impl Session {
                 executors: Default::default(),
                 files_shell: Default::default(),
                 become_mode: OnceCell::new(),
+                sudo_checked: OnceCell::new(),
                 sftp: OnceCell::new(),
             }),
         })
@@ -361,6 +369,7 @@ impl Session {
                 Become::Root => "sh -s",
                 Become::NoPassword => "sudo -n -- sh -s",
                 Become::Password => {
+                    self.check_sudo_password(cancel).await?;
                     // -k: sudo always asks, so the first line is always taken as the password (never run).
                     stdin.push_str(self.sudo_password()?.expose());
                     stdin.push('\n');
@@ -435,14 +444,17 @@ impl Session {
             return Ok(Some(shell.clone()));
         }
         let mut prefix = Vec::new();
+        let mut sudo_prompt = None;
         let command = if become_ {
             match self.become_mode(cancel).await? {
                 Become::Root => "sh -s",
                 Become::NoPassword => "sudo -n -- sh -s",
                 Become::Password => {
+                    // This sudo is also the password check (see `ShellOptions::sudo_prompt`).
                     prefix.extend_from_slice(self.sudo_password()?.expose().as_bytes());
                     prefix.push(b'\n');
-                    "sudo -k -S -p '' -- sh -s"
+                    sudo_prompt = Some(SUDO_PROMPT);
+                    SUDO_SHELL
                 }
             }
         } else {
@@ -455,6 +467,7 @@ impl Session {
         let options = executor::ShellOptions {
             beat: self.inner.target.keepalive,
             need_setsid: true,
+            sudo_prompt,
         };
         let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, options, |w| self.lost(w));
         let started = tokio::select! {
@@ -465,6 +478,9 @@ impl Session {
         let started = started.unwrap_or(Err(executor::StartError::Unsupported));
         match started {
             Ok(shell) => {
+                if sudo_prompt.is_some() {
+                    let _ = self.inner.sudo_checked.set(());
+                }
                 let shell = Arc::new(shell);
                 *slot = Some(shell.clone());
                 Ok(Some(shell))
@@ -473,6 +489,7 @@ impl Session {
                 self.inner.persistent.store(false, Ordering::SeqCst);
                 Ok(None)
             }
+            Err(executor::StartError::SudoRefused(errors)) => Err(self.sudo_refused(&errors)),
             Err(executor::StartError::Ssh(e)) => Err(e),
         }
     }
@@ -499,6 +516,7 @@ impl Session {
         let options = executor::ShellOptions {
             beat: self.inner.target.keepalive,
             need_setsid: false,
+            sudo_prompt: None,
         };
         let start = executor::Executor::start(&self.inner.handle, permit, "sh -s", Vec::new(), options, |w| {
             self.lost(w)
@@ -514,13 +532,15 @@ impl Session {
                 Ok(dir)
             }
             Ok(Err(executor::StartError::Ssh(e))) => Err(e),
-            Ok(Err(executor::StartError::Unsupported)) | Err(_) => Err(SshError::Upload {
-                dest: String::new(),
-                reason: format!(
-                    "cannot make a temporary folder on {} — check /tmp (or $TMPDIR) is writable and not full, and that mktemp is installed",
-                    self.inner.target.node
-                ),
-            }),
+            Ok(Err(executor::StartError::Unsupported | executor::StartError::SudoRefused(_))) | Err(_) => {
+                Err(SshError::Upload {
+                    dest: String::new(),
+                    reason: format!(
+                        "cannot make a temporary folder on {} — check /tmp (or $TMPDIR) is writable and not full, and that mktemp is installed",
+                        self.inner.target.node
+                    ),
+                })
+            }
         }
     }
 
@@ -534,8 +554,9 @@ impl Session {
         })
     }
 
-    /// Finds out once how to become root: already root, sudo without password, or sudo with one
-    /// (checked, so a wrong password is one clear error instead of a failure in every task).
+    /// Finds out once how to become root: already root, sudo without password, or sudo with one.
+    /// The password itself is checked by the first sudo that uses it: the root shell's start, or
+    /// [`Self::check_sudo_password`] before a command in its own channel.
     async fn become_mode(&self, cancel: &CancellationToken) -> Result<Become, SshError> {
         self.inner
             .become_mode
@@ -554,13 +575,25 @@ impl Session {
                 };
                 self.run("sh -s", probe.into_bytes(), false, &collect, cancel).await?;
                 let lines = lines.into_inner().unwrap_or_default();
-                let t = &self.inner.target;
                 if lines.first().map(String::as_str) == Some("0") {
                     return Ok(Become::Root);
                 }
                 if lines.get(1).map(String::as_str) == Some("nopasswd") {
                     return Ok(Become::NoPassword);
                 }
+                self.sudo_password()?;
+                Ok(Become::Password)
+            })
+            .await
+            .copied()
+    }
+
+    /// Checks the sudo password once, so a wrong one is one clear error instead of a failure in
+    /// every task.
+    async fn check_sudo_password(&self, cancel: &CancellationToken) -> Result<(), SshError> {
+        self.inner
+            .sudo_checked
+            .get_or_try_init(|| async {
                 let mut stdin = self.sudo_password()?.expose().as_bytes().to_vec();
                 stdin.push(b'\n');
                 let errors = Mutex::new(Vec::new());
@@ -573,22 +606,27 @@ impl Session {
                 };
                 let exit = self.run("sudo -k -S -p '' true", stdin, true, &collect, cancel).await?;
                 if exit.success() {
-                    return Ok(Become::Password);
+                    return Ok(());
                 }
-                let errors = errors.into_inner().unwrap_or_default().join(" ");
-                if errors.contains("not in the sudoers") || errors.contains("not allowed") {
-                    return Err(SshError::Sudo(format!(
-                        "{} may not use sudo on {} — add a sudoers rule for it, or log in as a user that may",
-                        t.user, t.node
-                    )));
-                }
-                Err(SshError::Sudo(format!(
-                    "sudo refused the password for {} on {} — check sudo_password_env / sudo_password_file in the inventory",
-                    t.user, t.node
-                )))
+                Err(self.sudo_refused(&errors.into_inner().unwrap_or_default().join(" ")))
             })
             .await
             .copied()
+    }
+
+    /// The error for a sudo that did not take the password, from what it wrote to stderr.
+    fn sudo_refused(&self, errors: &str) -> SshError {
+        let t = &self.inner.target;
+        if errors.contains("not in the sudoers") || errors.contains("not allowed") {
+            return SshError::Sudo(format!(
+                "{} may not use sudo on {} — add a sudoers rule for it, or log in as a user that may",
+                t.user, t.node
+            ));
+        }
+        SshError::Sudo(format!(
+            "sudo refused the password for {} on {} — check sudo_password_env / sudo_password_file in the inventory",
+            t.user, t.node
+        ))
     }
 
     fn lost(&self, what: &str) -> SshError {
@@ -834,4 +872,15 @@ async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<()
 
 async fn handle_rsa_hash(handle: &Handle<Client>) -> Option<russh::keys::HashAlg> {
     handle.best_supported_rsa_hash().await.ok().flatten().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_shell_command_uses_the_prompt_and_says_the_ok_line() {
+        assert!(SUDO_SHELL.contains(&format!("-p '{SUDO_PROMPT}'")));
+        assert!(SUDO_SHELL.contains(&format!("echo {}; exec sh -s", executor::SUDO_OK)));
+    }
 }
