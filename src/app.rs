@@ -58,6 +58,7 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Reset(args) => crate::daytwo::reset(&cli, args).await,
         Command::Upgrade(args) => crate::daytwo::upgrade(&cli, args).await,
         Command::RenewCerts(args) => crate::daytwo::renew_certs(&cli, args).await,
+        Command::Report(args) => crate::report::report(&cli, args),
     };
     match result {
         Ok(exit) => exit,
@@ -727,6 +728,17 @@ async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
 }
 
 fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
+    let (text, json) = status_report(cli)?;
+    match args.output {
+        OutputFormat::Json => print!("{json}"),
+        _ => print!("{text}"),
+    }
+    Ok(Exit::Ok)
+}
+
+/// What `status` prints: the text and the JSON lines (one row per node), both whole.
+pub(crate) fn status_report(cli: &Cli) -> Result<(String, String), Failure> {
+    use std::fmt::Write as _;
     let state = StateDir::existing(&cli.state_dir);
     let progress = state
         .progress()
@@ -777,14 +789,14 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
         }));
     }
-    if args.output == OutputFormat::Json {
-        for row in &rows {
-            println!("{row}");
-        }
-        return Ok(Exit::Ok);
+    let mut json = String::new();
+    for row in &rows {
+        let _ = writeln!(json, "{row}");
     }
+    let mut out = String::new();
     if progress.unreadable_lines > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "note: {} unreadable journal line(s) skipped (a run was cut off while writing)\n",
             progress.unreadable_lines
         );
@@ -798,8 +810,15 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             (None, None) if row["run"].is_null() => "never run".into(),
             (None, None) => "interrupted".into(),
         };
-        println!("{} ({})  {}", s("node"), row["cluster"].as_str().unwrap_or("-"), status);
-        println!(
+        let _ = writeln!(
+            out,
+            "{} ({})  {}",
+            s("node"),
+            row["cluster"].as_str().unwrap_or("-"),
+            status
+        );
+        let _ = writeln!(
+            out,
             "  done {} / {} tasks, last run {} at {}",
             row["done"],
             row["done"].as_u64().unwrap_or(0) + row["left"].as_u64().unwrap_or(0),
@@ -807,17 +826,23 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             s("updated")
         );
         if !row["last_done"].is_null() {
-            println!("  last finished: {}", s("last_done"));
+            let _ = writeln!(out, "  last finished: {}", s("last_done"));
         }
         if let Some(by) = row["blocked_by"].as_str() {
             let why = row["failed"]["error"].as_str().unwrap_or("");
-            println!("  BLOCKED by {by}: {why}");
+            let _ = writeln!(out, "  BLOCKED by {by}: {why}");
         } else if let Some(f) = row["failed"].as_object() {
             let field = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("");
             if field("task").is_empty() {
-                println!("  FAILED: {}", field("error"));
+                let _ = writeln!(out, "  FAILED: {}", field("error"));
             } else {
-                println!("  FAILED: {} / {}: {}", field("stage"), field("task"), field("error"));
+                let _ = writeln!(
+                    out,
+                    "  FAILED: {} / {}: {}",
+                    field("stage"),
+                    field("task"),
+                    field("error")
+                );
             }
         }
         let blocked: Vec<&str> = rows
@@ -826,14 +851,14 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             .filter_map(|r| r["node"].as_str())
             .collect();
         if !blocked.is_empty() {
-            println!("  its failure blocked: {} (they wait for it)", blocked.join(", "));
+            let _ = writeln!(out, "  its failure blocked: {} (they wait for it)", blocked.join(", "));
         }
-        match row["next"].as_str() {
-            Some(next) => println!("  next: {next} ({} left)", row["left"]),
-            None => println!("  nothing left to do"),
-        }
+        let _ = match row["next"].as_str() {
+            Some(next) => writeln!(out, "  next: {next} ({} left)", row["left"]),
+            None => writeln!(out, "  nothing left to do"),
+        };
     }
-    Ok(Exit::Ok)
+    Ok((out, json))
 }
 
 async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
