@@ -25,7 +25,7 @@ use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Digests, Vault};
 use crate::ssh::{self, HostKeyState};
-use crate::ui::tui::state::{HostKeyIssue, HostKeyPrompt};
+use crate::ui::tui::state::{HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
 use crate::{fanout, lab};
 
@@ -372,17 +372,19 @@ pub(crate) async fn run_playbooks(
 
     let result = if tui_wanted {
         let (go_tx, go_rx) = oneshot::channel();
-        let host_keys = if args.accept_new_host_keys {
-            Vec::new()
+        // The look at the host keys runs while the confirmation screen already shows its progress.
+        let probes = if args.accept_new_host_keys {
+            None
         } else {
-            host_key_prompts(&input.inventory, &input.nodes).await
+            host_key_probes(&input.inventory, &input.nodes)
         };
         let setup = tui::TuiSetup {
             stages,
             nodes: outlines,
             log_dir: log_dir.clone(),
             run_id,
-            host_keys,
+            host_keys: Vec::new(),
+            probes,
         };
         let screen = tokio::spawn(tui::run(setup, go_tx, front_rx, control_tx));
         let answer = go_rx.await.unwrap_or(tui::Answer::Decline);
@@ -444,9 +446,10 @@ pub(crate) async fn run_playbooks(
 const HOST_KEY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Looks at the host keys of the nodes whose policy refuses an unknown one, all at once, so the operator can decide
-/// on the confirmation screen. Unreachable nodes are left out: the run reports them with their own error.
-async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKeyPrompt> {
-    let probes = nodes
+/// on the confirmation screen; each answer is sent as it comes. Unreachable nodes answer "no answer": the run reports
+/// them with their own error. None when no node needs a look.
+fn host_key_probes(inventory: &Inventory, nodes: &[String]) -> Option<tui::HostKeyProbes> {
+    let targets: Vec<ssh::Target> = nodes
         .iter()
         .filter_map(|name| inventory.node(name))
         .filter(|node| node.ssh.new_host_keys == NewHostKeys::Refuse)
@@ -457,30 +460,50 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
             target.agent = false;
             target.new_host_keys = NewHostKeys::Refuse;
             target.connect_timeout = target.connect_timeout.min(HOST_KEY_PROBE_TIMEOUT);
-            async move { (target.node.clone(), ssh::probe_host_key(&target).await) }
-        });
-    let mut prompts = Vec::new();
-    for (node, state) in futures::future::join_all(probes).await {
-        let (fingerprint, issue) = match state {
-            Ok(HostKeyState::Unknown { fingerprint }) => (fingerprint, HostKeyIssue::Unknown),
-            Ok(HostKeyState::Changed {
-                line,
-                path,
-                fingerprint,
-            }) => (fingerprint, HostKeyIssue::Changed { line, path }),
-            Ok(HostKeyState::Known) => continue,
-            Err(e) => {
-                tracing::info!(node = %node, error = %e, "host key not checked before the run");
-                continue;
-            }
-        };
-        prompts.push(HostKeyPrompt {
-            node,
-            fingerprint,
-            issue,
-        });
+            target
+        })
+        .collect();
+    if targets.is_empty() {
+        return None;
     }
-    prompts
+    let names = targets.iter().map(|t| t.node.clone()).collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut probes: futures::stream::FuturesUnordered<_> = targets
+            .into_iter()
+            .map(|target| async move { (target.node.clone(), ssh::probe_host_key(&target).await) })
+            .collect();
+        while let Some((node, state)) = futures::StreamExt::next(&mut probes).await {
+            let prompt = |fingerprint, issue| {
+                HostKeyAnswer::Found(HostKeyPrompt {
+                    node: node.clone(),
+                    fingerprint,
+                    issue,
+                })
+            };
+            let answer = match state {
+                Ok(HostKeyState::Known) => HostKeyAnswer::Known,
+                Ok(HostKeyState::Unknown { fingerprint }) => prompt(fingerprint, HostKeyIssue::Unknown),
+                Ok(HostKeyState::Changed {
+                    line,
+                    path,
+                    fingerprint,
+                }) => prompt(fingerprint, HostKeyIssue::Changed { line, path }),
+                Err(e) => {
+                    tracing::info!(node = %node, error = %e, "host key not checked before the run");
+                    HostKeyAnswer::NoAnswer
+                }
+            };
+            // The screen may be gone (the operator left): nobody needs the rest.
+            if tx.send((node, answer)).is_err() {
+                return;
+            }
+        }
+    });
+    Some(tui::HostKeyProbes {
+        nodes: names,
+        answers: rx,
+    })
 }
 
 fn exit_for(result: RunResult) -> Exit {
