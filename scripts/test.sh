@@ -13,6 +13,8 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v dash >/dev/null 2>&1 || need+=(dash)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# The distribution registry the bundle's image test pulls from (on loopback).
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root or install them: apt-get install -y ${need[*]}" >&2
