@@ -16,6 +16,7 @@ use crate::cli::{
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::engine::{self, NodeSecrets, RunResult, RunSpec};
 use crate::event::SkipReason;
+use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::Record;
@@ -24,7 +25,6 @@ use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Digests, Vault};
 use crate::ssh::{self, HostKeyState};
-use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
 use crate::{fanout, lab};
 
