@@ -13,7 +13,7 @@ use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::outputs::OutputRef;
 use crate::playbook::template::{Context, Registry, Renderer, file_start};
-use crate::playbook::{Capture, Hosts, Location, Playbooks, Stage, TaskDef, TaskKey};
+use crate::playbook::{Capture, Hosts, Location, Playbooks, RegisterDef, Stage, TaskDef, TaskKey, WaitForDef};
 use crate::secrets::Digests;
 use crate::task::{PAD, Render as _, block};
 
@@ -417,7 +417,8 @@ pub fn plan_node(
             }
         }
         for (ti, def) in stage.tasks.iter().enumerate() {
-            match plan_task(&renderer, books, stage, def, &ctx) {
+            let stage_waits = if ti == 0 { stage.wait_for.as_slice() } else { &[] };
+            match plan_task(&renderer, books, stage, def, stage_waits, &ctx) {
                 Ok(mut t) => {
                     t.inputs.secrets = secrets.of(&t.secrets);
                     t.after = match &def.after {
@@ -433,7 +434,6 @@ pub fn plan_node(
                         t.decision = decision;
                         t.why = why;
                     }
-                    let stage_waits = if ti == 0 { stage.wait_for.as_slice() } else { &[] };
                     match depends::waits(inv, books, n, stage, def, stage_waits, &t, &producers, &tasks) {
                         Ok(w) => t.waits = w,
                         Err(p) => diags.0.extend(p),
@@ -539,6 +539,7 @@ fn plan_task(
     books: &Playbooks,
     stage: &Stage,
     def: &TaskDef,
+    stage_waits: &[WaitForDef],
     ctx: &Context,
 ) -> Result<PlannedTask, Vec<Diagnostic>> {
     let field = |name: &str| def.fields.get(name).cloned().unwrap_or_else(|| def.location.clone());
@@ -586,10 +587,22 @@ fn plan_task(
     }
     // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
     let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
-    let fingerprint = fingerprint(&stage.name, &def.name, &action, unless.as_deref(), become_, &env);
+    let ordering = Ordering {
+        register: def.register.as_ref(),
+        waits: stage_waits.iter().chain(&def.wait_for).collect(),
+    };
+    let fingerprint = fingerprint(
+        &stage.name,
+        &def.name,
+        &action,
+        unless.as_deref(),
+        become_,
+        &env,
+        &ordering,
+    );
     let inputs = Inputs {
         secrets: None,
-        parts: parts(&action, unless.as_deref(), become_, &env),
+        parts: parts(&action, unless.as_deref(), become_, &env, &ordering),
     };
     let secrets = secrets_used(&action, &env);
     Ok(PlannedTask {
@@ -629,10 +642,50 @@ fn secrets_used(action: &Action, env: &[(String, String)]) -> Vec<String> {
     names
 }
 
+/// What a task hands to other tasks and waits for, as written: part of its identity, so a changed `register`
+/// or `wait_for` runs it again. A task with neither keeps the fingerprint it had before they existed.
+struct Ordering<'a> {
+    register: Option<&'a RegisterDef>,
+    /// The stage's `wait_for` (for its first task) and the task's own.
+    waits: Vec<&'a WaitForDef>,
+}
+
+impl Ordering<'_> {
+    /// The register's name, secrecy and capture (the `register` part); empty without one.
+    fn register(&self) -> Vec<Vec<u8>> {
+        let Some(r) = self.register else { return Vec::new() };
+        vec![
+            b"register".to_vec(),
+            r.name.clone().into_bytes(),
+            (if r.secret { "secret" } else { "plain" }).into(),
+            format!("{:?}", r.capture).into_bytes(),
+        ]
+    }
+
+    /// Each declared wait: which nodes and which task (the `waits` part); empty without any.
+    fn waits(&self) -> Vec<Vec<u8>> {
+        if self.waits.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![b"wait_for".to_vec()];
+        for w in &self.waits {
+            out.push(format!("{:?}", w.nodes).into_bytes());
+            out.push(w.task.clone().into_bytes());
+        }
+        out
+    }
+}
+
 /// Short digests (sha256, 16 hex digits) of the parts of a task, so a rerun can say which part changed:
-/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, and for a copy `owner` and
-/// `file <dest>` for each copied file.
-fn parts(action: &Action, unless: Option<&str>, become_: bool, env: &[(String, String)]) -> BTreeMap<String, String> {
+/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, `register`, `waits`, and for a copy
+/// `owner` and `file <dest>` for each copied file.
+fn parts(
+    action: &Action,
+    unless: Option<&str>,
+    become_: bool,
+    env: &[(String, String)],
+    ordering: &Ordering<'_>,
+) -> BTreeMap<String, String> {
     let short = |pieces: &[&[u8]]| {
         let mut h = Sha256::new();
         for p in pieces {
@@ -666,6 +719,12 @@ fn parts(action: &Action, unless: Option<&str>, become_: bool, env: &[(String, S
         out.insert("env".into(), short(&flat));
     }
     out.insert("sudo".into(), short(&[if become_ { b"become" } else { b"as-user" }]));
+    for (part, pieces) in [("register", ordering.register()), ("waits", ordering.waits())] {
+        if !pieces.is_empty() {
+            let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            out.insert(part.into(), short(&refs));
+        }
+    }
     out
 }
 
@@ -749,6 +808,7 @@ fn fingerprint(
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
+    ordering: &Ordering<'_>,
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |bytes: &[u8]| {
@@ -770,6 +830,9 @@ fn fingerprint(
     for (k, v) in env {
         put(k.as_bytes());
         put(v.as_bytes());
+    }
+    for piece in ordering.register().iter().chain(&ordering.waits()) {
+        put(piece);
     }
     hex::encode(h.finalize())
 }
@@ -1153,6 +1216,62 @@ mod tests {
         books.stages[1].tasks[4].after = Some(Vec::new());
         let p = plan(&inv, &books, "node-194", &progress, &sel);
         assert_eq!(decision_of(&p, "s3 credentials").0, Decision::Skip(SkipReason::Done));
+    }
+
+    #[test]
+    fn a_changed_register_or_wait_for_runs_the_task_again() {
+        let (inv, mut books) = fixture();
+        let sel = Selection::default();
+        let mut progress = Progress::empty();
+        let first = plan(&inv, &books, "node-194", &progress, &sel);
+        record_all(&mut progress, &first, &Digests::none());
+        let location = books.stages[1].tasks[0].location.clone();
+
+        // A new `register` on a task done before: it runs again, and says why.
+        books.stages[1].tasks[0].register = Some(crate::playbook::RegisterDef {
+            name: "installed".into(),
+            secret: false,
+            capture: Capture::Line(-1),
+            location: location.clone(),
+        });
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd"),
+            (Decision::Run, Some("input changed: register".into()))
+        );
+        record_all(&mut progress, &p, &Digests::none());
+        // Only a changed capture (the last line instead of the first) counts too.
+        books.stages[1].tasks[0].register.as_mut().unwrap().capture = Capture::Line(1);
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(decision_of(&p, "install containerd").0, Decision::Run);
+        record_all(&mut progress, &p, &Digests::none());
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd").0,
+            Decision::Skip(SkipReason::Done)
+        );
+
+        // A new `wait_for`: the same.
+        books.stages[1].tasks[0].wait_for = vec![WaitForDef {
+            nodes: crate::playbook::WaitNodes::Named("node-195".into()),
+            task: "containerd/install containerd".into(),
+            location,
+        }];
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd"),
+            (Decision::Run, Some("input changed: waits".into()))
+        );
+        // A task with neither keeps the fingerprint it always had (journals of earlier versions stay valid).
+        let untouched = |p: &NodePlan| {
+            p.tasks
+                .iter()
+                .find(|t| t.task == "containerd config")
+                .unwrap()
+                .fingerprint
+                .clone()
+        };
+        assert_eq!(untouched(&p), untouched(&first));
     }
 
     #[test]
