@@ -71,27 +71,52 @@ fn rendered(case: &Path, diags: &Diagnostics) -> String {
     format!("{text}\n")
 }
 
-#[test]
-fn every_malformed_input_is_refused_with_the_expected_diagnostics() {
+/// Runs `check` on every case folder under `tests/<folder>/` (at least `min` of them) and compares the text it
+/// returns with the case's `expected.txt` (rewritten instead under `UPDATE_GOLDEN=1`); `check` returns `Err` for a
+/// case that fails outright. Fails once, listing every case that differs.
+fn each_case(folder: &str, min: usize, mut check: impl FnMut(&str, &Path) -> Result<String, String>) {
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("bad_input"))
-        .expect("tests/bad_input exists")
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join(folder))
+        .unwrap_or_else(|e| panic!("tests/{folder}: {e}"))
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 20, "only {} cases", cases.len());
-
+    assert!(cases.len() >= min, "only {} cases", cases.len());
     let mut failures = Vec::new();
     for case in &cases {
         let name = case
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let text = match check(&name, case) {
+            Ok(text) => text,
+            Err(failure) => {
+                failures.push(format!("{name}: {failure}"));
+                continue;
+            }
+        };
+        let expected_path = case.join("expected.txt");
+        if update {
+            std::fs::write(&expected_path, &text).expect("write expected.txt");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != text {
+            failures.push(format!(
+                "{name}: differs from expected.txt (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}--- actual\n{text}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_malformed_input_is_refused_with_the_expected_diagnostics() {
+    each_case("bad_input", 20, |name, case| {
         let diags = diagnose(case);
         if diags.is_empty() {
-            failures.push(format!("{name}: accepted, but it is malformed"));
-            continue;
+            return Err("accepted, but it is malformed".into());
         }
         for d in &diags.0 {
             assert!(d.line >= 1 && d.column >= 1, "{name}: {d}");
@@ -110,19 +135,8 @@ fn every_malformed_input_is_refused_with_the_expected_diagnostics() {
             !text.contains("do-not-echo"),
             "{name}: a secret value was echoed:\n{text}"
         );
-        let expected_path = case.join("expected.txt");
-        if update {
-            std::fs::write(&expected_path, &text).expect("write expected.txt");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if expected != text {
-            failures.push(format!(
-                "{name}: diagnostics differ (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}--- actual\n{text}"
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(text)
+    });
 }
 
 #[test]
@@ -137,21 +151,8 @@ fn the_good_fixture_is_accepted() {
 /// `inventory.toml` (else the shipped one) and a `journal.jsonl` for the state dir (what kubeboot saw last time).
 #[test]
 fn day_two_commands_refuse_bad_input_located_and_run_nothing() {
-    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("bad_input_day2"))
-        .expect("tests/bad_input_day2 exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 3);
-    let mut failures = Vec::new();
-    for case in &cases {
-        let name = case
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+    each_case("bad_input_day2", 3, |name, case| {
         let state = tempfile::tempdir().expect("a state dir");
         if let Ok(journal) = std::fs::read(case.join("journal.jsonl")) {
             std::fs::write(state.path().join("journal.jsonl"), journal).expect("journal");
@@ -181,17 +182,6 @@ fn day_two_commands_refuse_bad_input_located_and_run_nothing() {
         let logs = state.path().join("logs");
         let runs = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
         assert_eq!(runs, 0, "{name}: a run started");
-        let expected_path = case.join("expected.txt");
-        if update {
-            std::fs::write(&expected_path, &stderr).expect("write expected.txt");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if expected != stderr {
-            failures.push(format!(
-                "{name}: differs (UPDATE_GOLDEN=1 to accept)\n--- expected\n{expected}--- actual\n{stderr}"
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+        Ok(stderr)
+    });
 }

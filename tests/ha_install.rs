@@ -10,7 +10,6 @@
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
 
 use std::io::Read;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -47,22 +46,24 @@ fn secrets() -> Vec<(&'static str, String)> {
 
 struct TestLab {
     lab: LabGuard,
+    _net: kubeboot::lab::net::Net,
     state: PathBuf,
     secrets: Vec<(&'static str, String)>,
     _dir: tempfile::TempDir,
 }
 
-/// A lab like `model` (an inventory file), node i on 127.0.`net`.(i+1), port `port` + i.
-fn start_lab(model: &Path, net: u8, port: u16, names: &[&str]) -> TestLab {
+/// A lab like `model` (an inventory file) with these nodes, on a loopback range of its own.
+fn start_lab(model: &Path, names: &[&str]) -> TestLab {
     let dir = tempfile::tempdir().expect("a temporary folder");
+    let net = kubeboot::lab::net::claim(names.len()).unwrap_or_else(|e| panic!("{e}"));
     let ubuntu = |containerd| NodeKind {
         os: NodeOs::Ubuntu,
         containerd,
     };
     let opts = LabOptions {
         dir: dir.path().join("lab"),
-        first_address: Ipv4Addr::new(127, 0, net, 1),
-        first_port: port,
+        first_address: net.first_address,
+        first_port: net.first_port,
         isolated: true,
         // One RHEL-like control plane that joins; both containerd config layouts.
         kinds: vec![
@@ -82,6 +83,7 @@ fn start_lab(model: &Path, net: u8, port: u16, names: &[&str]) -> TestLab {
     assert_eq!(got, names, "the lab mirrors the model inventory's nodes");
     TestLab {
         lab: LabGuard(lab),
+        _net: net,
         state: dir.path().join("state"),
         secrets: secrets(),
         _dir: dir,
@@ -468,7 +470,7 @@ fn the_ha_example_plans_as_a_runbook_of_who_waits_for_whom() {
 
 #[test]
 fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_plane_and_during_a_join() {
-    let t = start_lab(&repo().join("examples/ha/inventory.toml"), 91, 23910, &HA);
+    let t = start_lab(&repo().join("examples/ha/inventory.toml"), &HA);
     let mut issued: Vec<String> = Vec::new();
 
     // 1. Killed once the first control plane has initialised, while it makes the join command.
@@ -751,7 +753,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
     let model_dir = tempfile::tempdir().expect("a folder");
     let model = ha_plus_one_inventory(model_dir.path());
     let all = ["node-194", "node-196", "node-197", "node-198", "node-199"];
-    let t = start_lab(&model, 92, 23920, &all);
+    let t = start_lab(&model, &all);
     let flag = t.lab.standin_dir(BROKEN).join("fail/kubeadm-join");
     std::fs::write(&flag, "").expect("the fail flag can be written");
 
@@ -858,7 +860,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
 #[test]
 fn a_control_plane_added_later_joins_with_apply_limit_cluster_and_nothing_else_is_redone() {
     const LATER: &str = "node-197";
-    let t = start_lab(&repo().join("examples/ha/inventory.toml"), 93, 23930, &HA);
+    let t = start_lab(&repo().join("examples/ha/inventory.toml"), &HA);
     // The cluster is first installed without node-197 (two control planes and the worker).
     let full: toml::Table = std::fs::read_to_string(&t.lab.inventory)
         .expect("the lab inventory")

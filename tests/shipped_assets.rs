@@ -3,47 +3,15 @@
 //! where it was read; the faults these checks were written for were invisible to the stand-in lab.
 //! Pure planning: no node is contacted, no chart is downloaded.
 
+mod common;
+
+use common::plans::{rhel, shipped_plans};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use kubeboot::facts::Facts;
-use kubeboot::journal::Progress;
-use kubeboot::plan::{self, Action, NodePlan, Selection};
+use kubeboot::plan::{Action, NodePlan};
 use kubeboot::task::{CopyFiles, Run, Wait};
-use kubeboot::{inventory, playbook};
 use serde_json::Value;
-
-fn plans(facts: &Facts) -> Vec<NodePlan> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let inv = inventory::load(&root.join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
-    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
-    let sel = Selection::default();
-    inv.nodes
-        .iter()
-        .map(|n| {
-            plan::plan_node(
-                &inv,
-                &books,
-                &n.name,
-                facts,
-                &Progress::empty(),
-                &kubeboot::secrets::Digests::none(),
-                &sel,
-            )
-            .unwrap_or_else(|d| panic!("{d}"))
-        })
-        .collect()
-}
-
-fn rhel() -> Facts {
-    Facts {
-        os_family: "redhat".into(),
-        os_id: "rhel".into(),
-        os_version: "9.4".into(),
-        os_version_major: 9,
-        ..Facts::assumed()
-    }
-}
 
 /// Every file the plan copies to the node, by destination, rendered.
 fn files(plan: &NodePlan) -> BTreeMap<String, String> {
@@ -203,7 +171,7 @@ fn lb_services(files: &BTreeMap<String, String>) -> Vec<LbService> {
 
 #[test]
 fn lb_services_sharing_the_cluster_ip_may_share_it_across_namespaces() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let services = lb_services(&files(&plan));
         assert!(
             services.len() >= 2,
@@ -298,7 +266,7 @@ fn command_words(script: &str) -> Vec<(String, String)> {
 fn every_stage_calls_kustomize_and_helm_by_absolute_path() {
     for facts in [Facts::assumed(), rhel()] {
         let mut builds = 0;
-        for plan in plans(&facts) {
+        for plan in shipped_plans(&facts) {
             for t in &plan.tasks {
                 let scripts = match &t.action {
                     Action::Run(Run { command }) => vec![command.as_str()],
@@ -350,7 +318,7 @@ fn every_stage_calls_kustomize_and_helm_by_absolute_path() {
 
 #[test]
 fn opensearch_config_leaves_the_demo_installer_its_certificates_and_admin_password() {
-    let plans = plans(&Facts::assumed());
+    let plans = shipped_plans(&Facts::assumed());
     let mut checked = 0;
     for plan in &plans {
         let files = files(plan);
@@ -466,7 +434,7 @@ const CHARTS_WITH_FOREIGN_NAMESPACES: &[(&str, &str)] = &[("kube-prometheus-stac
 
 #[test]
 fn no_kustomize_namespace_moves_objects_a_chart_places_in_another_namespace() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         for (dir, k) in kustomizations(&files(&plan)) {
             let Some(ns) = k.get("namespace").and_then(Value::as_str) else {
                 continue;
@@ -488,7 +456,7 @@ fn no_kustomize_namespace_moves_objects_a_chart_places_in_another_namespace() {
 
 #[test]
 fn helm_hooks_never_become_plain_objects() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let files = files(&plan);
         for (dir, k) in kustomizations(&files) {
             for chart in helm_charts(&k) {
@@ -561,7 +529,7 @@ fn chart_services() -> Vec<KnownService> {
 
 #[test]
 fn every_servicemonitor_selects_a_service_that_exists() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let files = files(&plan);
         let mut services = chart_services();
         let mut monitors = Vec::new();
@@ -659,7 +627,7 @@ fn every_servicemonitor_selects_a_service_that_exists() {
 
 #[test]
 fn opensearch_snapshot_expiry_covers_the_snapshots_ism_takes() {
-    let plans = plans(&Facts::assumed());
+    let plans = shipped_plans(&Facts::assumed());
     let plan = plans
         .iter()
         .find(|p| {
@@ -697,7 +665,7 @@ fn opensearch_snapshot_expiry_covers_the_snapshots_ism_takes() {
 
 #[test]
 fn local_alert_texts_take_the_cluster_from_the_external_labels() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let files = files(&plan);
         let rules = file(&files, "alerts-policies/base/prometheusrule.yaml", &plan.node);
         // Prometheus evaluates these on its own series, which do not carry the external label `cluster`.

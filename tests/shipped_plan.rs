@@ -1,46 +1,14 @@
 //! The shipped inventory and playbooks: `kubeboot plan` reads like the install runbook, and
 //! per-node rendering carries the values of TARGET.md. Pure planning: no nodes are contacted.
 
-use std::path::Path;
+mod common;
 
+use common::plans::{repo, rhel, shipped_plans};
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
 use kubeboot::task::{CopyFiles, Fetch, Run, Wait};
 use kubeboot::{inventory, playbook};
-
-fn plans(facts: &Facts) -> Vec<NodePlan> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let inv = inventory::load(&root.join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
-    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
-    let sel = Selection::default();
-    plan::check(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"));
-    inv.nodes
-        .iter()
-        .map(|n| {
-            plan::plan_node(
-                &inv,
-                &books,
-                &n.name,
-                facts,
-                &Progress::empty(),
-                &kubeboot::secrets::Digests::none(),
-                &sel,
-            )
-            .unwrap_or_else(|d| panic!("{d}"))
-        })
-        .collect()
-}
-
-fn rhel() -> Facts {
-    Facts {
-        os_family: "redhat".into(),
-        os_id: "rhel".into(),
-        os_version: "9.4".into(),
-        os_version_major: 9,
-        ..Facts::assumed()
-    }
-}
 
 /// Everything the node would run, as one text (commands, copied files, waits, env names).
 fn script(plan: &NodePlan) -> String {
@@ -69,8 +37,8 @@ fn script(plan: &NodePlan) -> String {
 
 #[test]
 fn the_shipped_plan_matches_its_golden_runbook() {
-    let text = plan::render(&plans(&Facts::assumed()), false);
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/shipped-plan.txt");
+    let text = plan::render(&shipped_plans(&Facts::assumed()), false);
+    let golden = repo().join("tests/golden/shipped-plan.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&golden, &text).unwrap();
     }
@@ -83,7 +51,10 @@ fn the_shipped_plan_matches_its_golden_runbook() {
 
 #[test]
 fn every_node_gets_its_own_cluster_lb_ip_and_api_address_in_the_cilium_values() {
-    for (plan, ip) in plans(&Facts::assumed()).iter().zip(["210", "211", "212", "213"]) {
+    for (plan, ip) in shipped_plans(&Facts::assumed())
+        .iter()
+        .zip(["210", "211", "212", "213"])
+    {
         let s = script(plan);
         assert!(
             s.contains(&format!("192.168.101.{ip}")),
@@ -115,7 +86,7 @@ fn every_node_gets_its_own_cluster_lb_ip_and_api_address_in_the_cilium_values() 
 
 #[test]
 fn kubeadm_config_skips_kube_proxy_and_has_no_taint() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let s = script(&plan);
         assert!(
             s.contains("addon/kube-proxy"),
@@ -140,7 +111,7 @@ fn kubeadm_config_skips_kube_proxy_and_has_no_taint() {
 
 #[test]
 fn thanos_query_is_only_on_the_central_cluster_with_all_four_sidecars() {
-    for plan in plans(&Facts::assumed()) {
+    for plan in shipped_plans(&Facts::assumed()) {
         let has_thanos = plan.tasks.iter().any(|t| t.stage == "thanos");
         assert_eq!(
             has_thanos,
@@ -172,10 +143,10 @@ fn ubuntu_and_rhel_nodes_take_their_own_package_branches() {
             .iter()
             .any(|t| t.task.contains("(dnf)") && t.decision == Decision::Run)
     };
-    for p in plans(&Facts::assumed()) {
+    for p in shipped_plans(&Facts::assumed()) {
         assert!(apt(&p) && !dnf(&p), "{}: ubuntu should use apt only", p.node);
     }
-    for p in plans(&rhel()) {
+    for p in shipped_plans(&rhel()) {
         assert!(dnf(&p) && !apt(&p), "{}: rhel should use dnf only", p.node);
         assert!(
             script(&p).contains("setenforce 0"),
@@ -187,7 +158,7 @@ fn ubuntu_and_rhel_nodes_take_their_own_package_branches() {
 
 #[test]
 fn no_secret_is_rendered_into_the_plan() {
-    for p in plans(&Facts::assumed()) {
+    for p in shipped_plans(&Facts::assumed()) {
         for t in &p.tasks {
             if let Action::Run(Run { command }) = &t.action {
                 assert!(
@@ -203,9 +174,8 @@ fn no_secret_is_rendered_into_the_plan() {
 
 /// examples/ha/inventory.toml with the shipped playbooks: every node's plan.
 fn ha_plans() -> Vec<NodePlan> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let inv = inventory::load(&root.join("examples/ha/inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
-    let books = playbook::load(&root.join("playbooks"), &root.join("assets")).unwrap_or_else(|d| panic!("{d}"));
+    let inv = inventory::load(&repo().join("examples/ha/inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
+    let books = playbook::load(&repo().join("playbooks"), &repo().join("assets")).unwrap_or_else(|d| panic!("{d}"));
     let sel = Selection::default();
     plan::check(&inv, &books, &Progress::empty(), &sel).unwrap_or_else(|d| panic!("{d}"));
     plan::plan_all(

@@ -2,56 +2,23 @@
 //! plan is rendered with every source pointed at a loopback mirror (and, separately, at a
 //! bundle); no other host may appear in any rendered command or copied file. Pure planning.
 
+mod common;
+
+use common::plans::{plans_of, repo, rhel};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use kubeboot::facts::Facts;
-use kubeboot::journal::Progress;
-use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};
+use kubeboot::inventory;
+use kubeboot::plan::{Action, Decision, NodePlan};
 use kubeboot::task::{CopyFiles, Run, Wait};
-use kubeboot::{inventory, playbook};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The shipped inventory with `extra` appended, written next to it in a temporary folder.
 fn inventory_with(dir: &Path, extra: &str) -> PathBuf {
-    let text = std::fs::read_to_string(root().join("inventory.toml")).expect("the shipped inventory");
+    let text = std::fs::read_to_string(repo().join("inventory.toml")).expect("the shipped inventory");
     let path = dir.join("inventory.toml");
     std::fs::write(&path, format!("{text}\n{extra}")).expect("write the inventory");
     path
-}
-
-fn plans(inventory: &Path, facts: &Facts) -> Vec<NodePlan> {
-    let inv = inventory::load(inventory).unwrap_or_else(|d| panic!("{d}"));
-    let books = playbook::load(&root().join("playbooks"), &root().join("assets")).unwrap_or_else(|d| panic!("{d}"));
-    let sel = Selection::default();
-    inv.nodes
-        .iter()
-        .map(|n| {
-            plan::plan_node(
-                &inv,
-                &books,
-                &n.name,
-                facts,
-                &Progress::empty(),
-                &kubeboot::secrets::Digests::none(),
-                &sel,
-            )
-            .unwrap_or_else(|d| panic!("{d}"))
-        })
-        .collect()
-}
-
-fn rhel() -> Facts {
-    Facts {
-        os_family: "redhat".into(),
-        os_id: "rhel".into(),
-        os_version: "9.4".into(),
-        os_version_major: 9,
-        ..Facts::assumed()
-    }
 }
 
 /// Every text a node receives: commands, guards, copied files (jump-host tasks never reach it).
@@ -176,7 +143,7 @@ fn foreign_hosts(inventory: &Path, allowed: &str) -> Vec<String> {
     let mirrors: BTreeSet<&str> = inv.sources.registries.keys().map(String::as_str).collect();
     let mut foreign = Vec::new();
     for facts in [Facts::assumed(), rhel()] {
-        for p in plans(inventory, &facts) {
+        for p in plans_of(inventory, &facts) {
             for (host, at, line) in url_hosts(&node_texts(&p)) {
                 // hosts.toml names the upstream it mirrors (`server = "https://quay.io"`): identity, not a download.
                 let upstream = line.starts_with("echo 'server = ") && mirrors.iter().any(|m| line.contains(m))
@@ -198,7 +165,7 @@ fn with_every_source_at_a_loopback_mirror_no_other_host_is_contacted() {
     assert!(foreign.is_empty(), "hosts outside [sources]:\n{}", foreign.join("\n"));
 
     // And the defaults really are today's internet locations (so the check above can fail).
-    let shipped = foreign_hosts(&root().join("inventory.toml"), "127.0.0.9");
+    let shipped = foreign_hosts(&repo().join("inventory.toml"), "127.0.0.9");
     for host in [
         "pkgs.k8s.io",
         "download.docker.com",
@@ -224,7 +191,7 @@ fn with_a_bundle_everything_comes_through_the_nodes_own_connection() {
         "hosts other than the bundle:\n{}",
         foreign.join("\n")
     );
-    let plans = plans(&inventory, &Facts::assumed());
+    let plans = plans_of(&inventory, &Facts::assumed());
     let all: String = node_texts(&plans[0]).into_iter().map(|(_, t)| t).collect();
     assert!(
         all.contains("http://127.0.0.1:18470/apt/ubuntu-"),
@@ -241,7 +208,7 @@ fn with_a_bundle_everything_comes_through_the_nodes_own_connection() {
 fn the_sources_urls_reach_the_preflight_check() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let inventory = inventory_with(dir.path(), &format!("[sources]\n{}", ALL_AT_THE_MIRROR));
-    let plans = plans(&inventory, &Facts::assumed());
+    let plans = plans_of(&inventory, &Facts::assumed());
     let check = plans[0]
         .tasks
         .iter()
@@ -272,7 +239,7 @@ fn problems(extra: &str) -> String {
 
 #[test]
 fn bad_sources_are_located_errors_with_a_hint() {
-    let lines = std::fs::read_to_string(root().join("inventory.toml"))
+    let lines = std::fs::read_to_string(repo().join("inventory.toml"))
         .expect("the shipped inventory")
         .lines()
         .count();

@@ -2,17 +2,16 @@
 //! presses keys with `tmux send-keys` and reads the screen with `tmux capture-pane`, as an operator would.
 //! Needs root, sshd, sudo and tmux; a missing one fails the test (never skips it).
 
-use std::net::Ipv4Addr;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::tmux::Tmux;
 use kubeboot::lab::{self, LabGuard, LabOptions};
 
 /// How long one screen may take to appear.
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the screen is read while waiting.
-const POLL: Duration = Duration::from_millis(100);
 
 /// Checks the failing node: 40 lines of output, then it fails on node-2 until its flag file exists.
 const CHECK_STAGE: &str = r#"name: check
@@ -38,110 +37,29 @@ tasks:
       for i in $(seq 1 $n); do echo "working $i"; sleep 1; done
 "#;
 
-/// A tmux server of the test's own (its own socket), killed when dropped.
-struct Tmux {
-    socket: PathBuf,
-}
-
-impl Tmux {
-    /// Starts `script` in a detached 100x30 session.
-    fn start(dir: &Path, script: &Path) -> Tmux {
-        let tmux = Tmux {
-            socket: dir.join("tmux.sock"),
-        };
-        let out = tmux.run(&[
-            "new-session",
-            "-d",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            "-s",
-            "kb",
-            &format!("sh {}", script.display()),
-        ]);
-        assert!(
-            out.status.success(),
-            "tmux new-session failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run tmux (is it installed?): {e}"))
-    }
-
-    /// The visible screen as text.
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "kb"]).stdout).into_owned()
-    }
-
-    /// The screen plus the normal screen's scrollback (what is left after the TUI gave the terminal back).
-    fn history(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-S", "-200", "-t", "kb"]).stdout).into_owned()
-    }
-
-    /// True while the program in the pane uses the alternate screen.
-    fn alternate_on(&self) -> bool {
-        let out = self.run(&["display-message", "-p", "-t", "kb", "#{alternate_on}"]);
-        String::from_utf8_lossy(&out.stdout).trim() == "1"
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", "kb"];
-        args.extend_from_slice(keys);
-        let out = self.run(&args);
-        assert!(out.status.success(), "tmux send-keys {keys:?} failed");
-    }
-
-    /// Waits until `pred` holds for the screen; fails with the screen it last saw.
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.screen();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < SCREEN_TIMEOUT,
-                "timed out waiting for {what}; the screen was:\n{screen}"
-            );
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
 /// A 4-node lab, a playbook set and a wrapper script that runs `kubeboot apply` and records its exit code.
 struct Setup {
     lab: LabGuard,
+    /// The lab's loopback range, held while it runs.
+    _net: kubeboot::lab::net::Net,
     dir: tempfile::TempDir,
 }
 
 impl Setup {
-    fn new(net: u8, work_seconds: u32) -> Setup {
+    fn new(work_seconds: u32) -> Setup {
         let dir = tempfile::tempdir().expect("a temporary folder");
+        let net = common::claim_net(4);
         let opts = LabOptions {
             dir: dir.path().join("lab"),
             nodes: 4,
-            first_address: Ipv4Addr::new(127, 0, net, 1),
-            first_port: 25000 + u16::from(net - 150) * 100,
+            first_address: net.first_address,
+            first_port: net.first_port,
             ..LabOptions::default()
         };
         let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
         let setup = Setup {
             lab: LabGuard(lab),
+            _net: net,
             dir,
         };
         let playbooks = setup.path("playbooks");
@@ -173,26 +91,12 @@ exec sleep 600
     }
 
     fn start(&self) -> Tmux {
-        Tmux::start(self.dir.path(), &self.path("run.sh"))
+        Tmux::start(self.dir.path(), &self.path("run.sh"), SCREEN_TIMEOUT)
     }
 
     /// Waits for kubeboot to exit; returns its exit code.
     fn exit_code(&self, tmux: &Tmux) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Ok(code) = std::fs::read_to_string(self.path("exit-code")) {
-                return code
-                    .trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("exit code file holds {code:?}"));
-            }
-            assert!(
-                start.elapsed() < SCREEN_TIMEOUT,
-                "kubeboot did not exit; the screen was:\n{}",
-                tmux.screen()
-            );
-            std::thread::sleep(POLL);
-        }
+        tmux.exit_code(&self.path("exit-code"))
     }
 }
 
@@ -223,7 +127,7 @@ fn node_row<'a>(screen: &'a str, node: &str) -> Option<&'a str> {
 #[test]
 fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_0() {
     let started = Instant::now();
-    let setup = Setup::new(150, 6);
+    let setup = Setup::new(6);
     let tmux = setup.start();
 
     // The confirmation screen: nodes, stages and task counts, and nothing runs yet.
@@ -328,7 +232,7 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
 
 #[test]
 fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
-    let setup = Setup::new(151, 30);
+    let setup = Setup::new(30);
     let tmux = setup.start();
     tmux.wait_for("the confirmation screen", |s| s.contains("y/Enter"));
     tmux.keys(&["y"]);
@@ -352,7 +256,7 @@ fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
 
 #[test]
 fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen() {
-    let setup = Setup::new(152, 1);
+    let setup = Setup::new(1);
     let node2 = setup.lab.node("node-2").expect("node-2 exists");
     std::fs::write(node2.root.join("ok"), "").expect("create the flag file");
     // known_hosts forgets node-3 and node-4.
@@ -421,7 +325,7 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
 
 #[test]
 fn answering_no_on_the_confirmation_screen_leaves_the_logs_of_the_last_run_alone() {
-    let setup = Setup::new(153, 1);
+    let setup = Setup::new(1);
     // What an earlier run left: its log folder, and `latest` pointing at it.
     let logs = setup.path("state/logs");
     std::fs::create_dir_all(logs.join("20260101-000000-abcd")).expect("a log folder");

@@ -8,9 +8,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kubeboot::lab::vm;
+use serde_json::Value;
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_LIKE: &str = "node-198";
@@ -150,6 +151,155 @@ impl Vms {
     }
 }
 
+/// One `kubeboot apply --yes --output json` on the lab's inventory and the shipped playbooks.
+struct Apply {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Apply {
+    fn events(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn finished(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == "task_finished")
+            .collect()
+    }
+
+    fn output_of(&self, node: &str) -> String {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == "output" && e["node"] == node)
+            .map(|e| format!("{}\n", e["line"].as_str().unwrap_or_default()))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for Apply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tail = |s: &str| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
+        write!(
+            f,
+            "exit {:?} after {:?}\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
+            self.code,
+            self.took,
+            tail(&self.stdout),
+            tail(&self.stderr)
+        )
+    }
+}
+
+/// The real node stages (everything they run is real on the VMs).
+const NODE_STAGES: &str = "preflight,sources,os-prep,containerd,longhorn-prereqs";
+/// Stands in for a hung run: far beyond what the stages take under TCG.
+const APPLY_CAP: Duration = Duration::from_secs(1500);
+
+impl Vms {
+    fn kubeboot(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("-i")
+            .arg(self.inventory())
+            .arg("-p")
+            .arg(repo().join("playbooks"))
+            .arg("--assets")
+            .arg(repo().join("assets"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in secrets() {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn apply(&self, extra: &[&str]) -> Apply {
+        self.apply_watching(extra, |_| {})
+    }
+
+    /// Runs apply, calling `watch` with every JSON event as it arrives (to inject a fault at a chosen task).
+    fn apply_watching(&self, extra: &[&str], mut watch: impl FnMut(&Value)) -> Apply {
+        use std::io::BufRead;
+        let mut args = vec!["apply", "--yes", "--output", "json"];
+        args.extend_from_slice(extra);
+        let started = Instant::now();
+        let mut child = self.kubeboot(&args).spawn().expect("kubeboot apply starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let err_reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
+            s
+        });
+        let pid = child.id() as i32;
+        let watchdog = std::thread::spawn(move || {
+            let deadline = Instant::now() + APPLY_CAP;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    return;
+                }
+            }
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let mut stdout = String::new();
+        for line in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                watch(&event);
+            }
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+        let status = child.wait().expect("kubeboot apply ends");
+        let _ = watchdog.join();
+        Apply {
+            code: status.code(),
+            stdout,
+            stderr: err_reader.join().unwrap_or_default(),
+            took: started.elapsed(),
+        }
+    }
+}
+
+/// The secrets the shipped inventory names, random for this run (the node stages do not use them; they must
+/// still never be written anywhere).
+fn secrets() -> Vec<(&'static str, String)> {
+    use std::sync::OnceLock;
+    static VALUES: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+    VALUES
+        .get_or_init(|| {
+            use rand::Rng;
+            let mut rng = rand::rng();
+            let mut value = |prefix: &str| {
+                let tail: String = (0..20)
+                    .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rng.random_range(0..33)]))
+                    .collect();
+                format!("{prefix}-{tail}")
+            };
+            vec![
+                ("KUBEBOOT_S3_ACCESS_KEY", value("s3access")),
+                ("KUBEBOOT_S3_SECRET_KEY", value("s3secret")),
+                ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", value("grafana")),
+                ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", value("opensearch")),
+            ]
+        })
+        .clone()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -224,10 +374,313 @@ fn check_vm_lab_itself(vms: &Vms) {
     );
 }
 
+/// What a node holds of kubeboot's own temporary files (issue 18): `/tmp/kubeboot-*` of any user.
+fn leftovers(vms: &Vms, node: &str) -> String {
+    vms.root(node, "ls -d /tmp/kubeboot-* /var/tmp/kubeboot-* 2>/dev/null || true")
+        .trim()
+        .to_string()
+}
+
+/// Runs the real node stages, hard-resetting `node-197` in the middle of its first apt install; then `apply`
+/// again resumes that node and finishes.
+fn install_with_a_hard_reset(vms: &Vms) {
+    let victim = "node-197";
+    let mut reset_done = false;
+    let first = vms.apply_watching(&["--only", NODE_STAGES], |e| {
+        if !reset_done && e["event"] == "task_started" && e["node"] == victim && e["task"] == "base packages (apt)" {
+            // Give apt a few seconds to be busy (update, then unpacking), then press the reset button.
+            std::thread::sleep(Duration::from_secs(20));
+            vm::reset(&vms.dir, victim).expect("QMP system_reset");
+            reset_done = true;
+        }
+    });
+    assert!(reset_done, "the reset was never triggered:\n{first}");
+    assert_eq!(
+        first.code,
+        Some(1),
+        "the reset node must fail, the others finish:\n{first}"
+    );
+    for e in first.events().iter().filter(|e| e["event"] == "node_finished") {
+        let want = if e["node"] == victim { "failed" } else { "ok" };
+        assert_eq!(e["status"], want, "{e}\n{first}");
+    }
+    eprintln!("first apply (with the reset of {victim}) took {:.0?}", first.took);
+    vm::wait_until_up(&vms.dir, victim, Duration::from_secs(600)).expect("the reset VM comes back");
+
+    let second = vms.apply(&["--only", NODE_STAGES]);
+    assert_eq!(
+        second.code,
+        Some(0),
+        "apply after the reset must finish every node:\n{second}"
+    );
+    // The nodes that finished are not run again; the reset one continues.
+    for e in second.finished() {
+        if e["node"] != victim {
+            assert_eq!(e["reason"], "done", "{e}");
+        }
+    }
+    eprintln!("second apply (resume) took {:.0?}", second.took);
+    // The reset node's shells never got to clean up; the next connection did (issue 18).
+    for node in NODES {
+        assert_eq!(leftovers(vms, node), "", "{node} keeps kubeboot's temporary files");
+    }
+}
+
+/// The real node stages on all four VMs, once, in one uninterrupted run.
+fn install_node_stages(vms: &Vms) {
+    let run = vms.apply(&["--only", NODE_STAGES]);
+    assert_eq!(run.code, Some(0), "the node stages must finish on every VM:\n{run}");
+    eprintln!("node stages on 4 VMs took {:.0?}", run.took);
+    std::fs::write(vms.dir.join("node-stages.json"), &run.stdout).expect("the events of the run");
+    for node in NODES {
+        assert_eq!(leftovers(vms, node), "", "{node} keeps kubeboot's temporary files");
+    }
+}
+
+/// After a reboot of every VM: what the stages set is still in force.
+fn reboot_and_verify(vms: &Vms) {
+    let boot_ids: Vec<String> = NODES
+        .iter()
+        .map(|n| vms.root(n, "cat /proc/sys/kernel/random/boot_id"))
+        .collect();
+    for node in NODES {
+        // The connection drops as the VM goes down: the exit code means nothing.
+        let _ = vms.sudo(node, "systemctl reboot");
+    }
+    let started = Instant::now();
+    for (node, before) in NODES.iter().zip(&boot_ids) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let now = vms.sudo(node, "cat /proc/sys/kernel/random/boot_id");
+            if now.status.success() && String::from_utf8_lossy(&now.stdout) != *before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node} did not come back from its reboot");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    eprintln!("reboot of 4 VMs took {:.0?}", started.elapsed());
+    for node in NODES {
+        let v = vms.root(
+            node,
+            "for m in overlay br_netfilter iscsi_tcp; do grep -q \"^$m \" /proc/modules && echo \"module $m\"; done; \
+             echo \"iptables $(cat /proc/sys/net/bridge/bridge-nf-call-iptables)\"; \
+             echo \"forward $(cat /proc/sys/net/ipv4/ip_forward)\"; \
+             echo \"map $(cat /proc/sys/vm/max_map_count)\"; \
+             echo \"swaps $(tail -n +2 /proc/swaps | wc -l)\"; \
+             for u in iscsid containerd; do echo \"$u $(systemctl is-enabled $u) $(systemctl is-active $u)\"; done; \
+             grep -c \"SystemdCgroup = true\" /etc/containerd/config.toml",
+        );
+        for want in [
+            "module overlay",
+            "module br_netfilter",
+            "module iscsi_tcp",
+            "iptables 1",
+            "forward 1",
+            "map 262144",
+            "swaps 0",
+            "iscsid enabled active",
+            "containerd enabled active",
+        ] {
+            assert!(v.lines().any(|l| l == want), "{node} after reboot: no `{want}` in\n{v}");
+        }
+        assert_eq!(
+            v.lines().last(),
+            Some("1"),
+            "{node}: SystemdCgroup = true not in the config\n{v}"
+        );
+    }
+}
+
+/// Tasks that only read the node (checks) and so have no guard: the engine reports every unguarded `run` as
+/// `changed`, so for these the node's own state is compared instead. `containerd config` compares the config
+/// it would write with the file and says "unchanged" without touching or restarting anything.
+const READ_ONLY: &[(&str, &str)] = &[
+    ("preflight", ""),
+    ("containerd", "containerd config"),
+    ("longhorn-prereqs", "longhorn prerequisites check"),
+];
+
+/// What would move if a task really changed something: packages, the files the stages write (mtimes), the
+/// PIDs of containerd and iscsid (a restart), the modules and sysctls.
+fn node_state(vms: &Vms, node: &str) -> String {
+    vms.root(
+        node,
+        "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' | md5sum; \
+         stat -c '%n %Y' /etc/containerd/config.toml /etc/fstab /etc/sysctl.d/99-kubernetes.conf \
+           /etc/modules-load.d/k8s.conf /etc/modules-load.d/iscsi_tcp.conf /etc/crictl.yaml \
+           /etc/apt/sources.list.d/kubeboot-distro.list; \
+         systemctl show -p MainPID containerd iscsid; cut -d' ' -f1 /proc/modules | sort | md5sum; \
+         sysctl -a 2>/dev/null | grep -v -e random -e '^fs\\.\\(dentry\\|inode\\|file-nr\\)' -e 'kernel.ns_last_pid' | md5sum",
+    )
+}
+
+/// `apply --fresh` on finished nodes changes nothing: every task ok or skipped by its guard or condition, the
+/// read-only checks leave the node as it was.
+fn fresh_changes_nothing(vms: &Vms) {
+    let before: Vec<String> = NODES.iter().map(|n| node_state(vms, n)).collect();
+    let run = vms.apply(&["--only", NODE_STAGES, "--fresh"]);
+    assert_eq!(run.code, Some(0), "{run}");
+    let read_only = |e: &Value| {
+        READ_ONLY
+            .iter()
+            .any(|(stage, task)| e["stage"] == *stage && (task.is_empty() || e["task"] == *task))
+    };
+    let changed: Vec<String> = run
+        .finished()
+        .iter()
+        .filter(|e| e["status"] != "ok" && e["status"] != "skipped" && !read_only(e))
+        .map(|e| format!("{} {} / {}: {}", e["node"], e["stage"], e["task"], e["status"]))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "apply --fresh changed something on finished VMs:\n{}",
+        changed.join("\n")
+    );
+    for (node, before) in NODES.iter().zip(&before) {
+        assert!(
+            run.output_of(node).contains("unchanged: /etc/containerd/config.toml"),
+            "{node}: containerd config was rewritten"
+        );
+        assert_eq!(
+            &node_state(vms, node),
+            before,
+            "{node}'s state moved during apply --fresh"
+        );
+    }
+    eprintln!("apply --fresh took {:.0?}", run.took);
+}
+
+/// Another process holds the dpkg lock when apt has to run: apt waits `apt_lock_timeout`, then the task fails
+/// naming the holder.
+fn apt_lock_held(vms: &Vms) {
+    let node = "node-196";
+    // jq is one of os-prep's base packages: without it the task has to run apt.
+    vms.root(
+        node,
+        "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q jq >/dev/null",
+    );
+    // apt locks with fcntl (not flock): a Python holder takes the same kind of lock, in its own session.
+    vms.root(
+        node,
+        "setsid nohup python3 -c \"import fcntl,time; f=open('/var/lib/dpkg/lock-frontend','w'); \
+         fcntl.lockf(f, fcntl.LOCK_EX); open('/run/lock-holder.pid','w').write(str(__import__('os').getpid())); \
+         time.sleep(900)\" >/dev/null 2>&1 < /dev/null & sleep 2; cat /run/lock-holder.pid",
+    );
+    let inventory = std::fs::read_to_string(vms.inventory()).expect("inventory");
+    let short = inventory.replace("apt_lock_timeout = 300", "apt_lock_timeout = 15");
+    assert_ne!(short, inventory, "the lab inventory carries apt_lock_timeout");
+    std::fs::write(vms.inventory(), &short).expect("inventory");
+    let run = vms.apply(&["--only", "os-prep", "--limit", node]);
+    let out = run.output_of(node);
+    assert_eq!(run.code, Some(1), "{run}");
+    assert!(
+        out.contains("lock-frontend") && out.contains("held by process") && out.contains("python3"),
+        "apt must name the lock and its holder:\n{out}"
+    );
+    vms.root(node, "kill $(cat /run/lock-holder.pid)");
+    std::fs::write(vms.inventory(), &inventory).expect("inventory");
+    let again = vms.apply(&["--only", "os-prep", "--limit", node]);
+    assert_eq!(again.code, Some(0), "{again}");
+}
+
+/// The node's disk is full when a file is copied: the task fails with a clear error; freed, apply finishes.
+fn full_disk_during_a_copy(vms: &Vms) {
+    let node = "node-194";
+    // The copy must have something to write: remove what os-prep wrote, then fill the disk (root too).
+    vms.root(node, "rm -f /etc/modules-load.d/k8s.conf; fallocate -l \"$(df --output=avail -B1 / | tail -1)\" /var/tmp/fill || true; \
+                    dd if=/dev/zero of=/var/tmp/fill2 bs=1M 2>/dev/null || true; df -h / | tail -1");
+    let run = vms.apply(&["--only", "os-prep", "--limit", node]);
+    assert_eq!(run.code, Some(1), "{run}");
+    let failed: Vec<Value> = run.finished().into_iter().filter(|e| e["status"] == "failed").collect();
+    assert_eq!(failed.len(), 1, "{run}");
+    assert_eq!(failed[0]["task"], "kernel modules persisted", "{run}");
+    let error = failed[0]["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(
+        error.contains("space") || error.contains("full"),
+        "a full disk must say so: {error}"
+    );
+    vms.root(node, "rm -f /var/tmp/fill /var/tmp/fill2");
+    let again = vms.apply(&["--only", "os-prep", "--limit", node]);
+    assert_eq!(again.code, Some(0), "{again}");
+    assert_eq!(
+        leftovers(vms, node),
+        "",
+        "{node} keeps kubeboot's temporary files after the full disk"
+    );
+}
+
+/// No secret in any file on the VMs or in the lab folder (outside the one file that holds the sudo password).
+fn no_secret_written(vms: &Vms) {
+    let mut needles: Vec<String> = secrets().into_iter().map(|(_, v)| v).collect();
+    needles.push(vms.password.clone());
+    // The values go to grep on stdin, after the sudo password (sudo reads only its line): never on a command line.
+    let patterns: String = needles.iter().map(|n| format!("{n}\n")).collect();
+    for node in NODES {
+        // One pass over the node's writable trees for all the values at once.
+        let out = vms.ssh(
+            node,
+            "sudo -S -p '' sh -c 'grep -rlF -f - /etc /var /tmp /home /root /opt /usr/local /run 2>/dev/null; true'",
+            &format!("{}\n{patterns}", vms.password),
+        );
+        assert!(out.status.success(), "{node}: the search failed: {}", text(&out));
+        let found = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(found.trim(), "", "{node}: a secret is in these files");
+    }
+    for (path, content) in files_under(&vms.dir) {
+        if path.ends_with("sudo_password") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&content);
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "a secret is in {}", path.display());
+        }
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file()
+                && meta.len() < 64 << 20
+                && let Ok(c) = std::fs::read(&p)
+            {
+                out.push((p, c));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
     let vms = Vms::start();
     check_vm_lab_itself(&vms);
+    if std::env::var_os("KUBEBOOT_VM_FAULTS").is_some() {
+        install_with_a_hard_reset(&vms);
+        reboot_and_verify(&vms);
+        fresh_changes_nothing(&vms);
+        apt_lock_held(&vms);
+        full_disk_during_a_copy(&vms);
+    } else if std::env::var_os("KUBEBOOT_VM_INSTALL").is_some() {
+        install_node_stages(&vms);
+    } else {
+        // Said loudly: these were run by hand on a VM lab (see the README) but not yet seen to pass inside this
+        // test before the session ended, so CI does not run them yet.
+        eprintln!(
+            "vm_lab: the node stages (KUBEBOOT_VM_INSTALL=1) and the reset/resume, reboot, --fresh, apt-lock and \
+             full-disk trials (KUBEBOOT_VM_FAULTS=1) are NOT run"
+        );
+    }
+    no_secret_written(&vms);
 
     // lab down stops exactly what it started and deletes the overlays.
     let pids = vms.pids();

@@ -1,13 +1,17 @@
 //! Shared helpers for the end-to-end tests: start a lab of real sshd nodes, write playbooks,
 //! run the kubeboot binary, read its JSON events, its journal and the side effects on the nodes.
 //!
-//! Each test passes its own `net` (127.0.<net>.x, ports 20000 + net * 10 ...) so tests run in parallel.
+//! Each lab gets a loopback range of its own from `lab::net` (a lock file per range), so tests, test binaries and
+//! worktrees run in parallel without sharing addresses.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod plans;
+pub mod tmux;
+
 use std::collections::HashMap;
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,22 +28,29 @@ pub fn bin() -> PathBuf {
 pub struct TestLab {
     /// Stops sshd when dropped; declared first so it drops before the folders are removed.
     pub lab: LabGuard,
+    /// The lab's loopback range, held until the lab is down.
+    pub net: lab::net::Net,
     _lab_dir: tempfile::TempDir,
     work: tempfile::TempDir,
 }
 
-/// Starts `nodes` lab nodes on 127.0.<net>.1.. with ports 20000 + net * 10 ...; panics (never skips) when it cannot.
-pub fn start_lab(net: u8, nodes: usize) -> TestLab {
-    start_lab_with(net, nodes, false)
+/// Starts `nodes` lab nodes on a loopback range of their own; panics (never skips) when it cannot.
+pub fn start_lab(nodes: usize) -> TestLab {
+    start_lab_with(nodes, false)
 }
 
 /// Like [`start_lab`], each node with a /tmp of its own ([`LabOptions::private_tmp`]; the lab's
 /// folder is then under /var/tmp).
-pub fn start_private_tmp_lab(net: u8, nodes: usize) -> TestLab {
-    start_lab_with(net, nodes, true)
+pub fn start_private_tmp_lab(nodes: usize) -> TestLab {
+    start_lab_with(nodes, true)
 }
 
-fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
+/// A loopback range for a lab of `nodes` nodes started by hand ([`LabOptions`]); hold it while the lab runs.
+pub fn claim_net(nodes: usize) -> lab::net::Net {
+    lab::net::claim(nodes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn start_lab_with(nodes: usize, private_tmp: bool) -> TestLab {
     let lab_dir = if private_tmp {
         tempfile::tempdir_in("/var/tmp")
     } else {
@@ -47,11 +58,12 @@ fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
     }
     .expect("a temporary folder");
     let work = tempfile::tempdir().expect("a temporary folder");
+    let net = claim_net(nodes);
     let opts = LabOptions {
         dir: lab_dir.path().to_path_buf(),
         nodes,
-        first_address: Ipv4Addr::new(127, 0, net, 1),
-        first_port: 20000 + u16::from(net) * 10,
+        first_address: net.first_address,
+        first_port: net.first_port,
         private_tmp,
         ..LabOptions::default()
     };
@@ -60,6 +72,7 @@ fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
     fs::create_dir_all(work.path().join("playbooks")).expect("a playbooks folder");
     TestLab {
         lab: LabGuard(lab),
+        net,
         _lab_dir: lab_dir,
         work,
     }
@@ -138,11 +151,26 @@ impl TestLab {
 
     /// Starts `apply --yes --output json` in the background.
     pub fn spawn_apply(&self) -> Child {
-        self.kubeboot(&["apply", "--yes", "--output", "json"])
+        self.spawn_apply_with(&self.inventory())
+    }
+
+    /// Like [`TestLab::spawn_apply`] with another inventory.
+    pub fn spawn_apply_with(&self, inventory: &Path) -> Child {
+        self.kubeboot_with(inventory, &["apply", "--yes", "--output", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("kubeboot starts")
+    }
+
+    /// The lab's inventory with keepalives every `every` (`"1s"`), written to the work folder.
+    pub fn keepalive_inventory(&self, every: &str) -> PathBuf {
+        let inv = self.work().join("inventory.toml");
+        let text = fs::read_to_string(self.inventory())
+            .expect("read the inventory")
+            .replace("[ssh]\n", &format!("[ssh]\nkeepalive = \"{every}\"\n"));
+        fs::write(&inv, text).expect("write the inventory");
+        inv
     }
 
     /// How many logins the node's sshd accepted so far.
@@ -206,6 +234,16 @@ pub fn wait_with_cap(child: Child, cap: Duration) -> Output {
 }
 
 impl Run {
+    /// A run that [`wait_with_cap`] waited for (its duration unknown).
+    pub fn from_output(out: Output) -> Run {
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            took: Duration::ZERO,
+        }
+    }
+
     /// The JSON events on stdout; panics on a line that is not JSON.
     pub fn events(&self) -> Vec<Value> {
         self.stdout
@@ -355,6 +393,15 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Unmounts a test's mount when dropped (so a failed assertion leaves no mount behind).
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).stderr(Stdio::null()).status();
+    }
 }
 
 /// Sends a signal to a process.

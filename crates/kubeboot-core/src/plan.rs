@@ -106,6 +106,8 @@ pub struct PlannedTask {
     pub again_for: Option<String>,
     /// Why it runs (set with Decision::Run).
     pub why: Option<Why>,
+    /// False for a read-only task (`changed_when: false`): a success is `ok`, so it re-runs nothing after it.
+    pub changed_when: bool,
 }
 
 /// A planned task's `register`.
@@ -587,7 +589,8 @@ fn plan_task(
     }
     // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
     let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
-    let ordering = Ordering {
+    let extras = Extras {
+        changed_when: def.changed_when,
         register: def.register.as_ref(),
         waits: stage_waits.iter().chain(&def.wait_for).collect(),
     };
@@ -598,11 +601,11 @@ fn plan_task(
         unless.as_deref(),
         become_,
         &env,
-        &ordering,
+        &extras,
     );
     let inputs = Inputs {
         secrets: None,
-        parts: parts(&action, unless.as_deref(), become_, &env, &ordering),
+        parts: parts(&action, unless.as_deref(), become_, &env, &extras),
     };
     let secrets = secrets_used(&action, &env);
     Ok(PlannedTask {
@@ -630,6 +633,7 @@ fn plan_task(
         serial: stage.serial,
         again_for: None,
         why: None,
+        changed_when: def.changed_when,
     })
 }
 
@@ -642,15 +646,18 @@ fn secrets_used(action: &Action, env: &[(String, String)]) -> Vec<String> {
     names
 }
 
-/// What a task hands to other tasks and waits for, as written: part of its identity, so a changed `register`
-/// or `wait_for` runs it again. A task with neither keeps the fingerprint it had before they existed.
-struct Ordering<'a> {
+/// The parts of a task's identity only some tasks have, as written: `changed_when: false`, what it hands to
+/// other tasks and what it waits for. A changed one runs the task again; a task with none keeps the
+/// fingerprint it had before they existed.
+struct Extras<'a> {
+    /// False for a read-only task.
+    changed_when: bool,
     register: Option<&'a RegisterDef>,
     /// The stage's `wait_for` (for its first task) and the task's own.
     waits: Vec<&'a WaitForDef>,
 }
 
-impl Ordering<'_> {
+impl Extras<'_> {
     /// The register's name, secrecy and capture (the `register` part); empty without one.
     fn register(&self) -> Vec<Vec<u8>> {
         let Some(r) = self.register else { return Vec::new() };
@@ -677,14 +684,14 @@ impl Ordering<'_> {
 }
 
 /// Short digests (sha256, 16 hex digits) of the parts of a task, so a rerun can say which part changed:
-/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, `register`, `waits`, and for a copy
-/// `owner` and `file <dest>` for each copied file.
+/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, for a copy `owner` and `file <dest>`
+/// for each copied file, and the [`Extras`] a task has: `changed_when`, `register`, `waits`.
 fn parts(
     action: &Action,
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
-    ordering: &Ordering<'_>,
+    extras: &Extras<'_>,
 ) -> BTreeMap<String, String> {
     let short = |pieces: &[&[u8]]| {
         let mut h = Sha256::new();
@@ -719,7 +726,10 @@ fn parts(
         out.insert("env".into(), short(&flat));
     }
     out.insert("sudo".into(), short(&[if become_ { b"become" } else { b"as-user" }]));
-    for (part, pieces) in [("register", ordering.register()), ("waits", ordering.waits())] {
+    if !extras.changed_when {
+        out.insert("changed_when".into(), short(&[b"false"]));
+    }
+    for (part, pieces) in [("register", extras.register()), ("waits", extras.waits())] {
         if !pieces.is_empty() {
             let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
             out.insert(part.into(), short(&refs));
@@ -808,7 +818,7 @@ fn fingerprint(
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
-    ordering: &Ordering<'_>,
+    extras: &Extras<'_>,
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |bytes: &[u8]| {
@@ -831,7 +841,12 @@ fn fingerprint(
         put(k.as_bytes());
         put(v.as_bytes());
     }
-    for piece in ordering.register().iter().chain(&ordering.waits()) {
+    // Only a read-only task adds it: it decides what later tasks do after it (an `ok` re-runs nothing), and
+    // the fingerprints of every other task stay what earlier versions journaled.
+    if !extras.changed_when {
+        put(b"changed_when-false");
+    }
+    for piece in extras.register().iter().chain(&extras.waits()) {
         put(piece);
     }
     hex::encode(h.finalize())

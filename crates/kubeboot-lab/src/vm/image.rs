@@ -210,6 +210,12 @@ printf '{user}:%s\n' "$(cat "$m/password.hash")" | chpasswd -e
 install -d -o {user} -g {user} -m 0700 /home/{user}/.ssh
 install -o {user} -g {user} -m 0600 "$m/authorized_keys" /home/{user}/.ssh/authorized_keys
 umount "$m"
+# A swap file, as many real servers have: os-prep must turn it off and keep it off across reboots.
+fallocate -l 64M /swapfile
+chmod 0600 /swapfile
+mkswap /swapfile >/dev/null
+echo '/swapfile none swap sw 0 0' >> /etc/fstab
+swapon /swapfile
 touch /var/lib/kubeboot-seed.done
 SEED
 chmod 0755 "$r/usr/lib/kubeboot-lab/seed"

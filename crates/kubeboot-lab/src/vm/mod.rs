@@ -43,6 +43,8 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// RHEL 8/9's sudoers `secure_path` (no /usr/local/bin), which the RHEL-like guest keeps.
 pub const RHEL_SECURE_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
+/// Where the guests' /etc/hosts puts the model's S3 host: an address on the switch that nothing answers.
+const S3_STAND_IN: &str = "10.77.0.250";
 /// The file in a lab folder that marks it as a VM lab.
 const MARKER: &str = "vm-lab.json";
 
@@ -154,6 +156,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     let started = Instant::now();
     let base = image::ensure(&tools, &opts.cache)?;
     let image_time = started.elapsed();
+    let bundle = repo::ensure(&opts.cache)?;
 
     let password = super::random_password();
     write_private(&dir.join("sudo_password"), format!("{password}\n").as_bytes())?;
@@ -184,9 +187,16 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     });
     fs::write(dir.join(MARKER), marker.to_string()).map_err(io("cannot write the lab's marker"))?;
 
+    // The site's DNS would resolve its S3 endpoint (preflight requires it); the lab's guests resolve nothing, so
+    // their /etc/hosts names it (at an unused switch address: the S3 stages are not run on the VMs).
+    let s3_host = model
+        .get("vars")
+        .and_then(|v| v.get("s3_host"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut known_hosts = String::new();
     for (i, node) in nodes.iter().enumerate() {
-        let host_key = seed(&tools, &dir, node, i, &hash, &client_public)?;
+        let host_key = seed(&tools, &dir, node, i, &hash, &client_public, s3_host.as_deref())?;
         known_hosts.push_str(&format!("[{}]:{} {}\n", node.ssh.ip(), node.ssh.port(), host_key));
         let ndir = node_dir(&dir, &node.name);
         let overlay = ndir.join("overlay.qcow2");
@@ -213,7 +223,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
         image_time,
         boot_time: Duration::ZERO,
     };
-    write_inventory(&lab, &model)?;
+    write_inventory(&lab, &model, &bundle)?;
 
     let boot = Instant::now();
     let result = start_switch(&tools, &dir).and_then(|()| {
@@ -343,7 +353,15 @@ fn plain_model(count: usize) -> Table {
 
 /// Writes the lab's inventory: the model with the lab's SSH settings, each node's switch address as `address`
 /// and its loopback forward as `ssh_address`/`port`.
-fn write_inventory(lab: &VmLab, model: &Table) -> Result<(), LabError> {
+fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabError> {
+    // The guests' packages: the lab's repository, served by kubeboot itself over each VM's SSH connection.
+    let mut model = model.clone();
+    let sources = model.entry("sources").or_insert_with(|| Value::Table(Table::new()));
+    if let Some(sources) = sources.as_table_mut() {
+        sources.insert("bundle".into(), Value::String(bundle.display().to_string()));
+        // Debian's own containerd package: Docker's repository is out of reach of an air-gapped guest.
+        sources.insert("containerd".into(), Value::String("distro".into()));
+    }
     let nodes: Vec<like::LabAddress> = lab
         .nodes
         .iter()
@@ -366,7 +384,7 @@ fn write_inventory(lab: &VmLab, model: &Table) -> Result<(), LabError> {
     extra.insert("preflight_dns_names".into(), Value::Array(Vec::new()));
     let header = "# Written by kubeboot's VM lab: every node is a Debian 12 VM under qemu, reached on a loopback\n\
                   # forward (ssh_address/port); `address` is its own address on the lab's private switch.\n";
-    like::write_model(&lab.inventory, model, &settings, &nodes, &extra, header)
+    like::write_model(&lab.inventory, &model, &settings, &nodes, &extra, header)
 }
 
 /// Writes one guest's seed disk (host key, hostname, addresses, sudo rules, login) and returns its public host
@@ -378,6 +396,7 @@ fn seed(
     index: usize,
     hash: &str,
     client_public: &str,
+    s3_host: Option<&str>,
 ) -> Result<String, LabError> {
     let ndir = node_dir(dir, &node.name);
     let sdir = ndir.join("seed");
@@ -403,8 +422,10 @@ fn seed(
     write(
         "etc/hosts",
         &format!(
-            "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-            node.address, node.name
+            "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n{}",
+            node.address,
+            node.name,
+            s3_host.map_or_else(String::new, |h| format!("{S3_STAND_IN}\t{h}\n"))
         ),
         0o644,
     )?;

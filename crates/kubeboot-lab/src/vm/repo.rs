@@ -32,26 +32,31 @@ pub const STAGE_PACKAGES: &[&str] = &[
     "nfs-common",
 ];
 
-/// Builds the repository unless the cache has it; returns its folder (holding `Packages`, `Release` and the
-/// .debs, for `deb [trusted=yes] URL ./`).
+/// Where a bundle keeps the Debian 12 repository (flat: `Packages`, `Release` and the .debs side by side),
+/// as `kubeboot bundle` lays it out (`apt/<os_id>-<os_version>/`).
+pub const APT_DIR: &str = "apt/debian-12";
+
+/// Builds the repository unless the cache has it; returns the bundle folder holding it in [`APT_DIR`].
 pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let tools = HostTools::ensure(cache)?;
     let mut h = Sha256::new();
     h.update(STAGE_PACKAGES.join(",").as_bytes());
+    h.update(APT_DIR.as_bytes());
     let (debian, security) = host::mirror();
     h.update(debian.as_bytes());
     h.update(security.as_bytes());
     let key = format!("bookworm-{}", &hex::encode(h.finalize())[..16]);
     let dir = cache.join("repos").join(&key);
     let _lock = lock_cache(cache)?;
-    if dir.join("Release").exists() {
+    if dir.join(APT_DIR).join("Release").exists() {
         return Ok(dir);
     }
     let started = Instant::now();
     eprintln!("lab: building the guests' package repository {key}");
     let work = cache.join("repos").join(format!("{key}.build"));
     let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
+    let pool = work.join(APT_DIR);
+    fs::create_dir_all(&pool).map_err(io(format!("cannot create {}", pool.display())))?;
     // An empty dpkg status: apt then downloads every dependency, as for a machine that has nothing.
     let status = cache.join("apt").join("empty-status");
     fs::create_dir_all(cache.join("apt")).map_err(io("cannot create the lab's apt folder"))?;
@@ -68,45 +73,43 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "deb") {
-            let to = work.join(e.file_name());
+            let to = pool.join(e.file_name());
             if fs::hard_link(&p, &to).is_err() {
                 fs::copy(&p, &to).map_err(io(format!("cannot copy {}", p.display())))?;
             }
         }
     }
-    index(&tools, &work)?;
+    index(&tools, &pool)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&work, &dir).map_err(io(format!("cannot move the repository to {}", dir.display())))?;
     eprintln!("lab: package repository built in {:.0?}", started.elapsed());
     Ok(dir)
 }
 
-/// Writes `Packages`, `Packages.gz` and `Release` for the .debs in `dir` (a flat repository).
+/// Writes `Packages` and `Release` for the .debs in `dir` (a flat repository: `deb [trusted=yes] URL ./`).
 pub(crate) fn index(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
-    let out = Command::new(&tools.scanpackages)
-        .args(["--multiversion", "."])
-        .current_dir(dir)
+    let packages = ftparchive(tools, dir, &["packages", "."])?;
+    fs::write(dir.join("Packages"), &packages).map_err(io("cannot write Packages"))?;
+    let release = ftparchive(
+        tools,
+        dir,
+        &["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."],
+    )?;
+    fs::write(dir.join("Release"), &release).map_err(io("cannot write Release"))
+}
+
+fn ftparchive(tools: &HostTools, root: &Path, args: &[&str]) -> Result<Vec<u8>, LabError> {
+    let out = Command::new(&tools.ftparchive)
+        .args(args)
+        .current_dir(root)
         .output()
-        .map_err(io("cannot run dpkg-scanpackages"))?;
+        .map_err(io("cannot run apt-ftparchive"))?;
     if !out.status.success() {
         return Err(LabError::Command {
-            command: "dpkg-scanpackages --multiversion .".into(),
+            command: format!("apt-ftparchive {}", args.join(" ")),
             status: out.status.to_string(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    fs::write(dir.join("Packages"), &out.stdout).map_err(io("cannot write Packages"))?;
-    let release = Command::new(&tools.ftparchive)
-        .args(["-o", "APT::FTPArchive::Release::Origin=kubeboot-lab", "release", "."])
-        .current_dir(dir)
-        .output()
-        .map_err(io("cannot run apt-ftparchive"))?;
-    if !release.status.success() {
-        return Err(LabError::Command {
-            command: "apt-ftparchive release .".into(),
-            status: release.status.to_string(),
-            stderr: String::from_utf8_lossy(&release.stderr).into_owned(),
-        });
-    }
-    fs::write(dir.join("Release"), &release.stdout).map_err(io("cannot write Release"))
+    Ok(out.stdout)
 }
