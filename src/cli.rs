@@ -62,6 +62,16 @@ pub enum Command {
     Upgrade(RunArgs),
     /// Renew the control-plane certificates (kubeadm certs renew all) and restart the control-plane pods.
     RenewCerts(RunArgs),
+    /// Write one archive (tar.gz) for a support ticket: logs, journal, status, inventory, playbooks; secrets masked.
+    Report(ReportArgs),
+}
+
+/// `kubeboot report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the archive here [default: kubeboot-report-<time>.tar.gz in the current folder].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// What every day-two command takes: which clusters, how to show progress.
