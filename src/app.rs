@@ -216,7 +216,7 @@ fn use_bundle(input: &mut Input, dir: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn default_assets(playbooks: &Path) -> PathBuf {
+pub(crate) fn default_assets(playbooks: &Path) -> PathBuf {
     let parent = playbooks
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

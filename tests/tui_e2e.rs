@@ -324,6 +324,52 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
 }
 
 #[test]
+fn the_first_screen_shows_the_host_key_check_at_once_with_each_answer() {
+    let setup = Setup::new(1);
+    // A frozen node takes the connection but never says a word: its look lasts the full 3 s.
+    lab::pause_node(&setup.lab.dir, "node-4").expect("freeze node-4");
+    let started = Instant::now();
+    let tmux = setup.start();
+    let screen = tmux.wait_for("the host key check", |s| {
+        s.contains("checking host keys of 4 nodes") && s.contains("3/4 answered")
+    });
+    let shown = started.elapsed();
+    assert!(
+        shown < Duration::from_secs(3),
+        "the screen showed the check only after {shown:?}:\n{screen}"
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(
+            screen.lines().any(|l| l.contains(node) && l.contains("✓ known")),
+            "{node} answered:\n{screen}"
+        );
+    }
+    assert!(
+        screen.lines().any(|l| l.contains("node-4") && l.contains("… asking")),
+        "node-4 is still asked:\n{screen}"
+    );
+    // `y` starts nothing while the look runs; once node-4 gives up, the usual screen is back.
+    tmux.keys(&["y"]);
+    let screen = tmux.wait_for("the look to end", |s| {
+        !s.contains("checking host keys") && s.contains("y/Enter")
+    });
+    assert!(
+        screen.contains("kubeboot apply · run"),
+        "still the confirmation screen, nothing started:\n{screen}"
+    );
+    tmux.keys(&["n"]);
+    assert_eq!(setup.exit_code(&tmux), 0, "{}", tmux.history());
+    assert!(
+        !setup.path("state/journal.jsonl").exists()
+            || !std::fs::read_to_string(setup.path("state/journal.jsonl"))
+                .unwrap_or_default()
+                .contains("task_started"),
+        "nothing ran"
+    );
+    lab::resume_node(&setup.lab.dir, "node-4").expect("thaw node-4");
+}
+
+#[test]
 fn answering_no_on_the_confirmation_screen_leaves_the_logs_of_the_last_run_alone() {
     let setup = Setup::new(1);
     // What an earlier run left: its log folder, and `latest` pointing at it.
