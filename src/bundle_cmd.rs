@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::app::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
-use crate::bundle::images;
+use crate::bundle::{charts, images};
 use crate::cli::{BundleArgs, Cli};
 use crate::facts::Facts;
 use crate::inventory;
@@ -50,6 +50,7 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         &crate::plan::Selection::default(),
     )?;
     let images = images::in_plans(&plans);
+    let charts = charts::in_plans(&plans);
     let Some(out) = args.out.as_ref().filter(|_| !args.list) else {
         for w in &wanted {
             println!("release\t{}\t{}", w.name, w.url);
@@ -57,6 +58,13 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         for i in &images {
             let clusters: Vec<&str> = i.clusters.iter().map(String::as_str).collect();
             println!("image\t{}\t{}", i.reference, clusters.join(","));
+        }
+        for c in &charts {
+            let clusters: Vec<&str> = c.clusters.iter().map(String::as_str).collect();
+            println!("chart\t{} {}\t{}\t{}", c.name, c.version, c.repo, clusters.join(","));
+        }
+        if !charts.is_empty() {
+            println!("(and the images the charts' values.yaml files name, read once the charts are downloaded)");
         }
         return Ok(Exit::Ok);
     };
@@ -71,6 +79,10 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
             collect::Manifest::default()
         }
     };
+    let (items, chart_images, failed) = charts::collect(&inv, &charts, out, &report).await;
+    manifest.items.extend(items);
+    errors.extend(failed);
+    let images = images::merge(images, chart_images);
     let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
     manifest.items.extend(items);
     errors.extend(failed);
@@ -85,9 +97,10 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         return Ok(Exit::NodesFailed);
     }
     println!(
-        "bundle {}: {} files ({} images), manifest {}",
+        "bundle {}: {} files ({} charts, {} images), manifest {}",
         out.display(),
         manifest.items.len(),
+        charts.len(),
         images.len(),
         collect::MANIFEST
     );
