@@ -626,6 +626,45 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
         );
     }
 
+    // In the events of that run: each join waits (shown as waiting, on what) for the first control plane's join
+    // command and starts only after it; the join stage holds one node of the cluster at a time.
+    let at = |pred: &dyn Fn(&Value) -> bool| done.events.iter().position(pred);
+    let join_command_done = at(&|e| e["event"] == "task_finished" && e["node"] == FIRST && e["task"] == "join command")
+        .unwrap_or_else(|| panic!("the join command was not made again\n{}", done.explain()));
+    let mut turns: Vec<(usize, usize, &str)> = Vec::new();
+    for node in JOINING {
+        let waiting = done
+            .events
+            .iter()
+            .find(|e| e["event"] == "task_waiting" && e["node"] == node && e["task"] == "kubeadm join");
+        let on = waiting.map(|e| strings(&e["on"])).unwrap_or_default();
+        assert!(
+            on.iter().any(|o| o == &format!("{FIRST}: kubeadm-init/join command")),
+            "{node}: no waiting event naming the join command: {waiting:?}"
+        );
+        let in_stage = |e: &Value| {
+            e["node"] == node
+                && e["stage"] == "kubeadm-join"
+                && (e["event"] == "task_started" || e["event"] == "task_finished")
+        };
+        let start = at(&|e| in_stage(e) && e["event"] == "task_started").expect("the join started");
+        let end = done.events.iter().rposition(in_stage).expect("the join stage ended");
+        assert!(
+            start > join_command_done,
+            "{node}'s join started before the join command was made"
+        );
+        turns.push((start, end, node));
+    }
+    turns.sort();
+    for pair in turns.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].0,
+            "{} and {} were in the serial join stage at the same time",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+
     // The first control plane: endpoint, SANs and Cilium at the vip; kube-vip; the cluster's workloads.
     let kubeadm = node_file(&t, FIRST, "/etc/kubernetes/kubeadm-config.yaml");
     assert!(
