@@ -295,4 +295,7 @@ pub struct BundleArgs {
     /// Verify every file of a copied bundle against its manifest (a damaged file: exit 2).
     #[arg(long, value_name = "DIR")]
     pub check: Option<PathBuf>,
+    /// Print what --out would collect (release binaries, images and the clusters needing them); download nothing.
+    #[arg(long)]
+    pub list: bool,
 }
