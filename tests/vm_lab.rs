@@ -266,6 +266,7 @@ impl Vms {
         }
         let status = child.wait().expect("kubeboot apply ends");
         let _ = watchdog.join();
+        keep_events(&args, &stdout);
         Apply {
             code: status.code(),
             stdout,
@@ -273,6 +274,25 @@ impl Vms {
             took: started.elapsed(),
         }
     }
+}
+
+/// Every apply's events are kept in the target folder (`target/tmp/vm_lab/NN-ARGS.json`), where the lab's
+/// temporary folder would lose them: what a failed or slow run did, task by task, after the VMs are gone.
+fn keep_events(args: &[&str], stdout: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm_lab");
+    let n = RUNS.fetch_add(1, Ordering::SeqCst);
+    let name: String = args[4..]
+        .join("_")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    if n == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{n:02}-{name}.json")), stdout);
 }
 
 /// The secrets the shipped inventory names, random for this run (the node stages do not use them; they must
