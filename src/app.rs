@@ -25,7 +25,7 @@ use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Digests, Vault};
 use crate::ssh::{self, HostKeyState};
-use crate::ui::tui::state::{HostKeyIssue, HostKeyPrompt};
+use crate::ui::tui::state::{HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
 use crate::{fanout, lab};
 
@@ -58,6 +58,7 @@ pub async fn main(cli: Cli) -> Exit {
         Command::Reset(args) => crate::daytwo::reset(&cli, args).await,
         Command::Upgrade(args) => crate::daytwo::upgrade(&cli, args).await,
         Command::RenewCerts(args) => crate::daytwo::renew_certs(&cli, args).await,
+        Command::Report(args) => crate::report::report(&cli, args),
     };
     match result {
         Ok(exit) => exit,
@@ -215,7 +216,7 @@ fn use_bundle(input: &mut Input, dir: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn default_assets(playbooks: &Path) -> PathBuf {
+pub(crate) fn default_assets(playbooks: &Path) -> PathBuf {
     let parent = playbooks
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -371,17 +372,19 @@ pub(crate) async fn run_playbooks(
 
     let result = if tui_wanted {
         let (go_tx, go_rx) = oneshot::channel();
-        let host_keys = if args.accept_new_host_keys {
-            Vec::new()
+        // The look at the host keys runs while the confirmation screen already shows its progress.
+        let probes = if args.accept_new_host_keys {
+            None
         } else {
-            host_key_prompts(&input.inventory, &input.nodes).await
+            host_key_probes(&input.inventory, &input.nodes)
         };
         let setup = tui::TuiSetup {
             stages,
             nodes: outlines,
             log_dir: log_dir.clone(),
             run_id,
-            host_keys,
+            host_keys: Vec::new(),
+            probes,
         };
         let screen = tokio::spawn(tui::run(setup, go_tx, front_rx, control_tx));
         let answer = go_rx.await.unwrap_or(tui::Answer::Decline);
@@ -443,9 +446,10 @@ pub(crate) async fn run_playbooks(
 const HOST_KEY_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Looks at the host keys of the nodes whose policy refuses an unknown one, all at once, so the operator can decide
-/// on the confirmation screen. Unreachable nodes are left out: the run reports them with their own error.
-async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKeyPrompt> {
-    let probes = nodes
+/// on the confirmation screen; each answer is sent as it comes. Unreachable nodes answer "no answer": the run reports
+/// them with their own error. None when no node needs a look.
+fn host_key_probes(inventory: &Inventory, nodes: &[String]) -> Option<tui::HostKeyProbes> {
+    let targets: Vec<ssh::Target> = nodes
         .iter()
         .filter_map(|name| inventory.node(name))
         .filter(|node| node.ssh.new_host_keys == NewHostKeys::Refuse)
@@ -456,30 +460,50 @@ async fn host_key_prompts(inventory: &Inventory, nodes: &[String]) -> Vec<HostKe
             target.agent = false;
             target.new_host_keys = NewHostKeys::Refuse;
             target.connect_timeout = target.connect_timeout.min(HOST_KEY_PROBE_TIMEOUT);
-            async move { (target.node.clone(), ssh::probe_host_key(&target).await) }
-        });
-    let mut prompts = Vec::new();
-    for (node, state) in futures::future::join_all(probes).await {
-        let (fingerprint, issue) = match state {
-            Ok(HostKeyState::Unknown { fingerprint }) => (fingerprint, HostKeyIssue::Unknown),
-            Ok(HostKeyState::Changed {
-                line,
-                path,
-                fingerprint,
-            }) => (fingerprint, HostKeyIssue::Changed { line, path }),
-            Ok(HostKeyState::Known) => continue,
-            Err(e) => {
-                tracing::info!(node = %node, error = %e, "host key not checked before the run");
-                continue;
-            }
-        };
-        prompts.push(HostKeyPrompt {
-            node,
-            fingerprint,
-            issue,
-        });
+            target
+        })
+        .collect();
+    if targets.is_empty() {
+        return None;
     }
-    prompts
+    let names = targets.iter().map(|t| t.node.clone()).collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut probes: futures::stream::FuturesUnordered<_> = targets
+            .into_iter()
+            .map(|target| async move { (target.node.clone(), ssh::probe_host_key(&target).await) })
+            .collect();
+        while let Some((node, state)) = futures::StreamExt::next(&mut probes).await {
+            let prompt = |fingerprint, issue| {
+                HostKeyAnswer::Found(HostKeyPrompt {
+                    node: node.clone(),
+                    fingerprint,
+                    issue,
+                })
+            };
+            let answer = match state {
+                Ok(HostKeyState::Known) => HostKeyAnswer::Known,
+                Ok(HostKeyState::Unknown { fingerprint }) => prompt(fingerprint, HostKeyIssue::Unknown),
+                Ok(HostKeyState::Changed {
+                    line,
+                    path,
+                    fingerprint,
+                }) => prompt(fingerprint, HostKeyIssue::Changed { line, path }),
+                Err(e) => {
+                    tracing::info!(node = %node, error = %e, "host key not checked before the run");
+                    HostKeyAnswer::NoAnswer
+                }
+            };
+            // The screen may be gone (the operator left): nobody needs the rest.
+            if tx.send((node, answer)).is_err() {
+                return;
+            }
+        }
+    });
+    Some(tui::HostKeyProbes {
+        nodes: names,
+        answers: rx,
+    })
 }
 
 fn exit_for(result: RunResult) -> Exit {
@@ -727,6 +751,17 @@ async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
 }
 
 fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
+    let (text, json) = status_report(cli)?;
+    match args.output {
+        OutputFormat::Json => print!("{json}"),
+        _ => print!("{text}"),
+    }
+    Ok(Exit::Ok)
+}
+
+/// What `status` prints: the text and the JSON lines (one row per node), both whole.
+pub(crate) fn status_report(cli: &Cli) -> Result<(String, String), Failure> {
+    use std::fmt::Write as _;
     let state = StateDir::existing(&cli.state_dir);
     let progress = state
         .progress()
@@ -777,14 +812,14 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             "next": left.first().map(|t| format!("{} / {}", t.stage, t.task)),
         }));
     }
-    if args.output == OutputFormat::Json {
-        for row in &rows {
-            println!("{row}");
-        }
-        return Ok(Exit::Ok);
+    let mut json = String::new();
+    for row in &rows {
+        let _ = writeln!(json, "{row}");
     }
+    let mut out = String::new();
     if progress.unreadable_lines > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "note: {} unreadable journal line(s) skipped (a run was cut off while writing)\n",
             progress.unreadable_lines
         );
@@ -798,8 +833,15 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             (None, None) if row["run"].is_null() => "never run".into(),
             (None, None) => "interrupted".into(),
         };
-        println!("{} ({})  {}", s("node"), row["cluster"].as_str().unwrap_or("-"), status);
-        println!(
+        let _ = writeln!(
+            out,
+            "{} ({})  {}",
+            s("node"),
+            row["cluster"].as_str().unwrap_or("-"),
+            status
+        );
+        let _ = writeln!(
+            out,
             "  done {} / {} tasks, last run {} at {}",
             row["done"],
             row["done"].as_u64().unwrap_or(0) + row["left"].as_u64().unwrap_or(0),
@@ -807,17 +849,23 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             s("updated")
         );
         if !row["last_done"].is_null() {
-            println!("  last finished: {}", s("last_done"));
+            let _ = writeln!(out, "  last finished: {}", s("last_done"));
         }
         if let Some(by) = row["blocked_by"].as_str() {
             let why = row["failed"]["error"].as_str().unwrap_or("");
-            println!("  BLOCKED by {by}: {why}");
+            let _ = writeln!(out, "  BLOCKED by {by}: {why}");
         } else if let Some(f) = row["failed"].as_object() {
             let field = |k: &str| f.get(k).and_then(|v| v.as_str()).unwrap_or("");
             if field("task").is_empty() {
-                println!("  FAILED: {}", field("error"));
+                let _ = writeln!(out, "  FAILED: {}", field("error"));
             } else {
-                println!("  FAILED: {} / {}: {}", field("stage"), field("task"), field("error"));
+                let _ = writeln!(
+                    out,
+                    "  FAILED: {} / {}: {}",
+                    field("stage"),
+                    field("task"),
+                    field("error")
+                );
             }
         }
         let blocked: Vec<&str> = rows
@@ -826,14 +874,14 @@ fn status(cli: &Cli, args: &StatusArgs) -> Result<Exit, Failure> {
             .filter_map(|r| r["node"].as_str())
             .collect();
         if !blocked.is_empty() {
-            println!("  its failure blocked: {} (they wait for it)", blocked.join(", "));
+            let _ = writeln!(out, "  its failure blocked: {} (they wait for it)", blocked.join(", "));
         }
-        match row["next"].as_str() {
-            Some(next) => println!("  next: {next} ({} left)", row["left"]),
-            None => println!("  nothing left to do"),
-        }
+        let _ = match row["next"].as_str() {
+            Some(next) => writeln!(out, "  next: {next} ({} left)", row["left"]),
+            None => writeln!(out, "  nothing left to do"),
+        };
     }
-    Ok(Exit::Ok)
+    Ok((out, json))
 }
 
 async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {

@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::app::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
+use crate::bundle::images;
 use crate::cli::{BundleArgs, Cli};
 use crate::facts::Facts;
 use crate::inventory;
@@ -32,30 +33,65 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         );
         return Ok(Exit::BadInput);
     }
-    let Some(out) = &args.out else {
-        return Err(Failure::Other("give --out DIR or --check DIR".into()));
-    };
     let inv = inventory::load(&cli.inventory)?;
     // The nodes are not asked for their facts: the bundle is built away from them (x86_64 assumed).
     let wanted = collect::wanted(&inv, &Facts::assumed());
+    // The images are the ones the plan's rendered files name (every node, as `apply` would render them).
+    let assets = cli
+        .assets
+        .clone()
+        .unwrap_or_else(|| crate::app::default_assets(&cli.playbooks));
+    let books = crate::playbook::load(&cli.playbooks, &assets)?;
+    let plans = crate::plan::plan_all(
+        &inv,
+        &books,
+        &crate::journal::Progress::empty(),
+        &crate::secrets::Digests::none(),
+        &crate::plan::Selection::default(),
+    )?;
+    let images = images::in_plans(&plans);
+    let Some(out) = args.out.as_ref().filter(|_| !args.list) else {
+        for w in &wanted {
+            println!("release\t{}\t{}", w.name, w.url);
+        }
+        for i in &images {
+            let clusters: Vec<&str> = i.clusters.iter().map(String::as_str).collect();
+            println!("image\t{}\t{}", i.reference, clusters.join(","));
+        }
+        return Ok(Exit::Ok);
+    };
     let bars = Bars::new(std::io::stderr().is_terminal());
     let report = |e: BundleEvent| bars.show(e);
-    match collect::collect(&wanted, out, &report).await {
-        Ok(manifest) => {
-            println!(
-                "bundle {}: {} files, manifest {}",
-                out.display(),
-                manifest.items.len(),
-                collect::MANIFEST
-            );
-            Ok(Exit::Ok)
-        }
+    let previous = collect::previous(out);
+    let mut errors = Vec::new();
+    let mut manifest = match collect::collect(&wanted, out, &report).await {
+        Ok(manifest) => manifest,
         Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!("run the same command again: finished files are kept, an interrupted one continues");
-            Ok(Exit::NodesFailed)
+            errors.push(e);
+            collect::Manifest::default()
         }
+    };
+    let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
+    manifest.items.extend(items);
+    errors.extend(failed);
+    if let Err(e) = collect::write_manifest(out, &manifest) {
+        errors.push(e);
     }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("run the same command again: finished files are kept, an interrupted one continues");
+        return Ok(Exit::NodesFailed);
+    }
+    println!(
+        "bundle {}: {} files ({} images), manifest {}",
+        out.display(),
+        manifest.items.len(),
+        images.len(),
+        collect::MANIFEST
+    );
+    Ok(Exit::Ok)
 }
 
 /// One bar per download on a terminal; one line per file otherwise.

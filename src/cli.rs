@@ -62,6 +62,16 @@ pub enum Command {
     Upgrade(RunArgs),
     /// Renew the control-plane certificates (kubeadm certs renew all) and restart the control-plane pods.
     RenewCerts(RunArgs),
+    /// Write one archive (tar.gz) for a support ticket: logs, journal, status, inventory, playbooks; secrets masked.
+    Report(ReportArgs),
+}
+
+/// `kubeboot report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the archive here [default: kubeboot-report-<time>.tar.gz in the current folder].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// What every day-two command takes: which clusters, how to show progress.
@@ -285,4 +295,7 @@ pub struct BundleArgs {
     /// Verify every file of a copied bundle against its manifest (a damaged file: exit 2).
     #[arg(long, value_name = "DIR")]
     pub check: Option<PathBuf>,
+    /// Print what --out would collect (release binaries, images and the clusters needing them); download nothing.
+    #[arg(long)]
+    pub list: bool,
 }

@@ -9,6 +9,7 @@ pub mod app;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod daytwo;
+pub mod report;
 pub mod ui;
 
 pub use kubeboot_core::{

@@ -1,6 +1,6 @@
 //! `kubeboot apply` end to end: the real binary against a lab of real OpenSSH nodes on loopback
 //! (needs root, sshd and sudo; a missing sshd fails the test). Side effects on the nodes, not
-//! kubeboot's own report, prove what ran. Each test has its own 127.0.11x.x range and ports.
+//! kubeboot's own report, prove what ran. Each lab has a loopback range of its own (tests/common).
 
 mod common;
 
@@ -48,7 +48,7 @@ fn assert_each_task_ran_once(t: &TestLab, node: &str, tasks: &[&str]) {
 
 #[test]
 fn four_nodes_run_in_parallel_stream_output_live_and_count_right() {
-    let t = start_lab(111, 4);
+    let t = start_lab(4);
     three_stages(&t);
     let run = t.apply(&[]);
     run.assert_code(0);
@@ -105,7 +105,7 @@ fn four_nodes_run_in_parallel_stream_output_live_and_count_right() {
 
 #[test]
 fn a_failed_node_resumes_at_the_failed_task_and_repeats_nothing_that_finished() {
-    let t = start_lab(112, 4);
+    let t = start_lab(4);
     t.write_playbook(
         "00-first.yaml",
         &stage("first", &[logging_task("one", "true"), logging_task("two", "true")]),
@@ -201,7 +201,7 @@ fn run_cmd(c: Command) -> Run {
 
 #[test]
 fn a_second_apply_exits_3_naming_the_state_dir_and_pid_and_a_killed_runs_lock_does_not_block() {
-    let t = start_lab(113, 1);
+    let t = start_lab(1);
     t.write_playbook("00-slow.yaml", &stage("slow", &[logging_task("wait", "sleep 3")]));
     let mut first = t.spawn_apply();
     assert!(
@@ -249,7 +249,7 @@ fn other_host_key(dir: &Path) -> String {
 
 #[test]
 fn host_keys_changed_are_refused_unknown_need_accepting_and_accepted_ones_are_recorded() {
-    let t = start_lab(114, 2);
+    let t = start_lab(2);
     t.write_playbook("00-hello.yaml", &stage("hello", &[logging_task("hi", "true")]));
     let (n1, n2) = (t.lab.nodes[0].clone(), t.lab.nodes[1].clone());
     // node-1's recorded key is some other key; node-2 was never seen.
@@ -302,7 +302,7 @@ fn host_keys_changed_are_refused_unknown_need_accepting_and_accepted_ones_are_re
 
 #[test]
 fn dry_run_connects_to_nothing_and_limit_runs_only_the_named_nodes() {
-    let t = start_lab(118, 2);
+    let t = start_lab(2);
     t.write_playbook(
         "00-hello.yaml",
         &stage("hello", &[logging_task("hi", "echo dry-run-marker")]),
@@ -326,7 +326,7 @@ fn run_accepting(t: &TestLab, inv: &Path) -> Run {
 
 #[test]
 fn a_wrong_password_is_a_clear_authentication_error_within_seconds() {
-    let t = start_lab(115, 1);
+    let t = start_lab(1);
     t.write_playbook("00-hello.yaml", &stage("hello", &[logging_task("hi", "true")]));
     let wrong = t.work().join("wrong_password");
     fs::write(&wrong, "not-the-password\n").expect("write");
@@ -351,7 +351,7 @@ fn a_wrong_password_is_a_clear_authentication_error_within_seconds() {
 
 #[test]
 fn secrets_appear_nowhere_in_output_state_or_the_process_list() {
-    let t = start_lab(116, 2);
+    let t = start_lab(2);
     let password = lab::password(&t.lab.dir).expect("the lab password");
     let password = password.expose().to_string();
     let s3 = "S3KEY-9f8e7d6c5b4a-not-for-eyes";
@@ -430,7 +430,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn bad_input_exits_2_with_a_location_and_connects_to_nothing() {
-    let t = start_lab(117, 1);
+    let t = start_lab(1);
     t.write_playbook("00-hello.yaml", &stage("hello", &[logging_task("hi", "true")]));
     let good_inv = t.inventory();
     let bad_inv = t.work().join("bad-inventory.toml");
@@ -514,4 +514,88 @@ fn args(inv: &Path, pb: &Path, state: &Path, extra: &[&str]) -> Vec<String> {
     v.extend(["apply", "--yes"].iter().map(|s| s.to_string()));
     v.extend(extra.iter().map(|s| s.to_string()));
     v
+}
+
+/// A stage whose first task is a read-only check (`changed_when: false`) with this command.
+fn check_then_work(t: &TestLab, check: &str) {
+    let checked = format!(
+        "  - name: check\n    changed_when: false\n    run: |\n      {check}\n      echo check >> {{{{ lab_root }}}}/log\n"
+    );
+    t.write_playbook(
+        "00-checks.yaml",
+        &stage("checks", &[checked, logging_task("work", "true")]),
+    );
+}
+
+#[test]
+fn a_read_only_task_ends_ok_everywhere_and_its_rerun_reruns_nothing_after_it() {
+    let t = start_lab(2);
+    check_then_work(&t, "echo 'PASS all good'");
+    let run = t.apply(&[]);
+    run.assert_code(0);
+    for node in ["node-1", "node-2"] {
+        let check = run.finished(node, "check").expect("check finished");
+        assert_eq!(
+            check["status"], "ok",
+            "a read-only task is ok, not changed: {check}\n{run}"
+        );
+        let work = run.finished(node, "work").expect("work finished");
+        assert_eq!(work["status"], "changed", "{work}");
+        let ended = run
+            .events_of("node_finished")
+            .into_iter()
+            .find(|e| e["node"] == node)
+            .expect("node finished");
+        assert_eq!(
+            (&ended["counts"]["ok"], &ended["counts"]["changed"]),
+            (&1.into(), &1.into()),
+            "{ended}"
+        );
+        // The summary table: NODE RESULT CHANGED OK SKIPPED FAILED TIME.
+        let row: Vec<&str> = run
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("{node} ")))
+            .unwrap_or_else(|| panic!("no {node} row in the summary\n{run}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!((row[2], row[3]), ("1", "1"), "{row:?}");
+    }
+    let journal = t.journal();
+    let statuses: Vec<(String, String, String)> = journal
+        .iter()
+        .filter(|r| r["record"] == "task")
+        .map(|r| (str_of(&r["node"]), str_of(&r["task"]), str_of(&r["status"])))
+        .collect();
+    for node in ["node-1", "node-2"] {
+        assert!(
+            statuses.contains(&(node.into(), "check".into(), "ok".into())),
+            "the journal records the check ok: {statuses:?}"
+        );
+    }
+
+    // The check's command changes: it runs again (its input changed) and, being ok, re-runs nothing after it.
+    check_then_work(&t, "echo 'PASS all good, checked twice'");
+    let again = t.apply(&[]);
+    again.assert_code(0);
+    let mut started: Vec<String> = again
+        .events_of("task_started")
+        .iter()
+        .map(|e| format!("{}/{}", str_of(&e["node"]), str_of(&e["task"])))
+        .collect();
+    started.sort();
+    assert_eq!(
+        started,
+        ["node-1/check", "node-2/check"],
+        "only the checks run again\n{again}"
+    );
+    for node in ["node-1", "node-2"] {
+        let work = again.finished(node, "work").expect("work reported");
+        assert_eq!(
+            (&work["status"], &work["reason"]),
+            (&"skipped".into(), &"done".into()),
+            "{work}\n{again}"
+        );
+        assert_eq!(t.log_lines(node), ["check", "work", "check"]);
+    }
 }

@@ -79,6 +79,18 @@ fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A playbook folder with one stage that copies nothing: no images, only the release binary.
+fn playbooks(dir: &Path) -> String {
+    let books = dir.join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(
+        books.join("10-nothing.yaml"),
+        "name: nothing\nhosts: all\ntasks:\n  - name: nothing\n    run: \"true\"\n",
+    )
+    .expect("a stage");
+    books.display().to_string()
+}
+
 fn inventory(dir: &Path, site: &Site, sha: &str) -> PathBuf {
     let path = dir.join("inventory.toml");
     let text = format!(
@@ -120,7 +132,8 @@ fn a_bundle_holds_checked_files_resumes_and_is_verified_after_copying() {
     std::fs::create_dir_all(part.parent().expect("a folder")).expect("the folder");
     std::fs::write(&part, &body[..100_000]).expect("a partial download");
 
-    let r = kubeboot(&["-i", &inv_s, "bundle", "--out", &out_s]);
+    let books = playbooks(dir.path());
+    let r = kubeboot(&["-i", &inv_s, "-p", &books, "bundle", "--out", &out_s]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     assert_eq!(
         site.ranges.lock().expect("lock").as_slice(),
@@ -144,7 +157,7 @@ fn a_bundle_holds_checked_files_resumes_and_is_verified_after_copying() {
     );
 
     // Again: nothing is downloaded.
-    let r = kubeboot(&["-i", &inv_s, "bundle", "--out", &out_s]);
+    let r = kubeboot(&["-i", &inv_s, "-p", &books, "bundle", "--out", &out_s]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     assert_eq!(
         site.ranges.lock().expect("lock").len(),
@@ -179,6 +192,8 @@ fn a_download_that_does_not_match_its_sha256_is_refused_and_removed() {
     let r = kubeboot(&[
         "-i",
         &inv.display().to_string(),
+        "-p",
+        &playbooks(dir.path()),
         "bundle",
         "--out",
         &out.display().to_string(),

@@ -1,6 +1,6 @@
 //! A bundle folder served to the nodes over their own SSH connections: a remote port forward on
 //! each node's 127.0.0.1 to kubeboot's read-only file server. Real lab sshd nodes; the node's own
-//! `curl` fetches through the forward. Each test has its own 127.0.20x.x range.
+//! `curl` fetches through the forward. Each lab has a loopback range of its own (tests/common).
 
 mod common;
 
@@ -56,7 +56,7 @@ fn lines_of(run: &common::Run, node: &str, task: &str) -> Vec<String> {
 
 #[test]
 fn nodes_fetch_bundle_files_over_their_ssh_connection_and_nothing_outside_it() {
-    let t = start_lab(201, 2);
+    let t = start_lab(2);
     let bundle = make_bundle(&t);
     let (inventory, ports) = bundle_inventory(&t, Some(&bundle));
     t.write_playbook(
@@ -105,7 +105,7 @@ tasks:
 
 #[test]
 fn bundle_flag_overrides_and_a_missing_bundle_is_bad_input() {
-    let t = start_lab(202, 1);
+    let t = start_lab(1);
     let bundle = make_bundle(&t);
     t.write_playbook(
         "10-fetch.yaml",
@@ -144,7 +144,7 @@ fn bundle_flag_overrides_and_a_missing_bundle_is_bad_input() {
 
 #[test]
 fn a_refused_forward_fails_the_node_with_what_to_check() {
-    let t = start_lab(203, 1);
+    let t = start_lab(1);
     let bundle = make_bundle(&t);
     let (inventory, ports) = bundle_inventory(&t, Some(&bundle));
     // Something else already listens on the node's bundle port.

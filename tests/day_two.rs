@@ -8,13 +8,12 @@
 //! minor, `apply` refused after raising the version, kill -9 in the middle and resumed; per node the upstream
 //! order of commands, packages held again), `check` warning about certificates and `renew-certs`, `reset` of
 //! cluster-03 (refused without confirmation; only cluster-03 touched) and `apply` reinstalling cluster-03 only.
-//! Net 127.0.173.x. Needs root, sshd, sudo, unshare, python3 and kubectl: a missing one fails, never skips.
+//! Needs root, sshd, sudo, unshare, python3 and kubectl: a missing one fails, never skips.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,6 +35,8 @@ struct Day2 {
     lab: LabGuard,
     state: PathBuf,
     home: PathBuf,
+    /// The lab's loopback range, held while it runs.
+    _net: kubeboot::lab::net::Net,
     _dir: tempfile::TempDir,
 }
 
@@ -46,10 +47,11 @@ impl Day2 {
             os: NodeOs::Ubuntu,
             containerd: ContainerdLayout::V3,
         };
+        let net = common::claim_net(4);
         let opts = LabOptions {
             dir: dir.path().join("lab"),
-            first_address: Ipv4Addr::new(127, 0, 173, 1),
-            first_port: 22730,
+            first_address: net.first_address,
+            first_port: net.first_port,
             isolated: true,
             kinds: vec![
                 ubuntu,
@@ -70,6 +72,7 @@ impl Day2 {
             lab: LabGuard(lab),
             state: dir.path().join("state"),
             home,
+            _net: net,
             _dir: dir,
         }
     }

@@ -74,6 +74,115 @@ fn check_commands(name: &str) -> usize {
     checked
 }
 
+/// The `kubeboot ...` commands written inline in the prose (`` `kubeboot apply --only verify --fresh` ``),
+/// outside the code blocks. Spans with placeholders (`...`, `<stage>`, `NAMES`) show a form, not a command.
+fn inline_commands(text: &str) -> Vec<String> {
+    inline_spans(text)
+        .into_iter()
+        .filter(|span| {
+            let placeholder = span.contains("...")
+                || span.contains('…')
+                || span.contains('<')
+                || span.contains('[')
+                || span
+                    .split_whitespace()
+                    .any(|w| w.len() > 1 && w.chars().all(|c| c.is_ascii_uppercase()));
+            span.starts_with("kubeboot ") && !placeholder
+        })
+        .collect()
+}
+
+/// The `` `code` `` spans of the prose (outside ``` fences).
+fn inline_spans(text: &str) -> Vec<String> {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            inside = !inside;
+            continue;
+        }
+        if inside {
+            continue;
+        }
+        out.extend(line.split('`').skip(1).step_by(2).map(str::to_string));
+    }
+    out
+}
+
+fn check_inline_commands(name: &str) -> usize {
+    let mut checked = 0;
+    for span in inline_commands(&doc(name)) {
+        for args in invocations(&span) {
+            // Prose may name a command or a flag without its value (`kubeboot bundle --check`): only a
+            // command, flag or value that does not exist fails.
+            if let Err(e) = Cli::try_parse_from(&args)
+                && e.kind() != clap::error::ErrorKind::DisplayHelp
+                && e.kind() != clap::error::ErrorKind::DisplayVersion
+                && e.kind() != clap::error::ErrorKind::MissingRequiredArgument
+                && !e.to_string().contains("a value is required")
+            {
+                panic!("{name}: `{span}` does not parse ({:?}):\n{e}", e.kind());
+            }
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn every_kubeboot_command_written_inline_in_the_docs_parses() {
+    assert!(check_inline_commands("README.md") >= 5);
+    assert!(check_inline_commands("운영가이드.md") >= 20);
+}
+
+/// Every long flag some kubeboot command takes.
+fn kubeboot_flags() -> Vec<String> {
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        out.extend(c.get_arguments().filter_map(|a| a.get_long()).map(str::to_string));
+        for sub in c.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut out);
+    out
+}
+
+/// Flags of other tools the docs name on their own (kustomize, Thanos, helm, kubeadm, apt, the test runner).
+const OTHER_TOOLS_FLAGS: &[&str] = &[
+    "helm-command",
+    "deduplication.func=penalty",
+    "deduplication.replica-label",
+    "sync-block-duration",
+    "parallel",
+    "no-hooks",
+    "download-only",
+    "control-plane",
+];
+
+#[test]
+fn every_flag_the_docs_name_on_its_own_is_a_kubeboot_flag() {
+    let known = kubeboot_flags();
+    let mut checked = 0;
+    for name in ["README.md", "운영가이드.md"] {
+        for span in inline_spans(&doc(name)) {
+            let Some(flag) = span.strip_prefix("--") else {
+                continue;
+            };
+            let flag = flag.split_whitespace().next().unwrap_or("");
+            if OTHER_TOOLS_FLAGS.contains(&flag) {
+                continue;
+            }
+            assert!(
+                known.iter().any(|k| k == flag),
+                "{name}: `--{flag}` is no kubeboot flag"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "only {checked} flags found");
+}
+
 #[test]
 fn every_kubeboot_command_in_the_readme_parses() {
     assert!(check_commands("README.md") >= 3);
@@ -114,4 +223,7 @@ fn a_wrong_flag_is_caught_by_this_check() {
     // The check above is only worth something if a typo fails it.
     assert!(Cli::try_parse_from(invocations("kubeboot apply --frm x")[0].clone()).is_err());
     assert!(Cli::try_parse_from(invocations("kubeboot apply --from x")[0].clone()).is_ok());
+    // Inline spans are found, placeholders left out.
+    let found = inline_commands("run `kubeboot apply --frm x`, then `kubeboot apply --limit <node>`");
+    assert_eq!(found, ["kubeboot apply --frm x"]);
 }

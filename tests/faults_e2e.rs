@@ -1,7 +1,7 @@
 //! Faults injected into real runs of the kubeboot binary against the sshd lab: nodes killed,
 //! frozen, kubeboot itself killed or interrupted, edited tasks, uploads that cannot land.
 //! Each test ends with a re-run that completes, and side effects on the nodes prove that no
-//! task recorded as finished ran twice. Each test has its own 127.0.12x.x range and ports.
+//! task recorded as finished ran twice. Each lab has a loopback range of its own (tests/common).
 
 mod common;
 
@@ -39,7 +39,7 @@ fn assert_ran_once(t: &TestLab, node: &str, tasks: &[&str]) {
 
 #[test]
 fn a_node_killed_mid_task_fails_with_connection_lost_and_the_rerun_continues_at_that_task() {
-    let t = start_lab(121, 3);
+    let t = start_lab(3);
     t.write_playbook(
         "00-s.yaml",
         &stage(
@@ -84,7 +84,7 @@ fn a_node_killed_mid_task_fails_with_connection_lost_and_the_rerun_continues_at_
 
 #[test]
 fn a_frozen_node_is_detected_by_keepalive_names_the_node_and_nothing_hangs() {
-    let t = start_lab(122, 2);
+    let t = start_lab(2);
     let inv = t.keepalive_inventory("1s");
     t.write_playbook(
         "00-s.yaml",
@@ -132,7 +132,7 @@ fn run_inv(t: &TestLab, inv: &std::path::Path) -> Run {
 
 #[test]
 fn sigint_exits_130_cancels_the_remote_command_records_progress_and_the_rerun_continues() {
-    let t = start_lab(123, 1);
+    let t = start_lab(1);
     let sleeper = "sleep 300.123";
     t.write_playbook(
         "00-s.yaml",
@@ -184,7 +184,7 @@ fn sigint_exits_130_cancels_the_remote_command_records_progress_and_the_rerun_co
 
 #[test]
 fn a_task_edited_after_it_finished_runs_again_and_an_unedited_one_does_not() {
-    let t = start_lab(124, 2);
+    let t = start_lab(2);
     t.write_playbook(
         "00-s.yaml",
         &stage("s", &[logging_task("kept", "true"), logging_task("edited", "echo v1")]),
@@ -208,7 +208,7 @@ fn a_task_edited_after_it_finished_runs_again_and_an_unedited_one_does_not() {
 
 #[test]
 fn uploads_to_an_unwritable_folder_or_a_full_disk_fail_clearly_at_the_upload_step() {
-    let t = start_lab(125, 2);
+    let t = start_lab(2);
     let assets = t.work().join("assets");
     fs::create_dir_all(&assets).expect("mkdir");
     fs::write(assets.join("big.bin"), vec![b'x'; 256 * 1024]).expect("write");
@@ -407,7 +407,7 @@ fn kill_9_at_random_moments_then_apply_completes_without_repeating_finished_task
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let t = start_lab(126, 4);
+    let t = start_lab(4);
     let results = kill9_trials(&t, trials);
     let tasks = 4 * 32;
     let table = trials_table(&results, tasks);

@@ -1,6 +1,6 @@
 //! `fetch:` tasks against real sshd lab nodes: a file on the node (root-only, binary) ends up on the jump host
 //! 0600 with exactly its bytes, under the state dir or at an absolute path; an existing file with other content
-//! is never overwritten; a missing file fails the task with the node's word for it. Net 127.0.171.x.
+//! is never overwritten; a missing file fails the task with the node's word for it.
 
 mod common;
 
@@ -50,7 +50,7 @@ tasks:
 
 #[test]
 fn fetch_copies_node_files_to_the_jump_host_privately_and_never_overwrites_an_older_one() {
-    let t = start_lab(171, 2);
+    let t = start_lab(2);
     let abs = t.work().join("named");
     write_playbooks(&t, &abs);
 
@@ -123,7 +123,7 @@ fn fetch_copies_node_files_to_the_jump_host_privately_and_never_overwrites_an_ol
 
 #[test]
 fn fetch_paths_are_checked_before_anything_runs() {
-    let t = start_lab(172, 1);
+    let t = start_lab(1);
     t.write_playbook(
         "10-fetch.yaml",
         "name: fetch\nhosts: all\ntasks:\n  - name: relative src\n    fetch: { src: etc/x, dest: ../x }\n",

@@ -1,6 +1,6 @@
 //! `http:` and `s3_buckets:` tasks, which kubeboot runs itself on the jump host: real lab nodes (the tasks
 //! still belong to a node), a small HTTP server in the test and moto's S3 server, all on loopback only.
-//! Each test has its own 127.0.13x.x range and ports.
+//! Each lab has a loopback range of its own (tests/common).
 
 mod common;
 
@@ -218,7 +218,7 @@ fn assert_no_secret_anywhere(t: &TestLab, runs: &[&common::Run]) {
 
 #[test]
 fn http_checks_run_from_the_jump_host_once_per_node_and_resume_like_any_task() {
-    let t = start_lab(131, 2);
+    let t = start_lab(2);
     let web = Web::start();
     let inv = inventory_with_secrets(&t);
     let playbook = |contains: &str| {
@@ -340,7 +340,7 @@ tasks:
 
 #[test]
 fn failing_jump_host_tasks_say_what_answered_and_what_to_check() {
-    let t = start_lab(132, 4);
+    let t = start_lab(4);
     let web = Web::start();
     let inv = inventory_with_secrets(&t);
     let closed = format!("http://127.0.0.1:{}", free_port());
@@ -420,7 +420,7 @@ fn failing_jump_host_tasks_say_what_answered_and_what_to_check() {
 
 #[test]
 fn s3_buckets_creates_the_missing_ones_keeps_existing_data_and_never_shows_the_keys() {
-    let t = start_lab(133, 1);
+    let t = start_lab(1);
     let (_moto, endpoint) = start_moto();
     let inv = inventory_with_secrets(&t);
     s3_curl(&["-X", "PUT", &format!("{endpoint}/existing")]);
@@ -505,7 +505,7 @@ fn s3_buckets_creates_the_missing_ones_keeps_existing_data_and_never_shows_the_k
 
 #[test]
 fn s3_access_denied_names_the_key_settings() {
-    let t = start_lab(134, 1);
+    let t = start_lab(1);
     // moto refuses keys only for header-signed requests (a presigned one makes it fail with 500), so the
     // refusing endpoint is the test's own server answering 403 like MinIO does.
     let web = Web::start();
@@ -537,10 +537,11 @@ fn s3_access_denied_names_the_key_settings() {
 fn a_lab_modelled_on_the_shipped_inventory_never_makes_jump_host_requests() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let net = common::claim_net(4);
     let opts = lab::LabOptions {
         dir: dir.path().join("lab"),
-        first_address: std::net::Ipv4Addr::new(127, 0, 135, 1),
-        first_port: 21350,
+        first_address: net.first_address,
+        first_port: net.first_port,
         like: Some(repo.join("inventory.toml")),
         ..Default::default()
     };

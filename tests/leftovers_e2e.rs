@@ -93,7 +93,7 @@ fn assert_clean_within(t: &TestLab, nodes: &[&str], limit: Duration, after: &str
 
 #[test]
 fn a_normal_run_leaves_nothing_and_its_tasks_saw_the_folders() {
-    let t = start_private_tmp_lab(171, 2);
+    let t = start_private_tmp_lab(2);
     let nodes = ["node-1", "node-2"];
     write_playbook(&t, "true");
     assert_eq!(all_leftovers(&t, &nodes), Vec::<String>::new(), "before the run");
@@ -112,7 +112,7 @@ fn a_normal_run_leaves_nothing_and_its_tasks_saw_the_folders() {
 
 #[test]
 fn ctrl_c_leaves_nothing() {
-    let t = start_private_tmp_lab(172, 2);
+    let t = start_private_tmp_lab(2);
     let nodes = ["node-1", "node-2"];
     let sleeper = "sleep 300.172";
     write_playbook(&t, sleeper);
@@ -126,7 +126,7 @@ fn ctrl_c_leaves_nothing() {
 
 #[test]
 fn kill_9_of_kubeboot_leaves_nothing() {
-    let t = start_private_tmp_lab(173, 2);
+    let t = start_private_tmp_lab(2);
     let nodes = ["node-1", "node-2"];
     let sleeper = "sleep 300.173";
     write_playbook(&t, sleeper);
@@ -143,7 +143,7 @@ fn kill_9_of_kubeboot_leaves_nothing() {
 
 #[test]
 fn a_dropped_connection_leaves_nothing_once_the_beats_stop() {
-    let t = start_private_tmp_lab(174, 1);
+    let t = start_private_tmp_lab(1);
     let nodes = ["node-1"];
     let sleeper = "sleep 300.174";
     write_playbook(&t, sleeper);
@@ -166,7 +166,7 @@ fn a_dropped_connection_leaves_nothing_once_the_beats_stop() {
 
 #[test]
 fn a_frozen_node_that_was_given_up_on_cleans_up_when_it_thaws() {
-    let t = start_private_tmp_lab(175, 1);
+    let t = start_private_tmp_lab(1);
     let nodes = ["node-1"];
     let sleeper = "sleep 300.175";
     write_playbook(&t, sleeper);
@@ -183,7 +183,7 @@ fn a_frozen_node_that_was_given_up_on_cleans_up_when_it_thaws() {
 
 #[test]
 fn a_node_that_lost_power_is_cleaned_at_the_next_connection() {
-    let t = start_private_tmp_lab(176, 1);
+    let t = start_private_tmp_lab(1);
     let nodes = ["node-1"];
     let sleeper = "sleep 300.176";
     write_playbook(&t, sleeper);
@@ -207,7 +207,7 @@ fn a_node_that_lost_power_is_cleaned_at_the_next_connection() {
 
 #[test]
 fn folders_of_shells_still_running_and_of_other_users_are_left_alone() {
-    let t = start_private_tmp_lab(177, 1);
+    let t = start_private_tmp_lab(1);
     let tmp = t.lab.node_tmp("node-1");
     // A folder of a live shell of the lab user (this test's own `sleep` stands for it), one whose
     // shell file is incomplete, one without a shell file, and a dead shell's folder of another user.

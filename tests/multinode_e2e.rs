@@ -141,7 +141,7 @@ fn everything_written(t: &TestLab, run: &Run) -> String {
 
 #[test]
 fn an_output_passes_between_nodes_in_order_and_a_secret_one_is_never_written() {
-    let t = start_lab(171, 4);
+    let t = start_lab(4);
     let inventory = cluster_inventory(&t);
     join_playbooks(&t, "true");
 
@@ -217,7 +217,7 @@ fn an_output_passes_between_nodes_in_order_and_a_secret_one_is_never_written() {
 
 #[test]
 fn a_failed_dependency_blocks_only_its_waiters_and_a_resume_makes_the_secret_again() {
-    let t = start_lab(172, 4);
+    let t = start_lab(4);
     let inventory = cluster_inventory(&t);
     // node-2's join fails until the test allows it.
     join_playbooks(&t, "test -e {{ lab_root }}/allow");

@@ -11,7 +11,7 @@ use kubeboot::lab;
 
 #[test]
 fn a_frozen_node_is_lost_after_three_keepalive_intervals_as_the_guide_says() {
-    let t = start_lab(181, 1);
+    let t = start_lab(1);
     let inv = t.keepalive_inventory("3s");
     let ready = t.root("node-1").join("ready");
     t.write_playbook(
@@ -51,7 +51,7 @@ fn a_frozen_node_is_lost_after_three_keepalive_intervals_as_the_guide_says() {
 
 #[test]
 fn sudo_uses_the_login_password_when_the_named_variable_is_unset_and_says_so() {
-    let t = start_lab(182, 1);
+    let t = start_lab(1);
     let inv = t.work().join("inventory.toml");
     let password_file = lab::password_file(&t.lab.dir);
     let text = fs::read_to_string(t.inventory()).expect("read");
@@ -97,6 +97,7 @@ fn sudo_uses_the_login_password_when_the_named_variable_is_unset_and_says_so() {
 fn the_demo_with_json_output_keeps_stdout_pure_json() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let work = tempfile::tempdir().expect("a temporary folder");
+    let net = claim_net(4);
     let mut cmd = std::process::Command::new("bash");
     cmd.arg("scripts/demo.sh")
         .current_dir(repo)
@@ -105,8 +106,8 @@ fn the_demo_with_json_output_keeps_stdout_pure_json() {
         .env("KUBEBOOT_DEMO_ARGS", "--yes --output json")
         .env("KUBEBOOT_DEMO_LAB", work.path().join("lab"))
         .env("KUBEBOOT_DEMO_STATE", work.path().join("state"))
-        .env("KUBEBOOT_DEMO_FIRST_ADDRESS", "127.0.183.1")
-        .env("KUBEBOOT_DEMO_FIRST_PORT", "21830")
+        .env("KUBEBOOT_DEMO_FIRST_ADDRESS", net.first_address.to_string())
+        .env("KUBEBOOT_DEMO_FIRST_PORT", net.first_port.to_string())
         .env_remove("KUBEBOOT_DEMO_KEEP")
         .stdin(std::process::Stdio::null());
     let run = run(cmd);
@@ -135,7 +136,7 @@ fn sshd_state(t: &TestLab, node: &str) -> Option<char> {
 
 #[test]
 fn lab_stop_freeze_and_start_act_on_one_node() {
-    let t = start_lab(184, 2);
+    let t = start_lab(2);
     let lab_cmd = |args: &[&str]| {
         let mut c = std::process::Command::new(bin());
         c.arg("lab").args(args).arg("--dir").arg(&t.lab.dir);
@@ -149,7 +150,10 @@ fn lab_stop_freeze_and_start_act_on_one_node() {
 
     lab_cmd(&["stop", "node-1"]).assert_code(0);
     assert_eq!(sshd_state(&t, "node-1"), None);
-    let addr = |n: usize| format!("127.0.184.{n}:{}", 21840 + n - 1);
+    let addr = |n: usize| {
+        let node = &t.lab.nodes[n - 1];
+        std::net::SocketAddr::from((node.address, node.port))
+    };
     assert!(
         std::net::TcpStream::connect(addr(1)).is_err(),
         "node-1 still accepts connections"
@@ -204,7 +208,7 @@ impl Drop for Agent {
 
 #[test]
 fn an_encrypted_key_file_whose_key_is_in_the_agent_logs_in_through_the_agent() {
-    let t = start_lab(185, 1);
+    let t = start_lab(1);
     let agent = Agent::start(t.work());
     let key = t.lab.dir.join("id_ed25519");
     let added = std::process::Command::new("ssh-add")
@@ -261,7 +265,7 @@ fn an_encrypted_key_file_whose_key_is_in_the_agent_logs_in_through_the_agent() {
 
 #[test]
 fn status_shows_the_run_holding_the_lock_before_it_finished_a_task() {
-    let t = start_lab(186, 1);
+    let t = start_lab(1);
     t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", "true")]));
     t.apply(&[]).assert_code(0);
     let first_run = t

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +27,8 @@ struct Lab {
     lab: LabGuard,
     state: PathBuf,
     secrets: BTreeMap<&'static str, String>,
+    /// The lab's loopback range, held while it runs.
+    _net: kubeboot::lab::net::Net,
     _dir: tempfile::TempDir,
 }
 
@@ -86,10 +87,11 @@ fn keys(pairs: &[(&str, &str)]) -> BTreeSet<Key> {
 
 fn start() -> Lab {
     let dir = tempfile::tempdir().expect("a temporary folder");
+    let net = common::claim_net(4);
     let opts = LabOptions {
         dir: dir.path().join("lab"),
-        first_address: Ipv4Addr::new(127, 0, 63, 1),
-        first_port: 22630,
+        first_address: net.first_address,
+        first_port: net.first_port,
         isolated: true,
         like: Some(repo().join("inventory.toml")),
         ..Default::default()
@@ -108,6 +110,7 @@ fn start() -> Lab {
         lab: LabGuard(lab),
         state: dir.path().join("state"),
         secrets,
+        _net: net,
         _dir: dir,
     }
 }

@@ -305,7 +305,7 @@ fn history(p: &Prop, steps: &[Step]) -> Result<(), TestCaseError> {
 
 #[test]
 fn random_edits_kills_and_fresh_runs_converge_to_a_from_scratch_install_without_needless_reruns() {
-    let t = start_lab(64, NODES.len());
+    let t = start_lab(NODES.len());
     let p = Prop {
         inventory: t.work().join("inventory.toml"),
         t,

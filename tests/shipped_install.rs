@@ -8,7 +8,6 @@
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -47,6 +46,8 @@ struct TestLab {
     lab: LabGuard,
     state: PathBuf,
     secrets: Vec<(&'static str, String)>,
+    /// The lab's loopback range, held while it runs.
+    _net: kubeboot::lab::net::Net,
     _dir: tempfile::TempDir,
 }
 
@@ -56,10 +57,11 @@ fn start_lab() -> TestLab {
         os: NodeOs::Ubuntu,
         containerd,
     };
+    let net = kubeboot::lab::net::claim(4).unwrap_or_else(|e| panic!("{e}"));
     let opts = LabOptions {
         dir: dir.path().join("lab"),
-        first_address: Ipv4Addr::new(127, 0, 61, 1),
-        first_port: 22610,
+        first_address: net.first_address,
+        first_port: net.first_port,
         isolated: true,
         // node-196 is the RHEL-like one; the Ubuntu ones cover both containerd config layouts.
         kinds: vec![
@@ -81,6 +83,7 @@ fn start_lab() -> TestLab {
         lab: LabGuard(lab),
         state: dir.path().join("state"),
         secrets: secrets(),
+        _net: net,
         _dir: dir,
     }
 }
@@ -447,6 +450,28 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
     );
     for node in NODES.iter().filter(|n| **n != FAILING_NODE) {
         assert_all_succeeded(&first_run, node);
+    }
+    // The read-only checks (`changed_when: false`) change nothing and say so: `ok`, never `changed`.
+    for node in NODES {
+        let checks: Vec<&Value> = first_run
+            .finished(node)
+            .into_iter()
+            .filter(|e| {
+                ["preflight", "verify"].contains(&e["stage"].as_str().unwrap_or("")) && e["status"] != "skipped"
+            })
+            .collect();
+        assert!(
+            checks.len() >= 6,
+            "{node}: the preflight checks ran\n{}",
+            first_run.explain()
+        );
+        for e in checks {
+            assert_eq!(
+                e["status"], "ok",
+                "{node}: a preflight check ended {}: {e}",
+                e["status"]
+            );
+        }
     }
     let before_resume = calls(&t, FAILING_NODE);
 

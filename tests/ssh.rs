@@ -1,7 +1,6 @@
 //! The SSH layer against real OpenSSH servers from the local lab (needs root, sshd, sudo).
-//! Each test has its own loopback range 127.0.<n>.x and ports, so they run in parallel.
+//! Each test's lab has a loopback range of its own (`lab::net`), so they run in parallel.
 
-use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,22 +13,26 @@ use tokio_util::sync::CancellationToken;
 /// A lab that goes away when the test ends (the guard stops sshd before the folder is removed).
 struct TestLab {
     lab: LabGuard,
+    /// The lab's loopback range, held while it runs.
+    net: lab::net::Net,
     _dir: tempfile::TempDir,
 }
 
-fn start_lab(net: u8, nodes: usize) -> TestLab {
+fn start_lab(nodes: usize) -> TestLab {
     let dir = tempfile::tempdir().expect("a temporary folder");
+    let net = lab::net::claim(nodes).unwrap_or_else(|e| panic!("{e}"));
     let opts = LabOptions {
         dir: dir.path().to_path_buf(),
         nodes,
-        first_address: Ipv4Addr::new(127, 0, net, 1),
-        first_port: 20000 + u16::from(net) * 10,
+        first_address: net.first_address,
+        first_port: net.first_port,
         ..Default::default()
     };
     // Fails loudly (never skips) when sshd or sudo is missing or we are not root.
     let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
     TestLab {
         lab: LabGuard(lab),
+        net,
         _dir: dir,
     }
 }
@@ -95,7 +98,7 @@ async fn wait_until_gone(needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_streams_lines_as_they_are_printed() {
-    let t = start_lab(31, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     let start = Instant::now();
     let seen = Mutex::new(Vec::new());
@@ -122,7 +125,7 @@ async fn exec_streams_lines_as_they_are_printed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact() {
-    let t = start_lab(32, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     assert_eq!(run(&s, &cmd("exit 7")).await.0.unwrap(), Exit::Code(7));
     assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
@@ -146,7 +149,7 @@ async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stdin_of_the_user_command_is_empty() {
-    let t = start_lab(33, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     let (exit, lines) = run(
         &s,
@@ -159,7 +162,7 @@ async fn stdin_of_the_user_command_is_empty() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn become_runs_as_root_and_ps_never_shows_the_password() {
-    let t = start_lab(34, 1);
+    let t = start_lab(1);
     let password = lab::password(&t.lab.dir).unwrap();
     let s = connect(&t).await;
     let become_ = Command {
@@ -205,7 +208,7 @@ async fn become_runs_as_root_and_ps_never_shows_the_password() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_sudo_password_is_a_clear_error() {
-    let t = start_lab(35, 1);
+    let t = start_lab(1);
     let mut target = target(&t);
     target.sudo_password = Some(Secret::new("not-the-password"));
     let s = Session::connect(target).await.unwrap();
@@ -230,7 +233,7 @@ async fn a_wrong_sudo_password_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_kills_the_remote_process() {
-    let t = start_lab(36, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     for (script, become_) in [("sleep 317", false), ("sleep 318", true)] {
         let cancel = CancellationToken::new();
@@ -261,7 +264,7 @@ async fn cancel_kills_the_remote_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropping_the_exec_future_kills_the_remote_process() {
-    let t = start_lab(37, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     let c = cmd("sleep 327");
     let result = tokio::time::timeout(
@@ -280,7 +283,7 @@ async fn dropping_the_exec_future_kills_the_remote_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_sets_mode_and_owner_and_reports_an_unchanged_file() {
-    let t = start_lab(38, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     let root = &t.lab.node("node-1").unwrap().root;
     let none = CancellationToken::new();
@@ -326,7 +329,7 @@ async fn upload_sets_mode_and_owner_and_reports_an_unchanged_file() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_into_a_missing_folder_is_a_clear_error() {
-    let t = start_lab(39, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     let dest = t.lab.node("node-1").unwrap().root.join("no/such/dir/f");
     let err = s
@@ -351,7 +354,7 @@ async fn upload_into_a_missing_folder_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_host_key_is_refused_naming_the_known_hosts_line() {
-    let t = start_lab(40, 2);
+    let t = start_lab(2);
     let good = std::fs::read_to_string(t.lab.dir.join("known_hosts")).unwrap();
     let lines: Vec<&str> = good.lines().collect();
     // Line 2 claims node-1 has node-2's key.
@@ -378,7 +381,7 @@ async fn a_changed_host_key_is_refused_naming_the_known_hosts_line() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_host_key_shows_its_fingerprint_and_is_recorded_when_accepted() {
-    let t = start_lab(41, 1);
+    let t = start_lab(1);
     let host_pub = t.lab.dir.join("nodes/node-1/ssh_host_ed25519_key.pub");
     let keygen = std::process::Command::new("ssh-keygen")
         .arg("-lf")
@@ -421,7 +424,7 @@ async fn an_unknown_host_key_shows_its_fingerprint_and_is_recorded_when_accepted
 
 #[tokio::test(flavor = "multi_thread")]
 async fn key_and_password_logins_both_work_and_a_wrong_password_fails_fast() {
-    let t = start_lab(42, 1);
+    let t = start_lab(1);
     let password = lab::password(&t.lab.dir).unwrap();
     connect(&t).await;
 
@@ -448,7 +451,7 @@ async fn key_and_password_logins_both_work_and_a_wrong_password_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encrypted_key_file_is_a_clear_error() {
-    let t = start_lab(43, 1);
+    let t = start_lab(1);
     let key = t.lab.dir.join("encrypted_key");
     let status = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "secret-passphrase", "-f"])
@@ -468,7 +471,7 @@ async fn an_encrypted_key_file_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_commands_share_one_connection() {
-    let t = start_lab(44, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     for i in 0..20 {
         let (exit, lines) = run(&s, &cmd(&format!("echo {i}"))).await;
@@ -506,7 +509,7 @@ async fn twenty_commands_share_one_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
-    let t = start_lab(45, 2);
+    let t = start_lab(2);
     let s = connect(&t).await;
     let dir = t.lab.dir.clone();
     tokio::spawn(async move {
@@ -542,17 +545,17 @@ async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
-    let t = start_lab(46, 2);
+    let t = start_lab(2);
     let text = std::fs::read_to_string(&t.lab.inventory).unwrap();
     assert!(text.contains("user = \"kblab\""));
     assert!(text.contains("role = \"central\""));
-    assert!(text.contains("port = 20461"));
+    assert!(text.contains(&format!("port = {}", t.net.first_port + 1)));
     assert!(text.contains("lab_root = "));
     let again = LabOptions {
         dir: t.lab.dir.clone(),
         nodes: 1,
-        first_address: Ipv4Addr::new(127, 0, 46, 1),
-        first_port: 20460,
+        first_address: t.net.first_address,
+        first_port: t.net.first_port,
         ..Default::default()
     };
     assert!(matches!(lab::up(&again), Err(lab::LabError::AlreadyRunning(_))));
@@ -568,7 +571,7 @@ async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_small_commands_on_one_node_run_quickly() {
-    let t = start_lab(47, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     for become_ in [false, true] {
         let c = Command { become_, ..cmd("true") };
@@ -588,7 +591,7 @@ async fn fifty_small_commands_on_one_node_run_quickly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_logging_in_or_recording() {
-    let t = start_lab(48, 2);
+    let t = start_lab(2);
     let known = target(&t);
     assert_eq!(probe_host_key(&known).await.unwrap(), HostKeyState::Known);
 
@@ -629,7 +632,7 @@ async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_loggin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_job_has_its_own_process_group_and_environment_and_cancel_kills_only_it() {
-    let t = start_lab(49, 1);
+    let t = start_lab(1);
     let s = connect(&t).await;
     // The job's shell leads its own session and process group.
     let c = Command {

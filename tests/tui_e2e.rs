@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -41,22 +40,26 @@ tasks:
 /// A 4-node lab, a playbook set and a wrapper script that runs `kubeboot apply` and records its exit code.
 struct Setup {
     lab: LabGuard,
+    /// The lab's loopback range, held while it runs.
+    _net: kubeboot::lab::net::Net,
     dir: tempfile::TempDir,
 }
 
 impl Setup {
-    fn new(net: u8, work_seconds: u32) -> Setup {
+    fn new(work_seconds: u32) -> Setup {
         let dir = tempfile::tempdir().expect("a temporary folder");
+        let net = common::claim_net(4);
         let opts = LabOptions {
             dir: dir.path().join("lab"),
             nodes: 4,
-            first_address: Ipv4Addr::new(127, 0, net, 1),
-            first_port: 25000 + u16::from(net - 150) * 100,
+            first_address: net.first_address,
+            first_port: net.first_port,
             ..LabOptions::default()
         };
         let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
         let setup = Setup {
             lab: LabGuard(lab),
+            _net: net,
             dir,
         };
         let playbooks = setup.path("playbooks");
@@ -124,7 +127,7 @@ fn node_row<'a>(screen: &'a str, node: &str) -> Option<&'a str> {
 #[test]
 fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_0() {
     let started = Instant::now();
-    let setup = Setup::new(150, 6);
+    let setup = Setup::new(6);
     let tmux = setup.start();
 
     // The confirmation screen: nodes, stages and task counts, and nothing runs yet.
@@ -229,7 +232,7 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
 
 #[test]
 fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
-    let setup = Setup::new(151, 30);
+    let setup = Setup::new(30);
     let tmux = setup.start();
     tmux.wait_for("the confirmation screen", |s| s.contains("y/Enter"));
     tmux.keys(&["y"]);
@@ -253,7 +256,7 @@ fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
 
 #[test]
 fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen() {
-    let setup = Setup::new(152, 1);
+    let setup = Setup::new(1);
     let node2 = setup.lab.node("node-2").expect("node-2 exists");
     std::fs::write(node2.root.join("ok"), "").expect("create the flag file");
     // known_hosts forgets node-3 and node-4.
@@ -321,8 +324,54 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
 }
 
 #[test]
+fn the_first_screen_shows_the_host_key_check_at_once_with_each_answer() {
+    let setup = Setup::new(1);
+    // A frozen node takes the connection but never says a word: its look lasts the full 3 s.
+    lab::pause_node(&setup.lab.dir, "node-4").expect("freeze node-4");
+    let started = Instant::now();
+    let tmux = setup.start();
+    let screen = tmux.wait_for("the host key check", |s| {
+        s.contains("checking host keys of 4 nodes") && s.contains("3/4 answered")
+    });
+    let shown = started.elapsed();
+    assert!(
+        shown < Duration::from_secs(3),
+        "the screen showed the check only after {shown:?}:\n{screen}"
+    );
+    for node in ["node-1", "node-2", "node-3"] {
+        assert!(
+            screen.lines().any(|l| l.contains(node) && l.contains("✓ known")),
+            "{node} answered:\n{screen}"
+        );
+    }
+    assert!(
+        screen.lines().any(|l| l.contains("node-4") && l.contains("… asking")),
+        "node-4 is still asked:\n{screen}"
+    );
+    // `y` starts nothing while the look runs; once node-4 gives up, the usual screen is back.
+    tmux.keys(&["y"]);
+    let screen = tmux.wait_for("the look to end", |s| {
+        !s.contains("checking host keys") && s.contains("y/Enter")
+    });
+    assert!(
+        screen.contains("kubeboot apply · run"),
+        "still the confirmation screen, nothing started:\n{screen}"
+    );
+    tmux.keys(&["n"]);
+    assert_eq!(setup.exit_code(&tmux), 0, "{}", tmux.history());
+    assert!(
+        !setup.path("state/journal.jsonl").exists()
+            || !std::fs::read_to_string(setup.path("state/journal.jsonl"))
+                .unwrap_or_default()
+                .contains("task_started"),
+        "nothing ran"
+    );
+    lab::resume_node(&setup.lab.dir, "node-4").expect("thaw node-4");
+}
+
+#[test]
 fn answering_no_on_the_confirmation_screen_leaves_the_logs_of_the_last_run_alone() {
-    let setup = Setup::new(153, 1);
+    let setup = Setup::new(1);
     // What an earlier run left: its log folder, and `latest` pointing at it.
     let logs = setup.path("state/logs");
     std::fs::create_dir_all(logs.join("20260101-000000-abcd")).expect("a log folder");

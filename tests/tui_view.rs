@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use kubeboot::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 use kubeboot::facts::Facts;
 use kubeboot::ui::tui::keys::Action;
-use kubeboot::ui::tui::state::{App, Focus, HostKeyIssue, HostKeyPrompt};
+use kubeboot::ui::tui::state::{App, Focus, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use kubeboot::ui::tui::view;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -411,6 +411,47 @@ fn a_changed_host_key_is_a_hard_error_on_the_confirmation_screen() {
         "{screen}"
     );
     assert!(!app.accepted_host_keys().contains("edge-201"));
+}
+
+#[test]
+fn the_first_screen_says_it_is_checking_host_keys_and_shows_each_answer_as_it_comes() {
+    let mut app = new_app(0);
+    app.start_host_key_check(vec![
+        "node-194".into(),
+        "node-195".into(),
+        "node-196".into(),
+        "edge-201".into(),
+    ]);
+    app.host_key_answered("node-194", HostKeyAnswer::Known);
+    app.host_key_answered(
+        "node-196",
+        HostKeyAnswer::Found(HostKeyPrompt {
+            node: "node-196".into(),
+            fingerprint: "SHA256:Zz9Yy8Xx7Ww6Vv5Uu4Tt3Ss2Rr1Qq0Pp9Oo8Nn7Mm6Ll".into(),
+            issue: HostKeyIssue::Unknown,
+        }),
+    );
+    insta::assert_snapshot!("confirm_checking_host_keys_80x24", render(&app, 80, 24));
+    // Nothing starts before every node has answered.
+    assert_eq!(app.act(Action::Start, 10), None);
+    assert!(app.checking_host_keys());
+
+    app.host_key_answered("edge-201", HostKeyAnswer::NoAnswer);
+    app.host_key_answered(
+        "node-195",
+        HostKeyAnswer::Found(HostKeyPrompt {
+            node: "node-195".into(),
+            fingerprint: "SHA256:rTpY0Zr1Cz8mQ2v3XnV8a7bCdEfGhIjKlMnOpQrStUv".into(),
+            issue: HostKeyIssue::Unknown,
+        }),
+    );
+    // The last answer ends the look: the keys to decide on, in node order.
+    assert!(!app.checking_host_keys());
+    let keys: Vec<&str> = app.host_keys.iter().map(|k| k.prompt.node.as_str()).collect();
+    assert_eq!(keys, ["node-195", "node-196"]);
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("2 waiting for a decision"), "{screen}");
+    assert!(app.act(Action::Start, 10).is_some());
 }
 
 /// The shipped install's 18 stages, one task each, on two nodes: the first nine done, the tenth running.

@@ -1,7 +1,8 @@
 //! Shared helpers for the end-to-end tests: start a lab of real sshd nodes, write playbooks,
 //! run the kubeboot binary, read its JSON events, its journal and the side effects on the nodes.
 //!
-//! Each test passes its own `net` (127.0.<net>.x, ports 20000 + net * 10 ...) so tests run in parallel.
+//! Each lab gets a loopback range of its own from `lab::net` (a lock file per range), so tests, test binaries and
+//! worktrees run in parallel without sharing addresses.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
@@ -10,7 +11,7 @@ pub mod tmux;
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -27,22 +28,29 @@ pub fn bin() -> PathBuf {
 pub struct TestLab {
     /// Stops sshd when dropped; declared first so it drops before the folders are removed.
     pub lab: LabGuard,
+    /// The lab's loopback range, held until the lab is down.
+    pub net: lab::net::Net,
     _lab_dir: tempfile::TempDir,
     work: tempfile::TempDir,
 }
 
-/// Starts `nodes` lab nodes on 127.0.<net>.1.. with ports 20000 + net * 10 ...; panics (never skips) when it cannot.
-pub fn start_lab(net: u8, nodes: usize) -> TestLab {
-    start_lab_with(net, nodes, false)
+/// Starts `nodes` lab nodes on a loopback range of their own; panics (never skips) when it cannot.
+pub fn start_lab(nodes: usize) -> TestLab {
+    start_lab_with(nodes, false)
 }
 
 /// Like [`start_lab`], each node with a /tmp of its own ([`LabOptions::private_tmp`]; the lab's
 /// folder is then under /var/tmp).
-pub fn start_private_tmp_lab(net: u8, nodes: usize) -> TestLab {
-    start_lab_with(net, nodes, true)
+pub fn start_private_tmp_lab(nodes: usize) -> TestLab {
+    start_lab_with(nodes, true)
 }
 
-fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
+/// A loopback range for a lab of `nodes` nodes started by hand ([`LabOptions`]); hold it while the lab runs.
+pub fn claim_net(nodes: usize) -> lab::net::Net {
+    lab::net::claim(nodes).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn start_lab_with(nodes: usize, private_tmp: bool) -> TestLab {
     let lab_dir = if private_tmp {
         tempfile::tempdir_in("/var/tmp")
     } else {
@@ -50,11 +58,12 @@ fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
     }
     .expect("a temporary folder");
     let work = tempfile::tempdir().expect("a temporary folder");
+    let net = claim_net(nodes);
     let opts = LabOptions {
         dir: lab_dir.path().to_path_buf(),
         nodes,
-        first_address: Ipv4Addr::new(127, 0, net, 1),
-        first_port: 20000 + u16::from(net) * 10,
+        first_address: net.first_address,
+        first_port: net.first_port,
         private_tmp,
         ..LabOptions::default()
     };
@@ -63,6 +72,7 @@ fn start_lab_with(net: u8, nodes: usize, private_tmp: bool) -> TestLab {
     fs::create_dir_all(work.path().join("playbooks")).expect("a playbooks folder");
     TestLab {
         lab: LabGuard(lab),
+        net,
         _lab_dir: lab_dir,
         work,
     }

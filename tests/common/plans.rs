@@ -52,3 +52,34 @@ pub fn rhel() -> Facts {
         ..Facts::assumed()
     }
 }
+
+/// Every node's plan of a day-two folder of the shipped playbooks (`playbooks/backup`, ...), with the variables the
+/// day-two commands add for their runs (src/daytwo.rs) set to sample values.
+pub fn shipped_day_two_plans(folder: &str, facts: &Facts) -> Vec<NodePlan> {
+    let mut inv = inventory::load(&repo().join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
+    for (name, value) in [
+        ("backup_stamp", serde_json::Value::String("20260101-000000-abcd".into())),
+        ("backup_required", serde_json::Value::Bool(true)),
+        ("reset_purge_packages", serde_json::Value::Bool(true)),
+    ] {
+        inv.vars.insert(name.into(), value);
+    }
+    let books = playbook::load(&repo().join("playbooks").join(folder), &repo().join("assets"))
+        .unwrap_or_else(|d| panic!("{d}"));
+    let sel = Selection::default();
+    inv.nodes
+        .iter()
+        .map(|n| {
+            plan::plan_node(
+                &inv,
+                &books,
+                &n.name,
+                facts,
+                &Progress::empty(),
+                &kubeboot::secrets::Digests::none(),
+                &sel,
+            )
+            .unwrap_or_else(|d| panic!("{folder}: {d}"))
+        })
+        .collect()
+}

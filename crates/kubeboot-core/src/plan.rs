@@ -106,6 +106,8 @@ pub struct PlannedTask {
     pub again_for: Option<String>,
     /// Why it runs (set with Decision::Run).
     pub why: Option<Why>,
+    /// False for a read-only task (`changed_when: false`): a success is `ok`, so it re-runs nothing after it.
+    pub changed_when: bool,
 }
 
 /// A planned task's `register`.
@@ -586,10 +588,18 @@ fn plan_task(
     }
     // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
     let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
-    let fingerprint = fingerprint(&stage.name, &def.name, &action, unless.as_deref(), become_, &env);
+    let fingerprint = fingerprint(
+        &stage.name,
+        &def.name,
+        &action,
+        unless.as_deref(),
+        become_,
+        &env,
+        def.changed_when,
+    );
     let inputs = Inputs {
         secrets: None,
-        parts: parts(&action, unless.as_deref(), become_, &env),
+        parts: parts(&action, unless.as_deref(), become_, &env, def.changed_when),
     };
     let secrets = secrets_used(&action, &env);
     Ok(PlannedTask {
@@ -617,6 +627,7 @@ fn plan_task(
         serial: stage.serial,
         again_for: None,
         why: None,
+        changed_when: def.changed_when,
     })
 }
 
@@ -631,8 +642,14 @@ fn secrets_used(action: &Action, env: &[(String, String)]) -> Vec<String> {
 
 /// Short digests (sha256, 16 hex digits) of the parts of a task, so a rerun can say which part changed:
 /// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, and for a copy `owner` and
-/// `file <dest>` for each copied file.
-fn parts(action: &Action, unless: Option<&str>, become_: bool, env: &[(String, String)]) -> BTreeMap<String, String> {
+/// `file <dest>` for each copied file, and `changed_when` on a read-only task.
+fn parts(
+    action: &Action,
+    unless: Option<&str>,
+    become_: bool,
+    env: &[(String, String)],
+    changed_when: bool,
+) -> BTreeMap<String, String> {
     let short = |pieces: &[&[u8]]| {
         let mut h = Sha256::new();
         for p in pieces {
@@ -666,6 +683,9 @@ fn parts(action: &Action, unless: Option<&str>, become_: bool, env: &[(String, S
         out.insert("env".into(), short(&flat));
     }
     out.insert("sudo".into(), short(&[if become_ { b"become" } else { b"as-user" }]));
+    if !changed_when {
+        out.insert("changed_when".into(), short(&[b"false"]));
+    }
     out
 }
 
@@ -749,6 +769,7 @@ fn fingerprint(
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
+    changed_when: bool,
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |bytes: &[u8]| {
@@ -770,6 +791,11 @@ fn fingerprint(
     for (k, v) in env {
         put(k.as_bytes());
         put(v.as_bytes());
+    }
+    // Only a read-only task adds it: it decides what later tasks do after it (an `ok` re-runs nothing), and
+    // the fingerprints of every other task stay what earlier versions journaled.
+    if !changed_when {
+        put(b"changed_when-false");
     }
     hex::encode(h.finalize())
 }

@@ -12,6 +12,7 @@
 
 mod isolate;
 mod like;
+pub mod net;
 pub mod vm;
 
 pub use isolate::{ContainerdLayout, ISOLATED_DIRS, NodeKind, NodeOs};
@@ -131,6 +132,8 @@ pub enum LabError {
     VmStart { node: String, reason: String },
     #[error("the lab in {dir} has no node {node}")]
     UnknownNode { dir: PathBuf, node: String },
+    #[error("no loopback range for a lab: {0}")]
+    NoFreeNet(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -320,7 +323,7 @@ pub fn planned_node_names(opts: &LabOptions) -> Result<Vec<String>, LabError> {
     })
 }
 
-/// Starts (or restarts) one node's sshd and waits until it accepts TCP connections.
+/// Starts (or restarts) one node's sshd and waits until it answers on its address with its own host key.
 pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
     let tools = Tools::find()?;
     let ndir = node_dir(dir, name);
@@ -335,6 +338,7 @@ pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
         return Ok(());
     }
     let addr = listen_address(&config)?;
+    let own_key = public_host_key(&ndir)?;
     let log_path = ndir.join("sshd.log");
     let log = fs::OpenOptions::new()
         .create(true)
@@ -378,6 +382,9 @@ pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
     write_file(&ndir.join("sshd.pid"), format!("{pid}\n").as_bytes())?;
 
     let deadline = Instant::now() + START_TIMEOUT;
+    // A bare TCP connect is not enough: another lab's sshd on the same address answers it too, and the
+    // tests would then meet a host key that is not in this lab's known_hosts.
+    let mut stranger = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             let _ = fs::remove_file(ndir.join("sshd.pid"));
@@ -388,15 +395,25 @@ pub fn start_node(dir: &Path, name: &str) -> Result<(), LabError> {
             });
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            break;
+            match answering_host_key(&tools, addr) {
+                Some(key) if key == own_key => break,
+                Some(key) => stranger = Some(key),
+                None => {}
+            }
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             let _ = fs::remove_file(ndir.join("sshd.pid"));
+            let reason = match stranger {
+                Some(key) => format!(
+                    "another sshd answers on {addr} (host key {key}, not this lab's): is another lab using these addresses?"
+                ),
+                None => format!("nothing answered SSH on {addr} within {START_TIMEOUT:?}"),
+            };
             return Err(LabError::SshdStart {
                 node: name.to_string(),
-                reason: format!("nothing accepted connections on {addr} within {START_TIMEOUT:?}"),
+                reason,
                 log_tail: log_tail(&log_path, log_start),
             });
         }
@@ -586,6 +603,7 @@ fn toml_string(s: &str) -> String {
 struct Tools {
     sshd: PathBuf,
     keygen: PathBuf,
+    keyscan: PathBuf,
 }
 
 impl Tools {
@@ -596,8 +614,9 @@ impl Tools {
         }
         let sshd = which("sshd").ok_or(LabError::Missing("sshd"))?;
         let keygen = which("ssh-keygen").ok_or(LabError::Missing("ssh-keygen"))?;
+        let keyscan = which("ssh-keyscan").ok_or(LabError::Missing("ssh-keyscan"))?;
         which("sudo").ok_or(LabError::Missing("sudo"))?;
-        Ok(Tools { sshd, keygen })
+        Ok(Tools { sshd, keygen, keyscan })
     }
 }
 
@@ -656,7 +675,9 @@ fn ensure_user() -> Result<Secret, LabError> {
         .write(true)
         .open(&lock_path)
         .map_err(io(format!("cannot open {}", lock_path.display())))?;
-    let _held = FileLock::exclusive(&lock).map_err(io(format!("cannot lock {}", lock_path.display())))?;
+    // Released when `lock` is closed, at the end of this function or of the process.
+    lock.lock()
+        .map_err(io(format!("cannot lock {}", lock_path.display())))?;
 
     let id = which("id").ok_or(LabError::Missing("id"))?;
     let created = run(&id, &["-u", USER], None).is_err();
@@ -697,28 +718,6 @@ fn random_password() -> String {
     (0..24)
         .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
         .collect()
-}
-
-/// An exclusive `flock` held until dropped.
-struct FileLock<'a>(&'a fs::File);
-
-impl<'a> FileLock<'a> {
-    fn exclusive(file: &'a fs::File) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the descriptor is valid for as long as `file` lives, which outlives the lock.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(FileLock(file))
-    }
-}
-
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
-    }
 }
 
 /// The script a node with a private /tmp starts under (see [`LabOptions::private_tmp`]).
@@ -906,6 +905,32 @@ fn listen_address(config: &Path) -> Result<SocketAddr, LabError> {
         source: std::io::ErrorKind::InvalidData.into(),
     })?;
     Ok(SocketAddr::from((addr, port)))
+}
+
+/// The node's own public host key, `ssh-ed25519 AAAA...` (what its known_hosts line holds after the address).
+fn public_host_key(ndir: &Path) -> Result<String, LabError> {
+    let path = ndir.join("ssh_host_ed25519_key.pub");
+    let text = fs::read_to_string(&path).map_err(io(format!("cannot read {}", path.display())))?;
+    Ok(text.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+}
+
+/// The ed25519 host key the sshd on `addr` presents, `ssh-ed25519 AAAA...`; None while nothing answers SSH there.
+fn answering_host_key(tools: &Tools, addr: SocketAddr) -> Option<String> {
+    let out = Command::new(&tools.keyscan)
+        .args(["-T", "2", "-t", "ed25519", "-p", &addr.port().to_string()])
+        .arg(addr.ip().to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    // `[127.0.204.1]:23000 ssh-ed25519 AAAA...`; comment lines start with `#`.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            (fields.len() >= 3).then(|| format!("{} {}", fields[1], fields[2]))
+        })
 }
 
 fn log_tail(path: &Path, from: u64) -> String {

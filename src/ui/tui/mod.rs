@@ -30,15 +30,24 @@ use crate::engine::Control;
 use crate::event::{Event, NodeOutline};
 
 use keys::{Action, Effect};
-use state::{App, HostKeyPrompt};
+use state::{App, HostKeyAnswer, HostKeyPrompt};
 
 /// Time between frames (about 15 per second).
 const FRAME: Duration = Duration::from_millis(66);
 /// Events folded in per frame at most, so a flood of output cannot starve drawing and keys.
 const MAX_EVENTS_PER_FRAME: usize = 200_000;
 
+/// The host key look that runs while the confirmation screen shows: the nodes asked, and each answer as it comes.
+#[derive(Debug)]
+pub struct HostKeyProbes {
+    /// The nodes whose keys are looked at, in node order.
+    pub nodes: Vec<String>,
+    /// `(node, answer)` as each node answers; closed when all have (a node missing then did not answer).
+    pub answers: mpsc::UnboundedReceiver<(String, HostKeyAnswer)>,
+}
+
 /// What the TUI needs before the run: the plan as the confirmation screen shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TuiSetup {
     /// Stage names in order.
     pub stages: Vec<String>,
@@ -50,6 +59,8 @@ pub struct TuiSetup {
     pub run_id: String,
     /// Host keys found unknown (or changed) before the run, for the operator to decide on.
     pub host_keys: Vec<HostKeyPrompt>,
+    /// The host key look still running: the screen shows its progress and adds what it finds.
+    pub probes: Option<HostKeyProbes>,
 }
 
 /// The operator's answer on the confirmation screen.
@@ -85,11 +96,20 @@ pub async fn run(
 ) -> io::Result<TuiOutcome> {
     let mut app = App::new(&setup.run_id, setup.stages, &setup.nodes, setup.log_dir);
     app.set_host_keys(setup.host_keys);
+    let mut answers = setup.probes.map(|p| {
+        app.start_host_key_check(p.nodes);
+        p.answers
+    });
     app.color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut started = false;
     let result = {
         let mut session = TerminalSession::enter()?;
-        run_loop(&mut session.terminal, &mut app, go, &mut events, &control, &mut started).await
+        let channels = Channels {
+            events: &mut events,
+            answers: &mut answers,
+            control: &control,
+        };
+        run_loop(&mut session.terminal, &mut app, go, channels, &mut started).await
     };
     if result.is_err() && started && !app.run_over() {
         // The screen is gone but the engine is not: stop it so progress is recorded and the lock released.
@@ -107,14 +127,25 @@ pub async fn run(
     })
 }
 
+/// What the loop reads from and writes to besides the terminal.
+struct Channels<'a> {
+    events: &'a mut mpsc::UnboundedReceiver<Event>,
+    answers: &'a mut Option<mpsc::UnboundedReceiver<(String, HostKeyAnswer)>>,
+    control: &'a mpsc::UnboundedSender<Control>,
+}
+
 async fn run_loop(
     terminal: &mut Terminal<CrosstermBackend<Stdout>>,
     app: &mut App,
     go: oneshot::Sender<Answer>,
-    events: &mut mpsc::UnboundedReceiver<Event>,
-    control: &mpsc::UnboundedSender<Control>,
+    channels: Channels<'_>,
     started: &mut bool,
 ) -> io::Result<()> {
+    let Channels {
+        events,
+        answers,
+        control,
+    } = channels;
     let clock = Instant::now();
     let now = || u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut go = Some(go);
@@ -129,6 +160,7 @@ async fn run_loop(
     loop {
         let action = tokio::select! {
             _ = frames.tick() => {
+                take_answers(app, answers);
                 if *started && !app.events_closed {
                     drain(app, events, now());
                 }
@@ -177,6 +209,22 @@ async fn run_loop(
         }
         if app.should_exit() {
             return Ok(());
+        }
+    }
+}
+
+/// Folds the host key answers that came in into the model; when the look is over, ends it there.
+fn take_answers(app: &mut App, answers: &mut Option<mpsc::UnboundedReceiver<(String, HostKeyAnswer)>>) {
+    let Some(rx) = answers else { return };
+    loop {
+        match rx.try_recv() {
+            Ok((node, answer)) => app.host_key_answered(&node, answer),
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => {
+                app.finish_host_key_check();
+                *answers = None;
+                return;
+            }
         }
     }
 }

@@ -474,6 +474,32 @@ pub struct HostKeyView {
     pub decision: HostKeyDecision,
 }
 
+/// What one node answered to the host key look before the confirmation screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyAnswer {
+    /// known_hosts has its key: nothing to decide.
+    Known,
+    /// Its key is unknown or changed: the operator decides on the confirmation screen.
+    Found(HostKeyPrompt),
+    /// It did not answer in time (or refused): the run reports it with its own error.
+    NoAnswer,
+}
+
+/// The host key look while it runs: the confirmation screen shows each node's answer as it comes and
+/// starts nothing until every node has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyCheck {
+    /// Each node looked at, in node order, with its answer once it came.
+    pub nodes: Vec<(String, Option<HostKeyAnswer>)>,
+}
+
+impl HostKeyCheck {
+    /// How many nodes have answered.
+    pub fn answered(&self) -> usize {
+        self.nodes.iter().filter(|(_, a)| a.is_some()).count()
+    }
+}
+
 /// How the run ended, from `run_finished`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunEnd {
@@ -552,6 +578,8 @@ pub struct App {
     pub host_keys: Vec<HostKeyView>,
     /// Index into `host_keys` of the selected one.
     pub host_key_selected: usize,
+    /// The host key look still running before the confirmation screen (None once every node answered).
+    pub host_key_check: Option<HostKeyCheck>,
 }
 
 impl App {
@@ -580,6 +608,7 @@ impl App {
             events_closed: false,
             host_keys: Vec::new(),
             host_key_selected: 0,
+            host_key_check: None,
         };
         for outline in nodes {
             app.upsert(outline);
@@ -600,6 +629,48 @@ impl App {
             })
             .collect();
         self.host_key_selected = 0;
+    }
+
+    /// The confirmation screen says it is looking at these nodes' host keys; it starts nothing until each
+    /// has answered ([`App::host_key_answered`]). No nodes: nothing to wait for.
+    pub fn start_host_key_check(&mut self, nodes: Vec<String>) {
+        self.host_key_check = (!nodes.is_empty()).then(|| HostKeyCheck {
+            nodes: nodes.into_iter().map(|n| (n, None)).collect(),
+        });
+    }
+
+    /// One node's answer; when it is the last, the keys to decide on are shown (in node order).
+    pub fn host_key_answered(&mut self, node: &str, answer: HostKeyAnswer) {
+        let Some(check) = &mut self.host_key_check else {
+            return;
+        };
+        if let Some((_, slot)) = check.nodes.iter_mut().find(|(n, _)| n == node) {
+            *slot = Some(answer);
+        }
+        if check.answered() == check.nodes.len() {
+            self.finish_host_key_check();
+        }
+    }
+
+    /// Ends the look: nodes that have not answered count as not answering (the run reports them).
+    pub fn finish_host_key_check(&mut self) {
+        let Some(check) = self.host_key_check.take() else {
+            return;
+        };
+        let prompts = check
+            .nodes
+            .into_iter()
+            .filter_map(|(_, answer)| match answer {
+                Some(HostKeyAnswer::Found(prompt)) => Some(prompt),
+                _ => None,
+            })
+            .collect();
+        self.set_host_keys(prompts);
+    }
+
+    /// True while the host key look runs (the run cannot be started yet).
+    pub fn checking_host_keys(&self) -> bool {
+        self.host_key_check.is_some()
     }
 
     /// The nodes whose unknown host key the operator accepted.
@@ -947,6 +1018,8 @@ impl App {
     pub fn act(&mut self, action: Action, page: usize) -> Option<Effect> {
         let page = page.max(1);
         match action {
+            // The operator decides on the host keys once they are all in.
+            Action::Start if self.checking_host_keys() => {}
             Action::Start => {
                 self.screen = Screen::Running;
                 return Some(Effect::Go(true));

@@ -11,8 +11,8 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 
 use super::keys::HELP;
 use super::state::{
-    App, FAILURE_TAIL, Focus, HostKeyDecision, HostKeyIssue, LineKind, NodeState, NodeView, Screen, StageCell,
-    format_duration,
+    App, FAILURE_TAIL, Focus, HostKeyAnswer, HostKeyCheck, HostKeyDecision, HostKeyIssue, LineKind, NodeState,
+    NodeView, Screen, StageCell, format_duration,
 };
 
 /// Width of the text progress bars in the node list.
@@ -744,7 +744,14 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             .iter()
             .filter(|k| k.decision == HostKeyDecision::Undecided)
             .count();
-        let title = if undecided > 0 {
+        let title = if let Some(check) = &app.host_key_check {
+            format!(
+                " checking host keys of {}… {}/{} answered ",
+                plural(check.nodes.len(), "node"),
+                check.answered(),
+                check.nodes.len()
+            )
+        } else if undecided > 0 {
             format!(" host keys · {undecided} waiting for a decision (undecided = refused) ")
         } else {
             " host keys ".to_string()
@@ -788,7 +795,13 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     .block(Block::bordered().title(title).border_style(theme.border(false)));
     frame.render_widget(node_table, nodes_area);
 
-    let hints: &[(&str, &str)] = if app.host_keys.is_empty() {
+    let hints: &[(&str, &str)] = if app.checking_host_keys() {
+        &[
+            ("n/q", "leave"),
+            ("?", "help"),
+            ("", "· the run can start once every node has answered"),
+        ]
+    } else if app.host_keys.is_empty() {
         &[("y/Enter", "start"), ("n/q", "leave"), ("?", "help")]
     } else {
         &[
@@ -805,6 +818,9 @@ fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 /// Lines of the host key box: one per unknown key, two per changed key (the second says why it cannot be accepted).
 /// The full fingerprint fits on an 80-column line for node names up to 10 characters: the operator compares it.
 fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    if let Some(check) = &app.host_key_check {
+        return host_key_check_lines(check, theme);
+    }
     let name_width = app
         .host_keys
         .iter()
@@ -854,6 +870,38 @@ fn host_key_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
         }
     }
     lines
+}
+
+/// One line per node while the host key look runs: what it answered, or that it is still asked.
+fn host_key_check_lines(check: &HostKeyCheck, theme: Theme) -> Vec<Line<'static>> {
+    let name_width = check.nodes.iter().map(|(n, _)| n.chars().count()).max().unwrap_or(0);
+    check
+        .nodes
+        .iter()
+        .map(|(node, answer)| {
+            let (word, style) = match answer {
+                None => ("… asking".to_string(), theme.dim()),
+                Some(HostKeyAnswer::Known) => ("✓ known".to_string(), theme.fg(Color::Green)),
+                Some(HostKeyAnswer::Found(p)) => match p.issue {
+                    HostKeyIssue::Unknown => (
+                        "? unknown key: decide once all have answered".to_string(),
+                        theme.fg(Color::Yellow),
+                    ),
+                    HostKeyIssue::Changed { .. } => (
+                        "✗ CHANGED key".to_string(),
+                        theme.fg(Color::Red).add_modifier(Modifier::BOLD),
+                    ),
+                },
+                Some(HostKeyAnswer::NoAnswer) => ("- no answer (the run reports it)".to_string(), theme.dim()),
+            };
+            Line::from(vec![
+                Span::raw("  "),
+                Span::styled(format!("{node:<name_width$}"), theme.bold()),
+                Span::raw("  "),
+                Span::styled(word, style),
+            ])
+        })
+        .collect()
 }
 
 /// The line in the host key box where key `index` starts.

@@ -2,8 +2,8 @@
 //! with a manifest, resuming interrupted downloads and checking every file by sha256; and
 //! `--check DIR`: verifies a copied bundle against its manifest. Progress leaves as events only.
 //!
-//! Collected today: the release binaries (`releases/<name>/<file>`, sha256 from `[sources]`).
-//! Package repositories, charts and images are not collected yet (see the README).
+//! Collected: the release binaries (`releases/<name>/<file>`, sha256 from `[sources]`) here, and
+//! the container images the plan's rendered files name (`images/`, see [`super::images`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -23,7 +23,10 @@ pub const MANIFEST: &str = "manifest.json";
 /// One file of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
-    /// What it is (`helm`, `kustomize`, ...).
+    /// `release`, `image`, `chart`...
+    #[serde(default = "release")]
+    pub kind: String,
+    /// What it is (`helm`, `kustomize`, an image reference...).
     pub name: String,
     /// Its version, when the file name tells it.
     pub version: String,
@@ -33,6 +36,13 @@ pub struct Item {
     pub path: String,
     pub sha256: String,
     pub size: u64,
+    /// An image's manifest digest (what the registry served), to know it unchanged on the next run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+fn release() -> String {
+    "release".into()
 }
 
 /// `manifest.json`.
@@ -153,17 +163,34 @@ pub async fn collect(
             size,
         });
         manifest.items.push(Item {
+            kind: release(),
             name: w.name.clone(),
             version: version_in(&w.path),
             source: w.url.clone(),
             path: w.path.clone(),
             sha256: w.sha256.clone(),
             size,
+            digest: None,
         });
     }
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| BundleError::Io(e.to_string()))?;
-    std::fs::write(out.join(MANIFEST), text + "\n").map_err(io(format!("cannot write {MANIFEST}")))?;
     Ok(manifest)
+}
+
+/// Writes `manifest.json` (through a temporary file: an interrupted write leaves the old one).
+pub fn write_manifest(out: &Path, manifest: &Manifest) -> Result<(), BundleError> {
+    let text = serde_json::to_string_pretty(manifest).map_err(|e| BundleError::Io(e.to_string()))?;
+    let tmp = out.join(format!("{MANIFEST}.part"));
+    std::fs::write(&tmp, text + "\n")
+        .and_then(|()| std::fs::rename(&tmp, out.join(MANIFEST)))
+        .map_err(|e| BundleError::Io(format!("cannot write {MANIFEST}: {e}")))
+}
+
+/// The manifest an earlier run left in `out` (none, or unreadable: empty).
+pub fn previous(out: &Path) -> Manifest {
+    std::fs::read_to_string(out.join(MANIFEST))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 async fn download(
@@ -265,7 +292,7 @@ pub fn check(dir: &Path) -> Result<(Manifest, Vec<Damaged>), BundleError> {
     Ok((manifest, damaged))
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

@@ -2,6 +2,7 @@
 //! an air-gapped site, and served from there to the nodes over their SSH connections.
 
 pub mod collect;
+pub mod images;
 pub mod serve;
 
 use std::sync::Arc;

@@ -386,7 +386,9 @@ async fn run_task(
             Ok((status, reason)) => {
                 // A task done before that runs again only to make an output this run needs (a secret one is never
                 // kept) restores what the run had: it is `ok`, and re-runs nothing that depends on it.
-                let status = if recorded && task.again_for.is_some() && status == TaskStatus::Changed {
+                // A read-only task (`changed_when: false`) is `ok` when it succeeds, whatever its kind reports.
+                let again = recorded && task.again_for.is_some();
+                let status = if status == TaskStatus::Changed && (again || !task.changed_when) {
                     TaskStatus::Ok
                 } else {
                     status

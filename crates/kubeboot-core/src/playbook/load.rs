@@ -27,7 +27,18 @@ const REGISTER_KEYS: &[&str] = &["name", "secret", "line", "json"];
 const WAIT_FOR_KEYS: &[&str] = &["node", "task"];
 /// Task keys besides the name and the action keys of the task kinds ([`task::KEYS`]).
 const COMMON_TASK_KEYS: &[&str] = &[
-    "interval", "unless", "when", "retries", "delay", "timeout", "become", "env", "register", "wait_for", "after",
+    "interval",
+    "unless",
+    "when",
+    "retries",
+    "delay",
+    "timeout",
+    "become",
+    "env",
+    "register",
+    "wait_for",
+    "after",
+    "changed_when",
 ];
 /// Task keys that only mean something on the node, refused on tasks that run on the jump host.
 const NODE_ONLY_KEYS: &[&str] = &["unless", "env", "become", "register"];
@@ -381,6 +392,7 @@ impl Reader<'_> {
             register: None,
             wait_for: Vec::new(),
             after: None,
+            changed_when: true,
             location: self.loc(n),
             fields: BTreeMap::new(),
         };
@@ -416,6 +428,7 @@ impl Reader<'_> {
                 "env" => t.env = self.env(v, &mut fields),
                 "register" => t.register = self.register(v),
                 "wait_for" => t.wait_for = self.wait_for(v),
+                "changed_when" => t.changed_when = self.changed_when(v),
                 "after" => {
                     fields.insert("after".to_string(), self.loc(v));
                     t.after = Some(match &v.value {
@@ -475,6 +488,23 @@ impl Reader<'_> {
         t.location = name_loc;
         t.fields = fields;
         Some(t)
+    }
+
+    /// `changed_when: false` (a read-only task): a boolean only, not Ansible's expressions.
+    fn changed_when(&mut self, v: &Node) -> bool {
+        match &v.value {
+            Yaml::Bool(b) => *b,
+            other => {
+                let kind = other.kind();
+                self.error(
+                    v,
+                    format!("`changed_when` must be true or false, not {kind}"),
+                    "write `changed_when: false` on a task that changes nothing (a check); kubeboot does not \
+                     evaluate expressions here",
+                );
+                true
+            }
+        }
     }
 
     /// `register: NAME` or `register: { name, secret, line | json }`.

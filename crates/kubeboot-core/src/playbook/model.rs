@@ -88,6 +88,9 @@ pub struct TaskDef {
     /// The earlier tasks whose `changed` makes this one run again (`name` in the same stage, `stage/name` in an
     /// earlier one). None: every earlier task of its stage (the stage rule); an empty list: none.
     pub after: Option<Vec<String>>,
+    /// False (`changed_when: false`): a read-only task (a check) whose success is `ok`, never `changed`, so it
+    /// never makes later tasks run again. Default true: the kind decides (a `run` reports `changed`).
+    pub changed_when: bool,
     pub location: Location,
     /// Where each templated field's value starts (`run`, `unless`, `when`, `copy.dest`, `env.NAME`, ...),
     /// so template problems point at the field.

@@ -1,0 +1,565 @@
+//! Container images for a bundle: the list is read from the plan's rendered files (manifests,
+//! kustomizations, chart values), each image is pulled over the OCI distribution API (from the
+//! inventory's registry mirror when `[sources.registries]` names one) and stored as an OCI image
+//! layout archive that `ctr -n k8s.io images import` reads. Interrupted blob downloads continue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::collect::{BundleError, BundleEvent, Item, sha256_file};
+use crate::inventory::Inventory;
+use crate::plan::{Action, Decision, NodePlan};
+
+/// The bundle's image folder, and the list the nodes read (`<reference><TAB><archive>` a line).
+pub const DIR: &str = "images";
+pub const INDEX: &str = "index.txt";
+/// Blobs of images not finished yet (removed once every archive is written).
+const BLOBS: &str = ".blobs";
+
+/// One image the plan's rendered files name, with the clusters whose nodes need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedImage {
+    pub reference: String,
+    pub clusters: BTreeSet<String>,
+}
+
+/// Every image named in the YAML files the plans copy to their nodes (`image: REF`, chart values
+/// `{registry, repository, tag}`, kustomize `images:` renames), each once.
+pub fn in_plans(plans: &[NodePlan]) -> Vec<WantedImage> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for plan in plans {
+        let cluster = plan.cluster.clone().unwrap_or_else(|| plan.node.clone());
+        for task in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
+            let Action::Copy(copy) = &task.action else { continue };
+            let mut found = Found::default();
+            for f in &copy.files {
+                if f.dest.ends_with(".yaml") || f.dest.ends_with(".yml") {
+                    found.scan(&String::from_utf8_lossy(&f.content));
+                }
+            }
+            for image in found.images() {
+                out.entry(image).or_default().insert(cluster.clone());
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .collect()
+}
+
+/// Image references found in one copy task's files (a kustomization renames its bases' images).
+#[derive(Debug, Default)]
+struct Found {
+    images: BTreeSet<String>,
+    /// kustomize `images:` entries: the name in the bases → the reference it becomes.
+    renames: BTreeMap<String, String>,
+}
+
+impl Found {
+    fn scan(&mut self, text: &str) {
+        // Not YAML after all (a template left for the node, a script): nothing to find.
+        let Ok(docs) = serde_saphyr::from_multiple::<Value>(text) else {
+            return;
+        };
+        for doc in &docs {
+            if doc.get("kind").and_then(Value::as_str) == Some("Kustomization") {
+                self.kustomize_images(doc);
+            }
+            self.walk(doc);
+        }
+    }
+
+    // checked: kustomize v5.8.1 api/types/image.go (name, newName, newTag, digest)
+    fn kustomize_images(&mut self, doc: &Value) {
+        for entry in doc.get("images").and_then(Value::as_array).into_iter().flatten() {
+            let Some(name) = entry.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let new_name = entry.get("newName").and_then(Value::as_str).unwrap_or(name);
+            let mut reference = new_name.to_string();
+            if let Some(digest) = entry.get("digest").and_then(Value::as_str) {
+                reference = format!("{reference}@{digest}");
+            } else if let Some(tag) = entry.get("newTag").and_then(scalar) {
+                reference = format!("{reference}:{tag}");
+            }
+            self.renames.insert(name.to_string(), reference);
+        }
+    }
+
+    fn walk(&mut self, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                if let Some(image) = map.get("image").and_then(Value::as_str) {
+                    self.images.insert(image.to_string());
+                }
+                // Helm charts' convention: `image: {registry, repository, tag}` (or without the registry).
+                if let (Some(repo), Some(tag)) = (
+                    map.get("repository").and_then(Value::as_str),
+                    map.get("tag").and_then(scalar),
+                ) && !tag.is_empty()
+                {
+                    let registry = map.get("registry").and_then(Value::as_str).unwrap_or("");
+                    let name = if registry.is_empty() {
+                        repo.to_string()
+                    } else {
+                        format!("{}/{repo}", registry.trim_end_matches('/'))
+                    };
+                    self.images.insert(format!("{name}:{tag}"));
+                }
+                map.values().for_each(|v| self.walk(v));
+            }
+            Value::Array(items) => items.iter().for_each(|v| self.walk(v)),
+            _ => {}
+        }
+    }
+
+    fn images(&self) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        for image in &self.images {
+            let bare = image.split(['@', ':']).next().unwrap_or(image);
+            let image = self.renames.get(bare).cloned().unwrap_or_else(|| image.clone());
+            // A template expression that did not render, an empty value: not an image.
+            if image.is_empty() || image.contains("{{") || image.contains(' ') {
+                continue;
+            }
+            out.insert(image);
+        }
+        out.extend(self.renames.values().cloned());
+        out.into_iter().collect()
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The archive's file name below `images/` (`quay.io/cilium/cilium:v1.18.4` → `quay.io_cilium_cilium_v1.18.4.tar`).
+pub fn archive_name(reference: &str) -> String {
+    let safe: String = reference
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{safe}.tar")
+}
+
+/// Where one image is pulled from: its registry, or the inventory's mirror of it.
+struct Pull {
+    /// What the nodes call it (containerd's name).
+    name: String,
+    /// What is asked of the registry (the mirror's host in place of the upstream's).
+    from: Reference,
+    auth: RegistryAuth,
+    /// For the manifest: `http://mirror:5000/repo:tag`.
+    source: String,
+}
+
+fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleError> {
+    let bad = |reason: String| BundleError::Download {
+        name: reference.to_string(),
+        url: reference.to_string(),
+        reason,
+    };
+    let parsed: Reference = reference
+        .parse()
+        .map_err(|e| bad(format!("not an image reference: {e}")))?;
+    let name = parsed.whole();
+    let upstream = parsed.registry().to_string();
+    let mirror = inv
+        .sources
+        .registries
+        .get(&upstream)
+        .filter(|r| !r.mirror.is_empty() && !r.mirror.contains("{{"));
+    let (host, scheme, auth) = match mirror {
+        Some(r) => {
+            let url = url::Url::parse(&r.mirror).map_err(|e| {
+                bad(format!(
+                    "[sources.registries.\"{upstream}\"] mirror `{}`: {e}",
+                    r.mirror
+                ))
+            })?;
+            let host = match (url.host_str(), url.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_string(),
+                _ => return Err(bad(format!("mirror `{}` names no host", r.mirror))),
+            };
+            let auth = match (&r.username, &r.password) {
+                (Some(u), Some(p)) => {
+                    let read = |s| crate::secrets::read(s).map_err(|e| bad(e.to_string()));
+                    RegistryAuth::Basic(read(u)?.expose().to_string(), read(p)?.expose().to_string())
+                }
+                _ => RegistryAuth::Anonymous,
+            };
+            (host, url.scheme().to_string(), auth)
+        }
+        None => (
+            parsed.resolve_registry().to_string(),
+            "https".to_string(),
+            RegistryAuth::Anonymous,
+        ),
+    };
+    let repo = parsed.repository().to_string();
+    let from = match (parsed.digest(), parsed.tag()) {
+        (Some(d), _) => Reference::with_digest(host.clone(), repo.clone(), d.to_string()),
+        (None, tag) => Reference::with_tag(host.clone(), repo.clone(), tag.unwrap_or("latest").to_string()),
+    };
+    let at = from.digest().or(from.tag()).unwrap_or("latest");
+    let sep = if from.digest().is_some() { "@" } else { ":" };
+    Ok(Pull {
+        name,
+        source: format!("{scheme}://{host}/{repo}{sep}{at}"),
+        from,
+        auth,
+    })
+}
+
+/// The registries reached over plain HTTP (mirrors written `http://...`).
+fn http_hosts(inv: &Inventory) -> Vec<String> {
+    inv.sources
+        .registries
+        .values()
+        .filter_map(|r| url::Url::parse(&r.mirror).ok())
+        .filter(|u| u.scheme() == "http")
+        .filter_map(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+        })
+        .collect()
+}
+
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Pulls every image into `out/images/` (one archive each) and writes `images/index.txt`. An
+/// archive already made from the same manifest (per `previous`) is kept. Failures are returned
+/// per image; the others are still collected.
+pub async fn collect(
+    inv: &Inventory,
+    images: &[WantedImage],
+    out: &Path,
+    previous: &[Item],
+    progress: &(dyn Fn(BundleEvent) + Send + Sync),
+) -> (Vec<Item>, Vec<BundleError>) {
+    let dir = out.join(DIR);
+    let mut items = Vec::new();
+    let mut errors = Vec::new();
+    if images.is_empty() {
+        return (items, errors);
+    }
+    if let Err(e) = std::fs::create_dir_all(dir.join(BLOBS)) {
+        errors.push(BundleError::Io(format!("cannot create {}: {e}", dir.display())));
+        return (items, errors);
+    }
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(http_hosts(inv)),
+        connect_timeout: Some(std::time::Duration::from_secs(20)),
+        ..ClientConfig::default()
+    });
+    let mut index = String::new();
+    for image in images {
+        match one(&client, inv, &image.reference, &dir, previous, progress).await {
+            Ok(item) => {
+                index.push_str(&format!("{}\t{}\n", item.name, archive_name(&item.name)));
+                items.push(item);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        let _ = std::fs::remove_dir_all(dir.join(BLOBS));
+    }
+    if let Err(e) = std::fs::write(dir.join(INDEX), index) {
+        errors.push(BundleError::Io(format!("cannot write {DIR}/{INDEX}: {e}")));
+    }
+    (items, errors)
+}
+
+async fn one(
+    client: &Client,
+    inv: &Inventory,
+    reference: &str,
+    dir: &Path,
+    previous: &[Item],
+    progress: &(dyn Fn(BundleEvent) + Send + Sync),
+) -> Result<Item, BundleError> {
+    let pull = pull_for(inv, reference)?;
+    let fail = |reason: String| BundleError::Download {
+        name: pull.name.clone(),
+        url: pull.source.clone(),
+        reason,
+    };
+    let (mut body, mut digest) = client
+        .pull_manifest_raw(&pull.from, &pull.auth, MANIFEST_TYPES)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut manifest: Value =
+        serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
+    if let Some(list) = manifest.get("manifests").and_then(Value::as_array) {
+        // An index of platforms: the nodes' (linux/amd64, as the bundle assumes).
+        let chosen = list
+            .iter()
+            .find(|m| {
+                m.pointer("/platform/os").and_then(Value::as_str) == Some("linux")
+                    && m.pointer("/platform/architecture").and_then(Value::as_str) == Some("amd64")
+            })
+            .and_then(|m| m.get("digest").and_then(Value::as_str))
+            .ok_or_else(|| fail("the image has no linux/amd64 variant".into()))?;
+        let by_digest = pull.from.clone_with_digest(chosen.to_string());
+        (body, digest) = client
+            .pull_manifest_raw(&by_digest, &pull.auth, MANIFEST_TYPES)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        manifest = serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
+    }
+    let file = archive_name(&pull.name);
+    let path = format!("{DIR}/{file}");
+    let archive = dir.join(&file);
+    let version = pull.from.tag().unwrap_or("").to_string();
+    let item = |sha256: String, size: u64| Item {
+        kind: "image".into(),
+        name: pull.name.clone(),
+        version: version.clone(),
+        source: pull.source.clone(),
+        path: path.clone(),
+        sha256,
+        size,
+        digest: Some(digest.clone()),
+    };
+    if let Some(before) = previous
+        .iter()
+        .find(|i| i.path == path && i.digest.as_deref() == Some(digest.as_str()))
+        && sha256_file(&archive).ok().as_deref() == Some(before.sha256.as_str())
+    {
+        progress(BundleEvent::Present {
+            name: pull.name.clone(),
+        });
+        return Ok(item(before.sha256.clone(), before.size));
+    }
+    let config = manifest.get("config").cloned().unwrap_or(Value::Null);
+    let mut blobs: Vec<OciDescriptor> =
+        vec![serde_json::from_value(config).map_err(|e| fail(format!("its config: {e}")))?];
+    for layer in manifest.get("layers").and_then(Value::as_array).into_iter().flatten() {
+        blobs.push(serde_json::from_value(layer.clone()).map_err(|e| fail(format!("a layer: {e}")))?);
+    }
+    let mut files = Vec::new();
+    for blob in &blobs {
+        files.push(fetch_blob(client, &pull, blob, &dir.join(BLOBS), progress).await?);
+    }
+    let media_type = manifest
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+        .to_string();
+    write_archive(
+        &archive,
+        &pull.name,
+        &version,
+        &media_type,
+        &digest,
+        &body,
+        &blobs,
+        &files,
+    )
+    .map_err(|e| fail(format!("cannot write {}: {e}", archive.display())))?;
+    let sha256 = sha256_file(&archive).map_err(|e| fail(e.to_string()))?;
+    let size = std::fs::metadata(&archive).map(|m| m.len()).unwrap_or(0);
+    progress(BundleEvent::Finished {
+        name: pull.name.clone(),
+        size,
+    });
+    Ok(item(sha256, size))
+}
+
+/// One blob into the blob cache (continuing a `.part`), checked against its digest.
+async fn fetch_blob(
+    client: &Client,
+    pull: &Pull,
+    blob: &OciDescriptor,
+    cache: &Path,
+    progress: &(dyn Fn(BundleEvent) + Send + Sync),
+) -> Result<PathBuf, BundleError> {
+    let fail = |reason: String| BundleError::Download {
+        name: pull.name.clone(),
+        url: format!("{} blob {}", pull.source, blob.digest),
+        reason,
+    };
+    let Some(hex) = blob.digest.strip_prefix("sha256:").filter(|h| h.len() == 64) else {
+        return Err(fail("only sha256 digests are supported".into()));
+    };
+    let dest = cache.join(hex);
+    if sha256_file(&dest).ok().as_deref() == Some(hex) {
+        return Ok(dest);
+    }
+    let part = cache.join(format!("{hex}.part"));
+    let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    let response = client
+        .pull_blob_stream_partial(&pull.from, blob, have, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let (mut stream, from) = match response {
+        BlobResponse::Partial(s) if have > 0 => (s, have),
+        BlobResponse::Partial(s) | BlobResponse::Full(s) => (s, 0),
+    };
+    progress(BundleEvent::Started {
+        name: pull.name.clone(),
+        from,
+        total: Some(blob.size.max(0) as u64),
+    });
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(from > 0)
+        .truncate(from == 0)
+        .open(&part)
+        .await
+        .map_err(|e| fail(format!("cannot write {}: {e}", part.display())))?;
+    let mut done = from;
+    while let Some(chunk) = stream.stream.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| fail(format!("cannot write {}: {e}", part.display())))?;
+        done += chunk.len() as u64;
+        progress(BundleEvent::Progress {
+            name: pull.name.clone(),
+            done,
+        });
+    }
+    file.flush().await.map_err(|e| fail(e.to_string()))?;
+    drop(file);
+    let got = sha256_file(&part).map_err(|e| fail(e.to_string()))?;
+    if got != hex {
+        let _ = std::fs::remove_file(&part);
+        return Err(BundleError::Checksum {
+            name: pull.name.clone(),
+            url: format!("{} blob", pull.source),
+            got,
+            want: hex.to_string(),
+        });
+    }
+    std::fs::rename(&part, &dest).map_err(|e| fail(format!("cannot move it into place: {e}")))?;
+    Ok(dest)
+}
+
+/// An OCI image layout as one tar: `oci-layout`, `index.json` naming the image, `blobs/sha256/*`.
+/// Written to `<archive>.part` and moved into place; the same image always gives the same bytes.
+// checked: image-spec v1.1.1 image-layout.md (oci-layout, index.json, blobs/<alg>/<hex>) and
+// annotations.md (org.opencontainers.image.ref.name); containerd v2 core/images/archive/importer.go
+// takes a tar with `oci-layout` as an OCI layout and its index.json as the index, and its import
+// names each image by the io.containerd.image.name annotation (what `ctr images export` writes).
+#[allow(clippy::too_many_arguments)]
+fn write_archive(
+    archive: &Path,
+    name: &str,
+    tag: &str,
+    media_type: &str,
+    digest: &str,
+    manifest: &[u8],
+    blobs: &[OciDescriptor],
+    files: &[PathBuf],
+) -> std::io::Result<()> {
+    let part = PathBuf::from(format!("{}.part", archive.display()));
+    let mut tar = tar::Builder::new(std::fs::File::create(&part)?);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut add = |path: &str, bytes: &[u8]| -> std::io::Result<()> {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, path, bytes)
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let mut annotations = serde_json::Map::new();
+    annotations.insert("io.containerd.image.name".into(), Value::from(name));
+    if !tag.is_empty() {
+        annotations.insert("org.opencontainers.image.ref.name".into(), Value::from(tag));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": media_type,
+            "digest": digest,
+            "size": manifest.len(),
+            "annotations": annotations,
+        }],
+    });
+    add("index.json", index.to_string().as_bytes())?;
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    add(&format!("blobs/sha256/{}", hex(digest)), manifest)?;
+    let mut seen = BTreeSet::new();
+    for (blob, file) in blobs.iter().zip(files) {
+        if !seen.insert(blob.digest.clone()) {
+            continue;
+        }
+        let bytes = std::fs::read(file)?;
+        add(&format!("blobs/sha256/{}", hex(&blob.digest)), &bytes)?;
+    }
+    tar.into_inner()?.sync_all()?;
+    std::fs::rename(&part, archive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn images(texts: &[&str]) -> Vec<String> {
+        let mut found = Found::default();
+        texts.iter().for_each(|t| found.scan(t));
+        found.images()
+    }
+
+    #[test]
+    fn images_come_from_manifests_values_and_kustomize_renames() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: a\n          image: quay.io/x/exporter:v1.9.0\n        - name: b\n          image: thanos\n---\nkind: Service\n";
+        let kustomization =
+            "kind: Kustomization\nimages:\n  - name: thanos\n    newName: quay.io/thanos/thanos\n    newTag: v0.39.2\n";
+        let values = "operator:\n  image:\n    registry: docker.io\n    repository: longhornio/longhorn-manager\n    tag: v1.10.1\nsidecar:\n  image:\n    repository: ghcr.io/a/b\n    tag: 2\nempty:\n  image: \"\"\n";
+        assert_eq!(
+            images(&[deployment, kustomization, values]),
+            [
+                "docker.io/longhornio/longhorn-manager:v1.10.1",
+                "ghcr.io/a/b:2",
+                "quay.io/thanos/thanos:v0.39.2",
+                "quay.io/x/exporter:v1.9.0",
+            ]
+        );
+        assert!(
+            images(&["#!/bin/sh\necho image: x: y: {"]).is_empty(),
+            "not YAML: nothing"
+        );
+    }
+
+    #[test]
+    fn archive_names_are_file_names() {
+        assert_eq!(
+            archive_name("quay.io/cilium/cilium:v1.18.4"),
+            "quay.io_cilium_cilium_v1.18.4.tar"
+        );
+        assert_eq!(archive_name("a/b@sha256:ab"), "a_b_sha256_ab.tar");
+    }
+}

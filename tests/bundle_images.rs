@@ -1,0 +1,349 @@
+//! `kubeboot bundle --out DIR` collects the container images the plan's rendered files name, from
+//! a real OCI registry on loopback: Debian's `docker-registry` (the distribution registry), with
+//! two tiny images this test builds and pushes itself. The inventory mirrors `quay.io` to it, so
+//! nothing leaves 127.0.0.1. An interrupted layer download resumes; a second run pulls no blob;
+//! each image is an OCI image layout archive `ctr images import` names by its annotation.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const REGISTRY: &str = "/usr/bin/docker-registry";
+
+struct Registry {
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(dir: &Path) -> Registry {
+    assert!(
+        Path::new(REGISTRY).exists(),
+        "{REGISTRY} is missing: apt-get install docker-registry (.ci/run installs it)"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let config = dir.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("storage").display()
+        ),
+    )
+    .expect("the registry's config");
+    let child = Command::new(REGISTRY)
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry starts");
+    let registry = Registry { port, child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http(port, "GET", "/v2/", &[], b"").map(|r| r.0) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the registry does not answer on 127.0.0.1:{port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    registry
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:port: (status, headers in lower case, body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<(u16, String, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).ok()?;
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, head, all[split + 4..].to_vec()))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A tiny image (one layer of `size` pseudo-random bytes) pushed as `repo:tag`; its manifest's bytes.
+fn push_image(port: u16, repo: &str, tag: &str, seed: u32, size: usize) -> (Vec<u8>, Vec<u8>) {
+    let layer: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+        sha256(&layer)
+    )
+    .into_bytes();
+    for blob in [&layer, &config] {
+        upload(port, repo, blob);
+    }
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":{}}}]}}"#,
+        sha256(&config),
+        config.len(),
+        sha256(&layer),
+        layer.len()
+    )
+    .into_bytes();
+    let (status, head, body) = http(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+        &manifest,
+    )
+    .expect("the manifest is pushed");
+    assert_eq!(status, 201, "{head}\n{}", String::from_utf8_lossy(&body));
+    (layer, manifest)
+}
+
+/// A monolithic blob upload (POST, then PUT with the digest), as the distribution spec describes.
+fn upload(port: u16, repo: &str, bytes: &[u8]) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let req = format!(
+        "POST /v2/{repo}/blobs/uploads/ HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("write");
+    let mut all = String::new();
+    s.read_to_string(&mut all).expect("read");
+    // The Location header keeps its case (its upload state is case-sensitive).
+    let location = all
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location").then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no Location in {all}"));
+    let path = &location[location.find("/v2/").expect("a /v2/ path")..];
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let put = format!("{path}{sep}digest=sha256:{}", sha256(bytes));
+    let (status, head, _) = http(
+        port,
+        "PUT",
+        &put,
+        &[("content-type", "application/octet-stream")],
+        bytes,
+    )
+    .expect("the blob is pushed");
+    assert_eq!(status, 201, "{head}");
+}
+
+fn kubeboot(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+        .args(args)
+        .output()
+        .expect("kubeboot runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A playbook whose rendered files name the images: a manifest (`image:`) and chart values
+/// (`{registry, repository, tag}`), the two shapes the shipped assets use.
+fn playbooks(dir: &Path) -> PathBuf {
+    let books = dir.join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(
+        books.join("10-app.yaml"),
+        r#"name: app
+hosts: all
+tasks:
+  - name: manifests
+    copy:
+      content: |
+        apiVersion: apps/v1
+        kind: Deployment
+        spec:
+          template:
+            spec:
+              containers:
+                - name: tiny
+                  image: "{{ tiny_image }}"
+      dest: /etc/app/deploy.yaml
+      template: true
+  - name: values
+    copy:
+      content: |
+        sidecar:
+          image:
+            registry: quay.io
+            repository: kubeboot-test/tiny
+            tag: "2"
+      dest: /etc/app/values.yaml
+"#,
+    )
+    .expect("a stage");
+    books
+}
+
+fn inventory(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("inventory.toml");
+    let text = format!(
+        "[vars]\ntiny_image = \"quay.io/kubeboot-test/tiny:1\"\n\n[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.registries.\"quay.io\"]\nmirror = \"http://127.0.0.1:{port}\"\n"
+    );
+    std::fs::write(&path, text).expect("write the inventory");
+    path
+}
+
+#[test]
+fn images_named_by_the_rendered_files_are_pulled_into_oci_archives_and_resume() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = start_registry(dir.path());
+    let (layer1, manifest1) = push_image(registry.port, "kubeboot-test/tiny", "1", 1, 300_000);
+    push_image(registry.port, "kubeboot-test/tiny", "2", 2, 40_000);
+    let inv = inventory(dir.path(), registry.port).display().to_string();
+    let books = playbooks(dir.path()).display().to_string();
+    let out = dir.path().join("bundle");
+    let out_s = out.display().to_string();
+
+    // An interrupted earlier run left the first part of image 1's layer.
+    let blobs = out.join("images/.blobs");
+    std::fs::create_dir_all(&blobs).expect("the blob folder");
+    std::fs::write(blobs.join(format!("{}.part", sha256(&layer1))), &layer1[..100_000]).expect("a partial blob");
+
+    let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--out", &out_s]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(
+        text(&r).contains("resuming quay.io/kubeboot-test/tiny:1 at byte 100000"),
+        "{}",
+        text(&r)
+    );
+    assert!(!blobs.exists(), "the blob cache is gone once every archive is written");
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).expect("a manifest")).expect("JSON");
+    let items = manifest["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2, "{manifest:#}");
+    let one = &items[0];
+    assert_eq!(one["kind"], "image");
+    assert_eq!(one["name"], "quay.io/kubeboot-test/tiny:1");
+    assert_eq!(one["version"], "1");
+    assert_eq!(one["path"], "images/quay.io_kubeboot-test_tiny_1.tar");
+    assert_eq!(
+        one["source"],
+        format!("http://127.0.0.1:{}/kubeboot-test/tiny:1", registry.port).as_str()
+    );
+    assert_eq!(one["digest"], format!("sha256:{}", sha256(&manifest1)).as_str());
+    let archive = out.join("images/quay.io_kubeboot-test_tiny_1.tar");
+    let bytes = std::fs::read(&archive).expect("the archive");
+    assert_eq!(one["sha256"], sha256(&bytes).as_str());
+    assert_eq!(one["size"], bytes.len() as u64);
+    assert_eq!(items[1]["name"], "quay.io/kubeboot-test/tiny:2");
+    assert_eq!(
+        std::fs::read_to_string(out.join("images/index.txt")).expect("the image list"),
+        "quay.io/kubeboot-test/tiny:1\tquay.io_kubeboot-test_tiny_1.tar\nquay.io/kubeboot-test/tiny:2\tquay.io_kubeboot-test_tiny_2.tar\n"
+    );
+
+    // The archive is an OCI image layout naming the image as containerd does.
+    let unpacked = dir.path().join("unpacked");
+    std::fs::create_dir_all(&unpacked).expect("a folder");
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&unpacked)
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(unpacked.join("index.json")).expect("index.json")).expect("JSON");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "quay.io/kubeboot-test/tiny:1"
+    );
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        format!("sha256:{}", sha256(&manifest1)).as_str()
+    );
+    assert!(unpacked.join("oci-layout").is_file());
+    assert_eq!(
+        std::fs::read(unpacked.join(format!("blobs/sha256/{}", sha256(&layer1)))).expect("the layer"),
+        layer1
+    );
+    assert_eq!(
+        std::fs::read(unpacked.join(format!("blobs/sha256/{}", sha256(&manifest1)))).expect("the manifest"),
+        manifest1
+    );
+
+    // Again: both archives are kept as they are (same manifest digest, same sha256), no blob pulled.
+    let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--out", &out_s]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(
+        text(&r).contains("present quay.io/kubeboot-test/tiny:1"),
+        "{}",
+        text(&r)
+    );
+    assert!(
+        text(&r).contains("present quay.io/kubeboot-test/tiny:2"),
+        "{}",
+        text(&r)
+    );
+    assert!(!text(&r).contains("ok quay.io"), "{}", text(&r));
+
+    // A copy checks out; a damaged archive is named, exit 2.
+    let r = kubeboot(&["bundle", "--check", &out_s]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let mut damaged = bytes.clone();
+    damaged[bytes.len() / 2] ^= 0xff;
+    std::fs::write(&archive, damaged).expect("damage it");
+    let r = kubeboot(&["bundle", "--check", &out_s]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("DAMAGED images/quay.io_kubeboot-test_tiny_1.tar: sha256"),
+        "{}",
+        text(&r)
+    );
+}
+
+#[test]
+fn an_image_the_registry_does_not_have_is_named_and_the_others_are_still_collected() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = start_registry(dir.path());
+    // Only tag 2 exists; tag 1 (the manifest's) does not.
+    push_image(registry.port, "kubeboot-test/tiny", "2", 2, 1000);
+    let inv = inventory(dir.path(), registry.port).display().to_string();
+    let books = playbooks(dir.path()).display().to_string();
+    let out = dir.path().join("bundle");
+    let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--out", &out.display().to_string()]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("quay.io/kubeboot-test/tiny:1: cannot download"),
+        "{}",
+        text(&r)
+    );
+    assert!(
+        out.join("images/quay.io_kubeboot-test_tiny_2.tar").is_file(),
+        "{}",
+        text(&r)
+    );
+}
