@@ -875,6 +875,14 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
             .collect::<Vec<_>>()
             .join("\n")
     };
+    // The lines the guide (13.2) shows.
+    for line in [
+        format!("{FIRST} (cluster-01)  blocked"),
+        format!("{BROKEN} (cluster-01)  failed"),
+        format!("  its failure blocked: {FIRST} (they wait for it)"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+    }
     let first_text = section(FIRST);
     assert!(first_text.contains(&format!("BLOCKED by {BROKEN}")), "{text}");
     let broken_text = section(BROKEN);
