@@ -14,9 +14,9 @@ use crate::cli::{
     ApplyArgs, CheckArgs, Cli, Command, LabArgs, LabCommand, OutputFormat, PlanArgs, SelectArgs, StatusArgs,
 };
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::engine::{self, Control, NodeSecrets, RunResult, RunSpec};
-use crate::event::Event;
+use crate::engine::{self, NodeSecrets, RunResult, RunSpec};
 use crate::event::SkipReason;
+use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::facts::Facts;
 use crate::inventory::{self, Inventory, NewHostKeys};
 use crate::journal::Record;
@@ -25,7 +25,6 @@ use crate::plan::{self, Decision, NodePlan, Selection};
 use crate::playbook::{self, Playbooks};
 use crate::secrets::{self, Digests, Vault};
 use crate::ssh::{self, HostKeyState};
-use crate::ui::tui::state::{HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::ui::{headless, tui};
 use crate::{fanout, lab};
 
@@ -352,6 +351,7 @@ pub(crate) async fn run_playbooks(
         progress,
         selection: input.selection.clone(),
         nodes: input.nodes.clone(),
+        outlines: outlines.clone(),
         forks: args.forks.map(|f| f as usize),
         vault,
         secret_digests: digests,
@@ -363,13 +363,6 @@ pub(crate) async fn run_playbooks(
         interactive: tui_wanted,
         again,
     };
-    let started = Event::RunStarted {
-        run_id: run_id.clone(),
-        stages: stages.clone(),
-        nodes: outlines.clone(),
-        dry_run: false,
-    };
-
     let result = if tui_wanted {
         let (go_tx, go_rx) = oneshot::channel();
         // The look at the host keys runs while the confirmation screen already shows its progress.
@@ -396,7 +389,6 @@ pub(crate) async fn run_playbooks(
             }
             spec.accept_host_keys_for = accept_host_keys_for;
             state.mark_latest(&spec_run_id);
-            let _ = events.send(started);
             Some(engine::run(spec, events, control_rx).await)
         } else {
             // Declined: nothing ran, so no log folder of this run stays and `logs/latest` keeps
@@ -429,7 +421,6 @@ pub(crate) async fn run_playbooks(
         let printer = tokio::spawn(headless::run(style, front_rx, log_dir.clone()));
         spawn_interrupt_handler(control_tx.clone());
         state.mark_latest(&spec_run_id);
-        let _ = events.send(started);
         let result = engine::run(spec, events, control_rx).await;
         drop(control_tx);
         let _ = fanout_thread.join();
@@ -729,6 +720,7 @@ async fn plan_cmd(cli: &Cli, args: &PlanArgs) -> Result<Exit, Failure> {
         progress,
         selection: input.selection.clone(),
         nodes: input.nodes.clone(),
+        outlines: Vec::new(),
         forks: None,
         vault: Arc::new(vault),
         fetch_root: cli.state_dir.clone(),
@@ -954,6 +946,7 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         progress,
         selection: input.selection.clone(),
         nodes: input.nodes.clone(),
+        outlines: plans.iter().map(NodePlan::outline).collect(),
         forks: None,
         vault,
         secret_digests: Digests::none(),
@@ -965,14 +958,6 @@ async fn check(cli: &Cli, args: &CheckArgs) -> Result<Exit, Failure> {
         interactive: false,
         again: Again::new(),
     };
-    let outlines = plans.iter().map(NodePlan::outline).collect();
-    let stages = input.playbooks.stages.iter().map(|s| s.name.clone()).collect();
-    let _ = events.send(Event::RunStarted {
-        run_id: "check".into(),
-        stages,
-        nodes: outlines,
-        dry_run: false,
-    });
     let result = engine::run(spec, events, control_rx).await;
     drop(control_tx);
     let _ = fanout_thread.join();

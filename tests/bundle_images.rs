@@ -347,3 +347,182 @@ fn an_image_the_registry_does_not_have_is_named_and_the_others_are_still_collect
         text(&r)
     );
 }
+
+/// A chart repository on 127.0.0.1: the files of `dir` below `/charts/`, GET with `Range: bytes=N-`.
+fn serve_charts(dir: PathBuf) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let start: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim().strip_suffix('-'))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let file = path
+                .strip_prefix("/charts/")
+                .filter(|f| !f.contains('/') && !f.is_empty());
+            match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
+                Some(body) => {
+                    let part = &body[start.min(body.len())..];
+                    let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        part.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(part);
+                }
+                None => {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                }
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn charts_the_kustomizations_inflate_come_from_their_index_with_the_images_of_their_values() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = start_registry(dir.path());
+    push_image(registry.port, "kubeboot-test/tiny", "3", 3, 5000);
+
+    // A chart repository the way `helm repo index` leaves one: index.yaml and the archive.
+    let src = dir.path().join("chart-src/tiny");
+    std::fs::create_dir_all(src.join("files")).expect("a chart folder");
+    std::fs::write(src.join("Chart.yaml"), "apiVersion: v2\nname: tiny\nversion: 0.1.0\n").expect("Chart.yaml");
+    std::fs::write(
+        src.join("values.yaml"),
+        "image:\n  repository: quay.io/kubeboot-test/tiny\n  tag: \"3\"\n",
+    )
+    .expect("values.yaml");
+    let filler: Vec<u8> = (0..60_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(src.join("files/filler.bin"), filler).expect("a filler file");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("the repository folder");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(repo.join("tiny-0.1.0.tgz"))
+        .arg("-C")
+        .arg(dir.path().join("chart-src"))
+        .arg("tiny")
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+    let archive = std::fs::read(repo.join("tiny-0.1.0.tgz")).expect("the archive");
+    std::fs::write(
+        repo.join("index.yaml"),
+        format!(
+            "apiVersion: v1\nentries:\n  tiny:\n    - apiVersion: v2\n      name: tiny\n      version: 0.1.0\n      digest: {}\n      urls:\n        - tiny-0.1.0.tgz\ngenerated: \"2026-01-01T00:00:00Z\"\n",
+            sha256(&archive)
+        ),
+    )
+    .expect("index.yaml");
+    let charts_port = serve_charts(repo);
+
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(
+        books.join("10-chart.yaml"),
+        r#"name: chart
+hosts: all
+tasks:
+  - name: kustomization
+    copy:
+      content: |
+        apiVersion: kustomize.config.k8s.io/v1beta1
+        kind: Kustomization
+        helmCharts:
+          - name: tiny
+            repo: "{{ sources.charts['tiny'].repo }}"
+            version: 0.1.0
+            releaseName: tiny
+      dest: /etc/app/kustomization.yaml
+      template: true
+"#,
+    )
+    .expect("a stage");
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inv,
+        format!(
+            "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = {{ repo = \"http://127.0.0.1:{charts_port}/charts\" }}\n\n[sources.registries.\"quay.io\"]\nmirror = \"http://127.0.0.1:{}\"\n",
+            registry.port
+        ),
+    )
+    .expect("the inventory");
+    let out = dir.path().join("bundle");
+    // An interrupted earlier run left the first part of the archive.
+    std::fs::create_dir_all(out.join("charts")).expect("the charts folder");
+    std::fs::write(out.join("charts/tiny-0.1.0.tgz.part"), &archive[..1000]).expect("a partial archive");
+
+    let args = [
+        "-i",
+        &inv.display().to_string(),
+        "-p",
+        &books.display().to_string(),
+        "bundle",
+        "--out",
+        &out.display().to_string(),
+    ]
+    .map(|s| s.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(text(&r).contains("resuming tiny at byte 1000"), "{}", text(&r));
+    assert_eq!(
+        std::fs::read(out.join("charts/tiny-0.1.0.tgz")).expect("the chart"),
+        archive
+    );
+
+    let index: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(out.join("charts/index.yaml")).expect("the bundle's own chart index"),
+    )
+    .expect("YAML");
+    assert_eq!(index["entries"]["tiny"][0]["version"], "0.1.0");
+    assert_eq!(index["entries"]["tiny"][0]["urls"][0], "tiny-0.1.0.tgz");
+    assert_eq!(index["entries"]["tiny"][0]["digest"], sha256(&archive).as_str());
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).expect("a manifest")).expect("JSON");
+    let items = manifest["items"].as_array().expect("items");
+    let chart = items.iter().find(|i| i["kind"] == "chart").expect("the chart's entry");
+    assert_eq!(chart["name"], "tiny");
+    assert_eq!(chart["version"], "0.1.0");
+    assert_eq!(chart["path"], "charts/tiny-0.1.0.tgz");
+    assert_eq!(chart["sha256"], sha256(&archive).as_str());
+    assert_eq!(
+        chart["source"],
+        format!("http://127.0.0.1:{charts_port}/charts/tiny-0.1.0.tgz").as_str()
+    );
+    // The chart's values name an image that no rendered file names: it is in the bundle too.
+    let image = items.iter().find(|i| i["kind"] == "image").expect("the chart's image");
+    assert_eq!(image["name"], "quay.io/kubeboot-test/tiny:3");
+    assert!(out.join("images/quay.io_kubeboot-test_tiny_3.tar").is_file());
+
+    // A chart archive whose bytes are not the index's digest is refused and removed.
+    let mut damaged = archive.clone();
+    damaged[500] ^= 0xff;
+    std::fs::remove_file(out.join("charts/tiny-0.1.0.tgz")).expect("remove the chart");
+    std::fs::write(dir.path().join("repo/tiny-0.1.0.tgz"), damaged).expect("damage the served chart");
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("tiny:") && text(&r).contains("has sha256"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.join("charts/tiny-0.1.0.tgz").exists());
+}

@@ -5,9 +5,11 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kubeboot::event::Stream;
+use kubeboot::inventory::NewHostKeys;
 use kubeboot::lab::{self, LabGuard, LabOptions};
 use kubeboot::secrets::Secret;
-use kubeboot::ssh::{Command, Exit, HostKeyState, NewHostKeys, Session, SshError, Stream, Target, probe_host_key};
+use kubeboot::ssh::{Command, Exit, HostKeyState, Session, SshError, Target, probe_host_key};
 use tokio_util::sync::CancellationToken;
 
 /// A lab that goes away when the test ends (the guard stops sshd before the folder is removed).

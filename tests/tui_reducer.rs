@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyModifiers};
-use kubeboot::engine::Control;
+use kubeboot::event::Control;
 use kubeboot::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 use kubeboot::ui::tui::keys::{self, Action, Effect};
 use kubeboot::ui::tui::state::{App, HostKeyDecision, HostKeyIssue, HostKeyPrompt, OUTPUT_LINES_PER_NODE, Screen};

@@ -139,6 +139,46 @@ impl Counts {
     }
 }
 
+/// What a frontend may ask of a running engine (the one way in; events are the one way out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Run a failed node again from its failed task (the others keep running).
+    Retry { node: String },
+    /// Stop scheduling, cancel running commands, record what finished.
+    Cancel,
+}
+
+/// What is wrong with a node's host key, found before the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyIssue {
+    /// known_hosts has no key for the node: the operator may accept this one.
+    Unknown,
+    /// known_hosts has another key (line `line` of `path`): never accepted from the screen.
+    Changed { line: usize, path: String },
+}
+
+/// A node's host key that needs the operator before anything runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyPrompt {
+    /// The node's name.
+    pub node: String,
+    /// The key's fingerprint, `SHA256:...` as `ssh-keygen -l` shows it.
+    pub fingerprint: String,
+    /// Unknown or changed.
+    pub issue: HostKeyIssue,
+}
+
+/// What one node answered to the host key look before the confirmation screen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyAnswer {
+    /// known_hosts has its key: nothing to decide.
+    Known,
+    /// Its key is unknown or changed: the operator decides on the confirmation screen.
+    Found(HostKeyPrompt),
+    /// It did not answer in time (or refused): the run reports it with its own error.
+    NoAnswer,
+}
+
 /// Everything that happens during a run, in the order it happened for each node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]

@@ -13,7 +13,7 @@ use crate::inventory::{Inventory, Node, Role};
 use crate::journal::Progress;
 use crate::outputs::OutputRef;
 use crate::playbook::template::{Context, Registry, Renderer, file_start};
-use crate::playbook::{Capture, Hosts, Location, Playbooks, Stage, TaskDef, TaskKey};
+use crate::playbook::{Capture, Hosts, Location, Playbooks, RegisterDef, Stage, TaskDef, TaskKey, WaitForDef};
 use crate::secrets::Digests;
 use crate::task::{PAD, Render as _, block};
 
@@ -419,7 +419,8 @@ pub fn plan_node(
             }
         }
         for (ti, def) in stage.tasks.iter().enumerate() {
-            match plan_task(&renderer, books, stage, def, &ctx) {
+            let stage_waits = if ti == 0 { stage.wait_for.as_slice() } else { &[] };
+            match plan_task(&renderer, books, stage, def, stage_waits, &ctx) {
                 Ok(mut t) => {
                     t.inputs.secrets = secrets.of(&t.secrets);
                     t.after = match &def.after {
@@ -435,7 +436,6 @@ pub fn plan_node(
                         t.decision = decision;
                         t.why = why;
                     }
-                    let stage_waits = if ti == 0 { stage.wait_for.as_slice() } else { &[] };
                     match depends::waits(inv, books, n, stage, def, stage_waits, &t, &producers, &tasks) {
                         Ok(w) => t.waits = w,
                         Err(p) => diags.0.extend(p),
@@ -541,6 +541,7 @@ fn plan_task(
     books: &Playbooks,
     stage: &Stage,
     def: &TaskDef,
+    stage_waits: &[WaitForDef],
     ctx: &Context,
 ) -> Result<PlannedTask, Vec<Diagnostic>> {
     let field = |name: &str| def.fields.get(name).cloned().unwrap_or_else(|| def.location.clone());
@@ -588,6 +589,11 @@ fn plan_task(
     }
     // Nothing of a jump-host task runs on the node, so the stage's sudo does not apply to it.
     let become_ = def.become_.unwrap_or(stage.become_) && !action.runs_on_jump_host();
+    let extras = Extras {
+        changed_when: def.changed_when,
+        register: def.register.as_ref(),
+        waits: stage_waits.iter().chain(&def.wait_for).collect(),
+    };
     let fingerprint = fingerprint(
         &stage.name,
         &def.name,
@@ -595,11 +601,11 @@ fn plan_task(
         unless.as_deref(),
         become_,
         &env,
-        def.changed_when,
+        &extras,
     );
     let inputs = Inputs {
         secrets: None,
-        parts: parts(&action, unless.as_deref(), become_, &env, def.changed_when),
+        parts: parts(&action, unless.as_deref(), become_, &env, &extras),
     };
     let secrets = secrets_used(&action, &env);
     Ok(PlannedTask {
@@ -640,15 +646,52 @@ fn secrets_used(action: &Action, env: &[(String, String)]) -> Vec<String> {
     names
 }
 
+/// The parts of a task's identity only some tasks have, as written: `changed_when: false`, what it hands to
+/// other tasks and what it waits for. A changed one runs the task again; a task with none keeps the
+/// fingerprint it had before they existed.
+struct Extras<'a> {
+    /// False for a read-only task.
+    changed_when: bool,
+    register: Option<&'a RegisterDef>,
+    /// The stage's `wait_for` (for its first task) and the task's own.
+    waits: Vec<&'a WaitForDef>,
+}
+
+impl Extras<'_> {
+    /// The register's name, secrecy and capture (the `register` part); empty without one.
+    fn register(&self) -> Vec<Vec<u8>> {
+        let Some(r) = self.register else { return Vec::new() };
+        vec![
+            b"register".to_vec(),
+            r.name.clone().into_bytes(),
+            (if r.secret { "secret" } else { "plain" }).into(),
+            format!("{:?}", r.capture).into_bytes(),
+        ]
+    }
+
+    /// Each declared wait: which nodes and which task (the `waits` part); empty without any.
+    fn waits(&self) -> Vec<Vec<u8>> {
+        if self.waits.is_empty() {
+            return Vec::new();
+        }
+        let mut out = vec![b"wait_for".to_vec()];
+        for w in &self.waits {
+            out.push(format!("{:?}", w.nodes).into_bytes());
+            out.push(w.task.clone().into_bytes());
+        }
+        out
+    }
+}
+
 /// Short digests (sha256, 16 hex digits) of the parts of a task, so a rerun can say which part changed:
-/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, and for a copy `owner` and
-/// `file <dest>` for each copied file, and `changed_when` on a read-only task.
+/// `command` (what the kind does, all of it), `guard`, `env`, `sudo`, for a copy `owner` and `file <dest>`
+/// for each copied file, and the [`Extras`] a task has: `changed_when`, `register`, `waits`.
 fn parts(
     action: &Action,
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
-    changed_when: bool,
+    extras: &Extras<'_>,
 ) -> BTreeMap<String, String> {
     let short = |pieces: &[&[u8]]| {
         let mut h = Sha256::new();
@@ -683,8 +726,14 @@ fn parts(
         out.insert("env".into(), short(&flat));
     }
     out.insert("sudo".into(), short(&[if become_ { b"become" } else { b"as-user" }]));
-    if !changed_when {
+    if !extras.changed_when {
         out.insert("changed_when".into(), short(&[b"false"]));
+    }
+    for (part, pieces) in [("register", extras.register()), ("waits", extras.waits())] {
+        if !pieces.is_empty() {
+            let refs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            out.insert(part.into(), short(&refs));
+        }
     }
     out
 }
@@ -769,7 +818,7 @@ fn fingerprint(
     unless: Option<&str>,
     become_: bool,
     env: &[(String, String)],
-    changed_when: bool,
+    extras: &Extras<'_>,
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |bytes: &[u8]| {
@@ -794,8 +843,11 @@ fn fingerprint(
     }
     // Only a read-only task adds it: it decides what later tasks do after it (an `ok` re-runs nothing), and
     // the fingerprints of every other task stay what earlier versions journaled.
-    if !changed_when {
+    if !extras.changed_when {
         put(b"changed_when-false");
+    }
+    for piece in extras.register().iter().chain(&extras.waits()) {
+        put(piece);
     }
     hex::encode(h.finalize())
 }
@@ -1179,6 +1231,62 @@ mod tests {
         books.stages[1].tasks[4].after = Some(Vec::new());
         let p = plan(&inv, &books, "node-194", &progress, &sel);
         assert_eq!(decision_of(&p, "s3 credentials").0, Decision::Skip(SkipReason::Done));
+    }
+
+    #[test]
+    fn a_changed_register_or_wait_for_runs_the_task_again() {
+        let (inv, mut books) = fixture();
+        let sel = Selection::default();
+        let mut progress = Progress::empty();
+        let first = plan(&inv, &books, "node-194", &progress, &sel);
+        record_all(&mut progress, &first, &Digests::none());
+        let location = books.stages[1].tasks[0].location.clone();
+
+        // A new `register` on a task done before: it runs again, and says why.
+        books.stages[1].tasks[0].register = Some(crate::playbook::RegisterDef {
+            name: "installed".into(),
+            secret: false,
+            capture: Capture::Line(-1),
+            location: location.clone(),
+        });
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd"),
+            (Decision::Run, Some("input changed: register".into()))
+        );
+        record_all(&mut progress, &p, &Digests::none());
+        // Only a changed capture (the last line instead of the first) counts too.
+        books.stages[1].tasks[0].register.as_mut().unwrap().capture = Capture::Line(1);
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(decision_of(&p, "install containerd").0, Decision::Run);
+        record_all(&mut progress, &p, &Digests::none());
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd").0,
+            Decision::Skip(SkipReason::Done)
+        );
+
+        // A new `wait_for`: the same.
+        books.stages[1].tasks[0].wait_for = vec![WaitForDef {
+            nodes: crate::playbook::WaitNodes::Named("node-195".into()),
+            task: "containerd/install containerd".into(),
+            location,
+        }];
+        let p = plan(&inv, &books, "node-194", &progress, &sel);
+        assert_eq!(
+            decision_of(&p, "install containerd"),
+            (Decision::Run, Some("input changed: waits".into()))
+        );
+        // A task with neither keeps the fingerprint it always had (journals of earlier versions stay valid).
+        let untouched = |p: &NodePlan| {
+            p.tasks
+                .iter()
+                .find(|t| t.task == "containerd config")
+                .unwrap()
+                .fingerprint
+                .clone()
+        };
+        assert_eq!(untouched(&p), untouched(&first));
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub(super) fn prepare(node_dir: &Path, info: &NodeInfo<'_>) -> Result<(), LabErr
         fs::remove_dir_all(&state).map_err(io(format!("cannot clear {}", state.display())))?;
     }
     fs::create_dir_all(state.join("fail")).map_err(io("cannot create a node's stand-in folder"))?;
+    fs::create_dir_all(state.join("hold")).map_err(io("cannot create a node's stand-in folder"))?;
     // Stand-ins the login user runs (without sudo) record too.
     set_mode(&state, 0o777)?;
     let modules = fs::read_to_string("/proc/modules").unwrap_or_default();

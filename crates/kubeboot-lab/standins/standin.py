@@ -12,7 +12,8 @@ ever reached a command line. The node's settings come from /usr/local/lib/kubebo
 the lab: its name, address, OS, containerd layout and the host folder holding the record and the state.
 
 A file `<state dir>/fail/<name>-<first argument>` (or `<state dir>/fail/<name>`) makes that command fail while it
-exists, so a test can inject a failure in the middle of a run.
+exists, so a test can inject a failure in the middle of a run; one in `<state dir>/hold/` holds the command until
+it is removed (see `held`).
 """
 
 import fcntl
@@ -154,6 +155,20 @@ def err(text):
 def failing(name, argv):
     names = [name] + ([name + "-" + argv[0]] if argv else [])
     return any(os.path.exists(os.path.join(STATE_DIR, "fail", n)) for n in names)
+
+
+def held(name, argv):
+    """A file `<state dir>/hold/<name>-<first argument>` (or `hold/<name>`) holds the call (recorded already) while
+    it exists, so a test can stop kubeboot in the middle of it; once the file is gone the held call fails without
+    doing anything, as a command whose jump host vanished would. Returns True when the call was held."""
+    names = [name] + ([name + "-" + argv[0]] if argv else [])
+    paths = [os.path.join(STATE_DIR, "hold", n) for n in names]
+    if not any(os.path.exists(p) for p in paths):
+        return False
+    while any(os.path.exists(p) for p in paths):
+        time.sleep(0.1)
+    err(f"{name}: held by a test and let go: nothing done\n")
+    return True
 
 
 def kube_minor():
@@ -797,6 +812,8 @@ def kubeadm(argv):
         for image in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"):
             out(f"[config/images] Pulled registry.k8s.io/{image}:{kubeadm_version()}\n")
         return 0
+    if argv[:3] == ["init", "phase", "upload-certs"]:
+        return kubeadm_upload_certs(argv)
     if argv[:1] == ["init"]:
         text = open(config).read() if config else ""
         if os.path.exists("/etc/kubernetes/admin.conf"):
@@ -832,13 +849,19 @@ def kubeadm(argv):
         with open("/var/lib/kubelet/config.yaml", "w") as f:
             f.write("kind: KubeletConfiguration\n")
         state.data["certs_renewed"] = time.time()
+        # As kubeadm does: a bootstrap token for the join command it prints (unless --skip-token-print), and
+        # with --upload-certs a certificate key it prints (unless --skip-certificate-key-print).
+        token = new_token(state)
+        key = new_certificate_key(state) if "--upload-certs" in argv else None
         state.save()
         out("Your Kubernetes control-plane has initialized successfully!\n")
+        if key and "--skip-certificate-key-print" not in argv:
+            out(f"  kubeadm join {control_plane_endpoint()} --control-plane --certificate-key {key}\n")
+        if "--skip-token-print" not in argv:
+            out(f"  kubeadm join {control_plane_endpoint()} --token {token} --discovery-token-ca-cert-hash {ca_cert_hash()}\n")
         return 0
     if argv[:2] == ["token", "create"]:
         return kubeadm_token_create(argv)
-    if argv[:3] == ["init", "phase", "upload-certs"]:
-        return kubeadm_upload_certs(argv)
     if argv[:1] == ["join"]:
         return kubeadm_join(config)
     if argv[:1] == ["reset"]:
@@ -867,16 +890,28 @@ def ca_cert_hash():
     return "sha256:" + hashlib.sha256(b"stand-in ca of " + NODE["name"].encode()).hexdigest()
 
 
+def new_token(state):
+    """A bootstrap token the cluster now accepts (the state's `tokens`; a test removes one to let it expire)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    token = random_text(alphabet, 6) + "." + random_text(alphabet, 16)
+    state.data.setdefault("tokens", []).append(token)
+    return token
+
+
+def new_certificate_key(state):
+    key = random_text("0123456789abcdef", 64)
+    state.data.setdefault("certificate_keys", []).append(key)
+    return key
+
+
 def kubeadm_token_create(argv):
     """`kubeadm token create [--ttl D] --print-join-command`: a bootstrap token, remembered in the node's state
     (the test compares it with what the joining nodes got; it is never recorded with the call)."""
     if not os.path.exists("/etc/kubernetes/admin.conf"):
         err("failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\n")
         return 1
-    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-    token = random_text(alphabet, 6) + "." + random_text(alphabet, 16)
     state = State()
-    state.data.setdefault("tokens", []).append(token)
+    token = new_token(state)
     state.save()
     if "--print-join-command" in argv:
         out(f"kubeadm join {control_plane_endpoint()} --token {token} --discovery-token-ca-cert-hash {ca_cert_hash()} \n")
@@ -890,13 +925,39 @@ def kubeadm_upload_certs(argv):
     if not os.path.exists("/etc/kubernetes/admin.conf"):
         err("failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\n")
         return 1
-    key = random_text("0123456789abcdef", 64)
     state = State()
-    state.data.setdefault("certificate_keys", []).append(key)
+    key = new_certificate_key(state)
     state.save()
     out('[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace\n'
         "[upload-certs] Using certificate key:\n" + key + "\n")
     return 0
+
+
+def lab_states():
+    """(node name, state) of every node of the lab: the API server a real join talks to is another node, so the
+    stand-in reads the other nodes' state folders (host folders next to this node's) instead."""
+    nodes = os.path.dirname(os.path.dirname(STATE_DIR))
+    for name in sorted(os.listdir(nodes)):
+        try:
+            with open(os.path.join(nodes, name, "standins", "state.json")) as f:
+                yield name, json.load(f)
+        except (OSError, ValueError):
+            continue
+
+
+def cluster_problems(token, ca_hash, key):
+    """What the cluster's first control plane would refuse: a token it does not (or no longer) know, another
+    cluster's CA hash, a certificate key it did not upload."""
+    issuer = next(((name, st) for name, st in lab_states() if token in st.get("tokens", [])), None)
+    if issuer is None:
+        return ["couldn't validate the identity of the API Server: the bootstrap token is unknown or expired"]
+    name, st = issuer
+    problems = []
+    if ca_hash != "sha256:" + hashlib.sha256(b"stand-in ca of " + name.encode()).hexdigest():
+        problems.append(f"the CA hash is not the one of {name}, whose token this is")
+    if key is not None and key not in st.get("certificate_keys", []):
+        problems.append("the certificate key does not decrypt the kubeadm-certs Secret (unknown or expired)")
+    return problems
 
 
 def kubeadm_join(config):
@@ -923,6 +984,8 @@ def kubeadm_join(config):
         problems.append("caCertHashes needs one sha256:<64 hex>")
     if control_plane and (not key or not re.fullmatch(r"[0-9a-f]{64}", key)):
         problems.append("a control plane needs certificateKey (64 hex)")
+    if not problems:
+        problems.extend(cluster_problems(token, hashes.group(1), key if control_plane else None))
     if problems:
         err("error execution phase preflight: " + "; ".join(problems) + "\n")
         return 1
@@ -1427,6 +1490,8 @@ def main():
         record(name, argv)
     if failing(name, argv):
         err(f"{name}: failing on purpose (a test's fail flag is set)\n")
+        return 1
+    if held(name, argv):
         return 1
     return handler(argv) or 0
 

@@ -3,7 +3,7 @@
 
 use crossterm::event::{Event as InputEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
-use crate::engine::Control;
+use crate::event::Control;
 
 use super::state::{App, Screen};
 

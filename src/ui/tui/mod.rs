@@ -26,11 +26,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::Control;
+use crate::event::{Control, HostKeyAnswer, HostKeyPrompt};
 use crate::event::{Event, NodeOutline};
 
 use keys::{Action, Effect};
-use state::{App, HostKeyAnswer, HostKeyPrompt};
+use state::App;
 
 /// Time between frames (about 15 per second).
 const FRAME: Duration = Duration::from_millis(66);

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 
-use crate::engine::Control;
+// The questions and answers of the core's contract; state.rs adds what the operator decided.
+pub use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 
 use super::keys::{Action, Effect};
@@ -434,26 +435,6 @@ impl NodeView {
     }
 }
 
-/// What is wrong with a node's host key, found before the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyIssue {
-    /// known_hosts has no key for the node: the operator may accept this one.
-    Unknown,
-    /// known_hosts has another key (line `line` of `path`): never accepted from the screen.
-    Changed { line: usize, path: String },
-}
-
-/// A node's host key that needs the operator before anything runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostKeyPrompt {
-    /// The node's name.
-    pub node: String,
-    /// The key's fingerprint, `SHA256:...` as `ssh-keygen -l` shows it.
-    pub fingerprint: String,
-    /// Unknown or changed.
-    pub issue: HostKeyIssue,
-}
-
 /// What the operator decided about one host key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostKeyDecision {
@@ -472,17 +453,6 @@ pub struct HostKeyView {
     pub prompt: HostKeyPrompt,
     /// What the operator decided.
     pub decision: HostKeyDecision,
-}
-
-/// What one node answered to the host key look before the confirmation screen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostKeyAnswer {
-    /// known_hosts has its key: nothing to decide.
-    Known,
-    /// Its key is unknown or changed: the operator decides on the confirmation screen.
-    Found(HostKeyPrompt),
-    /// It did not answer in time (or refused): the run reports it with its own error.
-    NoAnswer,
 }
 
 /// The host key look while it runs: the confirmation screen shows each node's answer as it comes and

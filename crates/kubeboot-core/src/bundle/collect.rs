@@ -193,7 +193,7 @@ pub fn previous(out: &Path) -> Manifest {
         .unwrap_or_default()
 }
 
-async fn download(
+pub(crate) async fn download(
     client: &reqwest::Client,
     w: &Wanted,
     dest: &Path,

@@ -57,14 +57,14 @@ pub fn in_plans(plans: &[NodePlan]) -> Vec<WantedImage> {
 
 /// Image references found in one copy task's files (a kustomization renames its bases' images).
 #[derive(Debug, Default)]
-struct Found {
+pub(crate) struct Found {
     images: BTreeSet<String>,
     /// kustomize `images:` entries: the name in the bases → the reference it becomes.
     renames: BTreeMap<String, String>,
 }
 
 impl Found {
-    fn scan(&mut self, text: &str) {
+    pub(crate) fn scan(&mut self, text: &str) {
         // Not YAML after all (a template left for the node, a script): nothing to find.
         let Ok(docs) = serde_saphyr::from_multiple::<Value>(text) else {
             return;
@@ -121,7 +121,7 @@ impl Found {
         }
     }
 
-    fn images(&self) -> Vec<String> {
+    pub(crate) fn images(&self) -> Vec<String> {
         let mut out = BTreeSet::new();
         for image in &self.images {
             let bare = image.split(['@', ':']).next().unwrap_or(image);
@@ -135,6 +135,17 @@ impl Found {
         out.extend(self.renames.values().cloned());
         out.into_iter().collect()
     }
+}
+
+/// `a` and `b` as one list: each image once, with the clusters of both.
+pub fn merge(a: Vec<WantedImage>, b: Vec<WantedImage>) -> Vec<WantedImage> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for image in a.into_iter().chain(b) {
+        out.entry(image.reference).or_default().extend(image.clusters);
+    }
+    out.into_iter()
+        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .collect()
 }
 
 fn scalar(v: &Value) -> Option<String> {

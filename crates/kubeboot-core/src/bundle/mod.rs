@@ -1,8 +1,10 @@
 //! Bundles: every artifact an install downloads, gathered into one folder that can be carried to
 //! an air-gapped site, and served from there to the nodes over their SSH connections.
 
+pub mod charts;
 pub mod collect;
 pub mod images;
+pub mod packages;
 pub mod serve;
 
 use std::sync::Arc;

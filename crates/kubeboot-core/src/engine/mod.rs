@@ -25,16 +25,8 @@ use crate::playbook::Playbooks;
 use crate::secrets::{Digests, Secret, Vault};
 use crate::ssh;
 
-/// What a frontend may ask of a running engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Control {
-    /// Run a failed node again from its failed task (the others keep running).
-    Retry { node: String },
-    /// Stop scheduling, cancel running commands, record what finished.
-    Cancel,
-}
-
 pub use crate::event::EventSink;
+use crate::event::{Control, NodeOutline};
 
 /// A node's login and sudo secrets, read before the run starts.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +46,8 @@ pub struct RunSpec {
     pub selection: Selection,
     /// The nodes to run, in inventory order.
     pub nodes: Vec<String>,
+    /// Their plans before connecting (facts assumed), announced in `run_started`.
+    pub outlines: Vec<NodeOutline>,
     /// At most this many nodes at once; None = all.
     pub forks: Option<usize>,
     /// Named secrets, filled into env values and copied files only when sending.
@@ -194,6 +188,13 @@ pub async fn run(spec: RunSpec, events: EventSink, mut control: mpsc::UnboundedR
     let forks = spec.forks.unwrap_or(spec.nodes.len()).clamp(1, Semaphore::MAX_PERMITS);
     let interactive = spec.interactive;
     let shared = Arc::new(Shared::new(spec, events, forks));
+    // The engine alone tells the run's lifecycle: run_started here, run_finished in `finish`.
+    shared.emit(Event::RunStarted {
+        run_id: shared.spec.run_id.clone(),
+        stages: shared.spec.playbooks.stages.iter().map(|s| s.name.clone()).collect(),
+        nodes: shared.spec.outlines.clone(),
+        dry_run: false,
+    });
 
     let mut tasks = JoinSet::new();
     let mut ends: BTreeMap<String, NodeEnd> = BTreeMap::new();

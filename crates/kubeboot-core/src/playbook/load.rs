@@ -379,6 +379,7 @@ impl Reader<'_> {
         let mut actions: Vec<(&str, &Node)> = Vec::new();
         let mut interval = None;
         let mut interval_node = None;
+        let mut register_key = None;
         let mut t = TaskDef {
             name: String::new(),
             action: ActionDef::Run(String::new()),
@@ -426,7 +427,10 @@ impl Reader<'_> {
                 "timeout" => t.timeout = self.duration("timeout", v),
                 "become" => t.become_ = self.boolean("become", v),
                 "env" => t.env = self.env(v, &mut fields),
-                "register" => t.register = self.register(v),
+                "register" => {
+                    register_key = Some(*k);
+                    t.register = self.register(v);
+                }
                 "wait_for" => t.wait_for = self.wait_for(v),
                 "changed_when" => t.changed_when = self.changed_when(v),
                 "after" => {
@@ -467,6 +471,15 @@ impl Reader<'_> {
         }
         if actions.iter().any(|(kind, _)| task::key_runs_on_jump_host(kind)) {
             self.node_only_keys(&entries);
+        } else if let (Some(k), [(kind, _)]) = (register_key, actions.as_slice())
+            && !task::key_registers(kind)
+        {
+            self.error(
+                k,
+                format!("`register` does not apply to a `{kind}` task: it has no output to keep"),
+                "only a `run` task registers what it printed; remove `register`, or add a `run` task that \
+                 prints the value (e.g. `run: cat FILE` with `register: NAME`)",
+            );
         }
         let mut action = action?;
         t.timeout = t.timeout.or(action.default_timeout());

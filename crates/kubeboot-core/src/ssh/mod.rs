@@ -21,8 +21,8 @@ use russh::keys::PrivateKeyWithHashAlg;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::event::Stream;
-pub use crate::inventory::model::NewHostKeys;
+use crate::event::Stream;
+use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
 pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;

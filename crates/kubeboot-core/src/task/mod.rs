@@ -60,6 +60,8 @@ pub trait Kind: Sized {
     const KEY: &'static str;
     /// True when kubeboot does it itself on the jump host (no SSH, so no `unless`/`env`/`become`).
     const ON_JUMP_HOST: bool = false;
+    /// True when the engine can keep what the task printed (`register:`): only a script has a stdout to keep.
+    const REGISTERS: bool = false;
     /// The task as written in the playbook, templates not yet rendered.
     type Def: std::fmt::Debug + Clone + PartialEq + Eq;
 
@@ -408,6 +410,12 @@ macro_rules! kinds {
         /// True when the kind with this key runs on the jump host.
         pub fn key_runs_on_jump_host(key: &str) -> bool {
             $(if key == <$kind as Kind>::KEY { return <$kind as Kind>::ON_JUMP_HOST; })*
+            false
+        }
+
+        /// True when a task of the kind with this key can `register` what it printed.
+        pub fn key_registers(key: &str) -> bool {
+            $(if key == <$kind as Kind>::KEY { return <$kind as Kind>::REGISTERS; })*
             false
         }
 

@@ -13,6 +13,7 @@ pub struct Run {
 
 impl Kind for Run {
     const KEY: &'static str = "run";
+    const REGISTERS: bool = true;
     /// The script as written (a template).
     type Def = String;
 
