@@ -34,6 +34,21 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         return Ok(Exit::BadInput);
     }
     let inv = inventory::load(&cli.inventory)?;
+    if inv.sources.bundle.is_some() && !args.list {
+        // With `bundle` set every unset source is the bundle's own folder: nothing to download from.
+        return Err(Failure::BadInput(
+            crate::diag::Diagnostic::at(
+                &cli.inventory,
+                inv.sources.line.max(1),
+                1,
+                "[sources] bundle is set: `kubeboot bundle --out` downloads from the sources, not from a bundle",
+            )
+            .with_hint(
+                "build the bundle from the inventory without `bundle`; on site, use `kubeboot apply --bundle DIR`",
+            )
+            .into(),
+        ));
+    }
     // The nodes are not asked for their facts: the bundle is built away from them (x86_64 assumed).
     let wanted = collect::wanted(&inv, &Facts::assumed());
     // The images are the ones the plan's rendered files name (every node, as `apply` would render them).
