@@ -15,6 +15,8 @@ command -v dash >/dev/null 2>&1 || need+=(dash)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # The distribution registry the bundle's image test pulls from (on loopback).
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+# apt-ftparchive: the bundle's flat apt repository (and the package test's loopback repository).
+command -v apt-ftparchive >/dev/null 2>&1 || need+=(apt-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root or install them: apt-get install -y ${need[*]}" >&2

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::app::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
-use crate::bundle::{charts, images};
+use crate::bundle::{charts, images, packages};
 use crate::cli::{BundleArgs, Cli};
 use crate::facts::Facts;
 use crate::inventory;
@@ -34,6 +34,21 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         return Ok(Exit::BadInput);
     }
     let inv = inventory::load(&cli.inventory)?;
+    if inv.sources.bundle.is_some() && !args.list {
+        // With `bundle` set every unset source is the bundle's own folder: nothing to download from.
+        return Err(Failure::BadInput(
+            crate::diag::Diagnostic::at(
+                &cli.inventory,
+                inv.sources.line.max(1),
+                1,
+                "[sources] bundle is set: `kubeboot bundle --out` downloads from the sources, not from a bundle",
+            )
+            .with_hint(
+                "build the bundle from the inventory without `bundle`; on site, use `kubeboot apply --bundle DIR`",
+            )
+            .into(),
+        ));
+    }
     // The nodes are not asked for their facts: the bundle is built away from them (x86_64 assumed).
     let wanted = collect::wanted(&inv, &Facts::assumed());
     // The images are the ones the plan's rendered files name (every node, as `apply` would render them).
@@ -42,14 +57,21 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         .clone()
         .unwrap_or_else(|| crate::app::default_assets(&cli.playbooks));
     let books = crate::playbook::load(&cli.playbooks, &assets)?;
-    let plans = crate::plan::plan_all(
-        &inv,
-        &books,
-        &crate::journal::Progress::empty(),
-        &crate::secrets::Digests::none(),
-        &crate::plan::Selection::default(),
-    )?;
+    let facts = os_facts(&args.os)?;
+    let mut plans = Vec::new();
+    for node in &inv.nodes {
+        plans.push(crate::plan::plan_node(
+            &inv,
+            &books,
+            &node.name,
+            &facts,
+            &crate::journal::Progress::empty(),
+            &crate::secrets::Digests::none(),
+            &crate::plan::Selection::default(),
+        )?);
+    }
     let images = images::in_plans(&plans);
+    let repos = packages::in_plans(&inv, &plans, &facts);
     let charts = charts::in_plans(&plans);
     let Some(out) = args.out.as_ref().filter(|_| !args.list) else {
         for w in &wanted {
@@ -62,6 +84,10 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         for c in &charts {
             let clusters: Vec<&str> = c.clusters.iter().map(String::as_str).collect();
             println!("chart\t{} {}\t{}\t{}", c.name, c.version, c.repo, clusters.join(","));
+        }
+        for r in &repos {
+            let names: Vec<&str> = r.packages.iter().map(String::as_str).collect();
+            println!("packages\t{}\t{} (with their dependencies)", r.dir, names.join(" "));
         }
         if !charts.is_empty() {
             println!("(and the images the charts' values.yaml files name, read once the charts are downloaded)");
@@ -83,6 +109,9 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     manifest.items.extend(items);
     errors.extend(failed);
     let images = images::merge(images, chart_images);
+    let (items, failed) = packages::collect(&repos, out, &report);
+    manifest.items.extend(items);
+    errors.extend(failed);
     let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
     manifest.items.extend(items);
     errors.extend(failed);
@@ -105,6 +134,31 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         collect::MANIFEST
     );
     Ok(Exit::Ok)
+}
+
+/// The facts of `--os ID-VERSION` (x86_64): what the plan renders and the packages are downloaded for.
+fn os_facts(os: &str) -> Result<Facts, Failure> {
+    let bad = || {
+        Failure::BadInput(
+            crate::diag::Diagnostic::at("command line", 1, 1, format!("--os {os}: not ID-VERSION"))
+                .with_hint("for example --os debian-12, --os ubuntu-24.04 or --os rhel-9")
+                .into(),
+        )
+    };
+    let (id, version) = os.split_once('-').ok_or_else(bad)?;
+    let major = version.split('.').next().and_then(|m| m.parse().ok()).ok_or_else(bad)?;
+    let family = match id {
+        "debian" | "ubuntu" => "debian",
+        "rhel" | "rocky" | "almalinux" | "centos" => "redhat",
+        _ => return Err(bad()),
+    };
+    Ok(Facts {
+        os_family: family.into(),
+        os_id: id.into(),
+        os_version: version.into(),
+        os_version_major: major,
+        ..Facts::assumed()
+    })
 }
 
 /// One bar per download on a terminal; one line per file otherwise.

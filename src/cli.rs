@@ -287,15 +287,17 @@ pub struct LabNodeArgs {
 
 /// `kubeboot bundle`.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct BundleArgs {
     /// Download everything the inventory's [sources] name into this folder (resumes an interrupted run).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["check", "list"], required_unless_present_any = ["check", "list"])]
     pub out: Option<PathBuf>,
     /// Verify every file of a copied bundle against its manifest (a damaged file: exit 2).
     #[arg(long, value_name = "DIR")]
     pub check: Option<PathBuf>,
     /// Print what --out would collect (release binaries, images and the clusters needing them); download nothing.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub list: bool,
+    /// The nodes' distribution release the bundle is made for (`debian-12`, `ubuntu-24.04`, `rhel-9`...).
+    #[arg(long, value_name = "ID-VERSION", default_value = "ubuntu-24.04")]
+    pub os: String,
 }

@@ -207,3 +207,34 @@ fn a_download_that_does_not_match_its_sha256_is_refused_and_removed() {
     assert!(!out.join(format!("releases/helm/{FILE}")).exists());
     assert!(!out.join(format!("releases/helm/{FILE}.part")).exists());
 }
+
+#[test]
+fn an_inventory_that_already_names_a_bundle_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inv,
+        format!(
+            "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources]\nbundle = \"{}\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write the inventory");
+    let out = dir.path().join("bundle");
+    let r = kubeboot(&[
+        "-i",
+        &inv.display().to_string(),
+        "-p",
+        &playbooks(dir.path()),
+        "bundle",
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("inventory.toml:5:1") && text(&r).contains("[sources] bundle is set"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists(), "nothing was downloaded");
+}

@@ -146,7 +146,12 @@ fn lab_stop_freeze_and_start_act_on_one_node() {
     assert_eq!(sshd_state(&t, "node-1"), Some('T'));
     assert_eq!(sshd_state(&t, "node-2"), Some('S'), "the other node is untouched");
     lab_cmd(&["start", "node-1"]).assert_code(0);
-    assert_eq!(sshd_state(&t, "node-1"), Some('S'), "start thaws a frozen node");
+    // Thawed: sleeping again, or still running for a moment after SIGCONT on a loaded machine; never stopped.
+    assert!(
+        matches!(sshd_state(&t, "node-1"), Some('S' | 'R')),
+        "start thaws a frozen node: {:?}",
+        sshd_state(&t, "node-1")
+    );
 
     lab_cmd(&["stop", "node-1"]).assert_code(0);
     assert_eq!(sshd_state(&t, "node-1"), None);

@@ -145,8 +145,10 @@ fn foreign_hosts(inventory: &Path, allowed: &str) -> Vec<String> {
     for facts in [Facts::assumed(), rhel()] {
         for p in plans_of(inventory, &facts) {
             for (host, at, line) in url_hosts(&node_texts(&p)) {
-                // hosts.toml names the upstream it mirrors (`server = "https://quay.io"`): identity, not a download.
-                let upstream = line.starts_with("echo 'server = ") && mirrors.iter().any(|m| line.contains(m))
+                // hosts.toml names the upstream it mirrors (`server = "https://quay.io"`), written by the task and
+                // compared by its guard: identity, not a download.
+                let upstream = (line.starts_with("echo 'server = ") || line.starts_with("grep -qxF 'server = "))
+                    && mirrors.iter().any(|m| line.contains(m))
                     || line.contains("registry-1.docker.io");
                 if host != allowed && !is_own(&host, &inv) && !upstream {
                     foreign.push(format!("{host} in {at}: {line}"));

@@ -203,7 +203,7 @@ impl std::fmt::Display for Apply {
 /// The real node stages (everything they run is real on the VMs).
 const NODE_STAGES: &str = "preflight,sources,os-prep,containerd,longhorn-prereqs";
 /// Stands in for a hung run: far beyond what the stages take under TCG.
-const APPLY_CAP: Duration = Duration::from_secs(1500);
+const APPLY_CAP: Duration = Duration::from_secs(2700);
 
 impl Vms {
     fn kubeboot(&self, args: &[&str]) -> Command {
@@ -266,6 +266,7 @@ impl Vms {
         }
         let status = child.wait().expect("kubeboot apply ends");
         let _ = watchdog.join();
+        keep_events(&args, &stdout);
         Apply {
             code: status.code(),
             stdout,
@@ -273,6 +274,25 @@ impl Vms {
             took: started.elapsed(),
         }
     }
+}
+
+/// Every apply's events are kept in the target folder (`target/tmp/vm_lab/NN-ARGS.json`), where the lab's
+/// temporary folder would lose them: what a failed or slow run did, task by task, after the VMs are gone.
+fn keep_events(args: &[&str], stdout: &str) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm_lab");
+    let n = RUNS.fetch_add(1, Ordering::SeqCst);
+    let name: String = args[4..]
+        .join("_")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect();
+    if n == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{n:02}-{name}.json")), stdout);
 }
 
 /// The secrets the shipped inventory names, random for this run (the node stages do not use them; they must
@@ -492,15 +512,6 @@ fn reboot_and_verify(vms: &Vms) {
     }
 }
 
-/// Tasks that only read the node (checks) and so have no guard: the engine reports every unguarded `run` as
-/// `changed`, so for these the node's own state is compared instead. `containerd config` compares the config
-/// it would write with the file and says "unchanged" without touching or restarting anything.
-const READ_ONLY: &[(&str, &str)] = &[
-    ("preflight", ""),
-    ("containerd", "containerd config"),
-    ("longhorn-prereqs", "longhorn prerequisites check"),
-];
-
 /// What would move if a task really changed something: packages, the files the stages write (mtimes), the
 /// PIDs of containerd and iscsid (a restart), the modules and sysctls.
 fn node_state(vms: &Vms, node: &str) -> String {
@@ -515,21 +526,16 @@ fn node_state(vms: &Vms, node: &str) -> String {
     )
 }
 
-/// `apply --fresh` on finished nodes changes nothing: every task ok or skipped by its guard or condition, the
-/// read-only checks leave the node as it was.
+/// `apply --fresh` on finished nodes changes nothing: every task `ok` (the checks, `changed_when: false`, and
+/// copies with nothing to write) or skipped by its guard or condition, and the node's state did not move.
 fn fresh_changes_nothing(vms: &Vms) {
     let before: Vec<String> = NODES.iter().map(|n| node_state(vms, n)).collect();
     let run = vms.apply(&["--only", NODE_STAGES, "--fresh"]);
     assert_eq!(run.code, Some(0), "{run}");
-    let read_only = |e: &Value| {
-        READ_ONLY
-            .iter()
-            .any(|(stage, task)| e["stage"] == *stage && (task.is_empty() || e["task"] == *task))
-    };
     let changed: Vec<String> = run
         .finished()
         .iter()
-        .filter(|e| e["status"] != "ok" && e["status"] != "skipped" && !read_only(e))
+        .filter(|e| e["status"] != "ok" && e["status"] != "skipped")
         .map(|e| format!("{} {} / {}: {}", e["node"], e["stage"], e["task"], e["status"]))
         .collect();
     assert!(
@@ -538,10 +544,6 @@ fn fresh_changes_nothing(vms: &Vms) {
         changed.join("\n")
     );
     for (node, before) in NODES.iter().zip(&before) {
-        assert!(
-            run.output_of(node).contains("unchanged: /etc/containerd/config.toml"),
-            "{node}: containerd config was rewritten"
-        );
         assert_eq!(
             &node_state(vms, node),
             before,
@@ -664,20 +666,34 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
     let vms = Vms::start();
     check_vm_lab_itself(&vms);
-    if std::env::var_os("KUBEBOOT_VM_FAULTS").is_some() {
+    // KUBEBOOT_VM_INSTALL=1: the real node stages, a reboot of every VM and the verification, and --fresh changing
+    // nothing. KUBEBOOT_VM_FAULTS=1: the same with a hard reset of a VM in the middle of apt (then a resumed
+    // apply) instead of the plain install, and the apt-lock and full-disk trials. Neither is in CI yet: on this
+    // machine, shared with other builds, the install alone took 25-40 min (see the README).
+    let faults = std::env::var_os("KUBEBOOT_VM_FAULTS").is_some();
+    let install = faults || std::env::var_os("KUBEBOOT_VM_INSTALL").is_some();
+    if faults {
         install_with_a_hard_reset(&vms);
+    } else if install {
+        install_node_stages(&vms);
+    }
+    if install {
         reboot_and_verify(&vms);
         fresh_changes_nothing(&vms);
+    }
+    if faults {
         apt_lock_held(&vms);
         full_disk_during_a_copy(&vms);
-    } else if std::env::var_os("KUBEBOOT_VM_INSTALL").is_some() {
-        install_node_stages(&vms);
-    } else {
-        // Said loudly: these were run by hand on a VM lab (see the README) but not yet seen to pass inside this
-        // test before the session ended, so CI does not run them yet.
+    }
+    if !install || !faults {
+        // Said loudly, in CI too: what this run leaves out.
         eprintln!(
-            "vm_lab: the node stages (KUBEBOOT_VM_INSTALL=1) and the reset/resume, reboot, --fresh, apt-lock and \
-             full-disk trials (KUBEBOOT_VM_FAULTS=1) are NOT run"
+            "vm_lab: NOT run: {}",
+            if install {
+                "the hard-reset/resume, apt-lock and full-disk trials (KUBEBOOT_VM_FAULTS=1)"
+            } else {
+                "the node stages, reboot, --fresh (KUBEBOOT_VM_INSTALL=1) and the fault trials (KUBEBOOT_VM_FAULTS=1)"
+            }
         );
     }
     no_secret_written(&vms);

@@ -4,6 +4,7 @@
 pub mod charts;
 pub mod collect;
 pub mod images;
+pub mod packages;
 pub mod serve;
 
 use std::sync::Arc;

@@ -49,6 +49,7 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let dir = cache.join("repos").join(&key);
     let _lock = lock_cache(cache)?;
     if dir.join(APT_DIR).join("Release").exists() {
+        no_images(&dir)?;
         return Ok(dir);
     }
     let started = Instant::now();
@@ -80,10 +81,22 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
         }
     }
     index(&tools, &pool)?;
+    no_images(&work)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&work, &dir).map_err(io(format!("cannot move the repository to {}", dir.display())))?;
     eprintln!("lab: package repository built in {:.0?}", started.elapsed());
     Ok(dir)
+}
+
+/// The lab's bundle holds no container images (the node stages pull none): an empty `images/index.txt`, as
+/// `kubeboot bundle` writes it, so containerd's "images from the bundle" finds nothing to import.
+fn no_images(bundle: &Path) -> Result<(), LabError> {
+    let index = bundle.join("images").join("index.txt");
+    if index.exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(bundle.join("images")).map_err(io("cannot create the bundle's images folder"))?;
+    fs::write(&index, "").map_err(io(format!("cannot write {}", index.display())))
 }
 
 /// Writes `Packages` and `Release` for the .debs in `dir` (a flat repository: `deb [trusted=yes] URL ./`).

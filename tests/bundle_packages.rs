@@ -1,0 +1,251 @@
+//! `kubeboot bundle --out DIR --os debian-12` collects the Debian packages the plan's commands
+//! install, with their dependencies, by running apt itself (a private configuration, an empty dpkg
+//! status) against a loopback apt repository this test builds from real .debs (`dpkg-deb`,
+//! `apt-ftparchive`) and serves over HTTP with byte ranges. An interrupted package download is
+//! resumed by apt; the result is a flat repository with its own index; a second run downloads no
+//! package again. Nothing but 127.0.0.1 is asked (every [sources.apt] repository points here).
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// Every request the repository saw: (path, Range header or "").
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+fn serve(dir: PathBuf) -> (u16, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let (dir, log) = (dir.clone(), log.clone());
+            std::thread::spawn(move || {
+                loop {
+                    // apt keeps the connection open for several requests.
+                    let mut buf = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        if stream.read(&mut byte).unwrap_or(0) != 1 {
+                            return;
+                        }
+                        buf.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_string();
+                    let mut lines = head.lines();
+                    let first = lines.next().unwrap_or("");
+                    let method = first.split_whitespace().next().unwrap_or("").to_string();
+                    let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let range = lines
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("range").then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default();
+                    log.lock().expect("lock").push((path.clone(), range.clone()));
+                    let start: usize = range
+                        .strip_prefix("bytes=")
+                        .and_then(|r| r.strip_suffix('-'))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let file = path
+                        .strip_prefix("/debian/")
+                        .map(|f| f.trim_start_matches("./"))
+                        .filter(|f| !f.contains('/') && !f.contains("..") && !f.is_empty());
+                    let reply = match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
+                        Some(body) => {
+                            let part = body[start.min(body.len())..].to_vec();
+                            let status = if start > 0 {
+                                format!(
+                                    "206 Partial Content\r\ncontent-range: bytes {start}-{}/{}",
+                                    body.len().saturating_sub(1),
+                                    body.len()
+                                )
+                            } else {
+                                "200 OK".to_string()
+                            };
+                            let mut r = format!(
+                                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nlast-modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n",
+                                part.len()
+                            )
+                            .into_bytes();
+                            if method != "HEAD" {
+                                r.extend(part);
+                            }
+                            r
+                        }
+                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
+                    };
+                    if stream.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// A real .deb built with dpkg-deb: one file of `size` pseudo-random bytes.
+fn deb(dir: &Path, name: &str, depends: Option<&str>, size: usize) -> PathBuf {
+    let root = dir.join(format!("build-{name}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).expect("DEBIAN");
+    std::fs::create_dir_all(root.join(format!("usr/share/{name}"))).expect("a folder");
+    let payload: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_add(name.len() as u32).wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    std::fs::write(root.join(format!("usr/share/{name}/data")), payload).expect("the payload");
+    let mut control = format!(
+        "Package: {name}\nVersion: 1.0\nArchitecture: amd64\nMaintainer: kubeboot tests <tests@localhost>\nDescription: a test package\n"
+    );
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    std::fs::write(root.join("DEBIAN/control"), control).expect("control");
+    let out = dir.join(format!("{name}_1.0_amd64.deb"));
+    let st = Command::new("dpkg-deb")
+        .args(["--build", "-Znone", "--root-owner-group"])
+        .arg(&root)
+        .arg(&out)
+        .output()
+        .expect("dpkg-deb runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    std::fs::remove_dir_all(&root).expect("clean up");
+    out
+}
+
+fn ftparchive(dir: &Path, args: &[&str], file: &str) {
+    let out = Command::new("apt-ftparchive")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("apt-ftparchive runs (apt-utils)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.join(file), out.stdout).expect("the index");
+}
+
+fn kubeboot(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+        .args(args)
+        .output()
+        .expect("kubeboot runs")
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_repository() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("the repository folder");
+    deb(&repo, "kb-tool", Some("kb-lib (>= 1.0)"), 20_000);
+    let lib = deb(&repo, "kb-lib", None, 200_000);
+    deb(&repo, "kb-unrelated", None, 1000);
+    ftparchive(&repo, &["packages", "."], "Packages");
+    ftparchive(&repo, &["release", "."], "Release");
+    let lib_bytes = std::fs::read(&lib).expect("the .deb");
+    let (port, seen) = serve(repo);
+
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(
+        books.join("10-os.yaml"),
+        "name: os\nhosts: all\ntasks:\n  - name: packages\n    run: |\n      set -eu\n      apt-get -o DPkg::Lock::Timeout=300 install -y kb-tool\n",
+    )
+    .expect("a stage");
+    let url = format!("http://127.0.0.1:{port}/debian/");
+    let inv = dir.path().join("inventory.toml");
+    let mut text_inv = "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n".to_string();
+    for name in ["distro", "kubernetes", "containerd"] {
+        text_inv.push_str(&format!(
+            "\n[sources.apt.{name}]\nurl = \"{url}\"\nsuite = \"/\"\ncomponents = \"\"\nkey = \"\"\n"
+        ));
+    }
+    std::fs::write(&inv, text_inv).expect("the inventory");
+    let out = dir.path().join("bundle");
+
+    // An interrupted earlier run left part of kb-lib in apt's partial folder.
+    let partial = out.join(".apt/apt_debian-12/archives/partial");
+    std::fs::create_dir_all(&partial).expect("the partial folder");
+    std::fs::write(partial.join("kb-lib_1.0_amd64.deb"), &lib_bytes[..50_000]).expect("a partial package");
+
+    let args: Vec<String> = [
+        "-i",
+        &inv.display().to_string(),
+        "-p",
+        &books.display().to_string(),
+        "bundle",
+        "--os",
+        "debian-12",
+        "--out",
+        &out.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    {
+        let seen = seen.lock().expect("lock");
+        let lib_requests: Vec<&(String, String)> = seen
+            .iter()
+            .filter(|(p, _)| p.ends_with("kb-lib_1.0_amd64.deb"))
+            .collect();
+        assert_eq!(lib_requests.len(), 1, "{seen:?}");
+        assert_eq!(
+            lib_requests[0].1, "bytes=50000-",
+            "apt resumed the partial file: {seen:?}"
+        );
+    }
+
+    let flat = out.join("apt/debian-12");
+    assert_eq!(
+        std::fs::read(flat.join("kb-lib_1.0_amd64.deb")).expect("kb-lib"),
+        lib_bytes
+    );
+    assert!(flat.join("kb-tool_1.0_amd64.deb").is_file(), "the package itself");
+    assert!(!flat.join("kb-unrelated_1.0_amd64.deb").exists(), "only what is needed");
+    let packages = std::fs::read_to_string(flat.join("Packages")).expect("the index");
+    assert!(
+        packages.contains("Package: kb-tool") && packages.contains("Package: kb-lib"),
+        "{packages}"
+    );
+    assert!(flat.join("Release").is_file());
+
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).expect("a manifest")).expect("JSON");
+    let items: Vec<&serde_json::Value> = manifest["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| i["kind"] == "package")
+        .collect();
+    assert_eq!(items.len(), 2, "{manifest:#}");
+    assert_eq!(items[0]["name"], "kb-lib");
+    assert_eq!(items[0]["version"], "1.0");
+    assert_eq!(items[0]["path"], "apt/debian-12/kb-lib_1.0_amd64.deb");
+    assert_eq!(items[0]["sha256"], hex::encode(Sha256::digest(&lib_bytes)).as_str());
+
+    // Again: apt finds every package in its cache (from the bundle) and downloads none.
+    seen.lock().expect("lock").clear();
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let seen = seen.lock().expect("lock");
+    assert!(!seen.iter().any(|(p, _)| p.ends_with(".deb")), "{seen:?}");
+
+    // And the bundle checks out.
+    let r = kubeboot(&["bundle", "--check", &out.display().to_string()]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+}
