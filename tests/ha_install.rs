@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
 use serde_json::Value;
 
+#[path = "common/shipped.rs"]
+mod shipped;
+use shipped::{files_below, secrets};
+
 const HA: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const FIRST: &str = "node-194";
 const JOINING: [&str; 3] = ["node-196", "node-197", "node-198"];
@@ -24,24 +28,6 @@ const VIP: &str = "192.168.101.220";
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The secrets the example inventory names, random for this run.
-fn secrets() -> Vec<(&'static str, String)> {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let mut value = |prefix: &str| {
-        let tail: String = (0..20)
-            .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rng.random_range(0..33)]))
-            .collect();
-        format!("{prefix}-{tail}")
-    };
-    vec![
-        ("KUBEBOOT_S3_ACCESS_KEY", value("s3access")),
-        ("KUBEBOOT_S3_SECRET_KEY", value("s3secret")),
-        ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", value("grafana")),
-        ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", value("opensearch")),
-    ]
 }
 
 struct TestLab {
@@ -330,23 +316,6 @@ fn expire_join_secrets(t: &TestLab) -> Vec<String> {
 fn node_file(t: &TestLab, node: &str, path: &str) -> String {
     let p = t.lab.node_file(node, path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
-}
-
-/// Every regular file below `dir` (missing folders count as empty).
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            match entry.file_type() {
-                Ok(ft) if ft.is_dir() => todo.push(p),
-                Ok(ft) if ft.is_file() => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    out
 }
 
 fn leaks<'a>(bytes: &[u8], values: &'a [String]) -> Option<&'a str> {

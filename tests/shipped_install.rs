@@ -8,35 +8,21 @@
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
 use serde_json::Value;
 
+#[path = "common/shipped.rs"]
+mod shipped;
+use shipped::{files_below, secrets};
+
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_NODE: &str = "node-196";
 /// The node whose `kubeadm init` is made to fail in the first run.
 const FAILING_NODE: &str = "node-197";
-
-/// The secrets the shipped inventory names, set to random values for this run.
-fn secrets() -> Vec<(&'static str, String)> {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let mut value = |prefix: &str| {
-        let tail: String = (0..20)
-            .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rng.random_range(0..33)]))
-            .collect();
-        format!("{prefix}-{tail}")
-    };
-    vec![
-        ("KUBEBOOT_S3_ACCESS_KEY", value("s3access")),
-        ("KUBEBOOT_S3_SECRET_KEY", value("s3secret")),
-        ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", value("grafana")),
-        ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", value("opensearch")),
-    ]
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -223,23 +209,6 @@ fn node_file(t: &TestLab, node: &str, path: &str) -> String {
 
 fn lab_address(t: &TestLab, node: &str) -> String {
     t.lab.node(node).expect("node exists").address.to_string()
-}
-
-/// Every regular file below `dir` (missing folders count as empty).
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            match entry.file_type() {
-                Ok(ft) if ft.is_dir() => todo.push(p),
-                Ok(ft) if ft.is_file() => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    out
 }
 
 fn assert_no_secret_in(t: &TestLab, what: &str, bytes: &[u8]) {
