@@ -89,8 +89,10 @@ impl Net {
 mod tests {
     use super::*;
 
-    /// Ranges no lab uses, so these tests neither meet nor disturb real labs.
+    /// Ranges no lab uses, so these tests neither meet nor disturb real labs. Each test has its own,
+    /// because they run in parallel and one of them listens where another would look.
     const TEST_NETS: std::ops::RangeInclusive<u8> = 1..=3;
+    const LISTENER_TEST_NETS: std::ops::RangeInclusive<u8> = 4..=6;
 
     #[test]
     fn a_held_range_is_not_handed_out_again_until_it_is_dropped() {
@@ -108,11 +110,11 @@ mod tests {
     #[test]
     fn a_range_something_listens_on_is_passed_over() {
         let dir = tempfile::tempdir().expect("a temporary folder");
-        let first = claim_in(dir.path(), TEST_NETS, 1).expect("a range");
+        let first = claim_in(dir.path(), LISTENER_TEST_NETS, 1).expect("a range");
         let (address, port) = (first.first_address, first.first_port);
         drop(first);
         let _listener = std::net::TcpListener::bind((address, port)).expect("listen where a stale sshd would");
-        let next = claim_in(dir.path(), TEST_NETS, 1).expect("another range");
+        let next = claim_in(dir.path(), LISTENER_TEST_NETS, 1).expect("another range");
         assert_ne!(next.first_address, address);
     }
 
