@@ -1,15 +1,12 @@
 //! kubeboot bootstraps Kubernetes clusters over SSH from `inventory.toml` and YAML
 //! playbooks: every node in parallel, live progress, and resume after a failure.
 //!
-//! This crate is the command line and the frontends ([`cli`], [`app`], [`ui`]). The work itself
+//! This crate is the command line and the frontends ([`cli`], [`cmd`], [`ui`]). The work itself
 //! lives in `kubeboot-core` (re-exported here under the same module names) and the local lab in
 //! `kubeboot-lab` ([`lab`]).
 
-pub mod app;
-pub mod bundle_cmd;
 pub mod cli;
-pub mod daytwo;
-pub mod report;
+pub mod cmd;
 pub mod ui;
 
 pub use kubeboot_core::{

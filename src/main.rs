@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    let exit = runtime.block_on(kubeboot::app::main(cli));
+    let exit = runtime.block_on(kubeboot::cmd::main(cli));
     // Don't wait for detached tasks (a second Ctrl-C listener, the TUI's input reader).
     runtime.shutdown_background();
     std::process::ExitCode::from(exit as u8)

@@ -54,7 +54,7 @@ pub fn rhel() -> Facts {
 }
 
 /// Every node's plan of a day-two folder of the shipped playbooks (`playbooks/backup`, ...), with the variables the
-/// day-two commands add for their runs (src/daytwo.rs) set to sample values.
+/// day-two commands add for their runs (src/cmd/daytwo.rs) set to sample values.
 pub fn shipped_day_two_plans(folder: &str, facts: &Facts) -> Vec<NodePlan> {
     let mut inv = inventory::load(&repo().join("inventory.toml")).unwrap_or_else(|d| panic!("{d}"));
     for (name, value) in [

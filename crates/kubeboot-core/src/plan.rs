@@ -185,6 +185,17 @@ pub struct Selection {
     pub fresh: bool,
 }
 
+impl Selection {
+    /// True when `--limit` takes in this node: it names the node or its cluster, or there is no `--limit`.
+    pub fn limits_to(&self, node: &Node) -> bool {
+        self.limit.is_empty()
+            || self
+                .limit
+                .iter()
+                .any(|l| *l == node.name || node.cluster.as_deref() == Some(l.as_str()))
+    }
+}
+
 const COMMAND_LINE: &str = "command line";
 
 /// A problem with the command line (`--limit`, `--only`, `--from`).
@@ -323,13 +334,7 @@ pub fn select_nodes<'a>(inv: &'a Inventory, books: &Playbooks, sel: &Selection) 
     Ok(inv
         .nodes
         .iter()
-        .filter(|n| {
-            sel.limit.is_empty()
-                || sel
-                    .limit
-                    .iter()
-                    .any(|l| *l == n.name || n.cluster.as_deref() == Some(l.as_str()))
-        })
+        .filter(|n| sel.limits_to(n))
         .filter(|n| stages.iter().any(|s| stage_runs_on(inv, s, n)))
         .collect())
 }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::app::{Exit, Failure};
+use super::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
 use crate::bundle::{charts, images, packages};
 use crate::cli::{BundleArgs, Cli};
@@ -55,7 +55,7 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     let assets = cli
         .assets
         .clone()
-        .unwrap_or_else(|| crate::app::default_assets(&cli.playbooks));
+        .unwrap_or_else(|| super::input::default_assets(&cli.playbooks));
     let books = crate::playbook::load(&cli.playbooks, &assets)?;
     let facts = os_facts(&args.os)?;
     let mut plans = Vec::new();

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::app::{DayTwo, Exit, Failure, run_id, run_playbooks};
+use super::apply::run_playbooks;
+use super::input::DayTwo;
+use super::run::run_id;
+use super::{Exit, Failure};
 use crate::cli::{ApplyArgs, Cli, KubeconfigArgs, ResetArgs, RunArgs, SelectArgs};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::event::NodeStatus;

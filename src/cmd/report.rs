@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::app::{Exit, Failure};
+use super::{Exit, Failure};
 use crate::cli::{Cli, ReportArgs};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::inventory::{self, Inventory, SecretSource};
@@ -34,7 +34,7 @@ pub(crate) fn report(cli: &Cli, args: &ReportArgs) -> Result<Exit, Failure> {
             "run it in the folder you ran `kubeboot apply` in, or give --state-dir",
         ));
     }
-    let stamp = crate::app::run_id();
+    let stamp = super::run::run_id();
     let out = args
         .out
         .clone()
@@ -48,7 +48,7 @@ pub(crate) fn report(cli: &Cli, args: &ReportArgs) -> Result<Exit, Failure> {
     }
     let inventory = inventory::load(&cli.inventory);
     let masks = Masks::read(inventory.as_ref().ok());
-    let status = match crate::app::status_report(cli) {
+    let status = match super::status::status_report(cli) {
         Ok(both) => both,
         Err(e) => {
             let why = format!("kubeboot status failed: {}\n", failure_text(&e));
