@@ -182,6 +182,33 @@ fn sigint_exits_130_cancels_the_remote_command_records_progress_and_the_rerun_co
     assert_eq!(t.log_lines("node-1"), ["one", "long"]);
 }
 
+/// A task's `timeout` kills its command on the node with everything the command started, also
+/// what left its process group for a session of its own (apt runs dpkg that way: a timed-out
+/// install on the VMs left dpkg running). As root, which the lab user could not kill by itself.
+#[test]
+fn a_task_timeout_kills_the_remote_command_and_what_it_started() {
+    let t = start_lab(1);
+    let [own, group] = ["sleep 300.41", "sleep 300.42"];
+    let long = logging_task(
+        "long",
+        &format!("echo started >> {{{{ lab_root }}}}/log\nsetsid {own} &\n{group}"),
+    )
+    .replace("    run: |", "    become: true\n    timeout: 5s\n    run: |");
+    t.write_playbook("00-s.yaml", &stage("s", &[logging_task("one", "true"), long]));
+    let run = t.apply(&[]);
+    run.assert_code(1);
+    let error = node_error(&run, "node-1");
+    assert!(error.contains("timed out after 5s"), "{error}");
+    // It did start (the timeout is not what kept it from running), and it is gone now.
+    assert_eq!(t.log_lines("node-1"), ["one", "started"]);
+    for needle in [own, group] {
+        assert!(
+            wait_until(Duration::from_secs(5), || !process_list().contains(needle)),
+            "the remote `{needle}` still runs after its task timed out"
+        );
+    }
+}
+
 #[test]
 fn a_task_edited_after_it_finished_runs_again_and_an_unedited_one_does_not() {
     let t = start_lab(2);

@@ -233,35 +233,93 @@ async fn a_wrong_sudo_password_is_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// Runs `script` (which prints `started` once it runs) and, as soon as that line arrives, either
+/// cancels it (`cancel`) or drops the exec future as a task's `timeout` does. Returns the result
+/// (None when the future was dropped) and how long the exec took to end after that.
+async fn stop_once_started(s: &Session, c: &Command, cancel: bool) -> (Option<Result<Exit, SshError>>, Duration) {
+    let token = CancellationToken::new();
+    let started = tokio::sync::Notify::new();
+    let at = Mutex::new(None);
+    let output = |_: Stream, line: String| {
+        if line == "started" {
+            *at.lock().unwrap() = Some(Instant::now());
+            if cancel {
+                token.cancel();
+            }
+            started.notify_one();
+        }
+    };
+    let result = tokio::select! {
+        r = s.exec(c, &output, &token) => Some(r),
+        _ = started.notified(), if !cancel => None,
+    };
+    let at = at
+        .lock()
+        .unwrap()
+        .unwrap_or_else(|| panic!("`{}` never printed `started`: {result:?}", c.script));
+    (result, at.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_kills_the_remote_process() {
     let t = start_lab(1);
     let s = connect(&t).await;
-    for (script, become_) in [("sleep 317", false), ("sleep 318", true)] {
-        let cancel = CancellationToken::new();
-        let c = Command { become_, ..cmd(script) };
-        let trigger = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            trigger.cancel();
-        });
-        let watch = tokio::spawn({
-            let needle = script.to_string();
-            async move {
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-                process_running(&needle)
-            }
-        });
-        let started = Instant::now();
-        let result = s.exec(&c, &|_, _| {}, &cancel).await;
-        assert!(matches!(result, Err(SshError::Cancelled)), "{result:?}");
-        assert!(started.elapsed() < Duration::from_secs(3));
-        assert!(watch.await.unwrap(), "{script} never ran");
+    // The job says when it runs (no fixed wait: at load 45 a become job once took over a second to start).
+    for (needle, become_) in [("sleep 317", false), ("sleep 318", true)] {
+        let c = Command {
+            become_,
+            ..cmd(&format!("echo started; {needle}"))
+        };
+        let (result, after) = stop_once_started(&s, &c, true).await;
+        assert!(matches!(result, Some(Err(SshError::Cancelled))), "{result:?}");
         assert!(
-            wait_until_gone(script).await,
-            "{script} (become {become_}) still runs after cancel"
+            after < Duration::from_secs(10),
+            "exec took {after:?} to end after cancel"
+        );
+        assert!(
+            wait_until_gone(needle).await,
+            "{needle} (become {become_}) still runs after cancel"
         );
     }
+}
+
+/// A task's timeout drops the exec future: the command must die with everything it started, also
+/// what left its process group for a session of its own (as apt does with dpkg, which kept running
+/// on the VMs after a timed-out install).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_or_cancelled_command_dies_with_everything_it_started() {
+    let t = start_lab(1);
+    let s = connect(&t).await;
+    for (n, (become_, cancel)) in [(false, false), (true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let [own, group, orphan] = [1, 2, 3].map(|i| format!("sleep 37{n}.{i}"));
+        let c = Command {
+            become_,
+            ..cmd(&format!(
+                "setsid {own} &\n{group} &\n( {orphan} & )\nsh -c 'echo started; exec sleep 379'"
+            ))
+        };
+        let (result, _) = stop_once_started(&s, &c, cancel).await;
+        assert!(
+            if cancel {
+                matches!(result, Some(Err(SshError::Cancelled)))
+            } else {
+                result.is_none()
+            },
+            "{result:?}"
+        );
+        for needle in [&own, &group, &orphan] {
+            assert!(
+                wait_until_gone(needle).await,
+                "`{needle}` (become {become_}, cancel {cancel}) outlived its command"
+            );
+        }
+        assert!(wait_until_gone("sleep 379").await);
+    }
+    // The session is still usable.
+    assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,8 @@
 //! `<nonce> <id> <kind> <text>`: output can never pass for a control frame, and the per-session
 //! random nonce makes frames unforgeable by anything the job runs. Control frames, written by the
 //! shell itself to a descriptor the job does not have: `P pid` (started), `X code` (exited),
-//! `D` (all its output is flushed). Cancel writes `kill -s KILL -- -pgid` to the shell.
+//! `D` (all its output is flushed). Cancel, a timeout or a dropped future writes `__kb_kill pgid`
+//! to the shell: the job's group and everything descended from it, in any group or session.
 //!
 //! Each shell has its own folder on the node (`$TMPDIR/kubeboot-jobs.*`: job PID files, uploads in
 //! transit), and however the session ends the folder goes away with the shell: see [`prelude`]
@@ -53,6 +54,8 @@ pub(crate) struct Executor {
     ended: watch::Receiver<bool>,
     /// The shell's own folder on the node (job PID files, uploads in transit); gone when it ends.
     dir: String,
+    /// sudo asked for the password when it started this shell.
+    sudo_asked: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -63,11 +66,11 @@ pub(crate) struct ShellOptions {
     pub beat: Duration,
     /// The shell runs jobs (needs `setsid`), or only holds a folder.
     pub need_setsid: bool,
-    /// The shell is started by `sudo -S -p PROMPT … sh -c 'echo SUDO_OK; exec sh -s'` with the
-    /// password as the first line of stdin: the prelude is sent only once [`SUDO_OK`] arrives, so
-    /// the same sudo that starts the shell is the one that checks the password (one sudo and one
-    /// password hash per node, not two), and a refused password (sudo prompts again) never makes
-    /// sudo read the prelude as further tries.
+    /// The shell is started by `sudo -S -p PROMPT … sh -c 'echo SUDO_OK; exec sh -s'`: the
+    /// password is sent when sudo prompts for it, and the prelude only once [`SUDO_OK`] arrives, so
+    /// the same sudo that starts the shell is the one that finds out whether a password is needed
+    /// and checks it (one sudo and at most one password hash per node, no probe), and a refused
+    /// password (sudo prompts again) never makes sudo read the prelude as further tries.
     pub sudo_prompt: Option<&'static str>,
 }
 
@@ -78,21 +81,25 @@ pub(crate) const SUDO_OK: &str = "kubeboot-sudo-ok";
 pub(crate) enum StartError {
     /// The node cannot host it (no `setsid`, no `mktemp`): use channels for this session.
     Unsupported,
-    /// sudo did not start the shell (refused the password, or the user may not use it): what it
-    /// wrote to stderr.
-    SudoRefused(String),
+    /// sudo did not start the shell (refused the password, the user may not use it, there is no
+    /// sudo): what it wrote to stderr, and whether it asked for the password.
+    SudoRefused {
+        errors: String,
+        asked: bool,
+    },
     Ssh(SshError),
 }
 
 impl Executor {
-    /// Starts the shell with `command` (`sh -s` or a sudo of it) and `stdin_prefix` (the sudo password line).
+    /// Starts the shell with `command` (`sh -s` or a sudo of it); `password` is the sudo password
+    /// line, sent only if sudo asks for it (empty: none to give).
     /// It is sent a beat every `beat`; one that hears none for 6 beats cleans up and ends. Without
     /// `need_setsid` the shell only holds a folder (for uploads on a node that cannot run jobs).
     pub(crate) async fn start(
         handle: &russh::client::Handle<super::Client>,
         permit: OwnedSemaphorePermit,
         command: &str,
-        stdin_prefix: Vec<u8>,
+        password: Vec<u8>,
         shell: ShellOptions,
         lost: impl Fn(&str) -> SshError,
     ) -> Result<Executor, StartError> {
@@ -106,23 +113,38 @@ impl Executor {
             .exec(true, command)
             .await
             .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
-        let mut stdin = stdin_prefix;
+        let mut stdin = Vec::new();
         let mut buf = LineBuffer::default();
+        let mut sudo_asked = false;
         if let Some(prompt) = shell.sudo_prompt {
-            write
-                .data_bytes(std::mem::take(&mut stdin))
-                .await
-                .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
-            // sudo prints its prompt once before it reads the password and once more for every
-            // further try: a second prompt means the password was refused, and stdin is closed so
-            // that sudo gives up after that one try.
+            // sudo prints its prompt (on stderr: -S) when it wants the password, and once more for
+            // every further try. The password goes out when the first prompt arrives, never before:
+            // a sudo that needs none (NOPASSWD, or a root login) just starts the shell, so this is
+            // also the probe of how to become root. A second prompt means the password was refused:
+            // stdin is closed so that sudo gives up after that one try.
             let (mut errors, mut ok, mut closed) = (Vec::new(), false, false);
+            let mut password = Some(password);
             while !ok {
                 match read.wait().await {
                     Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| ok |= l == SUDO_OK),
                     Some(ChannelMsg::ExtendedData { data, .. }) => {
                         errors.extend_from_slice(&data);
                         let prompts = errors.windows(prompt.len()).filter(|w| *w == prompt.as_bytes()).count();
+                        if prompts == 1
+                            && let Some(line) = password.take()
+                        {
+                            sudo_asked = true;
+                            if line.is_empty() {
+                                // Asked, but there is no password to give.
+                                closed = true;
+                                let _ = write.eof().await;
+                            } else {
+                                write
+                                    .data_bytes(line)
+                                    .await
+                                    .map_err(|_| StartError::Ssh(lost("while starting the remote shell")))?;
+                            }
+                        }
                         if prompts > 1 && !closed {
                             closed = true;
                             let _ = write.eof().await;
@@ -134,7 +156,10 @@ impl Executor {
             }
             if !ok {
                 let _ = write.close().await;
-                return Err(StartError::SudoRefused(String::from_utf8_lossy(&errors).into_owned()));
+                return Err(StartError::SudoRefused {
+                    errors: String::from_utf8_lossy(&errors).into_owned(),
+                    asked: sudo_asked,
+                });
             }
         }
         let beat_secs = shell.beat.as_secs().max(1);
@@ -228,8 +253,14 @@ impl Executor {
             alive,
             ended,
             dir,
+            sudo_asked,
             _permit: permit,
         })
+    }
+
+    /// Whether sudo asked for the password when it started this shell (see [`ShellOptions::sudo_prompt`]).
+    pub(crate) fn sudo_asked(&self) -> bool {
+        self.sudo_asked
     }
 
     /// The shell's folder on the node: private to the shell's user, removed when the shell ends.
@@ -345,8 +376,10 @@ impl Drop for KillOnDrop<'_> {
     }
 }
 
+/// What the shell runs to kill a job: its process group and every process descended from it
+/// (see `__kb_kill` in [`FUNCTIONS`]).
 fn kill_text(pid: u32) -> String {
-    format!("kill -s KILL -- -{pid} 2>/dev/null\n")
+    format!("__kb_kill {pid}\n")
 }
 
 /// Handles one line from the shell: `<nonce> <id> <kind> [text]`. Lines without the nonce are not ours.
@@ -389,8 +422,15 @@ fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboun
 ///
 /// - `__kb_started PID` sets `__kb_s` to the process's start time (field 22 of /proc/PID/stat), to
 ///   `""` when there is no such process (or only its zombie), or to `?` when the node has no /proc;
-/// - `__kb_clean DIR` kills the jobs whose `N.pid` files are in DIR, then removes DIR, again if a job
-///   that was just starting wrote its file in between;
+/// - `__kb_kill PGID` kills a job: its process group and every descendant of the group's
+///   processes, also those that left the group for a session of their own (apt runs dpkg in a
+///   pty session of its own; a timed-out `apt-get install` killed by its group alone left dpkg
+///   running). The group is stopped first and each descendant as it is found, so nothing forks
+///   away while /proc is walked (again, until a walk finds nothing new); then all get SIGKILL.
+///   Without /proc only the group is killed. Runs only when a job is cancelled or timed out, or
+///   its shell ends while it runs;
+/// - `__kb_clean DIR` kills (`__kb_kill`) the jobs whose `N.pid` files are in DIR, then removes DIR,
+///   again if a job that was just starting wrote its file in between;
 /// - `__kb_sweep TMP` removes this user's kubeboot folders in TMP whose shell (the `shell` file:
 ///   `PID STARTTIME`) no longer runs: what a shell that got no chance to clean up left behind (a
 ///   node that lost power, a shell killed with SIGKILL). A folder whose `shell` file is missing or
@@ -407,11 +447,31 @@ const FUNCTIONS: &str = r#"__kb_started() {
     __kb_s='?'
   fi
 }
+__kb_kill() {
+  __kb_kg=$1
+  kill -s STOP -- "-$__kb_kg" 2>/dev/null || return 0
+  __kb_ks=" $__kb_kg "
+  __kb_kn=1
+  while [ "$__kb_kn" = 1 ] && [ -r /proc/self/stat ]; do
+    __kb_kn=0
+    for __kb_kf in /proc/[0-9]*/stat; do
+      read -r __kb_kl < "$__kb_kf" 2>/dev/null || continue
+      __kb_kp=${__kb_kl%% *}
+      case "$__kb_ks" in *" $__kb_kp "*) continue ;; esac
+      set -- ${__kb_kl##*) }
+      case "$__kb_ks" in *" $2 "*) ;; *) [ "$3" = "$__kb_kg" ] || continue ;; esac
+      kill -s STOP "$__kb_kp" 2>/dev/null
+      __kb_ks="$__kb_ks$__kb_kp "
+      __kb_kn=1
+    done
+  done
+  kill -s KILL -- "-$__kb_kg" $__kb_ks 2>/dev/null
+}
 __kb_clean() {
   __kb_n=0
   while [ -d "$1" ] && [ "$__kb_n" -lt 20 ]; do
     for __kb_f in "$1"/*.pid; do
-      [ -s "$__kb_f" ] && read -r __kb_p < "$__kb_f" && kill -s KILL -- "-$__kb_p" 2>/dev/null
+      [ -s "$__kb_f" ] && read -r __kb_p < "$__kb_f" && __kb_kill "$__kb_p"
     done
     rm -rf -- "$1" 2>/dev/null && return 0
     __kb_n=$((__kb_n + 1))
@@ -643,10 +703,11 @@ mod tests {
         let bare = |body: &'static str| move |nonce: &str, id: u64| format!("{body}\necho '{nonce} {id} D'\n");
         let floor = cost_per_job(n, bare("true"));
         let spawn = cost_per_job(n, bare("setsid sh -s </dev/null"));
+        let sh = cost_per_job(n, bare("sh -s </dev/null"));
         let fork = cost_per_job(n, bare("( true )"));
         println!(
             "CPU per job in dash: executor job {job:.2} ms; bare `true` {floor:.3} ms; \
-             one fork {fork:.2} ms; `setsid sh` {spawn:.2} ms"
+             one fork {fork:.2} ms; `sh` {sh:.2} ms; `setsid sh` {spawn:.2} ms"
         );
     }
 

@@ -236,7 +236,7 @@ enum Become {
     Root,
     /// sudo needs no password (NOPASSWD).
     NoPassword,
-    /// sudo needs the password; it goes first on stdin.
+    /// sudo needs the password; it is sent when sudo prompts for it.
     Password,
 }
 
@@ -445,14 +445,23 @@ impl Session {
         }
         let mut prefix = Vec::new();
         let mut sudo_prompt = None;
+        // The first time, no probe: the root shell's own sudo finds out whether it needs the password
+        // (it prompts; see `ShellOptions::sudo_prompt`) and checks it. Only a sudo that fails without
+        // asking (none on the node, say) sends this to the probe, and then the way it says.
+        let probed = self.inner.become_mode.get().copied();
         let command = if become_ {
-            match self.become_mode(cancel).await? {
-                Become::Root => "sh -s",
-                Become::NoPassword => "sudo -n -- sh -s",
-                Become::Password => {
-                    // This sudo is also the password check (see `ShellOptions::sudo_prompt`).
-                    prefix.extend_from_slice(self.sudo_password()?.expose().as_bytes());
-                    prefix.push(b'\n');
+            match probed {
+                Some(Become::Root) => "sh -s",
+                Some(Become::NoPassword) => "sudo -n -- sh -s",
+                Some(Become::Password) | None => {
+                    match self.sudo_password() {
+                        Ok(password) => {
+                            prefix.extend_from_slice(password.expose().as_bytes());
+                            prefix.push(b'\n');
+                        }
+                        Err(none) if probed.is_some() => return Err(none),
+                        Err(_) => {}
+                    }
                     sudo_prompt = Some(SUDO_PROMPT);
                     SUDO_SHELL
                 }
@@ -479,7 +488,14 @@ impl Session {
         match started {
             Ok(shell) => {
                 if sudo_prompt.is_some() {
-                    let _ = self.inner.sudo_checked.set(());
+                    let asked = shell.sudo_asked();
+                    let _ = self
+                        .inner
+                        .become_mode
+                        .set(if asked { Become::Password } else { Become::NoPassword });
+                    if asked {
+                        let _ = self.inner.sudo_checked.set(());
+                    }
                 }
                 let shell = Arc::new(shell);
                 *slot = Some(shell.clone());
@@ -489,7 +505,15 @@ impl Session {
                 self.inner.persistent.store(false, Ordering::SeqCst);
                 Ok(None)
             }
-            Err(executor::StartError::SudoRefused(errors)) => Err(self.sudo_refused(&errors)),
+            Err(executor::StartError::SudoRefused { asked: true, .. }) if self.sudo_password().is_err() => {
+                self.sudo_password().map(|_| None) // asked for a password there is none of: that error
+            }
+            Err(executor::StartError::SudoRefused { asked: false, .. }) if probed.is_none() => {
+                drop(slot);
+                self.become_mode(cancel).await?;
+                Box::pin(self.executor(become_, cancel)).await
+            }
+            Err(executor::StartError::SudoRefused { errors, .. }) => Err(self.sudo_refused(&errors)),
             Err(executor::StartError::Ssh(e)) => Err(e),
         }
     }
@@ -532,7 +556,7 @@ impl Session {
                 Ok(dir)
             }
             Ok(Err(executor::StartError::Ssh(e))) => Err(e),
-            Ok(Err(executor::StartError::Unsupported | executor::StartError::SudoRefused(_))) | Err(_) => {
+            Ok(Err(executor::StartError::Unsupported | executor::StartError::SudoRefused { .. })) | Err(_) => {
                 Err(SshError::Upload {
                     dest: String::new(),
                     reason: format!(
