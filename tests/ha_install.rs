@@ -964,3 +964,179 @@ fn a_control_plane_added_later_joins_with_apply_limit_cluster_and_nothing_else_i
     let kubeadm = node_file(&t, FIRST, "/etc/kubernetes/kubeadm-config.yaml");
     assert!(kubeadm.contains(&format!("- \"{LATER}\"")), "{kubeadm}");
 }
+
+#[test]
+fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_else_is_redone() {
+    const LATER: &str = "node-199";
+    // The model: the HA example with a second worker, node-199, in the same cluster.
+    let model_dir = tempfile::tempdir().expect("a folder");
+    let text = std::fs::read_to_string(repo().join("examples/ha/inventory.toml")).expect("the HA example");
+    let mut model: toml::Table = text.parse().expect("the HA example is TOML");
+    if let Some(toml::Value::Array(nodes)) = model.get_mut("nodes") {
+        let worker: toml::Table =
+            "name = \"node-199\"\naddress = \"192.168.101.199\"\ncluster = \"cluster-01\"\nrole = \"worker\""
+                .parse()
+                .expect("a TOML table");
+        nodes.push(toml::Value::Table(worker));
+    }
+    let model_path = model_dir.path().join("ha-second-worker.toml");
+    std::fs::write(&model_path, toml::to_string(&model).expect("TOML")).expect("the model inventory is written");
+    let all = ["node-194", "node-196", "node-197", "node-198", LATER];
+    let t = start_lab(&model_path, &all);
+
+    // A finished HA install without node-199 (the HA example as it is).
+    let full: toml::Table = std::fs::read_to_string(&t.lab.inventory)
+        .expect("the lab inventory")
+        .parse()
+        .expect("TOML");
+    let mut smaller = full.clone();
+    if let Some(toml::Value::Array(nodes)) = smaller.get_mut("nodes") {
+        nodes.retain(|n| n.get("name").and_then(toml::Value::as_str) != Some(LATER));
+    }
+    let smaller_path = t.state.with_file_name("without-node-199.toml");
+    std::fs::write(&smaller_path, toml::to_string(&smaller).expect("TOML")).expect("written");
+    let first = apply_with(&t, &smaller_path, &[]);
+    assert_eq!(first.code, Some(0), "{}", first.explain());
+    assert!(
+        calls(&t, LATER).is_empty(),
+        "{LATER} was touched before it was in the inventory"
+    );
+    let tokens_before = strings(&standin_state(&t, FIRST)["tokens"]);
+    let before: Vec<(&str, usize)> = HA.iter().map(|n| (*n, calls(&t, n).len())).collect();
+
+    // Then the worker is in the inventory (the lab's own one has it): the guide's `plan`, then a plain `apply`.
+    let plan = plan_text(&t, &t.lab.inventory, &[]);
+    let section = plan_section(&plan, FIRST);
+    assert!(
+        section.iter().any(
+            |l| l.trim() == format!("again: output `join_command` is needed by {LATER}: kubeadm-join/kubeadm join")
+        ),
+        "the plan does not say why the join command runs again:\n{}",
+        section.join("\n")
+    );
+    // A worker needs no certificate key: the plan does not make one again.
+    assert!(
+        !section.iter().any(|l| l.contains("again: output `certificate_key`")),
+        "{}",
+        section.join("\n")
+    );
+    let added = apply_with(&t, &t.lab.inventory, &[]);
+    assert_eq!(added.code, Some(0), "{}", added.explain());
+    for node in all {
+        assert_all_succeeded(&added, node);
+    }
+
+    // The worker joined as a worker, with a token made in this run (not one of the first install's).
+    assert_eq!(added.status_of(LATER, "kubeadm join").as_deref(), Some("changed"));
+    let joined = &standin_state(&t, LATER)["joined"];
+    assert_eq!(joined["control_plane"], false, "{joined}");
+    assert_eq!(joined["endpoint"], format!("{VIP}:6443"), "{joined}");
+    let token = joined["token"].as_str().unwrap_or_default().to_string();
+    let tokens_now = strings(&standin_state(&t, FIRST)["tokens"]);
+    assert!(
+        tokens_now.contains(&token),
+        "{LATER} joined with a token the cluster does not know: {joined}"
+    );
+    assert!(
+        !tokens_before.contains(&token),
+        "{LATER} joined with an old token: {joined}"
+    );
+    assert_eq!(count(&t, LATER, "kubeadm", &["join"]), 1, "{}", dump(&t, LATER));
+    assert_eq!(inits(&t, LATER), 0);
+    assert!(
+        !t.lab
+            .node_file(LATER, "/etc/kubernetes/manifests/kube-vip.yaml")
+            .exists(),
+        "the new worker runs kube-vip"
+    );
+    assert!(
+        !t.lab.node_file(LATER, "/etc/kubernetes/kubeadm-join.yaml").exists(),
+        "{LATER}: the JoinConfiguration was left behind"
+    );
+    // The token did not leak: not in kubeboot's output, not in an argv, not in the state dir.
+    let fresh: Vec<String> = tokens_now
+        .iter()
+        .filter(|t| !tokens_before.contains(t))
+        .cloned()
+        .collect();
+    assert!(!fresh.is_empty());
+    assert!(
+        leaks(added.stdout.as_bytes(), &fresh).is_none(),
+        "the fresh token is in the output"
+    );
+    assert!(
+        leaks(added.stderr.as_bytes(), &fresh).is_none(),
+        "the fresh token is in stderr"
+    );
+    for node in all {
+        for c in calls(&t, node) {
+            assert!(
+                leaks(c.raw.as_bytes(), &fresh).is_none(),
+                "{node}: the token in `{}`",
+                c.line()
+            );
+        }
+    }
+    for path in files_below(&t.state) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            leaks(&bytes, &fresh).is_none(),
+            "the fresh token is in {}",
+            path.display()
+        );
+    }
+
+    // Nothing else ran again: on the existing nodes no join and no init; what ran (not skipped) is exactly the
+    // list the guide (13.3) gives.
+    assert_eq!(inits(&t, FIRST), 1, "kubeadm init ran again");
+    let ran_on = |node: &str| -> Vec<String> {
+        added
+            .finished(node)
+            .iter()
+            .filter(|e| e["status"] != "skipped")
+            .map(|e| {
+                format!(
+                    "{}/{}",
+                    e["stage"].as_str().unwrap_or(""),
+                    e["task"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    for (node, n) in &before {
+        let new: Vec<Call> = calls(&t, node).into_iter().skip(*n).collect();
+        assert!(!new.iter().any(|c| c.is("kubeadm", &["join"])), "{node} joined again");
+        assert!(!new.iter().any(is_init), "{node} initialised again");
+        let ran = ran_on(node);
+        if *node == FIRST {
+            // The join command for the new worker; the kubeadm config, whose SAN list names every node of the
+            // cluster, and the tasks after it in its stage (kubeadm init itself is skipped: initialised); the
+            // network policies, which list every node's address. Not the join of anyone, not Cilium, not
+            // Longhorn (min(3, nodes) is still 3), not the other manifest stages.
+            assert_eq!(
+                ran,
+                [
+                    "kubeadm-init/kubeadm config",
+                    "kubeadm-init/api server ready",
+                    "kubeadm-init/kube-vip after init",
+                    "kubeadm-init/join command",
+                    "kubeadm-init/certificate key",
+                    "alerts-policies/copy alert and policy manifests",
+                    "alerts-policies/apply alerts and policies",
+                    "alerts-policies/wait for rules to load",
+                ],
+                "{node}: what ran again"
+            );
+            assert_eq!(added.status_of(FIRST, "kubeadm init").as_deref(), Some("skipped"));
+        } else {
+            assert_eq!(ran, Vec::<String>::new(), "{node}: tasks ran again");
+        }
+    }
+    // The new worker ran its whole install: every stage it has, its join last of the node stages.
+    assert_eq!(
+        added.node_status(LATER).map(|e| e["status"].clone()),
+        Some("ok".into()),
+        "{}",
+        added.explain()
+    );
+}
