@@ -359,16 +359,20 @@ fn serve_charts(dir: PathBuf) -> u16 {
             while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
                 buf.push(byte[0]);
             }
-            let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let raw = String::from_utf8_lossy(&buf).to_string();
+            // The path keeps its case (apt asks for `Packages`); the header names do not.
+            let path = raw.split_whitespace().nth(1).unwrap_or("").to_string();
+            let head = raw.to_ascii_lowercase();
             let start: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("range: bytes="))
                 .and_then(|r| r.trim().strip_suffix('-'))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
+            // A flat apt repository is asked for `./Packages` and the like.
             let file = path
                 .strip_prefix("/charts/")
+                .map(|f| f.trim_start_matches("./"))
                 .filter(|f| !f.contains('/') && !f.is_empty());
             match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
                 Some(body) => {
@@ -525,4 +529,192 @@ tasks:
         text(&r)
     );
     assert!(!out.join("charts/tiny-0.1.0.tgz").exists());
+}
+
+/// A .deb (dpkg-deb) holding one executable `usr/bin/NAME` with `script` as its text.
+fn deb_with_program(dir: &Path, name: &str, version: &str, script: &str) {
+    let root = dir.join(format!("build-{name}-{version}"));
+    std::fs::create_dir_all(root.join("DEBIAN")).expect("DEBIAN");
+    std::fs::create_dir_all(root.join("usr/bin")).expect("usr/bin");
+    let program = root.join(format!("usr/bin/{name}"));
+    std::fs::write(&program, script).expect("the program");
+    let st = Command::new("chmod")
+        .arg("0755")
+        .arg(&program)
+        .status()
+        .expect("chmod runs");
+    assert!(st.success());
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!("Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: kubeboot tests <tests@localhost>\nDescription: a stand-in\n"),
+    )
+    .expect("control");
+    let st = Command::new("dpkg-deb")
+        .args(["--build", "-Znone", "--root-owner-group"])
+        .arg(&root)
+        .arg(dir.join(format!("{name}_{version}_amd64.deb")))
+        .output()
+        .expect("dpkg-deb runs");
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    std::fs::remove_dir_all(&root).expect("clean up");
+}
+
+/// A stand-in for kubeadm's `config images list --config FILE`: the list kubeadm v1.34.x prints, from
+/// the file's kubernetesVersion and imageRepository, without kube-proxy when `proxy: disabled: true`
+/// (kubeadm app/images/images.go GetControlPlaneImages), coredns below `coredns/` only for the default
+/// repository (GetDNSImage). The etcd tag differs per package version, as it does between kubeadm patches.
+fn kubeadm_standin(etcd: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+set -eu
+[ "$1 $2 $3 $4" = "config images list --config" ] || {{ echo "stand-in: unexpected arguments $*" >&2; exit 1; }}
+kv="$(sed -n 's/^kubernetesVersion: "\(.*\)"$/\1/p' "$5")"
+repo="$(sed -n 's/^imageRepository: "\(.*\)"$/\1/p' "$5")"
+[ -n "$kv" ] && [ -n "$repo" ] || {{ echo "stand-in: no kubernetesVersion/imageRepository in $5" >&2; exit 1; }}
+for c in kube-apiserver kube-controller-manager kube-scheduler; do echo "$repo/$c:$kv"; done
+grep -A1 '^proxy:' "$5" | grep -q 'disabled: true' || echo "$repo/kube-proxy:$kv"
+if [ "$repo" = registry.k8s.io ]; then echo "$repo/coredns/coredns:v1.12.1"; else echo "$repo/coredns:v1.12.1"; fi
+echo "$repo/pause:3.10.1"
+echo "$repo/etcd:{etcd}"
+"#
+    )
+}
+
+#[test]
+fn kubeadms_own_images_are_the_ones_the_bundled_kubeadm_names_for_the_shipped_configuration() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = start_registry(dir.path());
+    // An apt repository with two kubeadm releases whose etcd differs; the inventory pins 1.34.1.
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("the repository folder");
+    deb_with_program(&repo, "kubeadm", "1.34.1-1.1", &kubeadm_standin("3.6.4-0"));
+    deb_with_program(&repo, "kubeadm", "1.34.2-1.1", &kubeadm_standin("3.6.5-0"));
+    for name in ["kubelet", "kubectl"] {
+        for version in ["1.34.1-1.1", "1.34.2-1.1"] {
+            deb_with_program(&repo, name, version, "#!/bin/sh\n");
+        }
+    }
+    for (args, file) in [(&["packages", "."][..], "Packages"), (&["release", "."][..], "Release")] {
+        let out = Command::new("apt-ftparchive")
+            .args(args)
+            .current_dir(&repo)
+            .output()
+            .expect("apt-ftparchive runs (apt-utils)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::write(repo.join(file), out.stdout).expect("the index");
+    }
+    let apt_port = serve_charts(repo);
+    // The site's registry, under the path the inventory's image_repository names.
+    let wanted = [
+        ("k8s/kube-apiserver", "v1.34.1"),
+        ("k8s/kube-controller-manager", "v1.34.1"),
+        ("k8s/kube-scheduler", "v1.34.1"),
+        ("k8s/coredns", "v1.12.1"),
+        ("k8s/pause", "3.10.1"),
+        ("k8s/etcd", "3.6.4-0"),
+    ];
+    for (i, (name, tag)) in wanted.iter().enumerate() {
+        push_image(registry.port, name, tag, 10 + i as u32, 2000);
+    }
+
+    // The shipped stage 40-kubeadm-init (its configuration: imageRepository, proxy.disabled), and the
+    // kubernetes stage's install as stage 30 renders it.
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/40-kubeadm-init.yaml"),
+        books.join("40-kubeadm-init.yaml"),
+    )
+    .expect("the shipped stage");
+    // Its kube-vip files are copied only in a cluster of several nodes: an empty folder serves here.
+    std::fs::create_dir_all(dir.path().join("assets/kube-vip")).expect("an assets folder");
+    std::fs::write(
+        books.join("30-kubernetes.yaml"),
+        r#"name: kubernetes
+hosts: all
+tasks:
+  - name: kubelet kubeadm kubectl (apt)
+    run: |
+      ver="$(apt-cache madison kubeadm | awk -v want='{{ kubernetes_package_version ~ "-" if kubernetes_package_version else kubernetes_version ~ "." }}' 'index($3, want) == 1 { print $3; exit }')"
+      apt-get install -y "kubelet=$ver" "kubeadm=$ver" "kubectl=$ver"
+"#,
+    )
+    .expect("a stage");
+    let apt = format!("http://127.0.0.1:{apt_port}/charts/");
+    let mut text_inv = format!(
+        "[vars]\nkubernetes_version = \"1.34\"\nkubernetes_package_version = \"1.34.1\"\nsandbox_image = \"harbor.test:5000/k8s/pause:3.10.1\"\npod_cidr = \"10.244.0.0/16\"\nservice_cidr = \"10.96.0.0/12\"\n\n\
+         [[clusters]]\nname = \"c1\"\nrole = \"central\"\nlb_ip = \"192.168.101.210\"\ndomain = \"c1.test\"\n\n\
+         [[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\ncluster = \"c1\"\n\n\
+         [sources]\nimage_repository = \"harbor.test:5000/k8s\"\n\n\
+         [sources.registries.\"harbor.test:5000\"]\nmirror = \"http://127.0.0.1:{}\"\n",
+        registry.port
+    );
+    for name in ["distro", "kubernetes", "containerd"] {
+        text_inv.push_str(&format!(
+            "\n[sources.apt.{name}]\nurl = \"{apt}\"\nsuite = \"/\"\ncomponents = \"\"\nkey = \"\"\n"
+        ));
+    }
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(&inv, text_inv).expect("the inventory");
+    let out = dir.path().join("bundle");
+    let (inv, books, out_s) = (
+        inv.display().to_string(),
+        books.display().to_string(),
+        out.display().to_string(),
+    );
+
+    let list = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--os", "debian-12", "--list"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list));
+    assert!(
+        text(&list).contains("kubeadm's images for n1 (cluster c1)")
+            && text(&list).contains("image\tharbor.test:5000/k8s/pause:3.10.1\tc1"),
+        "{}",
+        text(&list)
+    );
+    let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--os", "debian-12", "--out", &out_s]);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let index = std::fs::read_to_string(out.join("images/index.txt")).expect("the image list");
+    let names: Vec<&str> = index.lines().filter_map(|l| l.split('\t').next()).collect();
+    // kubeadm 1.34.1's (etcd 3.6.4-0, not 1.34.2's 3.6.5-0), from image_repository, no kube-proxy
+    // (the shipped configuration disables it), the sandbox image once.
+    assert_eq!(
+        names,
+        [
+            "harbor.test:5000/k8s/coredns:v1.12.1",
+            "harbor.test:5000/k8s/etcd:3.6.4-0",
+            "harbor.test:5000/k8s/kube-apiserver:v1.34.1",
+            "harbor.test:5000/k8s/kube-controller-manager:v1.34.1",
+            "harbor.test:5000/k8s/kube-scheduler:v1.34.1",
+            "harbor.test:5000/k8s/pause:3.10.1",
+        ],
+        "{}",
+        text(&r)
+    );
+    for name in &names {
+        let archive = out
+            .join("images")
+            .join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        assert!(archive.is_file(), "{} missing", archive.display());
+    }
+    let config = std::fs::read_to_string(out.join(".kubeadm/n1-v1.34.1.yaml")).expect("the configuration kubeadm read");
+    assert!(
+        config.contains("kubernetesVersion: \"v1.34.1\"")
+            && config.contains("imageRepository: \"harbor.test:5000/k8s\""),
+        "{config}"
+    );
+
+    // A sandbox image that is not kubeadm's pause is named (exit 1), with what to set.
+    let inv_text = std::fs::read_to_string(&inv).expect("the inventory");
+    std::fs::write(
+        &inv,
+        inv_text.replace("harbor.test:5000/k8s/pause:3.10.1", "harbor.test:5000/k8s/pause:3.10"),
+    )
+    .expect("write");
+    let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--os", "debian-12", "--out", &out_s]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("cluster c1: sandbox_image is harbor.test:5000/k8s/pause:3.10 but its kubeadm uses harbor.test:5000/k8s/pause:3.10.1"),
+        "{}",
+        text(&r)
+    );
 }

@@ -92,7 +92,12 @@ fn serve(dir: PathBuf) -> (u16, Seen) {
 
 /// A real .deb built with dpkg-deb: one file of `size` pseudo-random bytes.
 fn deb(dir: &Path, name: &str, depends: Option<&str>, size: usize) -> PathBuf {
-    let root = dir.join(format!("build-{name}"));
+    deb_at(dir, name, "1.0", depends, size)
+}
+
+/// The same at `version`.
+fn deb_at(dir: &Path, name: &str, version: &str, depends: Option<&str>, size: usize) -> PathBuf {
+    let root = dir.join(format!("build-{name}-{version}"));
     std::fs::create_dir_all(root.join("DEBIAN")).expect("DEBIAN");
     std::fs::create_dir_all(root.join(format!("usr/share/{name}"))).expect("a folder");
     let payload: Vec<u8> = (0..size as u32)
@@ -100,13 +105,13 @@ fn deb(dir: &Path, name: &str, depends: Option<&str>, size: usize) -> PathBuf {
         .collect();
     std::fs::write(root.join(format!("usr/share/{name}/data")), payload).expect("the payload");
     let mut control = format!(
-        "Package: {name}\nVersion: 1.0\nArchitecture: amd64\nMaintainer: kubeboot tests <tests@localhost>\nDescription: a test package\n"
+        "Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: kubeboot tests <tests@localhost>\nDescription: a test package\n"
     );
     if let Some(d) = depends {
         control.push_str(&format!("Depends: {d}\n"));
     }
     std::fs::write(root.join("DEBIAN/control"), control).expect("control");
-    let out = dir.join(format!("{name}_1.0_amd64.deb"));
+    let out = dir.join(format!("{name}_{version}_amd64.deb"));
     let st = Command::new("dpkg-deb")
         .args(["--build", "-Znone", "--root-owner-group"])
         .arg(&root)
@@ -248,4 +253,109 @@ fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_reposi
     // And the bundle checks out.
     let r = kubeboot(&["bundle", "--check", &out.display().to_string()]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+}
+
+/// The kubernetes stage's install, as stage 30-kubernetes renders it: the version is picked on the node
+/// from `apt-cache madison kubeadm`, the first that starts with the pinned patch (or the minor).
+const KUBERNETES_STAGE: &str = r#"name: kubernetes
+hosts: all
+tasks:
+  - name: kubelet kubeadm kubectl (apt)
+    run: |
+      set -eu
+      ver="$(apt-cache madison kubeadm | awk -v want='{{ kubernetes_package_version ~ "-" if kubernetes_package_version else kubernetes_version ~ "." }}' 'index($3, want) == 1 { print $3; exit }')"
+      apt-get -o DPkg::Lock::Timeout=300 install -y --allow-change-held-packages --allow-downgrades \
+        "kubelet=$ver" "kubeadm=$ver" "kubectl=$ver"
+"#;
+
+#[test]
+fn the_pinned_kubernetes_package_version_is_collected_not_the_newest_of_the_minor() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).expect("the repository folder");
+    // A dependency without a version of its own: apt takes its newest, on the node as here.
+    deb_at(&repo, "cri-tools", "1.34.0-1.1", None, 500);
+    for version in ["1.34.1-1.1", "1.34.2-1.1", "1.35.0-1.1"] {
+        for name in ["kubelet", "kubeadm", "kubectl"] {
+            deb_at(&repo, name, version, Some("cri-tools"), 2000);
+        }
+    }
+    ftparchive(&repo, &["packages", "."], "Packages");
+    ftparchive(&repo, &["release", "."], "Release");
+    let (port, _seen) = serve(repo);
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(books.join("30-kubernetes.yaml"), KUBERNETES_STAGE).expect("a stage");
+    let url = format!("http://127.0.0.1:{port}/debian/");
+    let sources: String = ["distro", "kubernetes", "containerd"]
+        .iter()
+        .map(|name| format!("\n[sources.apt.{name}]\nurl = \"{url}\"\nsuite = \"/\"\ncomponents = \"\"\nkey = \"\"\n"))
+        .collect();
+    let run = |pin: &str, out: &Path| {
+        let inv = dir.path().join(format!("inventory-{pin}.toml"));
+        std::fs::write(
+            &inv,
+            format!(
+                "[vars]\nkubernetes_version = \"1.34\"\nkubernetes_package_version = \"{pin}\"\n\n[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n{sources}"
+            ),
+        )
+        .expect("the inventory");
+        let (inv, books, out) = (
+            inv.display().to_string(),
+            books.display().to_string(),
+            out.display().to_string(),
+        );
+        let list = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--os", "debian-12", "--list"]);
+        let r = kubeboot(&["-i", &inv, "-p", &books, "bundle", "--os", "debian-12", "--out", &out]);
+        (text(&list), r)
+    };
+    let names = |out: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(out.join("apt/debian-12"))
+            .expect("the flat repository")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".deb"))
+            .collect();
+        names.sort();
+        names
+    };
+
+    // Pinned to 1.34.1: that patch, though 1.34.2 is newer in the same repository.
+    let pinned = dir.path().join("pinned");
+    let (list, r) = run("1.34.1", &pinned);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(
+        list.contains("kubeadm kubectl kubelet at the first kubeadm version that starts with 1.34.1-"),
+        "{list}"
+    );
+    assert_eq!(
+        names(&pinned),
+        [
+            "cri-tools_1.34.0-1.1_amd64.deb",
+            "kubeadm_1.34.1-1.1_amd64.deb",
+            "kubectl_1.34.1-1.1_amd64.deb",
+            "kubelet_1.34.1-1.1_amd64.deb",
+        ]
+    );
+
+    // Not pinned: the newest of the minor (never the next minor's), as the node picks it.
+    let newest = dir.path().join("newest");
+    let (_, r) = run("", &newest);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    let got = names(&newest);
+    assert!(got.contains(&"kubeadm_1.34.2-1.1_amd64.deb".to_string()), "{got:?}");
+    assert!(
+        !got.iter().any(|n| n.contains("1.34.1") || n.contains("1.35.")),
+        "{got:?}"
+    );
+
+    // A patch the repository does not have: named, exit 1.
+    let missing = dir.path().join("missing");
+    let (_, r) = run("1.34.9", &missing);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("no kubeadm version starting with 1.34.9-"),
+        "{}",
+        text(&r)
+    );
 }

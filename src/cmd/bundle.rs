@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
-use crate::bundle::{charts, images, packages};
+use crate::bundle::{charts, images, kubeadm, packages};
 use crate::cli::{BundleArgs, Cli};
 use crate::facts::Facts;
 use crate::inventory;
@@ -73,11 +73,13 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     let images = images::in_plans(&plans);
     let repos = packages::in_plans(&inv, &plans, &facts);
     let charts = charts::in_plans(&plans);
+    let configs = kubeadm::in_plans(&inv, &plans, &facts);
+    let sandbox = kubeadm::sandbox_images(&inv, &facts);
     let Some(out) = args.out.as_ref().filter(|_| !args.list) else {
         for w in &wanted {
             println!("release\t{}\t{}", w.name, w.url);
         }
-        for i in &images {
+        for i in &images::merge(images.clone(), sandbox.clone()) {
             let clusters: Vec<&str> = i.clusters.iter().map(String::as_str).collect();
             println!("image\t{}\t{}", i.reference, clusters.join(","));
         }
@@ -88,9 +90,25 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         for r in &repos {
             let names: Vec<&str> = r.packages.iter().map(String::as_str).collect();
             println!("packages\t{}\t{} (with their dependencies)", r.dir, names.join(" "));
+            for pin in &r.pins {
+                let names: Vec<&str> = pin.packages.iter().map(String::as_str).collect();
+                println!(
+                    "packages\t{}\t{} at the first {} version that starts with {} (with their dependencies)",
+                    r.dir,
+                    names.join(" "),
+                    pin.listed,
+                    pin.prefix
+                );
+            }
         }
         if !charts.is_empty() {
             println!("(and the images the charts' values.yaml files name, read once the charts are downloaded)");
+        }
+        for c in &configs {
+            println!(
+                "(and kubeadm's images for {} (cluster {}): `kubeadm config images list` of the kubeadm {}* package, once it is downloaded)",
+                c.node, c.cluster, c.package_prefix
+            );
         }
         return Ok(Exit::Ok);
     };
@@ -110,8 +128,26 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     errors.extend(failed);
     let images = images::merge(images, chart_images);
     let (items, failed) = packages::collect(&repos, out, &report);
-    manifest.items.extend(items);
     errors.extend(failed);
+    // kubeadm's own images: what the kubeadm just collected names for the plan's configurations.
+    let kubeadm_images = if facts.os_family == "debian" {
+        let (found, failed) = kubeadm::images(&configs, &items, out);
+        errors.extend(failed);
+        for m in kubeadm::sandbox_mismatches(&found, &sandbox) {
+            errors.push(collect::BundleError::Io(m));
+        }
+        found
+    } else {
+        if !configs.is_empty() {
+            eprintln!(
+                "note: kubeadm's control-plane images are not collected for --os {}: they are read from the bundle's kubeadm package, and only Debian/Ubuntu packages are collected",
+                args.os
+            );
+        }
+        Vec::new()
+    };
+    manifest.items.extend(items);
+    let images = images::merge(images, images::merge(kubeadm_images, sandbox));
     let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
     manifest.items.extend(items);
     errors.extend(failed);

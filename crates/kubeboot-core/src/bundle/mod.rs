@@ -4,6 +4,7 @@
 pub mod charts;
 pub mod collect;
 pub mod images;
+pub mod kubeadm;
 pub mod packages;
 pub mod serve;
 

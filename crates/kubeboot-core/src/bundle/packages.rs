@@ -22,8 +22,22 @@ pub struct WantedRepo {
     /// `apt/ubuntu-24.04` (as [`crate::inventory::sources::layout::APT`] names it).
     pub dir: String,
     pub packages: BTreeSet<String>,
+    /// Packages the commands install at one chosen version (`"kubelet=$ver"`), as the node chooses it.
+    pub pins: BTreeSet<Pin>,
     /// The repositories apt downloads from: (name, url, suite, components, key).
     pub sources: Vec<(String, String, String, String, String)>,
+}
+
+/// Packages a command installs at the version it picks from `apt-cache madison NAME` (the first one
+/// that starts with `prefix`, as the command's `awk -v want='PREFIX'` does): the bundle picks the same.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pin {
+    /// The package whose versions are listed (`kubeadm`).
+    pub listed: String,
+    /// What the version must start with: `1.34.2-` (a pinned patch) or `1.34.` (the newest of the minor).
+    pub prefix: String,
+    /// The packages installed at that version (`kubelet`, `kubeadm`, `kubectl`).
+    pub packages: BTreeSet<String>,
 }
 
 /// The packages the plans' commands install with apt, per distribution release (`facts` are the
@@ -33,11 +47,25 @@ pub fn in_plans(inv: &Inventory, plans: &[NodePlan], facts: &Facts) -> Vec<Wante
         return Vec::new();
     }
     let mut packages = BTreeSet::new();
+    let mut pins = BTreeSet::new();
     let mut sources = BTreeMap::new();
     for plan in plans {
         for task in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
             if let Action::Run(run) = &task.action {
-                packages.extend(apt_installs(&run.command));
+                let (plain, versioned) = apt_installs(&run.command);
+                packages.extend(plain);
+                match (versioned.is_empty(), madison_pick(&run.command)) {
+                    (true, _) => {}
+                    (false, Some((listed, prefix))) => {
+                        pins.insert(Pin {
+                            listed,
+                            prefix,
+                            packages: versioned.into_iter().collect(),
+                        });
+                    }
+                    // A version from somewhere the bundle cannot follow: the newest, as before.
+                    (false, None) => packages.extend(versioned),
+                }
             }
         }
         let Some(node) = inv.node(&plan.node) else { continue };
@@ -66,21 +94,23 @@ pub fn in_plans(inv: &Inventory, plans: &[NodePlan], facts: &Facts) -> Vec<Wante
             ));
         }
     }
-    if packages.is_empty() {
+    if packages.is_empty() && pins.is_empty() {
         return Vec::new();
     }
     vec![WantedRepo {
         dir: format!("apt/{}-{}", facts.os_id, facts.os_version),
         packages,
+        pins,
         sources: sources.into_values().collect(),
     }]
 }
 
-/// Package names of every `apt-get ... install ...` in a shell command (options, shell words and
-/// `$`-versions left out: `"kubelet=$ver"` is `kubelet`, the newest in its repository).
-fn apt_installs(command: &str) -> Vec<String> {
+/// Package names of every `apt-get ... install ...` in a shell command (options and shell words
+/// left out): the plain ones, and those installed at a version the command chose (`"kubelet=$ver"`).
+fn apt_installs(command: &str) -> (Vec<String>, Vec<String>) {
     let joined = command.replace("\\\n", " ");
     let mut out = Vec::new();
+    let mut versioned = Vec::new();
     for line in joined.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         let Some(apt) = words.iter().position(|w| *w == "apt-get" || *w == "apt") else {
@@ -97,18 +127,52 @@ fn apt_installs(command: &str) -> Vec<String> {
             if word.starts_with('-') || word.is_empty() {
                 continue;
             }
-            let name = match word.split_once('=') {
-                Some((name, version)) if version.contains('$') => name,
-                Some(_) => word,
-                None => word,
+            let (name, chosen) = match word.split_once('=') {
+                Some((name, version)) if version.contains('$') => (name, true),
+                Some(_) => (word, false),
+                None => (word, false),
             };
             if name.contains('$') || name.contains('{') {
                 continue;
             }
-            out.push(name.to_string());
+            if chosen {
+                versioned.push(name.to_string());
+            } else {
+                out.push(name.to_string());
+            }
         }
     }
-    out
+    (out, versioned)
+}
+
+/// `(NAME, PREFIX)` of a command that picks its version as the shipped kubernetes stage does:
+/// `apt-cache madison NAME | awk -v want='PREFIX' 'index($3, want) == 1 ...'`.
+fn madison_pick(command: &str) -> Option<(String, String)> {
+    let line = command.lines().find(|l| l.contains("apt-cache madison "))?;
+    let listed = line.split("apt-cache madison ").nth(1)?.split_whitespace().next()?;
+    let prefix = line.split("want='").nth(1)?.split('\'').next()?;
+    (!prefix.is_empty() && !prefix.contains('{')).then(|| (listed.to_string(), prefix.to_string()))
+}
+
+/// The first version `apt-cache madison` lists for `pin.listed` that starts with the pin's prefix.
+fn resolve(config: &Path, pin: &Pin) -> Result<String, String> {
+    let out = Command::new("apt-cache")
+        .args(["madison", &pin.listed])
+        .env("APT_CONFIG", config)
+        .output()
+        .map_err(|e| format!("cannot run apt-cache: {e}"))?;
+    // checked: apt-cache(8) madison prints `NAME | VERSION | SOURCE` a line, as the node's awk reads it ($3).
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(str::trim))
+        .find(|v| v.starts_with(&pin.prefix))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "no {} version starting with {} in the repositories (what kubernetes_package_version/kubernetes_version ask for)",
+                pin.listed, pin.prefix
+            )
+        })
 }
 
 /// Downloads every repository's packages with apt into `out/<dir>/` and indexes it; one item per
@@ -213,9 +277,22 @@ fn one(
             }
         }
     }
-    let mut args = vec!["-q", "-y", "--download-only", "install"];
-    args.extend(repo.packages.iter().map(String::as_str));
-    apt_get(&config, &args).map_err(&fail)?;
+    let mut installs: Vec<Vec<String>> = Vec::new();
+    let pinned: BTreeSet<&String> = repo.pins.iter().flat_map(|p| &p.packages).collect();
+    let plain: Vec<String> = repo.packages.iter().filter(|p| !pinned.contains(p)).cloned().collect();
+    if !plain.is_empty() {
+        installs.push(plain);
+    }
+    // Each pin on its own: two clusters may want two versions of the same package.
+    for pin in &repo.pins {
+        let version = resolve(&config, pin).map_err(&fail)?;
+        installs.push(pin.packages.iter().map(|p| format!("{p}={version}")).collect());
+    }
+    for install in &installs {
+        let mut args = vec!["-q", "-y", "--download-only", "install"];
+        args.extend(install.iter().map(String::as_str));
+        apt_get(&config, &args).map_err(&fail)?;
+    }
 
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let mut items = Vec::new();
@@ -346,9 +423,19 @@ mod tests {
         let cmd = "set -eu\napt-get -o DPkg::Lock::Timeout=300 install -y ca-certificates curl jq\n\
                    apt-get install -y --allow-downgrades \\\n  \"kubelet=$ver\" \"kubeadm=$ver\" >/dev/null\n\
                    apt-get update && apt-get install -y open-iscsi && echo done\napt-cache madison kubeadm\n";
-        assert_eq!(
-            apt_installs(cmd),
-            ["ca-certificates", "curl", "jq", "kubelet", "kubeadm", "open-iscsi"]
-        );
+        let (plain, versioned) = apt_installs(cmd);
+        assert_eq!(plain, ["ca-certificates", "curl", "jq", "open-iscsi"]);
+        assert_eq!(versioned, ["kubelet", "kubeadm"]);
+    }
+
+    #[test]
+    fn the_version_a_command_picks_is_read_from_its_madison_line() {
+        // As stage 30-kubernetes renders it with kubernetes_package_version = "1.34.2", and without.
+        let pinned =
+            "ver=\"$(apt-cache madison kubeadm | awk -v want='1.34.2-' 'index($3, want) == 1 { print $3; exit }')\"\n";
+        assert_eq!(madison_pick(pinned), Some(("kubeadm".into(), "1.34.2-".into())));
+        let minor = pinned.replace("1.34.2-", "1.34.");
+        assert_eq!(madison_pick(&minor), Some(("kubeadm".into(), "1.34.".into())));
+        assert_eq!(madison_pick("apt-get install -y \"kubelet=$ver\"\n"), None);
     }
 }

@@ -14,6 +14,10 @@ use super::load::{BUNDLE_PORT_HINT, Reader, Table, resolve_path};
 use super::model::SecretSource;
 use crate::diag::closest;
 
+/// Where kubeadm takes its own images from (kubeadm's default `imageRepository`).
+// checked: kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta4 defaults (DefaultImageRepository = "registry.k8s.io")
+pub const DEFAULT_IMAGE_REPOSITORY: &str = "registry.k8s.io";
+
 /// The port on each node's loopback a bundle is served on, unless `bundle_port` says otherwise.
 pub const DEFAULT_BUNDLE_PORT: u16 = 18470;
 
@@ -23,6 +27,7 @@ const KEYS: &[&str] = &[
     "proxy",
     "no_proxy",
     "containerd",
+    "image_repository",
     "apt",
     "dnf",
     "releases",
@@ -124,6 +129,9 @@ pub struct Sources {
     /// Hosts and networks reached without the proxy.
     pub no_proxy: Vec<String>,
     pub containerd: ContainerdFrom,
+    /// kubeadm's `imageRepository`: where the control plane's images (kube-apiserver, etcd,
+    /// coredns, pause...) come from; a registry host with an optional path (`harbor.example/k8s`).
+    pub image_repository: String,
     /// Debian/Ubuntu repositories by name (`kubernetes`, `containerd`, `distro`).
     pub apt: BTreeMap<String, Repo>,
     /// RHEL repositories by name.
@@ -149,6 +157,7 @@ impl Default for Sources {
             proxy: String::new(),
             no_proxy: Vec::new(),
             containerd: ContainerdFrom::Docker,
+            image_repository: DEFAULT_IMAGE_REPOSITORY.into(),
             apt: internet_apt(),
             dnf: internet_dnf(),
             releases: internet_releases(),
@@ -359,6 +368,17 @@ impl Reader<'_> {
                     ContainerdFrom::Docker
                 }
             };
+        }
+        if let Some((repo, span)) = self.string(t, "image_repository") {
+            if repo.is_empty() || repo.contains("://") || repo.ends_with('/') || repo.contains(char::is_whitespace) {
+                self.error(
+                    span,
+                    format!("image_repository `{repo}` is not a registry host with an optional path"),
+                    Some("write it as kubeadm's imageRepository, like \"registry.k8s.io\" or \"harbor.example:5000/k8s\" (no http://)".into()),
+                );
+            }
+            s.image_repository = repo;
+            s.written.insert("image_repository".into());
         }
         self.repos(t, "apt", APT_KEYS, &mut s.apt, &mut s.written);
         self.repos(t, "dnf", DNF_KEYS, &mut s.dnf, &mut s.written);

@@ -282,6 +282,10 @@ fn sources_object(inv: &Inventory, node: &Node, vars: &BTreeMap<String, Value>) 
     m.insert("proxy".into(), text("proxy", &src.proxy));
     m.insert("no_proxy".into(), Value::from(src.no_proxy.join(",")));
     m.insert("containerd".into(), Value::from(src.containerd.as_str()));
+    m.insert(
+        "image_repository".into(),
+        text("image_repository", &src.image_repository),
+    );
     m.insert("apt".into(), apt);
     m.insert("dnf".into(), dnf);
     m.insert("releases".into(), Value::from(releases));

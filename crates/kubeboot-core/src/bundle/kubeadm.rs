@@ -1,0 +1,270 @@
+//! kubeadm's own images for a bundle (kube-apiserver, kube-controller-manager, kube-scheduler,
+//! etcd, coredns, pause; kube-proxy only when the configuration keeps it). Their tags depend on the
+//! exact kubeadm release (etcd's follows kubeadm's `SupportedEtcdVersion`, which patch releases
+//! change), so kubeboot does not keep a table of its own: it asks the kubeadm the nodes will run —
+//! the binary from the kubeadm package the bundle collected — `kubeadm config images list` for the
+//! very configuration stage 40-kubeadm-init writes (its `imageRepository`, `proxy.disabled`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::collect::{BundleError, Item};
+use super::images::WantedImage;
+use crate::facts::Facts;
+use crate::inventory::Inventory;
+use crate::plan::{Action, Decision, NodePlan};
+use crate::playbook::template::Context;
+
+/// One kubeadm configuration the plan writes on a first control plane, `$kv` still open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedConfig {
+    pub node: String,
+    pub cluster: String,
+    /// The YAML of the heredoc, as the node's shell gets it (before `$kv` is expanded).
+    pub text: String,
+    /// The kubeadm package version the node installs: its version must start with this
+    /// (`1.34.2-` pinned, `1.34.` the newest of the minor), as stage 30-kubernetes picks it.
+    pub package_prefix: String,
+}
+
+/// The kubeadm configurations of the plans: a run task that writes a `ClusterConfiguration` with
+/// `cat > FILE <<EOF ... EOF` (stage 40-kubeadm-init's `kubeadm config`).
+pub fn in_plans(inv: &Inventory, plans: &[NodePlan], facts: &Facts) -> Vec<WantedConfig> {
+    let mut out = Vec::new();
+    for plan in plans {
+        for task in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
+            let Action::Run(run) = &task.action else { continue };
+            let Some(text) = heredoc_with(&run.command, "kind: ClusterConfiguration") else {
+                continue;
+            };
+            let Some(node) = inv.node(&plan.node) else { continue };
+            let ctx = Context::for_node(inv, node, facts);
+            let var = |name: &str| var(&ctx, name);
+            let (pinned, minor) = (var("kubernetes_package_version"), var("kubernetes_version"));
+            out.push(WantedConfig {
+                node: plan.node.clone(),
+                cluster: plan.cluster.clone().unwrap_or_else(|| plan.node.clone()),
+                text,
+                package_prefix: if pinned.is_empty() {
+                    format!("{minor}.")
+                } else {
+                    format!("{pinned}-")
+                },
+            });
+        }
+    }
+    out
+}
+
+/// A text variable of the node's context ("" when unset).
+fn var(ctx: &Context, name: &str) -> String {
+    ctx.get(name)
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The body of the first `<<EOF` here-document of `command` that contains `needle`.
+fn heredoc_with(command: &str, needle: &str) -> Option<String> {
+    let mut lines = command.lines();
+    while let Some(line) = lines.by_ref().next() {
+        if !line.trim_end().ends_with("<<EOF") {
+            continue;
+        }
+        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim_end() != "EOF").collect();
+        let body = body.join("\n") + "\n";
+        if body.contains(needle) {
+            return Some(body);
+        }
+    }
+    None
+}
+
+/// The images kubeadm names for each configuration, with the clusters needing them; each kubeadm
+/// binary is unpacked from the bundle's kubeadm package (`packages`, this run's items) into
+/// `out/.kubeadm/<version>/`. A configuration without a matching package is an error.
+pub fn images(configs: &[WantedConfig], packages: &[Item], out: &Path) -> (Vec<WantedImage>, Vec<BundleError>) {
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for config in configs {
+        match one(config, packages, out) {
+            Ok(list) => {
+                for image in list {
+                    found.entry(image).or_default().insert(config.cluster.clone());
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let images = found
+        .into_iter()
+        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .collect();
+    (images, errors)
+}
+
+fn one(config: &WantedConfig, packages: &[Item], out: &Path) -> Result<Vec<String>, BundleError> {
+    let fail = |reason: String| BundleError::Download {
+        name: format!("kubeadm's images for {}", config.node),
+        url: "kubeadm config images list".into(),
+        reason,
+    };
+    let package = packages
+        .iter()
+        .filter(|i| i.kind == "package" && i.name == "kubeadm" && i.version.starts_with(&config.package_prefix))
+        .max_by_key(|i| numbers(&i.version))
+        .ok_or_else(|| {
+            fail(format!(
+                "no kubeadm package {}* in the bundle to ask (the images are the ones that kubeadm names; \
+                 bundle --os debian-N/ubuntu-N collects it)",
+                config.package_prefix
+            ))
+        })?;
+    // The Debian version's upstream part is the Kubernetes release: 1.34.2-1.1 -> v1.34.2.
+    let upstream = package.version.split('-').next().unwrap_or(&package.version);
+    let kv = format!("v{upstream}");
+    let kubeadm = unpack(out, package).map_err(&fail)?;
+    let file = out.join(".kubeadm").join(format!("{}-{kv}.yaml", config.node));
+    std::fs::write(&file, config.text.replace("$kv", &kv))
+        .map_err(|e| fail(format!("cannot write {}: {e}", file.display())))?;
+    // checked: kubeadm cmd/kubeadm/app/cmd/config.go (`config images list --config`, one image a line)
+    // and app/images/images.go GetControlPlaneImages (kube-proxy left out when proxy.disabled).
+    let run = Command::new(&kubeadm)
+        .args(["config", "images", "list", "--config"])
+        .arg(&file)
+        .output()
+        .map_err(|e| fail(format!("cannot run {}: {e}", kubeadm.display())))?;
+    if !run.status.success() {
+        return Err(fail(format!(
+            "{} config images list failed ({}): {}",
+            kubeadm.display(),
+            run.status,
+            String::from_utf8_lossy(&run.stderr).trim()
+        )));
+    }
+    let list: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        return Err(fail(format!("{} named no image", kubeadm.display())));
+    }
+    Ok(list)
+}
+
+/// A Debian version as its numbers, for ordering (`1.34.10-1.1` after `1.34.9-1.1`).
+fn numbers(version: &str) -> Vec<u64> {
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// `usr/bin/kubeadm` of the package, unpacked once per version with `dpkg-deb -x`.
+fn unpack(out: &Path, package: &Item) -> Result<PathBuf, String> {
+    let dir = out.join(".kubeadm").join(&package.version);
+    let binary = dir.join("usr/bin/kubeadm");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let run = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(out.join(&package.path))
+        .arg(&dir)
+        .output()
+        .map_err(|e| format!("cannot run dpkg-deb: {e}"))?;
+    if !run.status.success() {
+        return Err(format!(
+            "dpkg-deb -x {} failed: {}",
+            package.path,
+            String::from_utf8_lossy(&run.stderr).trim()
+        ));
+    }
+    if !binary.is_file() {
+        return Err(format!("{} has no usr/bin/kubeadm", package.path));
+    }
+    Ok(binary)
+}
+
+/// The `sandbox_image` each node's containerd is configured with ([vars]), with the clusters of
+/// those nodes: containerd runs every pod's sandbox from it, so every node needs it.
+pub fn sandbox_images(inv: &Inventory, facts: &Facts) -> Vec<WantedImage> {
+    let mut found: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for node in &inv.nodes {
+        let image = var(&Context::for_node(inv, node, facts), "sandbox_image");
+        if image.is_empty() || image.contains("{{") {
+            continue;
+        }
+        let cluster = node.cluster.clone().unwrap_or_else(|| node.name.clone());
+        found.entry(image).or_default().insert(cluster);
+    }
+    found
+        .into_iter()
+        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .collect()
+}
+
+/// A cluster whose containerd sandbox image is not the pause image its kubeadm names: kubeadm
+/// warns in preflight and the bundle would carry two pause images. One message per cluster.
+pub fn sandbox_mismatches(kubeadm: &[WantedImage], sandbox: &[WantedImage]) -> Vec<String> {
+    let mut out = Vec::new();
+    for pause in kubeadm.iter().filter(|i| is_pause(&i.reference)) {
+        for cluster in &pause.clusters {
+            let Some(configured) = sandbox.iter().find(|s| s.clusters.contains(cluster)) else {
+                continue;
+            };
+            if configured.reference != pause.reference {
+                out.push(format!(
+                    "cluster {cluster}: sandbox_image is {} but its kubeadm uses {}: set sandbox_image = \"{}\" in the inventory's [vars]",
+                    configured.reference, pause.reference, pause.reference
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn is_pause(reference: &str) -> bool {
+    // The last path component without its tag or digest (a registry's port is before the last `/`).
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    last.split([':', '@']).next() == Some("pause")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_is_the_heredoc_holding_a_cluster_configuration() {
+        let cmd = "set -eu\ncat > /tmp/a <<EOF\nnot this\nEOF\ncat > \"$new\" <<EOF\nkind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: \"$kv\"\nEOF\nkubeadm config validate\n";
+        assert_eq!(
+            heredoc_with(cmd, "kind: ClusterConfiguration").as_deref(),
+            Some("kind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: \"$kv\"\n")
+        );
+        assert_eq!(heredoc_with("echo no heredoc\n", "kind: ClusterConfiguration"), None);
+    }
+
+    #[test]
+    fn a_sandbox_image_other_than_kubeadms_pause_is_named() {
+        let image = |r: &str, c: &str| WantedImage {
+            reference: r.into(),
+            clusters: BTreeSet::from([c.to_string()]),
+        };
+        let kubeadm = [
+            image("registry.k8s.io/pause:3.10.1", "c1"),
+            image("registry.k8s.io/etcd:3.6.5-0", "c1"),
+        ];
+        assert!(sandbox_mismatches(&kubeadm, &[image("registry.k8s.io/pause:3.10.1", "c1")]).is_empty());
+        assert!(is_pause("harbor.test:5000/k8s/pause:3.10.1") && !is_pause("harbor.test:5000/k8s/etcd:3.6.5-0"));
+        let wrong = sandbox_mismatches(&kubeadm, &[image("registry.k8s.io/pause:3.10", "c1")]);
+        assert_eq!(wrong.len(), 1);
+        assert!(
+            wrong[0].contains(
+                "sandbox_image is registry.k8s.io/pause:3.10 but its kubeadm uses registry.k8s.io/pause:3.10.1"
+            )
+        );
+    }
+}
