@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,7 +11,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
-use crate::fanout::{node_log_path, now};
+use crate::fanout::now;
+use crate::ui::summary::Summary;
 
 /// How headless progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,15 +23,6 @@ pub enum Style {
     Plain,
     /// One JSON event per line on stdout; the summary goes to stderr.
     Json,
-}
-
-/// One node's line in the final summary.
-#[derive(Debug, Clone, Default)]
-struct NodeRow {
-    status: Option<NodeStatus>,
-    counts: Counts,
-    duration_ms: u64,
-    error: Option<String>,
 }
 
 /// Prints events until the channel closes; returns the summary table (already printed).
@@ -48,12 +40,9 @@ pub async fn run(style: Style, mut events: mpsc::UnboundedReceiver<Event>, log_d
 
 struct Printer {
     style: Style,
-    log_dir: PathBuf,
-    rows: BTreeMap<String, NodeRow>,
-    order: Vec<String>,
+    summary: Summary,
     bars: Option<(MultiProgress, BTreeMap<String, ProgressBar>)>,
     out: std::io::BufWriter<std::io::Stdout>,
-    finished: Option<Event>,
 }
 
 #[derive(Serialize)]
@@ -73,12 +62,9 @@ impl Printer {
         });
         Printer {
             style,
-            log_dir,
-            rows: BTreeMap::new(),
-            order: Vec::new(),
+            summary: Summary::new(&log_dir),
             bars,
             out: std::io::BufWriter::new(std::io::stdout()),
-            finished: None,
         }
     }
 
@@ -102,20 +88,14 @@ impl Printer {
     }
 
     fn handle(&mut self, event: &Event) {
-        if let Some(node) = event.node()
-            && !self.rows.contains_key(node)
-        {
-            self.rows.insert(node.to_string(), NodeRow::default());
-            self.order.push(node.to_string());
-        }
         if self.style == Style::Json {
             if let Ok(text) = serde_json::to_string(&JsonLine { ts: now(), event }) {
                 let _ = writeln!(self.out, "{text}");
             }
-            self.track(event);
+            self.summary.apply(event);
             return;
         }
-        self.track(event);
+        self.summary.apply(event);
         match event {
             Event::RunStarted {
                 nodes, stages, dry_run, ..
@@ -293,47 +273,11 @@ impl Printer {
         }
     }
 
-    fn track(&mut self, event: &Event) {
-        match event {
-            Event::RunStarted { nodes, .. } => {
-                for n in nodes {
-                    if !self.rows.contains_key(&n.node) {
-                        self.rows.insert(n.node.clone(), NodeRow::default());
-                        self.order.push(n.node.clone());
-                    }
-                }
-            }
-            Event::NodeFinished {
-                node,
-                status,
-                error,
-                counts,
-                duration_ms,
-                ..
-            } => {
-                let row = self.rows.entry(node.clone()).or_default();
-                *row = NodeRow {
-                    status: Some(*status),
-                    counts: *counts,
-                    duration_ms: *duration_ms,
-                    error: error.clone(),
-                };
-            }
-            Event::RunFinished { .. } => self.finished = Some(event.clone()),
-            _ => {}
-        }
-    }
-
     fn finish(mut self) -> String {
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
         }
-        let rows: Vec<(String, NodeRow)> = self
-            .order
-            .iter()
-            .filter_map(|n| self.rows.get(n).map(|r| (n.clone(), r.clone())))
-            .collect();
-        let text = summary(&rows, self.finished.as_ref(), &self.log_dir);
+        let text = self.summary.text();
         if self.style == Style::Json {
             let _ = self.out.flush();
             eprint!("{text}");
@@ -351,68 +295,4 @@ fn secs(ms: u64) -> String {
 
 fn counts_text(c: &Counts) -> String {
     format!("{} changed, {} ok, {} skipped", c.changed, c.ok, c.skipped)
-}
-
-/// The end-of-run table: one line per node, then what failed and where its log is.
-fn summary(rows: &[(String, NodeRow)], finished: Option<&Event>, log_dir: &Path) -> String {
-    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(4).max(4);
-    let mut text = format!(
-        "{:width$}  {:9} {:>7} {:>7} {:>7} {:>6} {:>8}\n",
-        "NODE", "RESULT", "CHANGED", "OK", "SKIPPED", "FAILED", "TIME"
-    );
-    for (node, row) in rows {
-        let result = match row.status {
-            Some(NodeStatus::Ok) => "ok",
-            Some(NodeStatus::Failed) => "FAILED",
-            Some(NodeStatus::Cancelled) => "cancelled",
-            Some(NodeStatus::Blocked) => "BLOCKED",
-            None => "not run",
-        };
-        text.push_str(&format!(
-            "{node:width$}  {result:9} {:>7} {:>7} {:>7} {:>6} {:>8}\n",
-            row.counts.changed,
-            row.counts.ok,
-            row.counts.skipped,
-            row.counts.failed,
-            secs(row.duration_ms)
-        ));
-    }
-    for (node, row) in rows {
-        if let (Some(NodeStatus::Failed | NodeStatus::Blocked), Some(error)) = (row.status, &row.error) {
-            text.push_str(&format!(
-                "\n{node}: {error}\n  full output: {}\n",
-                node_log_path(log_dir, node).display()
-            ));
-        }
-    }
-    if let Some(Event::RunFinished {
-        nodes_ok,
-        nodes_failed,
-        nodes_cancelled,
-        nodes_blocked,
-        duration_ms,
-        interrupted,
-        ..
-    }) = finished
-    {
-        let blocked = if *nodes_blocked > 0 {
-            format!(", {nodes_blocked} blocked")
-        } else {
-            String::new()
-        };
-        text.push_str(&format!(
-            "\n{nodes_ok} ok, {nodes_failed} failed, {nodes_cancelled} cancelled{blocked} in {}{}\n",
-            secs(*duration_ms),
-            if *interrupted {
-                " — interrupted; progress is saved, run `kubeboot apply` again to continue"
-            } else {
-                ""
-            }
-        ));
-        if *nodes_failed + *nodes_blocked > 0 && !*interrupted {
-            text.push_str("Fix the cause and run `kubeboot apply` again: finished tasks are not repeated.\n");
-            text.push_str("After resetting a node by hand, add `--fresh` (with `--limit`/`--from`) so its finished tasks run again.\n");
-        }
-    }
-    text
 }

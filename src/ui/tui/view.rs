@@ -14,6 +14,7 @@ use super::state::{
     App, FAILURE_TAIL, Focus, HostKeyAnswer, HostKeyCheck, HostKeyDecision, HostKeyIssue, LineKind, NodeState,
     NodeView, Screen, StageCell, format_duration,
 };
+use crate::ui::summary::{self, NodeResult, Summary};
 
 /// Width of the text progress bars in the node list.
 const BAR_WIDTH: usize = 6;
@@ -1092,51 +1093,44 @@ fn failure_text(node: &NodeView) -> String {
     text
 }
 
-/// The printable summary table the caller shows after the terminal is restored.
-pub fn summary_text(app: &App) -> String {
-    let name_width = app
+/// The end-of-run summary of the TUI's run, in the model both frontends print.
+pub fn summary(app: &App) -> Summary {
+    let mut summary = Summary::new(&app.log_dir);
+    summary.run_id = app.run_id.clone();
+    summary.elapsed_ms = app.elapsed_ms();
+    summary.end = app.run_end.map(|e| summary::RunEnd {
+        duration_ms: e.duration_ms,
+        interrupted: e.interrupted,
+    });
+    summary.nodes = app
         .nodes
         .iter()
-        .map(|n| n.name.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(4);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<name_width$}  {:<9}  {:>4}  {:>7}  {:>7}  {:>6}  {:>6}  log",
-        "node", "result", "ok", "changed", "skipped", "failed", "time"
-    );
-    for node in &app.nodes {
-        let c = node.counts();
-        let time = node
-            .elapsed_ms(app.now_ms)
-            .map(format_duration)
-            .unwrap_or_else(|| "-".to_string());
-        let _ = writeln!(
-            out,
-            "{:<name_width$}  {:<9}  {:>4}  {:>7}  {:>7}  {:>6}  {:>6}  {}",
-            node.name,
-            result_word(node.state),
-            c.ok,
-            c.changed,
-            c.skipped,
-            c.failed,
-            time,
-            app.log_path(&node.name).display()
-        );
-    }
-    let tally = app.node_tally();
-    let _ = writeln!(
-        out,
-        "{}: {} ok, {} failed, {} cancelled",
-        run_title(app),
-        plural(tally.done, "node"),
-        tally.failed,
-        tally.cancelled
-    );
-    for node in app.nodes.iter().filter(|n| n.state == NodeState::Failed) {
-        let _ = writeln!(out, "failed: {}", failure_text(node));
-    }
-    out
+        .map(|node| summary::NodeRow {
+            node: node.name.clone(),
+            result: match node.state {
+                NodeState::Waiting => NodeResult::NotRun,
+                NodeState::Connecting | NodeState::Running | NodeState::WaitingOnOthers => NodeResult::Running,
+                NodeState::Done => NodeResult::Ok,
+                NodeState::Failed => NodeResult::Failed,
+                NodeState::Cancelled => NodeResult::Cancelled,
+                NodeState::Blocked => NodeResult::Blocked,
+            },
+            counts: node.counts(),
+            duration_ms: node.elapsed_ms(app.now_ms),
+            why: match node.state {
+                NodeState::Failed => failure_text(node)
+                    .strip_prefix(&format!("{}: ", node.name))
+                    .map(str::to_string),
+                NodeState::Blocked => node.blocked_by.as_ref().map(|by| format!("blocked by {by}")),
+                _ => None,
+            },
+            log: app.log_path(&node.name),
+        })
+        .collect();
+    summary
+}
+
+/// The printable summary table the caller shows after the terminal is restored.
+pub fn summary_text(app: &App) -> String {
+    summary(app).text()
 }
