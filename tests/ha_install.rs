@@ -161,6 +161,26 @@ fn apply_with(t: &TestLab, inventory: &Path, extra: &[&str]) -> Run {
     Run::of(out.status.code(), out.stdout, out.stderr)
 }
 
+/// Installs the lab's inventory without `later` (the cluster as it was before that node was added); `later` is
+/// never touched.
+fn install_without(t: &TestLab, later: &str) {
+    let mut smaller: toml::Table = std::fs::read_to_string(&t.lab.inventory)
+        .expect("the lab inventory")
+        .parse()
+        .expect("TOML");
+    if let Some(toml::Value::Array(nodes)) = smaller.get_mut("nodes") {
+        nodes.retain(|n| n.get("name").and_then(toml::Value::as_str) != Some(later));
+    }
+    let smaller_path = t.state.with_file_name(format!("without-{later}.toml"));
+    std::fs::write(&smaller_path, toml::to_string(&smaller).expect("TOML")).expect("written");
+    let first = apply_with(t, &smaller_path, &[]);
+    assert_eq!(first.code, Some(0), "{}", first.explain());
+    assert!(
+        calls(t, later).is_empty(),
+        "{later} was touched before it was in the inventory"
+    );
+}
+
 fn plan_text(t: &TestLab, inventory: &Path, extra: &[&str]) -> String {
     let mut args = vec!["plan"];
     args.extend(extra);
@@ -878,22 +898,7 @@ fn a_control_plane_added_later_joins_with_apply_limit_cluster_and_nothing_else_i
     const LATER: &str = "node-197";
     let t = start_lab(&repo().join("examples/ha/inventory.toml"), &HA);
     // The cluster is first installed without node-197 (two control planes and the worker).
-    let full: toml::Table = std::fs::read_to_string(&t.lab.inventory)
-        .expect("the lab inventory")
-        .parse()
-        .expect("TOML");
-    let mut smaller = full.clone();
-    if let Some(toml::Value::Array(nodes)) = smaller.get_mut("nodes") {
-        nodes.retain(|n| n.get("name").and_then(toml::Value::as_str) != Some(LATER));
-    }
-    let smaller_path = t.state.with_file_name("without-node-197.toml");
-    std::fs::write(&smaller_path, toml::to_string(&smaller).expect("TOML")).expect("written");
-    let first = apply_with(&t, &smaller_path, &[]);
-    assert_eq!(first.code, Some(0), "{}", first.explain());
-    assert!(
-        calls(&t, LATER).is_empty(),
-        "{LATER} was touched before it was in the inventory"
-    );
+    install_without(&t, LATER);
     let before: Vec<(&str, usize)> = HA
         .iter()
         .filter(|n| **n != LATER)
@@ -985,22 +990,7 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
     let t = start_lab(&model_path, &all);
 
     // A finished HA install without node-199 (the HA example as it is).
-    let full: toml::Table = std::fs::read_to_string(&t.lab.inventory)
-        .expect("the lab inventory")
-        .parse()
-        .expect("TOML");
-    let mut smaller = full.clone();
-    if let Some(toml::Value::Array(nodes)) = smaller.get_mut("nodes") {
-        nodes.retain(|n| n.get("name").and_then(toml::Value::as_str) != Some(LATER));
-    }
-    let smaller_path = t.state.with_file_name("without-node-199.toml");
-    std::fs::write(&smaller_path, toml::to_string(&smaller).expect("TOML")).expect("written");
-    let first = apply_with(&t, &smaller_path, &[]);
-    assert_eq!(first.code, Some(0), "{}", first.explain());
-    assert!(
-        calls(&t, LATER).is_empty(),
-        "{LATER} was touched before it was in the inventory"
-    );
+    install_without(&t, LATER);
     let tokens_before = strings(&standin_state(&t, FIRST)["tokens"]);
     let before: Vec<(&str, usize)> = HA.iter().map(|n| (*n, calls(&t, n).len())).collect();
 

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use kubeboot::lab::vm;
 use serde_json::Value;
 
+#[path = "common/shipped.rs"]
+mod shipped;
+
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_LIKE: &str = "node-198";
 const FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 78, 1);
@@ -300,24 +303,7 @@ fn keep_events(args: &[&str], stdout: &str) {
 fn secrets() -> Vec<(&'static str, String)> {
     use std::sync::OnceLock;
     static VALUES: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
-    VALUES
-        .get_or_init(|| {
-            use rand::Rng;
-            let mut rng = rand::rng();
-            let mut value = |prefix: &str| {
-                let tail: String = (0..20)
-                    .map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rng.random_range(0..33)]))
-                    .collect();
-                format!("{prefix}-{tail}")
-            };
-            vec![
-                ("KUBEBOOT_S3_ACCESS_KEY", value("s3access")),
-                ("KUBEBOOT_S3_SECRET_KEY", value("s3secret")),
-                ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", value("grafana")),
-                ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", value("opensearch")),
-            ]
-        })
-        .clone()
+    VALUES.get_or_init(shipped::secrets).clone()
 }
 
 fn text(out: &Output) -> String {
