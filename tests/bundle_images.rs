@@ -696,6 +696,11 @@ tasks:
             .join(format!("{}.tar", name.replace(['/', ':'], "_")));
         assert!(archive.is_file(), "{} missing", archive.display());
     }
+    // n1, the control plane, imports every one of them: its own list is the whole index.
+    assert_eq!(
+        std::fs::read_to_string(out.join("images/nodes/n1.txt")).expect("n1's list"),
+        index
+    );
     let config = std::fs::read_to_string(out.join(".kubeadm/n1-v1.34.1.yaml")).expect("the configuration kubeadm read");
     assert!(
         config.contains("kubernetesVersion: \"v1.34.1\"")
@@ -716,5 +721,156 @@ tasks:
         text(&r).contains("cluster c1: sandbox_image is harbor.test:5000/k8s/pause:3.10 but its kubeadm uses harbor.test:5000/k8s/pause:3.10.1"),
         "{}",
         text(&r)
+    );
+}
+
+/// The files of `dir` at `http://127.0.0.1:PORT/images/...` (one folder level below), every path asked logged.
+fn serve_logged(dir: PathBuf) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            log.lock().expect("lock").push(path.clone());
+            let file = path
+                .strip_prefix("/images/")
+                .filter(|f| !f.is_empty() && !f.split('/').any(|p| p.is_empty() || p == ".."));
+            match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
+                Some(body) => {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                }
+                None => {
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                }
+            }
+        }
+    });
+    (port, seen)
+}
+
+/// The text of a `KEY: |` block of the shipped task `task` in `stage` (its lines, dedented).
+fn shipped_block(stage: &str, task: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks").join(stage))
+        .expect("the shipped stage");
+    let start = text.find(&format!("  - name: {task}\n")).expect("the task");
+    let rest = &text[start..];
+    let block = rest.find(&format!("    {key}: |\n")).expect("the block") + key.len() + 8;
+    rest[block..]
+        .lines()
+        .take_while(|l| l.starts_with("      ") || l.is_empty())
+        .map(|l| l.get(6..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[test]
+fn a_node_fetches_only_its_own_list_once_and_a_resumed_run_sends_nothing_again() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(images.join("nodes")).expect("the bundle's image folder");
+    for name in ["a", "b", "c"] {
+        std::fs::write(images.join(format!("{name}.tar")), format!("archive {name}")).expect("an archive");
+    }
+    std::fs::write(images.join("index.txt"), "x/a:1\ta.tar\nx/b:1\tb.tar\nx/c:1\tc.tar\n").expect("index.txt");
+    std::fs::write(images.join("nodes/w1.txt"), "x/a:1\ta.tar\nx/b:1\tb.tar\n").expect("w1's list");
+    let (port, seen) = serve_logged(images.clone());
+    // A stand-in ctr: `images ls -q` prints what was imported, `images import F` records the image the
+    // archive holds (here: its text) and fails on `b` the first time, as a cut connection would.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("a bin folder");
+    let state = dir.path().join("imported");
+    std::fs::write(
+        bin.join("ctr"),
+        format!(
+            "#!/bin/sh\nstate='{}'\ntouch \"$state\"\ncase \"$3 $4\" in\n  'images ls') cat \"$state\" ;;\n  'images import')\n    name=\"x/$(sed 's/^archive //' \"$5\"):1\"\n    if [ \"$name\" = x/b:1 ] && [ ! -f \"$state.failed\" ]; then touch \"$state.failed\"; exit 1; fi\n    echo \"$name\" >> \"$state\" ;;\n  *) exit 2 ;;\nesac\n",
+            state.display()
+        ),
+    )
+    .expect("ctr");
+    let st = Command::new("chmod")
+        .arg("0755")
+        .arg(bin.join("ctr"))
+        .status()
+        .expect("chmod");
+    assert!(st.success());
+    let render = |block: &str, node: &str| {
+        block
+            .replace("{{ sources.images_url }}", &format!("http://127.0.0.1:{port}/images/"))
+            .replace("{{ node.name }}", node)
+    };
+    let run = shipped_block("20-containerd.yaml", "images from the bundle", "run");
+    let unless = shipped_block("20-containerd.yaml", "images from the bundle", "unless");
+    assert!(
+        !render(&run, "w1").contains("{{") && !render(&unless, "w1").contains("{{"),
+        "only these two templates:\n{run}\n{unless}"
+    );
+    let sh = |script: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .output()
+            .expect("sh runs")
+    };
+    let archives = |seen: &[String]| -> Vec<String> { seen.iter().filter(|p| p.ends_with(".tar")).cloned().collect() };
+
+    // Node w1: its own list only (a and b, never c); b's import is cut off.
+    let first = sh(&render(&run, "w1"));
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(
+        !first.status.success(),
+        "the cut import fails the task: {}",
+        said(&first)
+    );
+    assert_eq!(
+        archives(&seen.lock().expect("lock")),
+        ["/images/a.tar", "/images/b.tar"]
+    );
+    assert_ne!(sh(&render(&unless, "w1")).status.code(), Some(0), "not done yet");
+    // The retry (or a resumed run) sends only b; then the guard says done and nothing more travels.
+    seen.lock().expect("lock").clear();
+    let second = sh(&render(&run, "w1"));
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(archives(&seen.lock().expect("lock")), ["/images/b.tar"]);
+    assert_eq!(sh(&render(&unless, "w1")).status.code(), Some(0));
+    seen.lock().expect("lock").clear();
+    let third = sh(&render(&run, "w1"));
+    assert!(third.status.success());
+    assert!(
+        archives(&seen.lock().expect("lock")).is_empty(),
+        "nothing travels again"
+    );
+    assert_eq!(std::fs::read_to_string(&state).expect("imported"), "x/a:1\nx/b:1\n");
+
+    // A node the bundle has no list for (added later) takes every image of index.txt.
+    std::fs::write(&state, "").expect("a fresh node");
+    std::fs::write(format!("{}.failed", state.display()), "").expect("no cut this time");
+    seen.lock().expect("lock").clear();
+    let other = sh(&render(&run, "n9"));
+    assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
+    assert_eq!(
+        archives(&seen.lock().expect("lock")),
+        ["/images/a.tar", "/images/b.tar", "/images/c.tar"]
     );
 }

@@ -103,6 +103,7 @@ pub async fn collect(
                     Ok(found) => images.extend(found.into_iter().map(|reference| WantedImage {
                         reference,
                         clusters: chart.clusters.clone(),
+                        control_plane: false,
                     })),
                     Err(e) => errors.push(BundleError::Io(format!(
                         "{}: cannot read {}: {e}",

@@ -21,6 +21,8 @@ use crate::plan::{Action, Decision, NodePlan};
 /// The bundle's image folder, and the list the nodes read (`<reference><TAB><archive>` a line).
 pub const DIR: &str = "images";
 pub const INDEX: &str = "index.txt";
+/// One list per node below `images/`: `nodes/<node>.txt`.
+pub const NODES: &str = "nodes";
 /// Blobs of images not finished yet (removed once every archive is written).
 const BLOBS: &str = ".blobs";
 
@@ -29,6 +31,8 @@ const BLOBS: &str = ".blobs";
 pub struct WantedImage {
     pub reference: String,
     pub clusters: BTreeSet<String>,
+    /// Only the cluster's control planes need it (kubeadm's own images); else every node of its clusters.
+    pub control_plane: bool,
 }
 
 /// Every image named in the YAML files the plans copy to their nodes (`image: REF`, chart values
@@ -51,7 +55,11 @@ pub fn in_plans(plans: &[NodePlan]) -> Vec<WantedImage> {
         }
     }
     out.into_iter()
-        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .map(|(reference, clusters)| WantedImage {
+            reference,
+            clusters,
+            control_plane: false,
+        })
         .collect()
 }
 
@@ -137,15 +145,43 @@ impl Found {
     }
 }
 
-/// `a` and `b` as one list: each image once, with the clusters of both.
+/// `a` and `b` as one list: each image once, with the clusters of both (for control planes only
+/// when both say so).
 pub fn merge(a: Vec<WantedImage>, b: Vec<WantedImage>) -> Vec<WantedImage> {
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out: BTreeMap<String, (BTreeSet<String>, bool)> = BTreeMap::new();
     for image in a.into_iter().chain(b) {
-        out.entry(image.reference).or_default().extend(image.clusters);
+        let entry = out
+            .entry(image.reference)
+            .or_insert_with(|| (BTreeSet::new(), image.control_plane));
+        entry.0.extend(image.clusters);
+        entry.1 &= image.control_plane;
     }
     out.into_iter()
-        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .map(|(reference, (clusters, control_plane))| WantedImage {
+            reference,
+            clusters,
+            control_plane,
+        })
         .collect()
+}
+
+/// The list of images one node imports, `images/nodes/<node>.txt` (same lines as `index.txt`): the
+/// images of its cluster (a node in no cluster: its own), kubeadm's own only on a control plane. A node
+/// the bundle does not know (added to the inventory later) reads `index.txt`, every image.
+pub fn node_lists(inv: &Inventory, collected: &[(WantedImage, String)]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for node in &inv.nodes {
+        let cluster = node.cluster.clone().unwrap_or_else(|| node.name.clone());
+        let control_plane = node.role == crate::inventory::NodeRole::ControlPlane;
+        let mut list = String::new();
+        for (image, name) in collected {
+            if image.clusters.contains(&cluster) && (control_plane || !image.control_plane) {
+                list.push_str(&format!("{name}\t{}\n", archive_name(name)));
+            }
+        }
+        out.insert(node.name.clone(), list);
+    }
+    out
 }
 
 fn scalar(v: &Value) -> Option<String> {
@@ -290,13 +326,25 @@ pub async fn collect(
         ..ClientConfig::default()
     });
     let mut index = String::new();
+    let mut collected = Vec::new();
     for image in images {
         match one(&client, inv, &image.reference, &dir, previous, progress).await {
             Ok(item) => {
                 index.push_str(&format!("{}\t{}\n", item.name, archive_name(&item.name)));
+                collected.push((image.clone(), item.name.clone()));
                 items.push(item);
             }
             Err(e) => errors.push(e),
+        }
+    }
+    let nodes = dir.join(NODES);
+    let _ = std::fs::remove_dir_all(&nodes);
+    if let Err(e) = std::fs::create_dir_all(&nodes) {
+        errors.push(BundleError::Io(format!("cannot create {}: {e}", nodes.display())));
+    }
+    for (node, list) in node_lists(inv, &collected) {
+        if let Err(e) = std::fs::write(nodes.join(format!("{node}.txt")), list) {
+            errors.push(BundleError::Io(format!("cannot write {DIR}/{NODES}/{node}.txt: {e}")));
         }
     }
     if errors.is_empty() {
@@ -563,6 +611,62 @@ mod tests {
             images(&["#!/bin/sh\necho image: x: y: {"]).is_empty(),
             "not YAML: nothing"
         );
+    }
+
+    #[test]
+    fn each_node_lists_its_clusters_images_and_kubeadms_only_on_a_control_plane() {
+        let inv = crate::inventory::parse(
+            std::path::Path::new("inventory.toml"),
+            "[[clusters]]\nname = \"c1\"\nrole = \"central\"\nlb_ip = \"10.0.0.10\"\ndomain = \"c1.test\"\nvip = \"10.0.0.9\"\n\n\
+             [[clusters]]\nname = \"c2\"\nrole = \"edge\"\nlb_ip = \"10.0.0.20\"\ndomain = \"c2.test\"\n\n\
+             [[nodes]]\nname = \"cp1\"\naddress = \"10.0.0.1\"\ncluster = \"c1\"\nrole = \"control-plane\"\n\n\
+             [[nodes]]\nname = \"w1\"\naddress = \"10.0.0.2\"\ncluster = \"c1\"\nrole = \"worker\"\n\n\
+             [[nodes]]\nname = \"cp2\"\naddress = \"10.0.0.3\"\ncluster = \"c2\"\n",
+        )
+        .expect("a valid inventory");
+        let image = |r: &str, clusters: &[&str], control_plane: bool| {
+            (
+                WantedImage {
+                    reference: r.into(),
+                    clusters: clusters.iter().map(|c| c.to_string()).collect(),
+                    control_plane,
+                },
+                r.to_string(),
+            )
+        };
+        let lists = node_lists(
+            &inv,
+            &[
+                image("registry.k8s.io/etcd:3.6.5-0", &["c1", "c2"], true),
+                image("registry.k8s.io/pause:3.10.1", &["c1", "c2"], false),
+                image("quay.io/thanos/thanos:v0.39.2", &["c1"], false),
+            ],
+        );
+        let names = |node: &str| -> Vec<&str> { lists[node].lines().filter_map(|l| l.split('\t').next()).collect() };
+        assert_eq!(
+            names("cp1"),
+            [
+                "registry.k8s.io/etcd:3.6.5-0",
+                "registry.k8s.io/pause:3.10.1",
+                "quay.io/thanos/thanos:v0.39.2"
+            ]
+        );
+        assert_eq!(
+            names("w1"),
+            ["registry.k8s.io/pause:3.10.1", "quay.io/thanos/thanos:v0.39.2"]
+        );
+        assert_eq!(
+            names("cp2"),
+            ["registry.k8s.io/etcd:3.6.5-0", "registry.k8s.io/pause:3.10.1"]
+        );
+        assert!(lists["w1"].contains("\tregistry.k8s.io_pause_3.10.1.tar\n"));
+        // Merged, an image stays control-plane-only only when every source says so.
+        let merged = merge(
+            vec![image("a:1", &["c1"], true).0],
+            vec![image("a:1", &["c2"], false).0, image("b:1", &["c1"], true).0],
+        );
+        assert!(!merged[0].control_plane && merged[1].control_plane);
+        assert_eq!(merged[0].clusters.len(), 2);
     }
 
     #[test]

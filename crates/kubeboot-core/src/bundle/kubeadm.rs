@@ -98,7 +98,11 @@ pub fn images(configs: &[WantedConfig], packages: &[Item], out: &Path) -> (Vec<W
     }
     let images = found
         .into_iter()
-        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .map(|(reference, clusters)| WantedImage {
+            reference,
+            clusters,
+            control_plane: true,
+        })
         .collect();
     (images, errors)
 }
@@ -203,7 +207,11 @@ pub fn sandbox_images(inv: &Inventory, facts: &Facts) -> Vec<WantedImage> {
     }
     found
         .into_iter()
-        .map(|(reference, clusters)| WantedImage { reference, clusters })
+        .map(|(reference, clusters)| WantedImage {
+            reference,
+            clusters,
+            control_plane: false,
+        })
         .collect()
 }
 
@@ -252,6 +260,7 @@ mod tests {
         let image = |r: &str, c: &str| WantedImage {
             reference: r.into(),
             clusters: BTreeSet::from([c.to_string()]),
+            control_plane: false,
         };
         let kubeadm = [
             image("registry.k8s.io/pause:3.10.1", "c1"),
