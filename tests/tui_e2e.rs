@@ -148,8 +148,9 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
 
     // Start: the running screen with the node list, the stage matrix and the output pane.
     tmux.keys(&["y"]);
-    let screen = tmux.wait_for("node-2 to fail", |s| {
-        node_row(s, "node-2").is_some_and(|r| r.contains('✗'))
+    // node-1 may still be connecting when node-2 fails (under load): wait for both, node-2 failed and node-1 at work.
+    let screen = tmux.wait_for("node-2 to fail while node-1 works", |s| {
+        node_row(s, "node-2").is_some_and(|r| r.contains('✗')) && node_row(s, "node-1").is_some_and(|r| r.contains('▶'))
     });
     assert!(screen.contains(" stages "), "the stage matrix is shown:\n{screen}");
     assert!(

@@ -303,6 +303,46 @@ fn the_finished_summary_shows_counts_durations_and_log_files() {
 }
 
 #[test]
+fn the_summary_screen_and_the_printed_table_name_a_blocked_node_and_what_it_waits_for() {
+    let mut app = run_in_progress();
+    app.apply(
+        &Event::NodeFinished {
+            node: "edge-201".into(),
+            status: NodeStatus::Blocked,
+            error: None,
+            blocked_by: Some("node-196".into()),
+            counts: Counts::default(),
+            duration_ms: 3_000,
+        },
+        126_000,
+    );
+    app.apply(
+        &Event::RunFinished {
+            nodes_ok: 0,
+            nodes_failed: 1,
+            nodes_cancelled: 0,
+            nodes_blocked: 1,
+            counts: Counts::default(),
+            duration_ms: 126_000,
+            interrupted: false,
+        },
+        126_000,
+    );
+    let screen = render(&app, 100, 30);
+    let text = view::summary_text(&app);
+    assert!(screen.contains("· 1 blocked"), "{screen}");
+    assert!(screen.contains("edge-201: blocked by node-196"), "{screen}");
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("edge-201") && l.contains(" blocked ")),
+        "{screen}"
+    );
+    assert!(text.contains("blocked: edge-201: blocked by node-196\n"), "{text}");
+    assert!(text.contains(", 1 blocked\n"), "{text}");
+}
+
+#[test]
 fn a_resumed_run_shows_earlier_tasks_as_skipped_done() {
     let mut app = new_app(7);
     start(&mut app, 7);

@@ -1,6 +1,7 @@
 //! The end-of-run summary: one model of how each node ended and one table rendered from it. The headless printer
 //! folds the run's events into it ([`Summary::apply`]); the TUI fills it from its view model. Both print
-//! [`Summary::text`] when the run is over, and the TUI's summary screen draws the same columns ([`COLUMNS`]).
+//! [`Summary::text`] when the run is over, and the TUI's summary screen draws the same model: its rows, columns
+//! ([`COLUMNS`]), title, tally and reasons.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ pub struct NodeRow {
 /// How the run ended, when it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunEnd {
+    /// The whole run's task tallies.
+    pub counts: Counts,
     /// The whole run's duration.
     pub duration_ms: u64,
     /// It was interrupted (Ctrl-C, a cancel).
@@ -152,12 +155,14 @@ impl Summary {
                 row.why = error.clone();
             }
             Event::RunFinished {
+                counts,
                 duration_ms,
                 interrupted,
                 ..
             } => {
                 self.elapsed_ms = *duration_ms;
                 self.end = Some(RunEnd {
+                    counts: *counts,
                     duration_ms: *duration_ms,
                     interrupted: *interrupted,
                 })
@@ -169,6 +174,29 @@ impl Summary {
     /// How many nodes ended this way.
     pub fn count(&self, result: NodeResult) -> usize {
         self.nodes.iter().filter(|r| r.result == result).count()
+    }
+
+    /// The run's task tallies: the engine's when the run finished, else the nodes' added up.
+    pub fn totals(&self) -> Counts {
+        if let Some(end) = self.end {
+            return end.counts;
+        }
+        let mut all = Counts::default();
+        for c in self.nodes.iter().map(|r| &r.counts) {
+            all.ok += c.ok;
+            all.changed += c.changed;
+            all.skipped += c.skipped;
+            all.failed += c.failed;
+        }
+        all
+    }
+
+    /// The nodes that failed or were blocked, each with why.
+    pub fn reasons(&self) -> impl Iterator<Item = (&NodeRow, &str)> {
+        self.nodes.iter().filter_map(|row| match (row.result, &row.why) {
+            (NodeResult::Failed | NodeResult::Blocked, Some(why)) => Some((row, why.as_str())),
+            _ => None,
+        })
     }
 
     /// `run <id> finished in 2m50s` (or interrupted after, or stopped after).
@@ -233,10 +261,8 @@ impl Summary {
             out.push_str(" — progress is saved, run `kubeboot apply` again to continue");
         }
         out.push('\n');
-        for row in &self.nodes {
-            if let (NodeResult::Failed | NodeResult::Blocked, Some(why)) = (row.result, &row.why) {
-                let _ = writeln!(out, "{}: {}: {why}", row.result.word().to_lowercase(), row.node);
-            }
+        for (row, why) in self.reasons() {
+            let _ = writeln!(out, "{}: {}: {why}", row.result.word().to_lowercase(), row.node);
         }
         let stopped = self.count(NodeResult::Failed) + self.count(NodeResult::Blocked) > 0;
         if stopped && self.end.is_some_and(|e| !e.interrupted) {

@@ -9,6 +9,7 @@ pub use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::event::{Counts, Event, NodeOutline, NodeStatus, SkipReason, Stream, TaskOutline, TaskStatus};
 
 use super::keys::{Action, Effect};
+use crate::ui::summary::duration;
 
 /// Output lines kept per node; older lines are dropped so memory stays bounded whatever a command prints.
 pub const OUTPUT_LINES_PER_NODE: usize = 2_000;
@@ -857,7 +858,7 @@ impl App {
                 let node = self.node_mut(node);
                 let note = format!(
                     "↻ attempt {attempt} failed: {error}; retrying in {}",
-                    format_duration(*delay_ms)
+                    duration(*delay_ms)
                 );
                 node.output.push(LineKind::Note, &note);
                 node.retrying = Some(note);
@@ -1143,18 +1144,6 @@ impl App {
             // Reaching the end picks the live tail up again, like `tail -f`.
             self.follow = true;
         }
-    }
-}
-
-/// Formats milliseconds as `42s`, `3m05s` or `1h02m`.
-pub fn format_duration(ms: u64) -> String {
-    let secs = ms / 1000;
-    if secs < 60 {
-        format!("{secs}s")
-    } else if secs < 3600 {
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    } else {
-        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
     }
 }
 
@@ -1505,7 +1494,7 @@ mod tests {
         );
         app.tick(61_000);
         assert_eq!(app.nodes[0].elapsed_ms(app.now_ms), Some(60_000));
-        assert_eq!(format_duration(60_000), "1m00s");
-        assert_eq!(format_duration(3_723_000), "1h02m");
+        assert_eq!(duration(60_000), "1m00s");
+        assert_eq!(duration(3_723_000), "1h02m");
     }
 }

@@ -12,7 +12,7 @@ use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Table, Wrap};
 use super::keys::HELP;
 use super::state::{
     App, FAILURE_TAIL, Focus, HostKeyAnswer, HostKeyCheck, HostKeyDecision, HostKeyIssue, LineKind, NodeState,
-    NodeView, Screen, StageCell, format_duration,
+    NodeView, Screen, StageCell,
 };
 use crate::ui::summary::{self, NodeResult, Summary};
 
@@ -56,6 +56,10 @@ impl Theme {
             NodeState::WaitingOnOthers => self.fg(Color::Magenta),
             NodeState::Blocked => self.fg(Color::Red),
         }
+    }
+
+    fn result(self, result: NodeResult) -> Style {
+        self.node_state(result_state(result))
     }
 
     fn cell(self, cell: StageCell) -> Style {
@@ -273,7 +277,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Span::raw(format!(
             " · run {} · ⏱ {} · nodes: ",
             app.run_id,
-            format_duration(app.elapsed_ms())
+            summary::duration(app.elapsed_ms())
         )),
         Span::styled(format!("{} running", tally.running), theme.fg(Color::Cyan)),
         Span::raw(", "),
@@ -422,7 +426,7 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
                     total,
                     w = digits as usize
                 )),
-                Span::raw(node.elapsed_ms(app.now_ms).map(format_duration).unwrap_or_default()),
+                Span::raw(node.elapsed_ms(app.now_ms).map(summary::duration).unwrap_or_default()),
             ]);
             let row = Row::new(cells);
             if i == app.selected {
@@ -917,60 +921,42 @@ fn host_key_line_index(app: &App, index: usize) -> usize {
         .sum()
 }
 
-fn result_word(state: NodeState) -> &'static str {
-    match state {
-        NodeState::Waiting => "not run",
-        NodeState::Connecting | NodeState::Running => "running",
-        NodeState::Done => "ok",
-        NodeState::Failed => "failed",
-        NodeState::Cancelled => "cancelled",
-        NodeState::WaitingOnOthers => "waiting",
-        NodeState::Blocked => "blocked",
-    }
-}
-
-fn run_title(app: &App) -> String {
-    match app.run_end {
-        Some(end) if end.interrupted => format!(
-            "run {} interrupted after {}",
-            app.run_id,
-            format_duration(end.duration_ms)
-        ),
-        Some(end) => format!("run {} finished in {}", app.run_id, format_duration(end.duration_ms)),
-        None => format!("run {} stopped after {}", app.run_id, format_duration(app.elapsed_ms())),
-    }
-}
-
 fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let tally = app.node_tally();
-    let counts = app.run_end.map(|e| e.counts).unwrap_or_else(|| {
-        let mut all = crate::event::Counts::default();
-        for node in &app.nodes {
-            let c = node.counts();
-            all.ok += c.ok;
-            all.changed += c.changed;
-            all.skipped += c.skipped;
-            all.failed += c.failed;
-        }
-        all
-    });
-    let failed: Vec<&NodeView> = app.nodes.iter().filter(|n| n.state == NodeState::Failed).collect();
+    let summary = summary(app);
+    let counts = summary.totals();
+    let red = theme.node_state(NodeState::Failed);
+    let mut tally = vec![
+        Span::styled(
+            format!("{} ok", plural(summary.count(NodeResult::Ok), "node")),
+            theme.fg(Color::Green),
+        ),
+        Span::raw(" · "),
+        Span::styled(format!("{} failed", summary.count(NodeResult::Failed)), red),
+        Span::raw(format!(" · {} cancelled", summary.count(NodeResult::Cancelled))),
+    ];
+    let blocked = summary.count(NodeResult::Blocked);
+    if blocked > 0 {
+        tally.push(Span::raw(" · "));
+        tally.push(Span::styled(
+            format!("{blocked} blocked"),
+            theme.result(NodeResult::Blocked),
+        ));
+    }
     let intro = vec![
-        Line::from(vec![
-            Span::styled(format!("{} ok", plural(tally.done, "node")), theme.fg(Color::Green)),
-            Span::raw(" · "),
-            Span::styled(format!("{} failed", tally.failed), theme.node_state(NodeState::Failed)),
-            Span::raw(format!(" · {} cancelled", tally.cancelled)),
-        ]),
+        Line::from(tally),
         Line::raw(format!(
             "tasks: {} ok · {} changed · {} skipped · {} failed",
             counts.ok, counts.changed, counts.skipped, counts.failed
         )),
     ];
-    let failure_rows = if failed.is_empty() {
+    let reasons: Vec<String> = summary
+        .reasons()
+        .map(|(row, why)| format!("{}: {why}", row.node))
+        .collect();
+    let failure_rows = if reasons.is_empty() {
         0
     } else {
-        (failed.len() as u16 * 2 + 2).min(area.height / 3)
+        (reasons.len() as u16 * 2 + 2).min(area.height / 3)
     };
     let [intro_area, table_area, failures_area, footer_area] = Layout::vertical([
         Constraint::Length(4),
@@ -982,7 +968,7 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(
         Paragraph::new(intro).block(
             Block::bordered()
-                .title(format!(" kubeboot · {} ", run_title(app)))
+                .title(format!(" kubeboot · {} ", summary.title()))
                 .border_style(theme.border(true)),
         ),
         intro_area,
@@ -990,61 +976,62 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
     let rows_visible = table_area.height.saturating_sub(3) as usize;
     let offset = list_offset(app.selected, rows_visible);
-    let name_width = app
+    let name_width = summary
         .nodes
         .iter()
-        .map(|n| n.name.chars().count())
+        .map(|r| r.node.chars().count())
         .max()
         .unwrap_or(4)
         .clamp(4, 18) as u16;
-    // Short count headers on a small terminal leave room for the log path, which matters more.
+    // The printed table's columns (summary::COLUMNS) in lower case; short count headers on a small terminal leave
+    // room for the log path, which matters more.
     let wide = table_area.width >= 100;
-    let (ok_w, changed_w, skipped_w, failed_w) = if wide { (3, 7, 7, 6) } else { (3, 4, 4, 4) };
-    let fixed = 1 + name_width + 9 + ok_w + changed_w + skipped_w + failed_w + 6 + 8 + 2;
+    let [node, result, changed, ok, skipped, failed, time, log] = summary::COLUMNS.map(str::to_lowercase);
+    let (changed, ok, skipped, failed) = if wide {
+        (changed, format!(" {ok}"), skipped, failed)
+    } else {
+        (" chg".into(), " ok".into(), "skip".into(), "fail".into())
+    };
+    let [changed_w, ok_w, skipped_w, failed_w] = [&changed, &ok, &skipped, &failed].map(|h| h.chars().count());
+    let fixed = 1 + name_width + 9 + (changed_w + ok_w + skipped_w + failed_w) as u16 + 6 + 8 + 2;
     let log_width = table_area.width.saturating_sub(fixed) as usize;
-    let rows = app
+    let rows = summary
         .nodes
         .iter()
         .enumerate()
         .skip(offset)
         .take(rows_visible)
-        .map(|(i, node)| {
-            let c = node.counts();
-            let log = app.log_path(&node.name).display().to_string();
-            let row = Row::new(vec![
-                Span::styled(node_symbol(node.state), theme.node_state(node.state)),
-                Span::raw(node.name.clone()),
-                Span::styled(result_word(node.state), theme.node_state(node.state)),
-                Span::raw(format!("{:>w$}", c.ok, w = ok_w as usize)),
-                Span::raw(format!("{:>w$}", c.changed, w = changed_w as usize)),
-                Span::raw(format!("{:>w$}", c.skipped, w = skipped_w as usize)),
-                Span::raw(format!("{:>w$}", c.failed, w = failed_w as usize)),
-                Span::raw(node.elapsed_ms(app.now_ms).map(format_duration).unwrap_or_default()),
-                Span::styled(truncate_left(&log, log_width), theme.dim()),
-            ]);
+        .map(|(i, row)| {
+            let c = &row.counts;
+            let style = theme.result(row.result);
+            let cells = vec![
+                Span::styled(result_symbol(row.result), style),
+                Span::raw(row.node.clone()),
+                Span::styled(row.result.word().to_lowercase(), style),
+                Span::raw(format!("{:>changed_w$}", c.changed)),
+                Span::raw(format!("{:>ok_w$}", c.ok)),
+                Span::raw(format!("{:>skipped_w$}", c.skipped)),
+                Span::raw(format!("{:>failed_w$}", c.failed)),
+                Span::raw(row.duration_ms.map(summary::duration).unwrap_or_default()),
+                Span::styled(truncate_left(&row.log.display().to_string(), log_width), theme.dim()),
+            ];
             if i == app.selected {
-                row.style(Style::new().add_modifier(Modifier::REVERSED))
+                Row::new(cells).style(Style::new().add_modifier(Modifier::REVERSED))
             } else {
-                row
+                Row::new(cells)
             }
         });
-    let header = if wide {
-        vec![
-            "", "node", "result", " ok", "changed", "skipped", "failed", "time", "log",
-        ]
-    } else {
-        vec!["", "node", "result", " ok", " chg", "skip", "fail", "time", "log"]
-    };
+    let header = vec![String::new(), node, result, changed, ok, skipped, failed, time, log];
     let table = Table::new(
         rows,
         [
             Constraint::Length(1),
             Constraint::Length(name_width),
             Constraint::Length(9),
-            Constraint::Length(ok_w),
-            Constraint::Length(changed_w),
-            Constraint::Length(skipped_w),
-            Constraint::Length(failed_w),
+            Constraint::Length(changed_w as u16),
+            Constraint::Length(ok_w as u16),
+            Constraint::Length(skipped_w as u16),
+            Constraint::Length(failed_w as u16),
             Constraint::Length(6),
             Constraint::Fill(1),
         ],
@@ -1054,11 +1041,7 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(table, table_area);
 
     if failure_rows > 0 {
-        let red = theme.node_state(NodeState::Failed);
-        let lines: Vec<Line> = failed
-            .iter()
-            .map(|node| Line::styled(failure_text(node), red))
-            .collect();
+        let lines: Vec<Line> = reasons.into_iter().map(|text| Line::styled(text, red)).collect();
         frame.render_widget(
             Paragraph::new(lines)
                 .wrap(Wrap { trim: false })
@@ -1073,6 +1056,23 @@ fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     hints.push(("?", "help"));
     frame.render_widget(footer(&hints, theme), footer_area);
+}
+
+/// The symbol in front of a node's summary row (the node list's symbol of the state it ended in).
+fn result_symbol(result: NodeResult) -> &'static str {
+    node_symbol(result_state(result))
+}
+
+/// The node state a summary result stands for, to draw it in that state's symbol and colour.
+fn result_state(result: NodeResult) -> NodeState {
+    match result {
+        NodeResult::NotRun => NodeState::Waiting,
+        NodeResult::Running => NodeState::Running,
+        NodeResult::Ok => NodeState::Done,
+        NodeResult::Failed => NodeState::Failed,
+        NodeResult::Cancelled => NodeState::Cancelled,
+        NodeResult::Blocked => NodeState::Blocked,
+    }
 }
 
 /// One line naming where and why a failed node failed.
@@ -1099,6 +1099,7 @@ pub fn summary(app: &App) -> Summary {
     summary.run_id = app.run_id.clone();
     summary.elapsed_ms = app.elapsed_ms();
     summary.end = app.run_end.map(|e| summary::RunEnd {
+        counts: e.counts,
         duration_ms: e.duration_ms,
         interrupted: e.interrupted,
     });
