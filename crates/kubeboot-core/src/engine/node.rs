@@ -139,8 +139,13 @@ async fn run_session(
     let mut node_plan = node_plan;
     for t in &mut node_plan.tasks {
         let key = (name.to_string(), t.stage.clone(), t.task.clone());
-        if let (Some(why), Decision::Skip(SkipReason::Done)) = (spec.again.get(&key), t.decision) {
+        let Some(why) = spec.again.get(&key) else { continue };
+        // As plan::depends::again decided: done before, or to run only if an earlier task changes (its `after`),
+        // it runs all the same, since the output it makes is never kept.
+        let conditional = matches!(t.why, Some(Why::IfChanged(_)));
+        if t.decision == Decision::Skip(SkipReason::Done) || conditional {
             t.decision = Decision::Run;
+            t.why = None;
             t.again_for = Some(why.clone());
         }
     }
