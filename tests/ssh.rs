@@ -1,43 +1,20 @@
 //! The SSH layer against real OpenSSH servers from the local lab (needs root, sshd, sudo).
 //! Each test's lab has a loopback range of its own (`lab::net`), so they run in parallel.
 
+mod common;
+
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::{TestLab, start_lab};
+use kubeboot::engine::{NodeSecrets, node_target};
 use kubeboot::event::Stream;
 use kubeboot::inventory::NewHostKeys;
-use kubeboot::lab::{self, LabGuard, LabOptions};
+use kubeboot::lab::{self, LabOptions};
 use kubeboot::secrets::Secret;
 use kubeboot::ssh::{Command, Exit, HostKeyState, Session, SshError, Target, probe_host_key};
 use tokio_util::sync::CancellationToken;
-
-/// A lab that goes away when the test ends (the guard stops sshd before the folder is removed).
-struct TestLab {
-    lab: LabGuard,
-    /// The lab's loopback range, held while it runs.
-    net: lab::net::Net,
-    _dir: tempfile::TempDir,
-}
-
-fn start_lab(nodes: usize) -> TestLab {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let net = lab::net::claim(nodes).unwrap_or_else(|e| panic!("{e}"));
-    let opts = LabOptions {
-        dir: dir.path().to_path_buf(),
-        nodes,
-        first_address: net.first_address,
-        first_port: net.first_port,
-        ..Default::default()
-    };
-    // Fails loudly (never skips) when sshd or sudo is missing or we are not root.
-    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
-    TestLab {
-        lab: LabGuard(lab),
-        net,
-        _dir: dir,
-    }
-}
 
 fn target(t: &TestLab) -> Target {
     t.lab.target("node-1").expect("node-1 exists")
@@ -737,4 +714,55 @@ async fn each_job_has_its_own_process_group_and_environment_and_cancel_kills_onl
     let (exit, lines) = other.await.unwrap();
     assert_eq!(exit.unwrap(), Exit::Code(0));
     assert_eq!(stdout(&lines), ["survived"]);
+}
+
+/// `persistent_shell` in the inventory (`[ssh]`, a node overriding it) reaches the SSH layer, and both
+/// modes run plain and become commands: with it on, a command runs as a job of the node's persistent
+/// shell (its PID is in a job file in the shell's `kubeboot-jobs.*` folder); off, in a channel of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_shell_modes_run_commands_and_the_inventory_chooses_the_mode() {
+    let t = start_lab(1);
+    let lab_inventory = std::fs::read_to_string(t.inventory()).unwrap();
+    let path = t.work().join("inventory.toml");
+    let secrets = || NodeSecrets {
+        password: None,
+        sudo_password: target(&t).sudo_password,
+    };
+    // [ssh] setting, the node's own (if any), the mode the node gets.
+    let cases = [
+        (Some(false), None, false),
+        (None, None, true),
+        (Some(false), Some(true), true),
+        (Some(true), Some(false), false),
+    ];
+    let probe =
+        "echo \"user $(id -u)\"; cat \"${TMPDIR:-/tmp}\"/kubeboot-jobs.*/*.pid 2>/dev/null | grep -cx \"$$\" || true";
+    for (ssh, node, persistent) in cases {
+        let mut text = lab_inventory.clone();
+        if let Some(on) = ssh {
+            text = text.replacen("[ssh]\n", &format!("[ssh]\npersistent_shell = {on}\n"), 1);
+        }
+        if let Some(on) = node {
+            text = text.replacen("[nodes.vars]\n", &format!("persistent_shell = {on}\n[nodes.vars]\n"), 1);
+        }
+        std::fs::write(&path, &text).unwrap();
+        let inv = kubeboot::inventory::load(&path).unwrap_or_else(|d| panic!("{d}"));
+        assert_eq!(inv.nodes[0].ssh.persistent_shell, persistent, "{ssh:?} {node:?}");
+        let target = node_target(&inv.nodes[0], secrets(), false);
+        assert_eq!(target.persistent_shell, persistent, "{ssh:?} {node:?}");
+        let s = Session::connect(target)
+            .await
+            .unwrap_or_else(|e| panic!("connect failed: {e}"));
+        for become_ in [false, true] {
+            let c = Command { become_, ..cmd(probe) };
+            let (exit, lines) = run(&s, &c).await;
+            assert_eq!(exit.unwrap(), Exit::Code(0), "{lines:?}");
+            let out = stdout(&lines);
+            assert_eq!(out.len(), 2, "{out:?}");
+            assert_eq!(out[0] == "user 0", become_, "{out:?}");
+            let as_job = if persistent { "1" } else { "0" };
+            assert_eq!(out[1], as_job, "persistent {persistent}, become {become_}: {out:?}");
+        }
+        s.close().await;
+    }
 }

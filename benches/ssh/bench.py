@@ -254,10 +254,16 @@ def prepare(lab, work, wl, variant, args):
         for i in range(tasks):
             lines += [f"  - name: t{i + 1}", f"    run: {json.dumps(command)}"]
         (pb / f"00-{wl.lower()}.yaml").write_text("\n".join(lines) + "\n")
+        inventory = lab.dir / "inventory.toml"
         if "no persistent" in variant:
-            env["KUBEBOOT_SSH_PERSISTENT_SHELL"] = "0"
+            # The inventory setting (older kubeboot read the environment switch KUBEBOOT_SSH_PERSISTENT_SHELL=0).
+            text = inventory.read_text()
+            if "\n[ssh]\n" not in "\n" + text:
+                sys.exit(f"{inventory} has no [ssh] table to put persistent_shell = false in")
+            inventory = work / "inventory.toml"
+            inventory.write_text(text.replace("[ssh]\n", "[ssh]\npersistent_shell = false\n", 1))
         state = work / "state"  # fresh per run: run() removes it first
-        argv = [binary, "-i", str(lab.dir / "inventory.toml"), "-p", str(pb), "--state-dir", str(state),
+        argv = [binary, "-i", str(inventory), "-p", str(pb), "--state-dir", str(state),
                 "apply", "--yes", "--output", "json", "--forks", str(n)]
         return argv, env, check_kubeboot(n, tasks), state
     if variant.startswith("floor"):

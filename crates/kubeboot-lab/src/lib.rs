@@ -495,6 +495,7 @@ impl Lab {
             new_host_keys: NewHostKeys::Refuse,
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(10),
+            persistent_shell: true,
         })
     }
 }

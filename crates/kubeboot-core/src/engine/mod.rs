@@ -91,6 +91,7 @@ pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_n
         },
         connect_timeout: s.connect_timeout,
         keepalive: s.keepalive,
+        persistent_shell: s.persistent_shell,
     }
 }
 

@@ -30,6 +30,7 @@ const SSH_KEYS: &[&str] = &[
     "accept_new_host_keys",
     "connect_timeout",
     "keepalive",
+    "persistent_shell",
 ];
 const CLUSTER_KEYS: &[&str] = &["name", "role", "lb_ip", "domain", "vip", "vars"];
 const NODE_KEYS: &[&str] = &[
@@ -108,6 +109,7 @@ struct SshPartial {
     accept_new_host_keys: Option<bool>,
     connect_timeout: Option<Duration>,
     keepalive: Option<Duration>,
+    persistent_shell: Option<bool>,
 }
 
 impl SshPartial {
@@ -144,6 +146,7 @@ impl SshPartial {
                 .or(defaults.connect_timeout)
                 .unwrap_or(Duration::from_secs(15)),
             keepalive: self.keepalive.or(defaults.keepalive).unwrap_or(Duration::from_secs(10)),
+            persistent_shell: self.persistent_shell.or(defaults.persistent_shell).unwrap_or(true),
         }
     }
 }
@@ -332,6 +335,7 @@ impl Reader<'_> {
             accept_new_host_keys: self.boolean(table, "accept_new_host_keys"),
             connect_timeout: self.duration(table, "connect_timeout"),
             keepalive: self.duration(table, "keepalive"),
+            persistent_shell: self.boolean(table, "persistent_shell"),
         }
     }
 
@@ -919,6 +923,23 @@ s3 = { env = "KB_S3" }
         assert_eq!(m.vars["y"], Json::from("z"));
         assert_eq!(inv.secrets["s3"], SecretSource::Env("KB_S3".into()));
         assert_eq!(inv.vars["kubernetes_version"], Json::from("1.34"));
+    }
+
+    #[test]
+    fn persistent_shell_defaults_on_and_a_node_overrides_ssh() {
+        let inv = parse_ok(GOOD);
+        assert!(inv.nodes.iter().all(|n| n.ssh.persistent_shell));
+        let text = GOOD
+            .replacen("[ssh]\n", "[ssh]\npersistent_shell = false\n", 1)
+            .replacen("port = 2222\n", "port = 2222\npersistent_shell = true\n", 1);
+        let inv = parse_ok(&text);
+        assert!(!inv.nodes[0].ssh.persistent_shell);
+        assert!(inv.nodes[1].ssh.persistent_shell);
+        let e = parse_err("[ssh]\npersistent_shell = \"no\"\n[[nodes]]\nname = \"a\"\naddress = \"10.0.0.1\"\n");
+        assert!(
+            e.contains("inventory.toml:2:20: error: `persistent_shell` must be true or false, not string"),
+            "{e}"
+        );
     }
 
     #[test]

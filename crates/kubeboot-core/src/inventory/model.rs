@@ -46,6 +46,9 @@ pub struct SshSettings {
     pub connect_timeout: Duration,
     /// SSH keepalive interval; a node silent for 3 intervals is lost. Default 10s.
     pub keepalive: Duration,
+    /// Run each node's commands through one persistent shell (one channel, one sudo per node)
+    /// instead of one channel per command. Default true.
+    pub persistent_shell: bool,
 }
 
 /// A cluster's part in the environment.

@@ -58,6 +58,11 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Keepalive interval; a node that sends nothing for 3 intervals (keepalives unanswered) is lost.
     pub keepalive: Duration,
+    /// Run commands through one persistent shell per user (see [`executor`]): one channel and one
+    /// sudo per node instead of one per command. Off: every command opens its own channel (and for
+    /// become, runs its own sudo). A node that cannot host the shell (no `setsid`, no `mktemp`)
+    /// falls back to that on its own.
+    pub persistent_shell: bool,
 }
 
 impl Target {
@@ -315,6 +320,7 @@ impl Session {
         };
         let fingerprint = seen.map(|(_, f)| f).unwrap_or_default();
         authenticate(&mut handle, &target).await?;
+        let persistent = AtomicBool::new(target.persistent_shell);
         Ok(Session {
             inner: Arc::new(Inner {
                 target,
@@ -323,8 +329,7 @@ impl Session {
                 keepalive_timed_out,
                 forwards,
                 channels: Arc::new(Semaphore::new(MAX_CHANNELS)),
-                // KUBEBOOT_SSH_PERSISTENT_SHELL=0 falls back to one channel per command.
-                persistent: AtomicBool::new(std::env::var("KUBEBOOT_SSH_PERSISTENT_SHELL").as_deref() != Ok("0")),
+                persistent,
                 executors: Default::default(),
                 files_shell: Default::default(),
                 become_mode: OnceCell::new(),
@@ -404,11 +409,6 @@ impl Session {
                 })
             }
         }
-    }
-
-    /// Chooses between the persistent shell (default, faster) and one channel per command.
-    pub fn set_persistent_shell(&self, on: bool) {
-        self.inner.persistent.store(on, Ordering::SeqCst);
     }
 
     /// Closes the connection. Each shell on the node is told to end first and given a moment to
