@@ -234,6 +234,15 @@ async fn probe_inner(target: &Target) -> Result<HostKeyState, SshError> {
 const SUDO_PROMPT: &str = "[kubeboot: sudo asks]";
 const SUDO_SHELL: &str = "sudo -k -S -p '[kubeboot: sudo asks]' -- sh -c 'echo kubeboot-sudo-ok; exec sh -s'";
 
+/// How to start a shell as root ([`Session::root_shell`]).
+struct RootShell {
+    command: &'static str,
+    /// The password line to send: first thing on stdin, or (with `sudo_prompt`) when sudo asks.
+    password: Vec<u8>,
+    /// sudo's prompt, when the password goes out only once sudo asks for it.
+    sudo_prompt: Option<&'static str>,
+}
+
 /// How `become` works on this node, found out once per session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Become {
@@ -368,24 +377,55 @@ impl Session {
         {
             return shell.run(cmd, output, cancel, |what| self.lost(what)).await;
         }
-        let mut stdin = String::new();
-        let command = if cmd.become_ {
-            match self.become_mode(cancel).await? {
-                Become::Root => "sh -s",
-                Become::NoPassword => "sudo -n -- sh -s",
-                Become::Password => {
-                    self.check_sudo_password(cancel).await?;
-                    // -k: sudo always asks, so the first line is always taken as the password (never run).
-                    stdin.push_str(self.sudo_password()?.expose());
-                    stdin.push('\n');
-                    "sudo -k -S -p '' -- sh -s"
-                }
+        let (command, mut stdin) = if cmd.become_ {
+            let mode = self.become_mode(cancel).await?;
+            if mode == Become::Password {
+                self.check_sudo_password(cancel).await?;
             }
+            let root = self.root_shell(Some(mode), false)?;
+            (root.command, root.password)
         } else {
-            "sh -s"
+            ("sh -s", Vec::new())
         };
-        stdin.push_str(&script::wrap(&cmd.script, &cmd.env));
-        self.run(command, stdin.into_bytes(), false, output, cancel).await
+        stdin.extend_from_slice(script::wrap(&cmd.script, &cmd.env).as_bytes());
+        self.run(command, stdin, false, output, cancel).await
+    }
+
+    /// How to start a root `sh -s`: the one place the sudo command is chosen, for the persistent
+    /// root shell that runs every become job (`persistent`) and for one command in a channel of
+    /// its own. `mode` None (not found out yet) is only for the persistent shell, whose own sudo
+    /// finds out (see [`executor::ShellOptions::sudo_prompt`]); there a missing password is no
+    /// error until sudo asks for one.
+    fn root_shell(&self, mode: Option<Become>, persistent: bool) -> Result<RootShell, SshError> {
+        let line = |password: &Secret| {
+            let mut line = password.expose().as_bytes().to_vec();
+            line.push(b'\n');
+            line
+        };
+        let plain = |command| RootShell {
+            command,
+            password: Vec::new(),
+            sudo_prompt: None,
+        };
+        Ok(match mode {
+            Some(Become::Root) => plain("sh -s"),
+            Some(Become::NoPassword) => plain("sudo -n -- sh -s"),
+            Some(Become::Password) | None if persistent => RootShell {
+                command: SUDO_SHELL,
+                password: match self.sudo_password() {
+                    Ok(password) => line(password),
+                    Err(none) if mode.is_some() => return Err(none),
+                    Err(_) => Vec::new(),
+                },
+                sudo_prompt: Some(SUDO_PROMPT),
+            },
+            // -k: sudo always asks, so the first line is always taken as the password (never run).
+            Some(Become::Password) | None => RootShell {
+                command: "sudo -k -S -p '' -- sh -s",
+                password: line(self.sudo_password()?),
+                sudo_prompt: None,
+            },
+        })
     }
 
     /// Asks the node's sshd to listen on `address:port` on the node (e.g. `127.0.0.1`) and to send
@@ -443,31 +483,22 @@ impl Session {
         {
             return Ok(Some(shell.clone()));
         }
-        let mut prefix = Vec::new();
-        let mut sudo_prompt = None;
         // The first time, no probe: the root shell's own sudo finds out whether it needs the password
         // (it prompts; see `ShellOptions::sudo_prompt`) and checks it. Only a sudo that fails without
         // asking (none on the node, say) sends this to the probe, and then the way it says.
         let probed = self.inner.become_mode.get().copied();
-        let command = if become_ {
-            match probed {
-                Some(Become::Root) => "sh -s",
-                Some(Become::NoPassword) => "sudo -n -- sh -s",
-                Some(Become::Password) | None => {
-                    match self.sudo_password() {
-                        Ok(password) => {
-                            prefix.extend_from_slice(password.expose().as_bytes());
-                            prefix.push(b'\n');
-                        }
-                        Err(none) if probed.is_some() => return Err(none),
-                        Err(_) => {}
-                    }
-                    sudo_prompt = Some(SUDO_PROMPT);
-                    SUDO_SHELL
-                }
-            }
+        let RootShell {
+            command,
+            password: prefix,
+            sudo_prompt,
+        } = if become_ {
+            self.root_shell(probed, true)?
         } else {
-            "sh -s"
+            RootShell {
+                command: "sh -s",
+                password: Vec::new(),
+                sudo_prompt: None,
+            }
         };
         let permit = tokio::select! {
             p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
