@@ -24,8 +24,9 @@ use russh::ChannelMsg;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::follow::{Followed, Step, follow};
 use super::script::{LineBuffer, quote};
-use super::{Command, DRAIN_AFTER_EXIT, Exit, SshError, Stream};
+use super::{Command, Exit, SshError, Stream};
 
 /// What the shell reported for one job.
 enum Frame {
@@ -292,7 +293,7 @@ impl Executor {
         lost: impl Fn(&str) -> SshError,
     ) -> Result<Exit, SshError> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let (tx, mut frames) = mpsc::unbounded_channel();
+        let (tx, frames) = mpsc::unbounded_channel();
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.insert(
                 id,
@@ -311,30 +312,23 @@ impl Executor {
             id,
             armed: true,
         };
-        let mut exit = None;
-        loop {
-            let drain = async {
-                match exit {
-                    Some(_) => tokio::time::sleep(DRAIN_AFTER_EXIT).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let frame = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(SshError::Cancelled),
-                f = frames.recv() => f,
-                _ = drain => break,
-            };
-            match frame {
-                Some(Frame::Line(stream, line)) => output(stream, line),
-                Some(Frame::Exit(code)) => exit = Some(Exit::Code(code)),
-                Some(Frame::Done) => break,
-                Some(Frame::Gone) | None => {
-                    guard.armed = false;
-                    return exit.ok_or_else(|| lost("while a command ran"));
-                }
+        let frames = futures::stream::unfold(frames, |mut f| async move { f.recv().await.map(|frame| (frame, f)) });
+        let followed = follow(frames, cancel, |frame| match frame {
+            Frame::Line(stream, line) => {
+                output(stream, line);
+                Step::More
             }
-        }
+            Frame::Exit(code) => Step::Exit(Exit::Code(code)),
+            Frame::Done => Step::Done,
+            Frame::Gone => Step::Closed,
+        })
+        .await;
+        let exit = match followed {
+            // The guard kills the job.
+            Followed::Cancelled => return Err(SshError::Cancelled),
+            Followed::Failed(e) => return Err(e),
+            Followed::Ended { exit, .. } => exit,
+        };
         guard.armed = false;
         self.forget(id);
         exit.ok_or_else(|| lost("while a command ran"))

@@ -5,6 +5,7 @@
 //! up in the node's process list.
 
 mod executor;
+mod follow;
 mod forward;
 mod host_key;
 mod script;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::event::Stream;
 use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
+use follow::{Followed, Step};
 pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
 use host_key::Verdict;
@@ -723,7 +725,7 @@ impl Session {
             c = self.inner.handle.channel_open_session() => c.map_err(|_| self.lost("while opening a channel"))?,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
         };
-        let (mut read, write) = channel.split();
+        let (read, write) = channel.split();
         let mut guard = CloseOnDrop(Some(write));
         let Some(write) = guard.0.as_ref() else {
             return Err(SshError::Protocol("channel already closed".into()));
@@ -742,45 +744,40 @@ impl Session {
 
         let mut out = LineBuffer::default();
         let mut err = LineBuffer::default();
-        let mut exit = None;
-        loop {
-            let drain = async {
-                match exit {
-                    Some(_) => tokio::time::sleep(DRAIN_AFTER_EXIT).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let msg = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    // Dropping the guard sends EOF and closes the channel: the watchdog kills the command.
-                    drop(guard);
-                    return Err(SshError::Cancelled);
-                }
-                msg = read.wait() => msg,
-                _ = drain => break,
-            };
-            match msg {
-                Some(ChannelMsg::Data { data }) => out.push(&data, &mut |l| output(Stream::Stdout, l)),
-                Some(ChannelMsg::ExtendedData { data, .. }) => err.push(&data, &mut |l| output(Stream::Stderr, l)),
-                Some(ChannelMsg::ExitStatus { exit_status }) => exit = Some(Exit::Code(exit_status as i32)),
-                Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                    exit = Some(Exit::Signal(signal_name_of(&signal_name)))
-                }
-                Some(ChannelMsg::Failure) => {
-                    return Err(SshError::Protocol(format!(
-                        "{} refused to run a command (exec request failed) — check its sshd allows sessions for {}",
-                        self.inner.target.node, self.inner.target.user
-                    )));
-                }
-                Some(ChannelMsg::Close) => {
-                    guard.0 = None;
-                    break;
-                }
-                Some(_) => {}
-                None => break,
+        let messages = futures::stream::unfold(read, |mut r| async move { r.wait().await.map(|m| (m, r)) });
+        let followed = follow::follow(messages, cancel, |msg| match msg {
+            ChannelMsg::Data { data } => {
+                out.push(&data, &mut |l| output(Stream::Stdout, l));
+                Step::More
             }
-        }
+            ChannelMsg::ExtendedData { data, .. } => {
+                err.push(&data, &mut |l| output(Stream::Stderr, l));
+                Step::More
+            }
+            ChannelMsg::ExitStatus { exit_status } => Step::Exit(Exit::Code(exit_status as i32)),
+            ChannelMsg::ExitSignal { signal_name, .. } => Step::Exit(Exit::Signal(signal_name_of(&signal_name))),
+            ChannelMsg::Failure => Step::Fail(SshError::Protocol(format!(
+                "{} refused to run a command (exec request failed) — check its sshd allows sessions for {}",
+                self.inner.target.node, self.inner.target.user
+            ))),
+            ChannelMsg::Close => Step::Closed,
+            _ => Step::More,
+        })
+        .await;
+        let exit = match followed {
+            Followed::Cancelled => {
+                // Dropping the guard sends EOF and closes the channel: the watchdog kills the command.
+                drop(guard);
+                return Err(SshError::Cancelled);
+            }
+            Followed::Failed(e) => return Err(e),
+            Followed::Ended { exit, closed } => {
+                if closed {
+                    guard.0 = None;
+                }
+                exit
+            }
+        };
         out.finish(&mut |l| output(Stream::Stdout, l));
         err.finish(&mut |l| output(Stream::Stderr, l));
         exit.ok_or_else(|| self.lost("while a command ran"))
