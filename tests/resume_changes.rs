@@ -3,7 +3,7 @@
 //! the guide's procedures done with a plain `apply` re-run exactly the tasks that depend on the change.
 //!
 //! One install, then in turn: the drift check (guards only), removing a cluster (Thanos Query's endpoints come
-//! from the inventory), raising `cilium_version`, rotating a secret, and a `--fresh` run killed half-way
+//! from the inventory), adding one (its node runs its whole install, Query learns the endpoint), raising `cilium_version`, rotating a secret, and a `--fresh` run killed half-way
 //! followed by a plain `apply`. Needs root, sshd, sudo, unshare and python3: a missing one fails, never skips.
 
 mod common;
@@ -27,6 +27,8 @@ struct Lab {
     lab: LabGuard,
     state: PathBuf,
     secrets: BTreeMap<&'static str, String>,
+    /// The lab inventory's entries of the cluster added later, held back from the first install.
+    later: Vec<(&'static str, toml::Value)>,
     /// The lab's loopback range, held while it runs.
     _net: kubeboot::lab::net::Net,
     _dir: tempfile::TempDir,
@@ -85,15 +87,43 @@ fn keys(pairs: &[(&str, &str)]) -> BTreeSet<Key> {
     pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
+/// The cluster and node the test adds later (§3.4): a fifth lab machine, held back from the first install.
+const LATER: [(&str, &str); 2] = [
+    (
+        "clusters",
+        "name = 'cluster-05'\nrole = 'edge'\nlb_ip = '192.168.101.215'\ndomain = 'k8s-cluster-05.miribit.lab'",
+    ),
+    (
+        "nodes",
+        "name = 'node-199'\naddress = '192.168.101.199'\ncluster = 'cluster-05'",
+    ),
+];
+
 fn start() -> Lab {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let net = common::claim_net(4);
+    let net = common::claim_net(NODES.len() + 1);
+    // The lab is modelled on the shipped inventory plus the cluster added later, so that cluster's node is a
+    // machine of its own that no install has touched.
+    let mut model: toml::Table = std::fs::read_to_string(repo().join("inventory.toml"))
+        .expect("the shipped inventory")
+        .parse()
+        .expect("the shipped inventory is TOML");
+    for (list, entry) in LATER {
+        let entry: toml::Table = entry.parse().expect("a TOML table");
+        model
+            .get_mut(list)
+            .and_then(toml::Value::as_array_mut)
+            .expect("the shipped inventory lists clusters and nodes")
+            .push(entry.into());
+    }
+    let like = dir.path().join("like.toml");
+    std::fs::write(&like, toml::to_string(&model).expect("TOML")).expect("write the model inventory");
     let opts = LabOptions {
         dir: dir.path().join("lab"),
         first_address: net.first_address,
         first_port: net.first_port,
         isolated: true,
-        like: Some(repo().join("inventory.toml")),
+        like: Some(like),
         ..Default::default()
     };
     let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated local lab did not start: {e}"));
@@ -106,13 +136,34 @@ fn start() -> Lab {
     .into_iter()
     .map(|(k, v)| (k, v.to_string()))
     .collect();
-    Lab {
+    let t = Lab {
+        later: Vec::new(),
         lab: LabGuard(lab),
         state: dir.path().join("state"),
         secrets,
         _net: net,
         _dir: dir,
-    }
+    };
+    let mut later = Vec::new();
+    t.edit_inventory(|inv| {
+        for (list, name) in [("clusters", "cluster-05"), ("nodes", "node-199")] {
+            later.push((list, take(inv, list, name)));
+        }
+    });
+    Lab { later, ..t }
+}
+
+/// Removes the entry of this name from the inventory's list and returns it.
+fn take(inv: &mut toml::Table, list: &str, name: &str) -> toml::Value {
+    let items = inv
+        .get_mut(list)
+        .and_then(toml::Value::as_array_mut)
+        .unwrap_or_else(|| panic!("the inventory has no {list}"));
+    let at = items
+        .iter()
+        .position(|i| i.get("name").and_then(toml::Value::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("{name} is not in the inventory's {list}"));
+    items.remove(at)
 }
 
 impl Lab {
@@ -136,7 +187,7 @@ impl Lab {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("kubeboot starts"),
-            Duration::from_secs(300),
+            Duration::from_secs(900),
         );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
@@ -297,9 +348,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     // 2. Remove a cluster (§3.4): Thanos Query on the central cluster loses an endpoint with a plain apply.
     t.edit_inventory(|inv| {
         for (list, name) in [("clusters", "cluster-04"), ("nodes", "node-198")] {
-            if let Some(toml::Value::Array(items)) = inv.get_mut(list) {
-                items.retain(|i| i.get("name").and_then(toml::Value::as_str) != Some(name));
-            }
+            take(inv, list, name);
         }
     });
     let plan = t.run(&["plan"]);
@@ -355,6 +404,69 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     assert_eq!(removed.started("node-194"), expected_central, "node-194");
     for node in ["node-196", "node-197"] {
         assert_eq!(removed.started(node), reran_alerts, "{node}");
+    }
+
+    // 2b. Add a cluster (§3.4): cluster-05 with its node-199, a machine no install has touched, joins with a
+    //     plain apply. The new node runs its whole install (nothing is "done" for a node the journal never saw);
+    //     Thanos Query learns the new endpoint; the other nodes run only what renders the cluster list.
+    t.edit_inventory(|inv| {
+        for (list, entry) in &t.later {
+            inv.get_mut(*list)
+                .and_then(toml::Value::as_array_mut)
+                .expect("the lab inventory lists clusters and nodes")
+                .push(entry.clone());
+        }
+    });
+    let before = t.calls("node-194").len();
+    let added = t.apply(&[]);
+    let done_on_new: Vec<&Value> = added
+        .finished("node-199")
+        .into_iter()
+        .filter(|e| e["status"] == "skipped" && e["reason"] == "done")
+        .collect();
+    assert!(
+        done_on_new.is_empty(),
+        "the new node skipped tasks as done: {done_on_new:?}\n{}",
+        added.explain()
+    );
+    let stages_on_new: BTreeSet<String> = added.started("node-199").into_iter().map(|(stage, _)| stage).collect();
+    for stage in [
+        "preflight",
+        "os-prep",
+        "containerd",
+        "kubeadm-init",
+        "cilium",
+        "verify-monitoring",
+        "verify",
+    ] {
+        assert!(
+            stages_on_new.contains(stage),
+            "node-199 ran nothing in {stage}: {stages_on_new:?}\n{}",
+            added.explain()
+        );
+    }
+    let thanos_applies = t.calls("node-194")[before..]
+        .iter()
+        .filter(|c| applies(c, "Deployment", "thanos-query"))
+        .count();
+    assert_eq!(
+        thanos_applies,
+        1,
+        "thanos applied once after the endpoint change\n{}",
+        added.explain()
+    );
+    let overlay = std::fs::read_to_string(t.node_file(
+        "node-194",
+        "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml",
+    ))
+    .expect("the thanos overlay");
+    assert!(
+        overlay.contains("--endpoint=192.168.101.215:10901") && !overlay.contains("192.168.101.213"),
+        "{overlay}"
+    );
+    assert_eq!(added.started("node-194"), expected_central, "node-194");
+    for node in ["node-196", "node-197"] {
+        assert_eq!(added.started(node), reran_alerts, "{node}");
     }
 
     // 3. Raise cilium_version (§3.5): `apply cilium` runs again on every node, and nothing outside the stage.
@@ -503,7 +615,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
             );
         }
     }
-    for run in [&first, &removed, &raised, &rotated, &after] {
+    for run in [&first, &removed, &added, &raised, &rotated, &after] {
         for v in &values {
             assert!(
                 !run.stdout.contains(v.as_str()) && !run.stderr.contains(v.as_str()),

@@ -1256,8 +1256,9 @@ def applied_text():
 
 
 def lb_ip():
-    m = re.search(r"kind: CiliumLoadBalancerIPPool[\s\S]*?start:\s*\"?([0-9.]+)", applied_text())
-    return m.group(1) if m else ""
+    # The pool applied last wins, as an apply of the same pool with a new range does in the cluster.
+    starts = re.findall(r"kind: CiliumLoadBalancerIPPool[\s\S]*?start:\s*\"?([0-9.]+)", applied_text())
+    return starts[-1] if starts else ""
 
 
 def kubectl(argv):
