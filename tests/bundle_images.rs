@@ -2,7 +2,9 @@
 //! a real OCI registry on loopback: Debian's `docker-registry` (the distribution registry), with
 //! two tiny images this test builds and pushes itself. The inventory mirrors `quay.io` to it, so
 //! nothing leaves 127.0.0.1. An interrupted layer download resumes; a second run pulls no blob;
-//! each image is an OCI image layout archive `ctr images import` names by its annotation.
+//! each image is an OCI image layout archive `ctr images import` names by its annotation. Charts are
+//! rendered by a stand-in helm (tests/fixtures/helm-standin.sh, packed as the bundle's helm release)
+//! that records the arguments kustomize's would get.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -168,8 +170,8 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
-/// A playbook whose rendered files name the images: a manifest (`image:`) and chart values
-/// (`{registry, repository, tag}`), the two shapes the shipped assets use.
+/// A playbook whose rendered files name the images: a manifest's `image:` and an image a container
+/// is given in its environment.
 fn playbooks(dir: &Path) -> PathBuf {
     let books = dir.join("playbooks");
     std::fs::create_dir_all(&books).expect("a playbook folder");
@@ -191,15 +193,21 @@ tasks:
                   image: "{{ tiny_image }}"
       dest: /etc/app/deploy.yaml
       template: true
-  - name: values
+  - name: job
     copy:
       content: |
-        sidecar:
-          image:
-            registry: quay.io
-            repository: kubeboot-test/tiny
-            tag: "2"
-      dest: /etc/app/values.yaml
+        apiVersion: batch/v1
+        kind: Job
+        spec:
+          template:
+            spec:
+              containers:
+                - name: runner
+                  image: "{{ tiny_image }}"
+                  env:
+                    - name: SIDECAR_IMAGE
+                      value: quay.io/kubeboot-test/tiny:2
+      dest: /etc/app/job.yaml
 "#,
     )
     .expect("a stage");
@@ -395,21 +403,91 @@ fn serve_charts(dir: PathBuf) -> u16 {
     port
 }
 
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `helm-v3.19.0-linux-amd64.tar.gz` as get.helm.sh lays it out (`linux-amd64/helm`), with the
+/// stand-in helm of tests/fixtures in it; written into `repo`. Its sha256.
+fn helm_release(dir: &Path, repo: &Path) -> String {
+    let tree = dir.join("helm-release/linux-amd64");
+    std::fs::create_dir_all(&tree).expect("a folder");
+    std::fs::copy(fixtures().join("helm-standin.sh"), tree.join("helm")).expect("the stand-in helm");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(repo.join("helm-v3.19.0-linux-amd64.tar.gz"))
+        .arg("-C")
+        .arg(dir.join("helm-release"))
+        .arg("linux-amd64")
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+    sha256(&std::fs::read(repo.join("helm-v3.19.0-linux-amd64.tar.gz")).expect("the release"))
+}
+
+const CHART_STAGE: &str = r#"name: chart
+hosts: all
+tasks:
+  - name: kustomization
+    copy:
+      content: |
+        apiVersion: kustomize.config.k8s.io/v1beta1
+        kind: Kustomization
+        helmCharts:
+          - name: tiny
+            repo: "{{ sources.charts['tiny'].repo }}"
+            version: 0.1.0
+            releaseName: tiny
+            namespace: apps
+            valuesFile: values.yaml
+            additionalValuesFiles:
+              - more/values.yaml
+            apiVersions:
+              - monitoring.coreos.com/v1
+            kubeVersion: "1.34.1"
+            includeCRDs: true
+            skipTests: true
+            skipHooks: true
+      dest: /etc/app/kustomization.yaml
+      template: true
+  - name: values
+    copy:
+      content: |
+        extraEnabled: false
+        # Not read by the chart: a values scan would have taken it for an image.
+        unused:
+          image:
+            repository: quay.io/kubeboot-test/unused
+            tag: "1"
+      dest: /etc/app/values.yaml
+  - name: more values
+    copy:
+      content: |
+        helper: kubeboot-test/helper:5
+      dest: /etc/app/more/values.yaml
+"#;
+
 #[test]
-fn charts_the_kustomizations_inflate_come_from_their_index_with_the_images_of_their_values() {
+fn charts_come_from_their_index_and_their_images_from_helm_template_as_kustomize_runs_it() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let registry = start_registry(dir.path());
-    push_image(registry.port, "kubeboot-test/tiny", "3", 3, 5000);
+    // What the stand-in renders with the site's values: the operator (the chart's appVersion as its tag),
+    // the reloader it is given as a flag, the helper of its environment (Docker Hub, from the site's
+    // additional values file). Not the extra component the site turns off, nor `unused`.
+    push_image(registry.port, "kubeboot-test/tiny", "7", 3, 5000);
+    push_image(registry.port, "kubeboot-test/reloader", "4", 4, 3000);
+    push_image(registry.port, "kubeboot-test/helper", "5", 5, 3000);
 
     // A chart repository the way `helm repo index` leaves one: index.yaml and the archive.
     let src = dir.path().join("chart-src/tiny");
     std::fs::create_dir_all(src.join("files")).expect("a chart folder");
-    std::fs::write(src.join("Chart.yaml"), "apiVersion: v2\nname: tiny\nversion: 0.1.0\n").expect("Chart.yaml");
-    std::fs::write(
-        src.join("values.yaml"),
-        "image:\n  repository: quay.io/kubeboot-test/tiny\n  tag: \"3\"\n",
-    )
-    .expect("values.yaml");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(fixtures().join("charts/tiny"))
+        .arg(dir.path().join("chart-src"))
+        .status()
+        .expect("cp runs");
+    assert!(st.success());
     let filler: Vec<u8> = (0..60_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
         .collect();
@@ -429,41 +507,25 @@ fn charts_the_kustomizations_inflate_come_from_their_index_with_the_images_of_th
     std::fs::write(
         repo.join("index.yaml"),
         format!(
-            "apiVersion: v1\nentries:\n  tiny:\n    - apiVersion: v2\n      name: tiny\n      version: 0.1.0\n      digest: {}\n      urls:\n        - tiny-0.1.0.tgz\ngenerated: \"2026-01-01T00:00:00Z\"\n",
+            "apiVersion: v1\nentries:\n  tiny:\n    - apiVersion: v2\n      name: tiny\n      version: 0.1.0\n      appVersion: \"7\"\n      digest: {}\n      urls:\n        - tiny-0.1.0.tgz\ngenerated: \"2026-01-01T00:00:00Z\"\n",
             sha256(&archive)
         ),
     )
     .expect("index.yaml");
+    let helm_sha = helm_release(dir.path(), &repo);
     let charts_port = serve_charts(repo);
 
     let books = dir.path().join("playbooks");
     std::fs::create_dir_all(&books).expect("a playbook folder");
-    std::fs::write(
-        books.join("10-chart.yaml"),
-        r#"name: chart
-hosts: all
-tasks:
-  - name: kustomization
-    copy:
-      content: |
-        apiVersion: kustomize.config.k8s.io/v1beta1
-        kind: Kustomization
-        helmCharts:
-          - name: tiny
-            repo: "{{ sources.charts['tiny'].repo }}"
-            version: 0.1.0
-            releaseName: tiny
-      dest: /etc/app/kustomization.yaml
-      template: true
-"#,
-    )
-    .expect("a stage");
+    std::fs::write(books.join("10-chart.yaml"), CHART_STAGE).expect("a stage");
     let inv = dir.path().join("inventory.toml");
     std::fs::write(
         &inv,
         format!(
-            "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = {{ repo = \"http://127.0.0.1:{charts_port}/charts\" }}\n\n[sources.registries.\"quay.io\"]\nmirror = \"http://127.0.0.1:{}\"\n",
-            registry.port
+            "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = {{ repo = \"http://127.0.0.1:{charts_port}/charts\" }}\n\n\
+             [sources.releases.helm]\nurl = \"http://127.0.0.1:{charts_port}/charts/helm-v3.19.0-linux-amd64.tar.gz\"\nsha256 = \"{helm_sha}\"\n\n\
+             [sources.registries.\"quay.io\"]\nmirror = \"http://127.0.0.1:{port}\"\n\n[sources.registries.\"docker.io\"]\nmirror = \"http://127.0.0.1:{port}\"\n",
+            port = registry.port
         ),
     )
     .expect("the inventory");
@@ -471,6 +533,7 @@ tasks:
     // An interrupted earlier run left the first part of the archive.
     std::fs::create_dir_all(out.join("charts")).expect("the charts folder");
     std::fs::write(out.join("charts/tiny-0.1.0.tgz.part"), &archive[..1000]).expect("a partial archive");
+    let log = dir.path().join("helm.log");
 
     let args = [
         "-i",
@@ -483,12 +546,46 @@ tasks:
     ]
     .map(|s| s.to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let r = kubeboot(&args);
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+            .args(&args)
+            .env("KUBEBOOT_HELM_LOG", &log)
+            .output()
+            .expect("kubeboot runs")
+    };
+    let r = run();
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     assert!(text(&r).contains("resuming tiny at byte 1000"), "{}", text(&r));
     assert_eq!(
         std::fs::read(out.join("charts/tiny-0.1.0.tgz")).expect("the chart"),
         archive
+    );
+
+    // helm was asked exactly what kustomize v5.8.1 asks it on the node (HelmChartInflationGenerator:
+    // `version --short`, then AsHelmArgs with the chart at <chartHome>/<name>-<version>/<name> and the
+    // values file copied to <tmp>/<name>-kustomize-values.yaml), with kustomize's HELM_* folders.
+    let work = out.join(".helm");
+    let render = work.join("render/tiny-0.1.0-1");
+    let home = render.join("helm").display().to_string();
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("the stand-in's log"),
+        format!(
+            "version --short\n\
+             template tiny {chart} --namespace apps -f {values} -f {more} --api-versions monitoring.coreos.com/v1 --kube-version 1.34.1 --include-crds --skip-tests --no-hooks\n\
+             env HELM_CONFIG_HOME={home} HELM_CACHE_HOME={home}/.cache HELM_DATA_HOME={home}/.data\n",
+            chart = work.join("charts/tiny-0.1.0/tiny").display(),
+            values = render.join("tmp/tiny-kustomize-values.yaml").display(),
+            more = render.join("root/more/values.yaml").display(),
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(render.join("tmp/tiny-kustomize-values.yaml")).expect("the values kustomize passes"),
+        "extraEnabled: false\n# Not read by the chart: a values scan would have taken it for an image.\nunused:\n  image:\n    repository: quay.io/kubeboot-test/unused\n    tag: \"1\"\n"
+    );
+    assert!(
+        std::fs::read_to_string(render.join("rendered.yaml"))
+            .expect("helm's output, kept")
+            .contains("name: tiny-operator")
     );
 
     let index: serde_json::Value = serde_saphyr::from_str(
@@ -511,17 +608,21 @@ tasks:
         chart["source"],
         format!("http://127.0.0.1:{charts_port}/charts/tiny-0.1.0.tgz").as_str()
     );
-    // The chart's values name an image that no rendered file names: it is in the bundle too.
-    let image = items.iter().find(|i| i["kind"] == "image").expect("the chart's image");
-    assert_eq!(image["name"], "quay.io/kubeboot-test/tiny:3");
-    assert!(out.join("images/quay.io_kubeboot-test_tiny_3.tar").is_file());
+    // The images of the rendered objects, normalised, each once; nothing the values only mention.
+    assert_eq!(
+        std::fs::read_to_string(out.join("images/index.txt")).expect("the image list"),
+        "docker.io/kubeboot-test/helper:5\tdocker.io_kubeboot-test_helper_5.tar\n\
+         quay.io/kubeboot-test/reloader:4\tquay.io_kubeboot-test_reloader_4.tar\n\
+         quay.io/kubeboot-test/tiny:7\tquay.io_kubeboot-test_tiny_7.tar\n"
+    );
+    assert!(out.join("images/quay.io_kubeboot-test_tiny_7.tar").is_file());
 
     // A chart archive whose bytes are not the index's digest is refused and removed.
     let mut damaged = archive.clone();
     damaged[500] ^= 0xff;
     std::fs::remove_file(out.join("charts/tiny-0.1.0.tgz")).expect("remove the chart");
     std::fs::write(dir.path().join("repo/tiny-0.1.0.tgz"), damaged).expect("damage the served chart");
-    let r = kubeboot(&args);
+    let r = run();
     assert_eq!(r.status.code(), Some(1), "{}", text(&r));
     assert!(
         text(&r).contains("tiny:") && text(&r).contains("has sha256"),
@@ -529,6 +630,51 @@ tasks:
         text(&r)
     );
     assert!(!out.join("charts/tiny-0.1.0.tgz").exists());
+}
+
+#[test]
+fn values_inline_is_refused_at_its_line_before_anything_is_downloaded() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    let stage = CHART_STAGE.replace(
+        "            skipHooks: true\n",
+        "            skipHooks: true\n            valuesInline:\n              extraEnabled: true\n",
+    );
+    std::fs::write(books.join("10-chart.yaml"), &stage).expect("a stage");
+    let line = stage
+        .lines()
+        .position(|l| l.contains("valuesInline:"))
+        .expect("the line")
+        + 1;
+    let inv = dir.path().join("inventory.toml");
+    // Nothing answers on this port: the refusal comes before any download.
+    std::fs::write(
+        &inv,
+        "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = { repo = \"http://127.0.0.1:9/charts\" }\n",
+    )
+    .expect("the inventory");
+    let out = dir.path().join("bundle");
+    for extra in [&["--list"][..], &["--out", &out.display().to_string()][..]] {
+        let mut args = vec![
+            "-i".to_string(),
+            inv.display().to_string(),
+            "-p".to_string(),
+            books.display().to_string(),
+            "bundle".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = kubeboot(&args);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+        assert!(
+            text(&r).contains(&format!("10-chart.yaml:{line}:")) && text(&r).contains("valuesInline is not supported"),
+            "{}",
+            text(&r)
+        );
+        assert!(text(&r).contains("valuesFile"), "{}", text(&r));
+    }
+    assert!(!out.join("charts").exists(), "nothing downloaded");
 }
 
 /// A .deb (dpkg-deb) holding one executable `usr/bin/NAME` with `script` as its text.

@@ -72,7 +72,10 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     }
     let images = images::in_plans(&plans);
     let repos = packages::in_plans(&inv, &plans, &facts);
-    let charts = charts::in_plans(&plans);
+    let (charts, refused) = charts::in_plans(&plans);
+    if let Some(r) = refused.first() {
+        return Err(refusal(cli, &assets, r));
+    }
     let configs = kubeadm::in_plans(&inv, &plans, &facts);
     let sandbox = kubeadm::sandbox_images(&inv, &facts);
     let Some(out) = args.out.as_ref().filter(|_| !args.list) else {
@@ -102,7 +105,9 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
             }
         }
         if !charts.is_empty() {
-            println!("(and the images the charts' values.yaml files name, read once the charts are downloaded)");
+            println!(
+                "(and the images of the charts' objects: each helmCharts entry rendered with the bundle's helm as kustomize renders it, once the charts and helm are downloaded)"
+            );
         }
         for c in &configs {
             println!(
@@ -123,7 +128,7 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
             collect::Manifest::default()
         }
     };
-    let (items, chart_images, failed) = charts::collect(&inv, &charts, out, &report).await;
+    let (items, chart_images, failed) = charts::collect(&inv, &charts, &manifest.items, out, &report).await;
     manifest.items.extend(items);
     errors.extend(failed);
     let images = images::merge(images, chart_images);
@@ -170,6 +175,68 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         collect::MANIFEST
     );
     Ok(Exit::Ok)
+}
+
+/// A `helmCharts` entry the bundle cannot render as kustomize does, located in the file it comes
+/// from: the asset (or playbook, for `content:`) holding the key, else the file as the node gets it.
+fn refusal(cli: &Cli, assets: &std::path::Path, r: &charts::Refused) -> Failure {
+    let (file, line) = source_of(&[assets, &cli.playbooks], &r.dest, &r.key)
+        .unwrap_or_else(|| (std::path::PathBuf::from(&r.dest), r.line.max(1)));
+    Failure::BadInput(
+        crate::diag::Diagnostic::at(
+            &file,
+            line,
+            1,
+            format!(
+                "helmCharts entry `{}` ({} / {}): {}",
+                r.chart, r.stage, r.task, r.reason
+            ),
+        )
+        .with_hint(
+            "kubeboot bundle renders each chart with helm exactly as kustomize does on the node, to know its images",
+        )
+        .into(),
+    )
+}
+
+/// The file below `roots` that the rendered `dest` comes from and the line of `key:` in it: the
+/// YAML file holding `key:` whose path is the longest tail of `dest`'s (a playbook's `content:`
+/// matches on the key alone).
+fn source_of(roots: &[&std::path::Path], dest: &str, key: &str) -> Option<(std::path::PathBuf, usize)> {
+    let mut best: Option<(usize, std::path::PathBuf, usize)> = None;
+    let mut stack: Vec<std::path::PathBuf> = roots.iter().map(|r| r.to_path_buf()).collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Some(line) = text
+                .lines()
+                .position(|l| l.trim_start().trim_start_matches("- ").starts_with(&format!("{key}:")))
+            else {
+                continue;
+            };
+            let tail = path
+                .components()
+                .rev()
+                .zip(std::path::Path::new(dest).components().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
+            if best
+                .as_ref()
+                .is_none_or(|(t, p, _)| tail > *t || (tail == *t && path < *p))
+            {
+                best = Some((tail, path, line + 1));
+            }
+        }
+    }
+    best.map(|(_, p, l)| (p, l))
 }
 
 /// The facts of `--os ID-VERSION` (x86_64): what the plan renders and the packages are downloaded for.

@@ -1,5 +1,6 @@
-//! Container images for a bundle: the list is read from the plan's rendered files (manifests,
-//! kustomizations, chart values), each image is pulled over the OCI distribution API (from the
+//! Container images for a bundle: the list is read from the objects of the plan's rendered files
+//! (manifests, kustomizations' renames) and of its charts as `helm template` renders them (see
+//! [`super::charts`]), each image is pulled over the OCI distribution API (from the
 //! inventory's registry mirror when `[sources.registries]` names one) and stored as an OCI image
 //! layout archive that `ctr -n k8s.io images import` reads. Interrupted blob downloads continue.
 
@@ -35,17 +36,20 @@ pub struct WantedImage {
     pub control_plane: bool,
 }
 
-/// Every image named in the YAML files the plans copy to their nodes (`image: REF`, chart values
-/// `{registry, repository, tag}`, kustomize `images:` renames), each once.
+/// Every image named by the objects in the YAML files the plans copy to their nodes (see
+/// [`Found`]), each once. A chart's values files (a kustomization's `helmCharts` `valuesFile` and
+/// `additionalValuesFiles`) are not objects but helm's input: they are left to
+/// [`super::charts`], which renders the chart with them and reads the objects helm makes.
 pub fn in_plans(plans: &[NodePlan]) -> Vec<WantedImage> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for plan in plans {
         let cluster = plan.cluster.clone().unwrap_or_else(|| plan.node.clone());
+        let values = super::charts::values_files(plan);
         for task in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
             let Action::Copy(copy) = &task.action else { continue };
             let mut found = Found::default();
             for f in &copy.files {
-                if f.dest.ends_with(".yaml") || f.dest.ends_with(".yml") {
+                if (f.dest.ends_with(".yaml") || f.dest.ends_with(".yml")) && !values.contains(&f.dest) {
                     found.scan(&String::from_utf8_lossy(&f.content));
                 }
             }
@@ -63,7 +67,13 @@ pub fn in_plans(plans: &[NodePlan]) -> Vec<WantedImage> {
         .collect()
 }
 
-/// Image references found in one copy task's files (a kustomization renames its bases' images).
+/// Image references in Kubernetes objects (a plain manifest, or what `helm template` printed): every
+/// `image:` text (a container's, or a custom resource's such as a Prometheus' `spec.image`), and in each
+/// container, init container and ephemeral container the `command`/`args` items and `env` values that
+/// are image references (`--prometheus-config-reloader=REF`, `--instance-manager-image` `REF`,
+/// `CSI_ATTACHER_IMAGE=REF`: the images an operator starts itself). A kustomization's `images:`
+/// renames the images of the objects scanned with it. Every reference comes out normalised
+/// (`busybox` → `docker.io/library/busybox:latest`), each once.
 #[derive(Debug, Default)]
 pub(crate) struct Found {
     images: BTreeSet<String>,
@@ -80,8 +90,25 @@ impl Found {
         for doc in &docs {
             if doc.get("kind").and_then(Value::as_str) == Some("Kustomization") {
                 self.kustomize_images(doc);
+                continue;
             }
             self.walk(doc);
+        }
+    }
+
+    /// The `images:` renames of a kustomization's text (for the objects of the charts it inflates).
+    pub(crate) fn renames_in(kustomization: &str) -> BTreeMap<String, String> {
+        let mut found = Found::default();
+        if let Ok(doc) = serde_saphyr::from_str::<Value>(kustomization) {
+            found.kustomize_images(&doc);
+        }
+        found.renames
+    }
+
+    pub(crate) fn with_renames(renames: BTreeMap<String, String>) -> Found {
+        Found {
+            renames,
+            ..Found::default()
         }
     }
 
@@ -108,24 +135,40 @@ impl Found {
                 if let Some(image) = map.get("image").and_then(Value::as_str) {
                     self.images.insert(image.to_string());
                 }
-                // Helm charts' convention: `image: {registry, repository, tag}` (or without the registry).
-                if let (Some(repo), Some(tag)) = (
-                    map.get("repository").and_then(Value::as_str),
-                    map.get("tag").and_then(scalar),
-                ) && !tag.is_empty()
-                {
-                    let registry = map.get("registry").and_then(Value::as_str).unwrap_or("");
-                    let name = if registry.is_empty() {
-                        repo.to_string()
-                    } else {
-                        format!("{}/{repo}", registry.trim_end_matches('/'))
-                    };
-                    self.images.insert(format!("{name}:{tag}"));
+                for key in ["containers", "initContainers", "ephemeralContainers"] {
+                    for c in map.get(key).and_then(Value::as_array).into_iter().flatten() {
+                        self.container(c);
+                    }
                 }
                 map.values().for_each(|v| self.walk(v));
             }
             Value::Array(items) => items.iter().for_each(|v| self.walk(v)),
             _ => {}
+        }
+    }
+
+    /// The image references a container passes to its program.
+    fn container(&mut self, c: &Value) {
+        for key in ["command", "args"] {
+            for item in c.get(key).and_then(Value::as_array).into_iter().flatten() {
+                let Some(text) = item.as_str() else { continue };
+                for word in text.split_whitespace() {
+                    let value = match word.split_once('=') {
+                        Some((flag, value)) if flag.starts_with('-') => value,
+                        _ => word,
+                    };
+                    if looks_like_image(value) {
+                        self.images.insert(value.to_string());
+                    }
+                }
+            }
+        }
+        for env in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(value) = env.get("value").and_then(Value::as_str).map(str::trim)
+                && looks_like_image(value)
+            {
+                self.images.insert(value.to_string());
+            }
         }
     }
 
@@ -138,11 +181,82 @@ impl Found {
             if image.is_empty() || image.contains("{{") || image.contains(' ') {
                 continue;
             }
-            out.insert(image);
+            out.extend(normalise(&image));
         }
-        out.extend(self.renames.values().cloned());
+        out.extend(self.renames.values().filter_map(|r| normalise(r)));
         out.into_iter().collect()
     }
+}
+
+/// `reference` as containerd names it: registry, repository with `library/` for Docker Hub's own
+/// images, and `:latest` when it has neither tag nor digest; None when it is not a reference.
+// checked: oci-spec 0.10 distribution/reference.rs (split_domain: docker.io and library/ defaults,
+// latest when untagged), the normalisation containerd and the kubelet apply.
+pub fn normalise(reference: &str) -> Option<String> {
+    reference.parse::<Reference>().ok().map(|r| r.whole())
+}
+
+/// Whether a word a container is given (an argument, a flag's value, an environment value) names an
+/// image: a repository path with at least one `/` and a tag or digest, nothing else (no scheme, no
+/// absolute path, no spaces, lower-case path components). A word without a `/` (`busybox:1.36`)
+/// is not taken: too many flag values look like `name:port`. A word taken wrongly shows as an image
+/// the registry does not have (named, exit 1); one missed would be missing on site.
+fn looks_like_image(word: &str) -> bool {
+    let word = word.trim_matches(['"', '\'']);
+    if word.is_empty() || word.len() > 255 || word.starts_with(['/', '.', '-']) || word.contains("://") {
+        return false;
+    }
+    let (name, digest) = match word.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (word, None),
+    };
+    if let Some(d) = digest
+        && !(d.starts_with("sha256:") && d.len() == 71 && d[7..].chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return false;
+    }
+    let last_slash = match name.rfind('/') {
+        Some(i) => i,
+        None => return false,
+    };
+    let (path, tag) = match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], Some(&name[last_slash + i + 1..])),
+        None => (name, None),
+    };
+    if tag.is_none() && digest.is_none() {
+        return false;
+    }
+    if let Some(tag) = tag
+        && (tag.is_empty()
+            || tag.len() > 128
+            || tag.starts_with(['.', '-'])
+            || !tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return false;
+    }
+    let mut parts = path.split('/');
+    let first = parts.next().unwrap_or("");
+    let registry = first.contains(['.', ':']) || first == "localhost";
+    let component = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if !registry && !component(first) {
+        return false;
+    }
+    if registry
+        && !first
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+    {
+        return false;
+    }
+    parts.all(component)
 }
 
 /// `a` and `b` as one list: each image once, with the clusters of both (for control planes only
@@ -593,24 +707,61 @@ mod tests {
     }
 
     #[test]
-    fn images_come_from_manifests_values_and_kustomize_renames() {
-        let deployment = "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: a\n          image: quay.io/x/exporter:v1.9.0\n        - name: b\n          image: thanos\n---\nkind: Service\n";
+    fn images_come_from_the_objects_their_flags_and_env_and_kustomize_renames() {
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nspec:\n  template:\n    spec:\n      initContainers:\n        - name: wait\n          image: busybox\n          command: ['sh', '-c', 'until wget -q http://svc:9500/v1; do sleep 2; done']\n      containers:\n        - name: a\n          image: quay.io/x/exporter:v1.9.0\n          args:\n            - --kubelet-service=kube-system/kubelet\n            - --prometheus-config-reloader=quay.io/prometheus-operator/prometheus-config-reloader:v0.86.2\n            - --web.listen-address=0.0.0.0:9090\n            - --config-file=/etc/x/y:z\n        - name: b\n          image: thanos\n          command:\n            - longhorn-manager\n            - --instance-manager-image\n            - \"longhornio/longhorn-instance-manager:v1.10.1\"\n          env:\n            - name: CSI_ATTACHER_IMAGE\n              value: longhornio/csi-attacher:v4.9.0-20250826\n            - name: URL\n              value: http://a.b/c:1\n            - name: PATHISH\n              value: /var/lib/x:y\n---\nkind: Prometheus\nspec:\n  image: quay.io/prometheus/prometheus:v3.7.3\n";
         let kustomization =
             "kind: Kustomization\nimages:\n  - name: thanos\n    newName: quay.io/thanos/thanos\n    newTag: v0.39.2\n";
-        let values = "operator:\n  image:\n    registry: docker.io\n    repository: longhornio/longhorn-manager\n    tag: v1.10.1\nsidecar:\n  image:\n    repository: ghcr.io/a/b\n    tag: 2\nempty:\n  image: \"\"\n";
         assert_eq!(
-            images(&[deployment, kustomization, values]),
+            images(&[deployment, kustomization]),
             [
-                "docker.io/longhornio/longhorn-manager:v1.10.1",
-                "ghcr.io/a/b:2",
+                "docker.io/library/busybox:latest",
+                "docker.io/longhornio/csi-attacher:v4.9.0-20250826",
+                "docker.io/longhornio/longhorn-instance-manager:v1.10.1",
+                "quay.io/prometheus-operator/prometheus-config-reloader:v0.86.2",
+                "quay.io/prometheus/prometheus:v3.7.3",
                 "quay.io/thanos/thanos:v0.39.2",
                 "quay.io/x/exporter:v1.9.0",
             ]
         );
+        // Values are not objects: a `{repository, tag}` map is no image of its own any more.
+        let values = "operator:\n  image:\n    registry: docker.io\n    repository: longhornio/longhorn-manager\n    tag: v1.10.1\n";
+        assert!(images(&[values]).is_empty());
         assert!(
             images(&["#!/bin/sh\necho image: x: y: {"]).is_empty(),
             "not YAML: nothing"
         );
+    }
+
+    #[test]
+    fn image_words_are_told_from_paths_services_and_urls() {
+        for yes in [
+            "quay.io/a/b:v1",
+            "longhornio/longhorn-engine:v1.10.1",
+            "localhost:5000/a:1",
+            "registry.k8s.io/pause@sha256:7c38f24774e3cbd906d2d33c38354ccf787635581c122965132c9bd309754d4a",
+            "ghcr.io/a/b:2",
+        ] {
+            assert!(looks_like_image(yes), "{yes}");
+        }
+        for no in [
+            "kube-system/kubelet",
+            "thanos-store.monitoring.svc:10901",
+            "/etc/a:b",
+            "http://a/b:1",
+            "0.0.0.0:9090",
+            "busybox:1.36",
+            "a/B:1",
+            "a/b:",
+            "a/b@sha256:12",
+            "",
+        ] {
+            assert!(!looks_like_image(no), "{no}");
+        }
+        assert_eq!(
+            normalise("busybox").as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(normalise("index.docker.io/a/b:1").as_deref(), Some("docker.io/a/b:1"));
     }
 
     #[test]
