@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use common::{TestLab, start_lab};
 use kubeboot::engine::{NodeSecrets, node_target};
 use kubeboot::event::Stream;
-use kubeboot::inventory::NewHostKeys;
 use kubeboot::lab::{self, LabOptions};
 use kubeboot::secrets::Secret;
-use kubeboot::ssh::{Command, Exit, HostKeyState, Session, SshError, Target, probe_host_key};
+use kubeboot::ssh::{Command, Exit, HostKeyState, NewHostKeys, Session, SshError, Target, probe_host_key};
+use kubeboot::task::ssh_error_text;
 use tokio_util::sync::CancellationToken;
 
 fn target(t: &TestLab) -> Target {
@@ -207,6 +207,8 @@ async fn a_wrong_sudo_password_is_a_clear_error() {
         err.to_string().split(" — ").next().unwrap(),
         "sudo refused the password for kblab on node-1"
     );
+    assert!(!err.to_string().contains("sudo_password_env"), "{err}");
+    assert!(ssh_error_text(&err).contains("sudo_password_env"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
@@ -443,7 +445,9 @@ async fn an_unknown_host_key_shows_its_fingerprint_and_is_recorded_when_accepted
         SshError::HostKeyUnknown { fingerprint, .. } => assert_eq!(fingerprint, &expected),
         other => panic!("expected HostKeyUnknown, got {other:?}"),
     }
-    assert!(err.to_string().contains("--accept-new-host-keys"));
+    // The SSH layer names no command-line flag; the layer above adds how to accept the key.
+    assert!(!err.to_string().contains("--accept-new-host-keys"), "{err}");
+    assert!(ssh_error_text(&err).contains("--accept-new-host-keys"), "{err}");
 
     target.new_host_keys = NewHostKeys::Accept;
     let s = Session::connect(target.clone()).await.unwrap();

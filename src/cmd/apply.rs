@@ -13,11 +13,11 @@ use crate::cli::{ApplyArgs, Cli, OutputFormat};
 use crate::engine::{self, NodeSecrets, RunSpec};
 use crate::event::{HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
 use crate::fanout;
-use crate::inventory::{Inventory, NewHostKeys};
+use crate::inventory::Inventory;
 use crate::journal::{Record, StateDir};
 use crate::plan::NodePlan;
 use crate::secrets::Digests;
-use crate::ssh::{self, HostKeyState};
+use crate::ssh::{self, HostKeyState, NewHostKeys};
 use crate::ui::{headless, tui};
 
 pub(super) async fn apply(cli: &Cli, args: &ApplyArgs) -> Result<Exit, Failure> {
@@ -193,7 +193,7 @@ fn host_key_probes(inventory: &Inventory, nodes: &[String]) -> Option<tui::HostK
     let targets: Vec<ssh::Target> = nodes
         .iter()
         .filter_map(|name| inventory.node(name))
-        .filter(|node| node.ssh.new_host_keys == NewHostKeys::Refuse)
+        .filter(|node| !node.ssh.accept_new_host_keys)
         .map(|node| {
             // No credentials: the probe never logs in.
             let mut target = engine::node_target(node, NodeSecrets::default(), false);

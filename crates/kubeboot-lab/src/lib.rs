@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubeboot_core::inventory::model::NewHostKeys;
 use kubeboot_core::secrets::Secret;
+use kubeboot_core::ssh::NewHostKeys;
 use kubeboot_core::ssh::Target;
 
 /// The login user every lab node accepts.

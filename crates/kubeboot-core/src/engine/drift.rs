@@ -74,7 +74,9 @@ pub async fn check_guards(spec: RunSpec) -> Vec<NodeCheck> {
 
 async fn check_node(shared: &Shared, name: &str) -> Result<Vec<TaskCheck>, String> {
     let target = target_for(shared, name).map_err(|e| e.to_string())?;
-    let session = Session::connect(target).await.map_err(|e| e.to_string())?;
+    let session = Session::connect(target)
+        .await
+        .map_err(|e| crate::task::ssh_error_text(&e))?;
     let result = check_session(shared, name, &session).await;
     session.close().await;
     result

@@ -71,7 +71,7 @@ pub struct RunSpec {
 }
 
 /// The SSH target for an inventory node: the one place a node's settings become an [`ssh::Target`].
-/// `accept_new_host_key` records an unknown host key instead of following the node's `new_host_keys`.
+/// `accept_new_host_key` records an unknown host key instead of following the node's `accept_new_host_keys`.
 pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
     let s = &node.ssh;
     ssh::Target {
@@ -84,10 +84,10 @@ pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_n
         password: secrets.password,
         sudo_password: secrets.sudo_password,
         known_hosts: s.known_hosts.clone(),
-        new_host_keys: if accept_new_host_key {
-            crate::inventory::NewHostKeys::Accept
+        new_host_keys: if accept_new_host_key || s.accept_new_host_keys {
+            ssh::NewHostKeys::Accept
         } else {
-            s.new_host_keys
+            ssh::NewHostKeys::Refuse
         },
         connect_timeout: s.connect_timeout,
         keepalive: s.keepalive,

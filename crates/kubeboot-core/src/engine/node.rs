@@ -78,7 +78,7 @@ async fn run_with_slot(shared: &Shared, name: &str, counts: &mut Counts) -> Resu
     });
 
     let session = tokio::select! {
-        s = Session::connect(target) => s.map_err(|e| Stop::Failed(e.to_string()))?,
+        s = Session::connect(target) => s.map_err(|e| Stop::Failed(crate::task::ssh_error_text(&e)))?,
         _ = shared.cancel.cancelled() => return Err(Stop::Cancelled("cancelled while connecting".into())),
     };
     let result = match serve_bundle(shared, node, &session).await {
@@ -599,7 +599,10 @@ async fn gather_facts(shared: &Shared, session: &Session) -> Result<Facts, Stop>
         Ok(exit) if exit.success() => Ok(Facts::parse(&lock(&text))),
         Ok(exit) => Err(Stop::Failed(format!("gathering facts failed ({exit:?})"))),
         Err(SshError::Cancelled) => Err(Stop::Cancelled("cancelled while gathering facts".into())),
-        Err(e) => Err(Stop::Failed(format!("gathering facts failed: {e}"))),
+        Err(e) => Err(Stop::Failed(format!(
+            "gathering facts failed: {}",
+            crate::task::ssh_error_text(&e)
+        ))),
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::model::{Cluster, Inventory, NewHostKeys, Node, NodeRole, Role, SecretSource, SshSettings};
+use super::model::{Cluster, Inventory, Node, NodeRole, Role, SecretSource, SshSettings};
 use crate::diag::{Diagnostic, Diagnostics, closest};
 
 const TOP_KEYS: &[&str] = &["ssh", "clusters", "nodes", "vars", "secrets", "sources"];
@@ -132,15 +132,10 @@ impl SshPartial {
                 .clone()
                 .or_else(|| defaults.known_hosts.clone())
                 .unwrap_or_else(|| home.join(".ssh/known_hosts")),
-            new_host_keys: if self
+            accept_new_host_keys: self
                 .accept_new_host_keys
                 .or(defaults.accept_new_host_keys)
-                .unwrap_or(false)
-            {
-                NewHostKeys::Accept
-            } else {
-                NewHostKeys::Refuse
-            },
+                .unwrap_or(false),
             connect_timeout: self
                 .connect_timeout
                 .or(defaults.connect_timeout)

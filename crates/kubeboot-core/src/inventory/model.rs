@@ -16,16 +16,6 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
-/// What kubeboot does with a host key it has never seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum NewHostKeys {
-    /// Refuse the node and show the key's fingerprint (the default).
-    #[default]
-    Refuse,
-    /// Accept it and record it in `known_hosts`. A *changed* key is refused whatever this says.
-    Accept,
-}
-
 /// How to reach and log in to one node; `[ssh]` defaults merged with the node's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshSettings {
@@ -41,7 +31,9 @@ pub struct SshSettings {
     pub sudo_password: Option<SecretSource>,
     /// The known_hosts file host keys are checked against (default `~/.ssh/known_hosts`).
     pub known_hosts: PathBuf,
-    pub new_host_keys: NewHostKeys,
+    /// `accept_new_host_keys`: record a host key never seen before instead of refusing the node
+    /// (a *changed* key is refused whatever this says). Default false.
+    pub accept_new_host_keys: bool,
     /// How long connecting and authenticating may take. Default 15s.
     pub connect_timeout: Duration,
     /// SSH keepalive interval; a node silent for 3 intervals is lost. Default 10s.

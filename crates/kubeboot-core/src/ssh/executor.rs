@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::follow::{Followed, Step, follow};
 use super::script::{LineBuffer, quote};
-use super::{Command, Exit, SshError, Stream};
+use super::{Command, Exit, SshError};
+use crate::event::Stream;
 
 /// What the shell reported for one job.
 enum Frame {

@@ -7,7 +7,16 @@ use std::sync::{Arc, Mutex};
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate, known_hosts};
 
 use super::forward::Forwards;
-use crate::inventory::model::NewHostKeys;
+
+/// What the SSH layer does with a host key it has never seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NewHostKeys {
+    /// Refuse the node and show the key's fingerprint (the default).
+    #[default]
+    Refuse,
+    /// Accept it and record it in `known_hosts`. A *changed* key is refused whatever this says.
+    Accept,
+}
 
 /// What the check found, kept so `connect` can turn russh's bare "key rejected" into a useful error.
 #[derive(Debug, Clone)]

@@ -23,11 +23,11 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Stream;
-use crate::inventory::model::NewHostKeys;
 use crate::secrets::Secret;
 use follow::{Followed, Step};
 pub use forward::{ForwardService, ForwardedStream};
 pub(crate) use host_key::Client;
+pub use host_key::NewHostKeys;
 use host_key::Verdict;
 use script::LineBuffer;
 pub(crate) use script::quote;
@@ -104,7 +104,9 @@ impl Exit {
     }
 }
 
-/// Why an SSH operation failed. Every message says what to do about it.
+/// Why an SSH operation failed. Each message says what happened, and what to do about it as far as
+/// SSH goes; it names no inventory key and no command-line flag: the caller, who knows where the
+/// settings came from, adds that (`task::ssh_error_text`).
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error("cannot connect to {host}:{port}: {source} — check the address and port, and that sshd runs there")]
@@ -113,12 +115,10 @@ pub enum SshError {
         port: u16,
         source: std::io::Error,
     },
-    #[error(
-        "connecting to {host}:{port} took longer than {after:?} — check the node is up and reachable, or raise connect_timeout"
-    )]
+    #[error("connecting to {host}:{port} took longer than {after:?} — check the node is up and reachable")]
     ConnectTimeout { host: String, port: u16, after: Duration },
     #[error(
-        "host key for {host} has CHANGED (known_hosts line {line} of {path}), now {fingerprint} — if the node was reinstalled, remove that line (`ssh-keygen -R '{host}' -f {path}`) and accept the new key explicitly"
+        "host key for {host} has CHANGED (known_hosts line {line} of {path}), now {fingerprint} — if the node was reinstalled, remove that line (`ssh-keygen -R '{host}' -f {path}`)"
     )]
     HostKeyChanged {
         host: String,
@@ -126,27 +126,29 @@ pub enum SshError {
         line: usize,
         fingerprint: String,
     },
-    #[error(
-        "host key for {host} is unknown ({fingerprint}) — check it, then add it to {known_hosts} or run with --accept-new-host-keys"
-    )]
+    #[error("host key for {host} is unknown ({fingerprint}) — check it, then add it to {known_hosts}")]
     HostKeyUnknown {
         host: String,
         fingerprint: String,
         known_hosts: String,
     },
-    #[error(
-        "cannot log in as {user} on {host} (tried: {}) — check the user, key, agent or password in the inventory",
-        tried_list(tried)
-    )]
+    #[error("cannot log in as {user} on {host} (tried: {})", tried_list(tried))]
     Auth {
         user: String,
         host: String,
         tried: Vec<&'static str>,
     },
     #[error("cannot use the private key {path}: {reason}")]
-    KeyFile { path: String, reason: String },
+    KeyFile {
+        path: String,
+        reason: String,
+        /// It is encrypted with a passphrase (and the agent, if tried, did not hold it).
+        encrypted: bool,
+        /// The agent's keys were tried.
+        agent_tried: bool,
+    },
     #[error("{0}")]
-    Sudo(String),
+    Sudo(SudoError),
     #[error("{0}")]
     ConnectionLost(String),
     #[error("cancelled")]
@@ -157,6 +159,17 @@ pub enum SshError {
     Protocol(String),
     #[error("{0}")]
     Forward(String),
+}
+
+/// Why sudo did not let a command run as root.
+#[derive(Debug, thiserror::Error)]
+pub enum SudoError {
+    #[error("sudo on {node} needs a password for {user} but none is set")]
+    NoPassword { node: String, user: String },
+    #[error("{user} may not use sudo on {node} — add a sudoers rule for it, or log in as a user that may")]
+    NotAllowed { node: String, user: String },
+    #[error("sudo refused the password for {user} on {node}")]
+    Refused { node: String, user: String },
 }
 
 fn tried_list(tried: &[&'static str]) -> String {
@@ -604,10 +617,10 @@ impl Session {
     fn sudo_password(&self) -> Result<&Secret, SshError> {
         let t = &self.inner.target;
         t.sudo_password.as_ref().or(t.password.as_ref()).ok_or_else(|| {
-            SshError::Sudo(format!(
-                "sudo on {} needs a password for {} but none is set — set sudo_password_env or sudo_password_file in the inventory",
-                t.node, t.user
-            ))
+            SshError::Sudo(SudoError::NoPassword {
+                node: t.node.clone(),
+                user: t.user.clone(),
+            })
         })
     }
 
@@ -674,16 +687,11 @@ impl Session {
     /// The error for a sudo that did not take the password, from what it wrote to stderr.
     fn sudo_refused(&self, errors: &str) -> SshError {
         let t = &self.inner.target;
+        let (node, user) = (t.node.clone(), t.user.clone());
         if errors.contains("not in the sudoers") || errors.contains("not allowed") {
-            return SshError::Sudo(format!(
-                "{} may not use sudo on {} — add a sudoers rule for it, or log in as a user that may",
-                t.user, t.node
-            ));
+            return SshError::Sudo(SudoError::NotAllowed { node, user });
         }
-        SshError::Sudo(format!(
-            "sudo refused the password for {} on {} — check sudo_password_env / sudo_password_file in the inventory",
-            t.user, t.node
-        ))
+        SshError::Sudo(SudoError::Refused { node, user })
     }
 
     fn lost(&self, what: &str) -> SshError {
@@ -698,7 +706,7 @@ impl Session {
             String::new()
         };
         SshError::ConnectionLost(format!(
-            "connection to {} ({}) was lost {what}{why} — check the node is up, then run again (finished tasks are skipped)",
+            "connection to {} ({}) was lost {what}{why}",
             t.node,
             t.host_port()
         ))
@@ -858,9 +866,11 @@ async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<()
     // error is kept for the end, when nothing else got in.
     let mut encrypted_key = None;
     if let Some(path) = &target.key {
-        let key_file_error = |reason: String| SshError::KeyFile {
+        let key_file_error = |reason: String, encrypted: bool| SshError::KeyFile {
             path: path.display().to_string(),
             reason,
+            encrypted,
+            agent_tried: agent_available,
         };
         match russh::keys::load_secret_key(path, None) {
             Ok(key) => {
@@ -878,14 +888,12 @@ async fn authenticate(handle: &mut Handle<Client>, target: &Target) -> Result<()
                 let reason = if agent_available {
                     "it is encrypted with a passphrase, and none of ssh-agent's keys was accepted — load this key into the agent (ssh-add)"
                 } else {
-                    "it is encrypted with a passphrase — load it into ssh-agent (ssh-add) and set agent = true"
+                    "it is encrypted with a passphrase — load it into ssh-agent (ssh-add)"
                 };
-                encrypted_key = Some(key_file_error(reason.into()));
+                encrypted_key = Some(key_file_error(reason.into(), true));
             }
             Err(other) => {
-                return Err(key_file_error(format!(
-                    "{other} — check the `key` path in the inventory"
-                )));
+                return Err(key_file_error(other.to_string(), false));
             }
         }
     }

@@ -321,10 +321,40 @@ impl From<SshError> for Failure {
     fn from(e: SshError) -> Self {
         match e {
             SshError::Cancelled => Failure::Cancelled,
-            SshError::ConnectionLost(why) => Failure::Lost(why),
-            other => Failure::Other(other.to_string()),
+            SshError::ConnectionLost(_) => Failure::Lost(ssh_error_text(&e)),
+            other => Failure::Other(ssh_error_text(&other)),
         }
     }
+}
+
+/// An SSH error as the operator reads it: what the SSH layer says happened, then what to change
+/// where kubeboot got it from (the inventory key, the command-line flag, running again), which the
+/// SSH layer does not know about.
+pub fn ssh_error_text(e: &SshError) -> String {
+    use crate::ssh::SudoError;
+    let advice = match e {
+        SshError::ConnectTimeout { .. } => ", or raise connect_timeout in the inventory",
+        SshError::HostKeyChanged { .. } => {
+            " and accept the new key explicitly (--accept-new-host-keys, or on the confirmation screen)"
+        }
+        SshError::HostKeyUnknown { .. } => {
+            " or run with --accept-new-host-keys (or accept_new_host_keys = true in the inventory)"
+        }
+        SshError::Auth { .. } => " — check the user, key, agent or password in the inventory",
+        SshError::KeyFile { encrypted: false, .. } => " — check the `key` path in the inventory",
+        SshError::KeyFile {
+            encrypted: true,
+            agent_tried: false,
+            ..
+        } => " and set agent = true in the inventory",
+        SshError::Sudo(SudoError::NoPassword { .. }) => {
+            " — set sudo_password_env or sudo_password_file in the inventory"
+        }
+        SshError::Sudo(SudoError::Refused { .. }) => " — check sudo_password_env / sudo_password_file in the inventory",
+        SshError::ConnectionLost(_) => " — check the node is up, then run again (finished tasks are skipped)",
+        _ => "",
+    };
+    format!("{e}{advice}")
 }
 
 /// Ok for exit code 0, else the failure with the command's last error line.
@@ -517,4 +547,83 @@ kinds! {
     S3Buckets(s3_buckets::S3Buckets),
     /// A file copied from the node to the jump host (the reverse of `copy`).
     Fetch(fetch::Fetch),
+}
+
+#[cfg(test)]
+mod ssh_error_tests {
+    use super::ssh_error_text;
+    use crate::ssh::{SshError, SudoError};
+
+    #[test]
+    fn the_ssh_layer_says_what_happened_and_the_advice_naming_settings_is_added_here() {
+        let (node, user) = ("node-1".to_string(), "ops".to_string());
+        let cases = [
+            (
+                SshError::ConnectTimeout {
+                    host: "10.0.0.1".into(),
+                    port: 22,
+                    after: std::time::Duration::from_secs(15),
+                },
+                "connect_timeout",
+            ),
+            (
+                SshError::HostKeyUnknown {
+                    host: "10.0.0.1".into(),
+                    fingerprint: "SHA256:x".into(),
+                    known_hosts: "/k".into(),
+                },
+                "--accept-new-host-keys",
+            ),
+            (
+                SshError::Auth {
+                    user: user.clone(),
+                    host: "10.0.0.1".into(),
+                    tried: vec!["publickey"],
+                },
+                "in the inventory",
+            ),
+            (
+                SshError::KeyFile {
+                    path: "/k".into(),
+                    reason: "no such file".into(),
+                    encrypted: false,
+                    agent_tried: false,
+                },
+                "the `key` path in the inventory",
+            ),
+            (
+                SshError::KeyFile {
+                    path: "/k".into(),
+                    reason: "it is encrypted with a passphrase — load it into ssh-agent (ssh-add)".into(),
+                    encrypted: true,
+                    agent_tried: false,
+                },
+                "set agent = true",
+            ),
+            (
+                SshError::Sudo(SudoError::NoPassword {
+                    node: node.clone(),
+                    user: user.clone(),
+                }),
+                "sudo_password_env or sudo_password_file",
+            ),
+            (
+                SshError::Sudo(SudoError::Refused {
+                    node: node.clone(),
+                    user: user.clone(),
+                }),
+                "sudo_password_env / sudo_password_file",
+            ),
+            (
+                SshError::ConnectionLost("connection to node-1 (10.0.0.1) was lost while a command ran".into()),
+                "run again (finished tasks are skipped)",
+            ),
+        ];
+        for (e, advice) in cases {
+            let plain = e.to_string();
+            assert!(!plain.contains(advice), "the SSH layer's own message: {plain}");
+            let text = ssh_error_text(&e);
+            assert!(text.starts_with(&plain) && text.contains(advice), "{text}");
+        }
+    }
 }
