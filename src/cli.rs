@@ -234,12 +234,13 @@ pub enum LabCommand {
         /// The lab's folder (keys, configs, node roots, inventory).
         #[arg(long, default_value = ".lab")]
         dir: PathBuf,
-        /// Address of the first node; the others follow (127.0.10.1, .2, ...).
-        #[arg(long, default_value = "127.0.10.1")]
-        first_address: Ipv4Addr,
-        /// Port of the first node; the others follow.
-        #[arg(long, default_value_t = 2201)]
-        first_port: u16,
+        /// Address of the first node; the others follow (default 127.0.10.1, .2, ...; with --vm a free
+        /// range is claimed unless this or --first-port is given).
+        #[arg(long)]
+        first_address: Option<Ipv4Addr>,
+        /// Port of the first node; the others follow (default 2201).
+        #[arg(long)]
+        first_port: Option<u16>,
         /// Give each node a private view of /etc, /var/lib, /usr/local, /opt, /root and /home and
         /// recording stand-ins for apt, dnf, systemctl, kubeadm, kubectl, ... so the shipped
         /// playbooks run end to end without changing this machine.

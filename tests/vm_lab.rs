@@ -5,9 +5,7 @@
 //! under TCG on two cores). Needs root and Debian's apt (the lab installs qemu, mmdebstrap and vde-switch
 //! itself): when qemu cannot start the test fails, it never skips.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kubeboot::lab::vm;
@@ -15,288 +13,16 @@ use serde_json::Value;
 
 #[path = "common/shipped.rs"]
 mod shipped;
+#[path = "common/vms.rs"]
+mod vms;
+
+use vms::{Vms, repo, text};
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_LIKE: &str = "node-198";
-const FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 78, 1);
-const FIRST_PORT: u16 = 2310;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kubeboot"))
-}
-
-/// A started VM lab; `lab down` when dropped, so a failed assertion leaves no qemu behind.
-struct Vms {
-    dir: PathBuf,
-    _tmp: tempfile::TempDir,
-    password: String,
-}
-
-impl Drop for Vms {
-    fn drop(&mut self) {
-        let _ = Command::new(bin())
-            .args(["lab", "down", "--dir"])
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-impl Vms {
-    fn start() -> Vms {
-        let tmp = tempfile::tempdir().expect("a temporary folder");
-        let dir = tmp.path().join("lab");
-        let started = Instant::now();
-        let out = Command::new(bin())
-            .args(["lab", "up", "--vm", "--like"])
-            .arg(repo().join("inventory.toml"))
-            .arg("--dir")
-            .arg(&dir)
-            .args(["--rhel", RHEL_LIKE, "--first-address", &FIRST_ADDRESS.to_string()])
-            .args(["--first-port", &FIRST_PORT.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .expect("kubeboot lab up runs");
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let vms = Vms {
-            password: std::fs::read_to_string(dir.join("sudo_password"))
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
-            dir,
-            _tmp: tmp,
-        };
-        // Loud: a VM lab that cannot start under CI is a failure, not a skip.
-        assert!(out.status.success(), "lab up --vm failed:\n{text}");
-        eprintln!(
-            "lab up --vm took {:.0?}:\n{}",
-            started.elapsed(),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        vms
-    }
-
-    fn inventory(&self) -> PathBuf {
-        self.dir.join("inventory.toml")
-    }
-
-    fn port(&self, node: &str) -> u16 {
-        FIRST_PORT + NODES.iter().position(|n| *n == node).expect("a lab node") as u16
-    }
-
-    fn ssh_address(&self, node: &str) -> Ipv4Addr {
-        let i = NODES.iter().position(|n| *n == node).expect("a lab node");
-        Ipv4Addr::from(u32::from(FIRST_ADDRESS) + i as u32)
-    }
-
-    /// Runs `command` on `node` as the login user with OpenSSH's client (host key checked against the lab's
-    /// known_hosts); `stdin` is fed to it.
-    fn ssh(&self, node: &str, command: &str, stdin: &str) -> Output {
-        let mut child = Command::new("ssh")
-            .arg("-i")
-            .arg(self.dir.join("id_ed25519"))
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.dir.join("known_hosts").display()))
-            .args([
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ConnectTimeout=20",
-            ])
-            .arg("-p")
-            .arg(self.port(node).to_string())
-            .arg(format!("{}@{}", vm::GUEST_USER, self.ssh_address(node)))
-            .arg(command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ssh runs");
-        if let Some(mut pipe) = child.stdin.take() {
-            use std::io::Write;
-            let _ = pipe.write_all(stdin.as_bytes());
-        }
-        child.wait_with_output().expect("ssh finishes")
-    }
-
-    /// `command` as root through sudo with the lab's password (on stdin); stdout, panicking on failure.
-    fn root(&self, node: &str, command: &str) -> String {
-        let out = self.sudo(node, command);
-        assert!(
-            out.status.success(),
-            "{node}: `{command}` failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn sudo(&self, node: &str, command: &str) -> Output {
-        let quoted = command.replace('\'', r"'\''");
-        self.ssh(
-            node,
-            &format!("sudo -S -p '' sh -c '{quoted}'"),
-            &format!("{}\n", self.password),
-        )
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        vm::running_pids(&self.dir).collect()
-    }
-}
-
-/// One `kubeboot apply --yes --output json` on the lab's inventory and the shipped playbooks.
-struct Apply {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Apply {
-    fn events(&self) -> Vec<Value> {
-        self.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn finished(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "task_finished")
-            .collect()
-    }
-
-    fn output_of(&self, node: &str) -> String {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "output" && e["node"] == node)
-            .map(|e| format!("{}\n", e["line"].as_str().unwrap_or_default()))
-            .collect()
-    }
-}
-
-impl std::fmt::Display for Apply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let tail = |s: &str| {
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        };
-        write!(
-            f,
-            "exit {:?} after {:?}\n--- stdout (tail) ---\n{}\n--- stderr (tail) ---\n{}",
-            self.code,
-            self.took,
-            tail(&self.stdout),
-            tail(&self.stderr)
-        )
-    }
-}
 
 /// The real node stages (everything they run is real on the VMs).
 const NODE_STAGES: &str = "preflight,sources,os-prep,containerd,longhorn-prereqs";
-/// Stands in for a hung run: far beyond what the stages take under TCG.
-const APPLY_CAP: Duration = Duration::from_secs(2700);
-
-impl Vms {
-    fn kubeboot(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
-        c.arg("-i")
-            .arg(self.inventory())
-            .arg("-p")
-            .arg(repo().join("playbooks"))
-            .arg("--assets")
-            .arg(repo().join("assets"))
-            .arg("--state-dir")
-            .arg(self.dir.join("state"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in secrets() {
-            c.env(k, v);
-        }
-        c
-    }
-
-    fn apply(&self, extra: &[&str]) -> Apply {
-        self.apply_watching(extra, |_| {})
-    }
-
-    /// Runs apply, calling `watch` with every JSON event as it arrives (to inject a fault at a chosen task).
-    fn apply_watching(&self, extra: &[&str], mut watch: impl FnMut(&Value)) -> Apply {
-        use std::io::BufRead;
-        let mut args = vec!["apply", "--yes", "--output", "json"];
-        args.extend_from_slice(extra);
-        let started = Instant::now();
-        let mut child = self.kubeboot(&args).spawn().expect("kubeboot apply starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let err_reader = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::io::BufReader::new(stderr), &mut s);
-            s
-        });
-        let pid = child.id() as i32;
-        let watchdog = std::thread::spawn(move || {
-            let deadline = Instant::now() + APPLY_CAP;
-            while Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    return;
-                }
-            }
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
-        let mut stdout = String::new();
-        for line in std::io::BufReader::new(child.stdout.take().expect("stdout")).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                watch(&event);
-            }
-            stdout.push_str(&line);
-            stdout.push('\n');
-        }
-        let status = child.wait().expect("kubeboot apply ends");
-        let _ = watchdog.join();
-        keep_events(&args, &stdout);
-        Apply {
-            code: status.code(),
-            stdout,
-            stderr: err_reader.join().unwrap_or_default(),
-            took: started.elapsed(),
-        }
-    }
-}
-
-/// Every apply's events are kept in the target folder (`target/tmp/vm_lab/NN-ARGS.json`), where the lab's
-/// temporary folder would lose them: what a failed or slow run did, task by task, after the VMs are gone.
-fn keep_events(args: &[&str], stdout: &str) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm_lab");
-    let n = RUNS.fetch_add(1, Ordering::SeqCst);
-    let name: String = args[4..]
-        .join("_")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
-        .collect();
-    if n == 0 {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(dir.join(format!("{n:02}-{name}.json")), stdout);
-}
 
 /// The secrets the shipped inventory names, random for this run (the node stages do not use them; they must
 /// still never be written anywhere).
@@ -306,36 +32,48 @@ fn secrets() -> Vec<(&'static str, String)> {
     VALUES.get_or_init(shipped::secrets).clone()
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+fn start() -> Vms {
+    Vms::start(
+        "vm_lab",
+        &repo().join("inventory.toml"),
+        &["--rhel", RHEL_LIKE],
+        secrets(),
     )
-}
-
-/// The lab's inventory as TOML.
-fn inventory_toml(path: &Path) -> toml::Table {
-    std::fs::read_to_string(path)
-        .expect("the lab's inventory")
-        .parse()
-        .expect("the lab's inventory is TOML")
 }
 
 fn check_vm_lab_itself(vms: &Vms) {
     // The inventory keeps the model's names and clusters; address = the switch, ssh_address = the forward.
-    let inv = inventory_toml(&vms.inventory());
+    let inv = vms.inventory_toml();
     let nodes = inv["nodes"].as_array().expect("nodes");
     let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
     assert_eq!(names, NODES);
     for (i, n) in nodes.iter().enumerate() {
         assert_eq!(n["address"].as_str(), Some(format!("10.77.0.{}", 11 + i).as_str()));
-        assert_eq!(
-            n["ssh_address"].as_str(),
-            Some(vms.ssh_address(NODES[i]).to_string().as_str())
+        let ssh = n["ssh_address"].as_str().unwrap_or_default();
+        assert!(
+            ssh.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback()),
+            "{}: ssh_address {ssh} is not a loopback address",
+            NODES[i]
         );
         assert_eq!(n["cluster"].as_str(), Some(format!("cluster-0{}", i + 1).as_str()));
     }
+    // The lab's loopback range is held (by its switch) while it runs: a second VM lab asking for it is refused,
+    // naming the holder.
+    let switch_pid = std::fs::read_to_string(vms.dir.join("switch.pid")).expect("switch.pid");
+    let other = tempfile::tempdir().expect("a temporary folder");
+    let taken = vms.ssh_address(NODES[0]);
+    let second = std::process::Command::new(vms::bin())
+        .args(["lab", "up", "--vm", "--nodes", "1", "--dir"])
+        .arg(other.path().join("lab"))
+        .args(["--first-address", &taken.ip().to_string()])
+        .output()
+        .expect("kubeboot lab up runs");
+    let said = text(&second);
+    assert!(!second.status.success(), "a second lab took a held range:\n{said}");
+    assert!(
+        said.contains(&format!("held by process {} (vde_switch)", switch_pid.trim())),
+        "the refusal must name the switch holding the range:\n{said}"
+    );
     let known = std::fs::read_to_string(vms.dir.join("known_hosts")).expect("known_hosts");
     assert_eq!(known.lines().count(), 4, "{known}");
     assert_eq!(vms.pids().len(), 5, "four qemu and one switch are running");
@@ -650,7 +388,7 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
-    let vms = Vms::start();
+    let vms = start();
     check_vm_lab_itself(&vms);
     // KUBEBOOT_VM_INSTALL=1: the real node stages, a reboot of every VM and the verification, and --fresh changing
     // nothing. KUBEBOOT_VM_FAULTS=1: the same with a hard reset of a VM in the middle of apt (then a resumed
@@ -685,24 +423,5 @@ fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
     no_secret_written(&vms);
 
     // lab down stops exactly what it started and deletes the overlays.
-    let pids = vms.pids();
-    let down = Command::new(bin())
-        .args(["lab", "down", "--dir"])
-        .arg(&vms.dir)
-        .output()
-        .expect("lab down runs");
-    assert!(down.status.success(), "lab down: {}", text(&down));
-    for pid in pids {
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let running = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'));
-        assert!(!running, "process {pid} still runs after lab down: {state}");
-    }
-    for node in NODES {
-        assert!(
-            !vms.dir.join("nodes").join(node).join("overlay.qcow2").exists(),
-            "{node}'s overlay is left"
-        );
-    }
+    vms::down_and_check(&vms, &NODES);
 }

@@ -33,8 +33,8 @@ pub(super) fn lab(args: &LabArgs) -> Result<Exit, Failure> {
             let mut opts = lab::LabOptions {
                 dir: dir.clone(),
                 nodes: *nodes,
-                first_address: *first_address,
-                first_port: *first_port,
+                first_address: first_address.unwrap_or(std::net::Ipv4Addr::new(127, 0, 10, 1)),
+                first_port: first_port.unwrap_or(2201),
                 isolated: *isolated,
                 kinds: Vec::new(),
                 like: like.clone(),
@@ -93,8 +93,8 @@ pub(super) fn lab(args: &LabArgs) -> Result<Exit, Failure> {
 fn vm_lab_up(
     nodes: usize,
     dir: &std::path::Path,
-    first_address: std::net::Ipv4Addr,
-    first_port: u16,
+    first_address: Option<std::net::Ipv4Addr>,
+    first_port: Option<u16>,
     like: &Option<std::path::PathBuf>,
     rhel: &[String],
 ) -> Result<Exit, Failure> {

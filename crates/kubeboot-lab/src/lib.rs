@@ -134,6 +134,10 @@ pub enum LabError {
     UnknownNode { dir: PathBuf, node: String },
     #[error("no loopback range for a lab: {0}")]
     NoFreeNet(String),
+    #[error(
+        "the loopback range {range} is held by {holder}: another lab uses it (`kubeboot lab down` that lab, or leave out --first-address to get a free range)"
+    )]
+    NetHeld { range: String, holder: String },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {

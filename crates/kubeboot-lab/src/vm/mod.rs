@@ -2,7 +2,9 @@
 //! systemd and sshd, a login user with password sudo, and no outbound network at all.
 //!
 //! - SSH reaches a guest only through qemu's user-mode NIC (`restrict=on`: no route out, no DNS, not even the
-//!   host's own services), forwarded from one loopback address and port of the host.
+//!   host's own services), forwarded from one loopback address and port of the host. The lab claims that
+//!   loopback range through [`crate::net`] and hands the claim to its switch, so the range stays held until
+//!   `down` and two VM labs never share one.
 //! - The guests reach each other on a second NIC plugged into a `vde_switch`, a userspace switch whose traffic
 //!   never leaves the qemu processes (nothing changes in the host's network).
 //! - Every guest boots the one cached base image (see `image`) through its own copy-on-write overlay, with
@@ -45,6 +47,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const RHEL_SECURE_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
 /// Where the guests' /etc/hosts puts the model's S3 host: an address on the switch that nothing answers.
 const S3_STAND_IN: &str = "10.77.0.250";
+/// The range asked for when only one of `--first-address` / `--first-port` is given.
+const DEFAULT_FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 77, 1);
+const DEFAULT_FIRST_PORT: u16 = 2222;
 /// The file in a lab folder that marks it as a VM lab.
 const MARKER: &str = "vm-lab.json";
 
@@ -57,9 +62,10 @@ pub struct VmOptions {
     pub nodes: usize,
     /// Model the inventory on this one: its node names, clusters, vars and secrets.
     pub like: Option<PathBuf>,
-    /// Guest i's SSH is forwarded from `first_address + i`, port `first_port + i`.
-    pub first_address: Ipv4Addr,
-    pub first_port: u16,
+    /// Guest i's SSH is forwarded from `first_address + i`, port `first_port + i`. Unset: a free range from
+    /// [`crate::net::claim`]; set (either), that range, which must not be held by another lab.
+    pub first_address: Option<Ipv4Addr>,
+    pub first_port: Option<u16>,
     /// These guests keep RHEL's sudo rules (see [`RHEL_SECURE_PATH`]).
     pub rhel_like: Vec<String>,
     pub memory_mib: u32,
@@ -76,8 +82,8 @@ impl VmOptions {
             dir: dir.into(),
             nodes: 4,
             like: None,
-            first_address: Ipv4Addr::new(127, 0, 77, 1),
-            first_port: 2222,
+            first_address: None,
+            first_port: None,
             rhel_like: Vec::new(),
             memory_mib: 1536,
             cpus: 1,
@@ -150,6 +156,14 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
             });
         }
     }
+    let net = match (opts.first_address, opts.first_port) {
+        (None, None) => crate::net::claim(names.len())?,
+        (address, port) => crate::net::claim_at(
+            address.unwrap_or(DEFAULT_FIRST_ADDRESS),
+            port.unwrap_or(DEFAULT_FIRST_PORT),
+            names.len(),
+        )?,
+    };
     fs::create_dir_all(dir.join("nodes")).map_err(io(format!("cannot create {}", dir.display())))?;
     set_mode(&dir, 0o700)?;
 
@@ -174,8 +188,8 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
         .map(|(i, name)| VmNode {
             name: name.clone(),
             ssh: SocketAddr::from((
-                Ipv4Addr::from(u32::from(opts.first_address) + i as u32),
-                opts.first_port + i as u16,
+                Ipv4Addr::from(u32::from(net.first_address) + i as u32),
+                net.first_port + i as u16,
             )),
             address: Ipv4Addr::new(SWITCH_NET[0], SWITCH_NET[1], SWITCH_NET[2], SWITCH_FIRST + i as u8),
             rhel_like: opts.rhel_like.contains(name),
@@ -226,7 +240,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     write_inventory(&lab, &model, &bundle)?;
 
     let boot = Instant::now();
-    let result = start_switch(&tools, &dir).and_then(|()| {
+    let result = start_switch(&tools, &dir, &net).and_then(|()| {
         for node in &lab.nodes {
             start_vm_with(&tools.qemu, &dir, &node.name)?;
         }
@@ -530,7 +544,8 @@ fn qemu_args(opts: &VmOptions, dir: &Path, node: &VmNode, index: usize, base: &i
     a
 }
 
-fn start_switch(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
+/// Starts the lab's switch, which from then on holds the lab's loopback range (`net`) until it stops.
+fn start_switch(tools: &HostTools, dir: &Path, net: &crate::net::Net) -> Result<(), LabError> {
     if recorded_pid(&dir.join("switch.pid"), "vde_switch").is_some() {
         return Ok(());
     }
@@ -541,7 +556,26 @@ fn start_switch(tools: &HostTools, dir: &Path) -> Result<(), LabError> {
         .args(["--mode", "0600", "--dirmode", "0700", "--daemon", "--pidfile"])
         .arg(dir.join("switch.pid"))
         .stdin(Stdio::null());
-    image::checked(cmd, "vde_switch")
+    net.hand_over(&mut cmd);
+    image::checked(cmd, "vde_switch")?;
+    // The daemon writes its PID file after its parent has returned.
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let pid = loop {
+        if let Some(pid) = recorded_pid(&dir.join("switch.pid"), "vde_switch") {
+            break pid;
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::VmStart {
+                node: "the lab switch".into(),
+                reason: format!(
+                    "vde_switch wrote no running PID to {}",
+                    dir.join("switch.pid").display()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    net.record_holder(pid)
 }
 
 fn start_vm(dir: &Path, name: &str) -> Result<(), LabError> {
