@@ -238,3 +238,42 @@ fn an_inventory_that_already_names_a_bundle_is_refused_with_what_to_do() {
     );
     assert!(!out.exists(), "nothing was downloaded");
 }
+
+#[test]
+fn a_bundle_for_rhel_nodes_is_refused_with_what_to_do_instead() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let inv = dir.path().join("inventory.toml");
+    std::fs::write(&inv, "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n").expect("write the inventory");
+    let out = dir.path().join("bundle");
+    let (inv_s, books, out_s) = (
+        inv.display().to_string(),
+        playbooks(dir.path()),
+        out.display().to_string(),
+    );
+    for args in [
+        &["-i", &inv_s, "-p", &books, "bundle", "--os", "rhel-9", "--out", &out_s][..],
+        &["-i", &inv_s, "-p", &books, "bundle", "--os", "rocky-8.10", "--list"][..],
+    ] {
+        let r = kubeboot(args);
+        assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+        assert!(
+            text(&r).contains("does not build dnf package bundles yet") && text(&r).contains("internal dnf mirror"),
+            "{}",
+            text(&r)
+        );
+    }
+    // A node the inventory says is RHEL (its own vars), even with the default --os.
+    std::fs::write(
+        &inv,
+        "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[[nodes]]\nname = \"n2\"\naddress = \"127.0.0.2\"\nvars = { os_family = \"redhat\" }\n",
+    )
+    .expect("write the inventory");
+    let r = kubeboot(&["-i", &inv_s, "-p", &books, "bundle", "--out", &out_s]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("inventory.toml:5:1") && text(&r).contains("node n2 is a RHEL-family node"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists(), "nothing was downloaded");
+}

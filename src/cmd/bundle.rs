@@ -34,6 +34,8 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         return Ok(Exit::BadInput);
     }
     let inv = inventory::load(&cli.inventory)?;
+    let facts = os_facts(&args.os)?;
+    refuse_rhel(cli, &inv, &args.os, &facts)?;
     if inv.sources.bundle.is_some() && !args.list {
         // With `bundle` set every unset source is the bundle's own folder: nothing to download from.
         return Err(Failure::BadInput(
@@ -57,7 +59,6 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
         .clone()
         .unwrap_or_else(|| super::input::default_assets(&cli.playbooks));
     let books = crate::playbook::load(&cli.playbooks, &assets)?;
-    let facts = os_facts(&args.os)?;
     let mut plans = Vec::new();
     for node in &inv.nodes {
         plans.push(crate::plan::plan_node(
@@ -134,23 +135,13 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     let images = images::merge(images, chart_images);
     let (items, failed) = packages::collect(&repos, out, &report);
     errors.extend(failed);
-    // kubeadm's own images: what the kubeadm just collected names for the plan's configurations.
-    let kubeadm_images = if facts.os_family == "debian" {
-        let (found, failed) = kubeadm::images(&configs, &items, out);
-        errors.extend(failed);
-        for m in kubeadm::sandbox_mismatches(&found, &sandbox) {
-            errors.push(collect::BundleError::Io(m));
-        }
-        found
-    } else {
-        if !configs.is_empty() {
-            eprintln!(
-                "note: kubeadm's control-plane images are not collected for --os {}: they are read from the bundle's kubeadm package, and only Debian/Ubuntu packages are collected",
-                args.os
-            );
-        }
-        Vec::new()
-    };
+    // kubeadm's own images: what the kubeadm just collected names for the plan's configurations
+    // (Debian/Ubuntu only: a RHEL bundle was refused above).
+    let (kubeadm_images, failed) = kubeadm::images(&configs, &items, out);
+    errors.extend(failed);
+    for m in kubeadm::sandbox_mismatches(&kubeadm_images, &sandbox) {
+        errors.push(collect::BundleError::Io(m));
+    }
     manifest.items.extend(items);
     let images = images::merge(images, images::merge(kubeadm_images, sandbox));
     let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
@@ -237,6 +228,52 @@ fn source_of(roots: &[&std::path::Path], dest: &str, key: &str) -> Option<(std::
         }
     }
     best.map(|(_, p, l)| (p, l))
+}
+
+/// A bundle for RHEL-family nodes (`--os rhel-9`, or a node whose inventory variables say
+/// `os_family = "redhat"` or a RHEL-family `os_id`) is refused: its dnf repository is not built yet,
+/// and a bundle without it would install nothing on those nodes.
+fn refuse_rhel(cli: &Cli, inv: &inventory::Inventory, os: &str, facts: &Facts) -> Result<(), Failure> {
+    const HINT: &str = "point [sources.dnf] kubernetes, containerd and distro at an internal dnf mirror (and \
+        [sources.registries], [sources.charts], [sources.releases] at internal mirrors) and apply without a bundle; \
+        a bundle is built for Debian/Ubuntu nodes only (--os debian-N / ubuntu-N.N)";
+    let what = "kubeboot bundle does not build dnf package bundles yet (only apt ones, for Debian and Ubuntu)";
+    if facts.os_family == "redhat" {
+        return Err(Failure::BadInput(
+            crate::diag::Diagnostic::at("command line", 1, 1, format!("--os {os}: {what}"))
+                .with_hint(HINT)
+                .into(),
+        ));
+    }
+    for node in &inv.nodes {
+        let cluster = inv.clusters.iter().find(|c| Some(&c.name) == node.cluster.as_ref());
+        let var = |k: &str| {
+            node.vars
+                .get(k)
+                .or_else(|| cluster.and_then(|c| c.vars.get(k)))
+                .or_else(|| inv.vars.get(k))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let (family, id) = (var("os_family"), var("os_id"));
+        if family == "redhat" || ["rhel", "rocky", "almalinux", "centos"].contains(&id.as_str()) {
+            return Err(Failure::BadInput(
+                crate::diag::Diagnostic::at(
+                    &cli.inventory,
+                    node.line.max(1),
+                    1,
+                    format!(
+                        "node {} is a RHEL-family node (os_family = \"{family}\", os_id = \"{id}\"): {what}",
+                        node.name
+                    ),
+                )
+                .with_hint(HINT)
+                .into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The facts of `--os ID-VERSION` (x86_64): what the plan renders and the packages are downloaded for.
