@@ -45,6 +45,11 @@ pub enum Why {
     AfterChanged(String),
     /// A task it depends on runs now: it runs again if that one reports `changed`, else it stays done.
     IfChanged(String),
+    /// It finished before, or would run only if a task it depends on changed, but a task of this
+    /// run needs its secret output, which is never kept: it runs again for that (this says which).
+    /// Shown under the task (`again: ...`), not on its line; it restores what the run had, so it
+    /// is `ok` and re-runs nothing after it.
+    Again(String),
 }
 
 impl Why {
@@ -66,6 +71,7 @@ impl Why {
             Why::FreshGeneration => "fresh generation".into(),
             Why::AfterChanged(task) => format!("after changed: {task}"),
             Why::IfChanged(task) => format!("after changed: {task} (if it changes)"),
+            Why::Again(why) => format!("again: {why}"),
         }
     }
 }
@@ -102,8 +108,6 @@ pub struct PlannedTask {
     pub needs: Vec<OutputRef>,
     /// Its stage runs on one node of the cluster at a time.
     pub serial: bool,
-    /// Set when a task done before runs again because a later task needs its secret output, which is never kept.
-    pub again_for: Option<String>,
     /// Why it runs (set with Decision::Run).
     pub why: Option<Why>,
     /// False for a read-only task (`changed_when: false`): a success is `ok`, so it re-runs nothing after it.
@@ -636,7 +640,6 @@ fn plan_task(
         waits: Vec::new(),
         needs,
         serial: stage.serial,
-        again_for: None,
         why: None,
         changed_when: def.changed_when,
     })
@@ -879,10 +882,9 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
             plan.tasks.len(),
             plan.tasks.len() - to_run
         ));
-        let resumed = plan
-            .tasks
-            .iter()
-            .any(|t| t.decision == Decision::Skip(SkipReason::Done) || !matches!(t.why, None | Some(Why::New)));
+        let resumed = plan.tasks.iter().any(|t| {
+            t.decision == Decision::Skip(SkipReason::Done) || !matches!(t.why, None | Some(Why::New | Why::Again(_)))
+        });
         let mut stage: Option<&str> = None;
         let mut number = 0;
         for t in &plan.tasks {
@@ -909,6 +911,8 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
             // On a node nothing ever finished on, every task is new: saying so on each line says nothing.
             let why = match &t.why {
                 Some(Why::New) if !resumed => String::new(),
+                // Said under the task, by `runbook`.
+                Some(Why::Again(_)) => String::new(),
                 Some(why) => format!(" — {}", why.text()),
                 None => String::new(),
             };
@@ -926,8 +930,8 @@ pub fn render(plans: &[NodePlan], show_commands: bool) -> String {
 /// registers, and why a task done before runs again.
 fn runbook(out: &mut String, t: &PlannedTask) {
     const PAD: &str = "           ";
-    if let Some(why) = &t.again_for {
-        out.push_str(&format!("{PAD}again: {why}\n"));
+    if let Some(why @ Why::Again(_)) = &t.why {
+        out.push_str(&format!("{PAD}{}\n", why.text()));
     }
     for w in &t.waits {
         let what = match &w.output {

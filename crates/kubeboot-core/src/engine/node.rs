@@ -145,8 +145,7 @@ async fn run_session(
         let conditional = matches!(t.why, Some(Why::IfChanged(_)));
         if t.decision == Decision::Skip(SkipReason::Done) || conditional {
             t.decision = Decision::Run;
-            t.why = None;
-            t.again_for = Some(why.clone());
+            t.why = Some(Why::Again(why.clone()));
         }
     }
     shared.emit(Event::NodePlanned {
@@ -326,7 +325,8 @@ fn live_decision(task: &PlannedTask, changed: &HashSet<TaskKey>) -> (Decision, O
         (Decision::Skip(SkipReason::Done), _, Some(dep)) => (Decision::Run, Some(after(dep))),
         (Decision::Run, Some(Why::IfChanged(_)), None) => (Decision::Skip(SkipReason::Done), None),
         (Decision::Run, Some(Why::IfChanged(_)), Some(dep)) => (Decision::Run, Some(after(dep))),
-        (Decision::Run, Some(Why::New), _) | (Decision::Run, None, _) => (Decision::Run, None),
+        // A task that runs again for an output says so in the plan (under it), not in its event.
+        (Decision::Run, Some(Why::New | Why::Again(_)), _) | (Decision::Run, None, _) => (Decision::Run, None),
         (Decision::Run, Some(why), _) => (Decision::Run, Some(why.text())),
         (decision, _, _) => (*decision, None),
     }
@@ -392,7 +392,7 @@ async fn run_task(
                 // A task done before that runs again only to make an output this run needs (a secret one is never
                 // kept) restores what the run had: it is `ok`, and re-runs nothing that depends on it.
                 // A read-only task (`changed_when: false`) is `ok` when it succeeds, whatever its kind reports.
-                let again = recorded && task.again_for.is_some();
+                let again = recorded && matches!(task.why, Some(Why::Again(_)));
                 let status = if status == TaskStatus::Changed && (again || !task.changed_when) {
                     TaskStatus::Ok
                 } else {

@@ -555,8 +555,7 @@ pub fn again(plans: &mut [NodePlan], progress: &Progress, fresh: bool) -> BTreeM
             let conditional = matches!(t.why, Some(super::Why::IfChanged(_)));
             if t.decision == Decision::Skip(SkipReason::Done) || conditional {
                 t.decision = Decision::Run;
-                t.why = None;
-                t.again_for = Some(why.clone());
+                t.why = Some(super::Why::Again(why.clone()));
                 forced.insert((node.clone(), t.stage.clone(), t.task.clone()), why);
                 changed = true;
             }
