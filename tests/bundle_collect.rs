@@ -3,12 +3,12 @@
 //! resumed, a second run downloading nothing, a damaged copy named with exit 2. A fake release
 //! archive stands in for helm's (the real one cannot be had here).
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
+use common::http::FileServer;
 use sha2::{Digest, Sha256};
 
 const FILE: &str = "helm-v3.19.0-linux-amd64.tar.gz";
@@ -16,57 +16,26 @@ const FILE: &str = "helm-v3.19.0-linux-amd64.tar.gz";
 /// A release-download site on 127.0.0.1: one file, GET with optional `Range: bytes=N-`.
 struct Site {
     port: u16,
+    server: FileServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
     /// The Range header of every request ("" when none).
-    ranges: Arc<Mutex<Vec<String>>>,
+    fn ranges(&self) -> Vec<String> {
+        self.server.seen().into_iter().map(|r| r.range).collect()
+    }
 }
 
 fn start_site(body: Vec<u8>) -> Site {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    let ranges = Arc::new(Mutex::new(Vec::new()));
-    let seen = ranges.clone();
-    let body = Arc::new(body);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (seen, body) = (seen.clone(), body.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-                let mut line = String::new();
-                let _ = reader.read_line(&mut line);
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let mut range = String::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("range:") {
-                        range = v.trim().to_string();
-                    }
-                }
-                seen.lock().expect("lock").push(range.clone());
-                let mut out = stream;
-                if path != format!("/helm/{FILE}") {
-                    let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                    return;
-                }
-                let start: usize = range
-                    .strip_prefix("bytes=")
-                    .and_then(|r| r.strip_suffix('-'))
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                let part = &body[start.min(body.len())..];
-                let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    part.len()
-                );
-                let _ = out.write_all(head.as_bytes());
-                let _ = out.write_all(part);
-            });
-        }
-    });
-    Site { port, ranges }
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    std::fs::write(dir.path().join(FILE), body).expect("the site's file");
+    let server = FileServer::start("/helm/", dir.path());
+    Site {
+        port: server.port,
+        server,
+        _dir: dir,
+    }
 }
 
 fn fake_archive() -> Vec<u8> {
@@ -135,11 +104,7 @@ fn a_bundle_holds_checked_files_resumes_and_is_verified_after_copying() {
     let books = playbooks(dir.path());
     let r = kubeboot(&["-i", &inv_s, "-p", &books, "bundle", "--out", &out_s]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
-    assert_eq!(
-        site.ranges.lock().expect("lock").as_slice(),
-        ["bytes=100000-"],
-        "resumed where it stopped"
-    );
+    assert_eq!(site.ranges().as_slice(), ["bytes=100000-"], "resumed where it stopped");
     let got = std::fs::read(out.join(format!("releases/helm/{FILE}"))).expect("the file is in the bundle");
     assert_eq!(got, body);
     assert!(!part.exists(), "no partial file left");
@@ -159,11 +124,7 @@ fn a_bundle_holds_checked_files_resumes_and_is_verified_after_copying() {
     // Again: nothing is downloaded.
     let r = kubeboot(&["-i", &inv_s, "-p", &books, "bundle", "--out", &out_s]);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
-    assert_eq!(
-        site.ranges.lock().expect("lock").len(),
-        1,
-        "a finished file is not fetched again"
-    );
+    assert_eq!(site.ranges().len(), 1, "a finished file is not fetched again");
     assert!(text(&r).contains("present helm"), "{}", text(&r));
 
     // A copy checks out; a damaged copy is named, exit 2.

@@ -6,12 +6,15 @@
 //! rendered by a stand-in helm (tests/fixtures/helm-standin.sh, packed as the bundle's helm release)
 //! that records the arguments kustomize's would get.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::http::FileServer;
 use sha2::{Digest, Sha256};
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
@@ -33,10 +36,7 @@ fn start_registry(dir: &Path) -> Registry {
         Path::new(REGISTRY).exists(),
         "{REGISTRY} is missing: apt-get install docker-registry (.ci/run installs it)"
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port();
+    let port = common::free_port();
     let config = dir.join("registry.yml");
     std::fs::write(
         &config,
@@ -356,53 +356,6 @@ fn an_image_the_registry_does_not_have_is_named_and_the_others_are_still_collect
     );
 }
 
-/// A chart repository on 127.0.0.1: the files of `dir` below `/charts/`, GET with `Range: bytes=N-`.
-fn serve_charts(dir: PathBuf) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = Vec::new();
-            let mut byte = [0u8; 1];
-            while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                buf.push(byte[0]);
-            }
-            let raw = String::from_utf8_lossy(&buf).to_string();
-            // The path keeps its case (apt asks for `Packages`); the header names do not.
-            let path = raw.split_whitespace().nth(1).unwrap_or("").to_string();
-            let head = raw.to_ascii_lowercase();
-            let start: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("range: bytes="))
-                .and_then(|r| r.trim().strip_suffix('-'))
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            // A flat apt repository is asked for `./Packages` and the like.
-            let file = path
-                .strip_prefix("/charts/")
-                .map(|f| f.trim_start_matches("./"))
-                .filter(|f| !f.contains('/') && !f.is_empty());
-            match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
-                Some(body) => {
-                    let part = &body[start.min(body.len())..];
-                    let status = if start > 0 { "206 Partial Content" } else { "200 OK" };
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        part.len()
-                    );
-                    let _ = stream.write_all(head.as_bytes());
-                    let _ = stream.write_all(part);
-                }
-                None => {
-                    let _ =
-                        stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                }
-            }
-        }
-    });
-    port
-}
-
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -513,7 +466,8 @@ fn charts_come_from_their_index_and_their_images_from_helm_template_as_kustomize
     )
     .expect("index.yaml");
     let helm_sha = helm_release(dir.path(), &repo);
-    let charts_port = serve_charts(repo);
+    let charts = FileServer::start("/charts/", &repo);
+    let charts_port = charts.port;
 
     let books = dir.path().join("playbooks");
     std::fs::create_dir_all(&books).expect("a playbook folder");
@@ -749,7 +703,7 @@ fn kubeadms_own_images_are_the_ones_the_bundled_kubeadm_names_for_the_shipped_co
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(repo.join(file), out.stdout).expect("the index");
     }
-    let apt_port = serve_charts(repo);
+    let apt_port = FileServer::start("/charts/", &repo).port;
     // The site's registry, under the path the inventory's image_repository names.
     let wanted = [
         ("k8s/kube-apiserver", "v1.34.1"),
@@ -870,44 +824,6 @@ tasks:
     );
 }
 
-/// The files of `dir` at `http://127.0.0.1:PORT/images/...` (one folder level below), every path asked logged.
-fn serve_logged(dir: PathBuf) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut buf = Vec::new();
-            let mut byte = [0u8; 1];
-            while !buf.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                buf.push(byte[0]);
-            }
-            let head = String::from_utf8_lossy(&buf).to_string();
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-            log.lock().expect("lock").push(path.clone());
-            let file = path
-                .strip_prefix("/images/")
-                .filter(|f| !f.is_empty() && !f.split('/').any(|p| p.is_empty() || p == ".."));
-            match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
-                Some(body) => {
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    let _ = stream.write_all(head.as_bytes());
-                    let _ = stream.write_all(&body);
-                }
-                None => {
-                    let _ =
-                        stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                }
-            }
-        }
-    });
-    (port, seen)
-}
-
 /// The text of a `KEY: |` block of the shipped task `task` in `stage` (its lines, dedented).
 fn shipped_block(stage: &str, task: &str, key: &str) -> String {
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks").join(stage))
@@ -934,7 +850,8 @@ fn a_node_fetches_only_its_own_list_once_and_a_resumed_run_sends_nothing_again()
     }
     std::fs::write(images.join("index.txt"), "x/a:1\ta.tar\nx/b:1\tb.tar\nx/c:1\tc.tar\n").expect("index.txt");
     std::fs::write(images.join("nodes/w1.txt"), "x/a:1\ta.tar\nx/b:1\tb.tar\n").expect("w1's list");
-    let (port, seen) = serve_logged(images.clone());
+    let served = FileServer::start("/images/", &images);
+    let port = served.port;
     // A stand-in ctr: `images ls -q` prints what was imported, `images import F` records the image the
     // archive holds (here: its text) and fails on `b` the first time, as a cut connection would.
     let bin = dir.path().join("bin");
@@ -989,34 +906,28 @@ fn a_node_fetches_only_its_own_list_once_and_a_resumed_run_sends_nothing_again()
         "the cut import fails the task: {}",
         said(&first)
     );
-    assert_eq!(
-        archives(&seen.lock().expect("lock")),
-        ["/images/a.tar", "/images/b.tar"]
-    );
+    assert_eq!(archives(&served.paths()), ["/images/a.tar", "/images/b.tar"]);
     assert_ne!(sh(&render(&unless, "w1")).status.code(), Some(0), "not done yet");
     // The retry (or a resumed run) sends only b; then the guard says done and nothing more travels.
-    seen.lock().expect("lock").clear();
+    served.clear();
     let second = sh(&render(&run, "w1"));
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
-    assert_eq!(archives(&seen.lock().expect("lock")), ["/images/b.tar"]);
+    assert_eq!(archives(&served.paths()), ["/images/b.tar"]);
     assert_eq!(sh(&render(&unless, "w1")).status.code(), Some(0));
-    seen.lock().expect("lock").clear();
+    served.clear();
     let third = sh(&render(&run, "w1"));
     assert!(third.status.success());
-    assert!(
-        archives(&seen.lock().expect("lock")).is_empty(),
-        "nothing travels again"
-    );
+    assert!(archives(&served.paths()).is_empty(), "nothing travels again");
     assert_eq!(std::fs::read_to_string(&state).expect("imported"), "x/a:1\nx/b:1\n");
 
     // A node the bundle has no list for (added later) takes every image of index.txt.
     std::fs::write(&state, "").expect("a fresh node");
     std::fs::write(format!("{}.failed", state.display()), "").expect("no cut this time");
-    seen.lock().expect("lock").clear();
+    served.clear();
     let other = sh(&render(&run, "n9"));
     assert!(other.status.success(), "{}", String::from_utf8_lossy(&other.stderr));
     assert_eq!(
-        archives(&seen.lock().expect("lock")),
+        archives(&served.paths()),
         ["/images/a.tar", "/images/b.tar", "/images/c.tar"]
     );
 }

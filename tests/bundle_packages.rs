@@ -5,90 +5,13 @@
 //! resumed by apt; the result is a flat repository with its own index; a second run downloads no
 //! package again. Nothing but 127.0.0.1 is asked (every [sources.apt] repository points here).
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
+use common::http::{FileServer, Request};
 use sha2::{Digest, Sha256};
-
-/// Every request the repository saw: (path, Range header or "").
-type Seen = Arc<Mutex<Vec<(String, String)>>>;
-
-fn serve(dir: PathBuf) -> (u16, Seen) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("its address").port();
-    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let (dir, log) = (dir.clone(), log.clone());
-            std::thread::spawn(move || {
-                loop {
-                    // apt keeps the connection open for several requests.
-                    let mut buf = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !buf.ends_with(b"\r\n\r\n") {
-                        if stream.read(&mut byte).unwrap_or(0) != 1 {
-                            return;
-                        }
-                        buf.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_string();
-                    let mut lines = head.lines();
-                    let first = lines.next().unwrap_or("");
-                    let method = first.split_whitespace().next().unwrap_or("").to_string();
-                    let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let range = lines
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("range").then(|| v.trim().to_string())
-                        })
-                        .unwrap_or_default();
-                    log.lock().expect("lock").push((path.clone(), range.clone()));
-                    let start: usize = range
-                        .strip_prefix("bytes=")
-                        .and_then(|r| r.strip_suffix('-'))
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(0);
-                    let file = path
-                        .strip_prefix("/debian/")
-                        .map(|f| f.trim_start_matches("./"))
-                        .filter(|f| !f.contains('/') && !f.contains("..") && !f.is_empty());
-                    let reply = match file.and_then(|f| std::fs::read(dir.join(f)).ok()) {
-                        Some(body) => {
-                            let part = body[start.min(body.len())..].to_vec();
-                            let status = if start > 0 {
-                                format!(
-                                    "206 Partial Content\r\ncontent-range: bytes {start}-{}/{}",
-                                    body.len().saturating_sub(1),
-                                    body.len()
-                                )
-                            } else {
-                                "200 OK".to_string()
-                            };
-                            let mut r = format!(
-                                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nlast-modified: Thu, 01 Jan 2026 00:00:00 GMT\r\n\r\n",
-                                part.len()
-                            )
-                            .into_bytes();
-                            if method != "HEAD" {
-                                r.extend(part);
-                            }
-                            r
-                        }
-                        None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec(),
-                    };
-                    if stream.write_all(&reply).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, seen)
-}
 
 /// A real .deb built with dpkg-deb: one file of `size` pseudo-random bytes.
 fn deb(dir: &Path, name: &str, depends: Option<&str>, size: usize) -> PathBuf {
@@ -160,7 +83,8 @@ fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_reposi
     ftparchive(&repo, &["packages", "."], "Packages");
     ftparchive(&repo, &["release", "."], "Release");
     let lib_bytes = std::fs::read(&lib).expect("the .deb");
-    let (port, seen) = serve(repo);
+    let served = FileServer::start("/debian/", &repo);
+    let port = served.port;
 
     let books = dir.path().join("playbooks");
     std::fs::create_dir_all(&books).expect("a playbook folder");
@@ -203,14 +127,14 @@ fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_reposi
     let r = kubeboot(&args);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     {
-        let seen = seen.lock().expect("lock");
-        let lib_requests: Vec<&(String, String)> = seen
+        let seen = served.seen();
+        let lib_requests: Vec<&Request> = seen
             .iter()
-            .filter(|(p, _)| p.ends_with("kb-lib_1.0_amd64.deb"))
+            .filter(|r| r.path.ends_with("kb-lib_1.0_amd64.deb"))
             .collect();
         assert_eq!(lib_requests.len(), 1, "{seen:?}");
         assert_eq!(
-            lib_requests[0].1, "bytes=50000-",
+            lib_requests[0].range, "bytes=50000-",
             "apt resumed the partial file: {seen:?}"
         );
     }
@@ -244,11 +168,11 @@ fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_reposi
     assert_eq!(items[0]["sha256"], hex::encode(Sha256::digest(&lib_bytes)).as_str());
 
     // Again: apt finds every package in its cache (from the bundle) and downloads none.
-    seen.lock().expect("lock").clear();
+    served.clear();
     let r = kubeboot(&args);
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
-    let seen = seen.lock().expect("lock");
-    assert!(!seen.iter().any(|(p, _)| p.ends_with(".deb")), "{seen:?}");
+    let seen = served.paths();
+    assert!(!seen.iter().any(|p| p.ends_with(".deb")), "{seen:?}");
 
     // And the bundle checks out.
     let r = kubeboot(&["bundle", "--check", &out.display().to_string()]);
@@ -282,7 +206,7 @@ fn the_pinned_kubernetes_package_version_is_collected_not_the_newest_of_the_mino
     }
     ftparchive(&repo, &["packages", "."], "Packages");
     ftparchive(&repo, &["release", "."], "Release");
-    let (port, _seen) = serve(repo);
+    let port = FileServer::start("/debian/", &repo).port;
     let books = dir.path().join("playbooks");
     std::fs::create_dir_all(&books).expect("a playbook folder");
     std::fs::write(books.join("30-kubernetes.yaml"), KUBERNETES_STAGE).expect("a stage");

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod http;
 pub mod plans;
 pub mod tmux;
 
@@ -416,6 +417,11 @@ fn timestamps_parse_to_epoch_seconds() {
     let a = parse_ts("2026-03-01T00:00:00.5Z").unwrap_or_default();
     let b = parse_ts("2026-02-28T23:59:59.5Z").unwrap_or_default();
     assert!((a - b - 1.0).abs() < 1e-6);
+}
+
+/// Whether `needle` occurs anywhere in `hay` (a secret's bytes in a log, an archive entry).
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// A free TCP port on 127.0.0.1 (nothing listens on it once this returns).
