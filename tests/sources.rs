@@ -228,6 +228,29 @@ fn the_sources_urls_reach_the_preflight_check() {
         "{command}"
     );
     assert!(command.contains("did not answer from node-194"), "{command}");
+
+    // An OCI chart repository is asked at its registry's API base (any HTTP answer, 401 too, counts).
+    let inventory = inventory_with(
+        dir.path(),
+        &format!("[sources]\n{}", ALL_AT_THE_MIRROR).replace(
+            "cilium = { repo = \"http://127.0.0.9:8080/charts\" }",
+            "cilium = { repo = \"oci://127.0.0.9:8443/charts\" }",
+        ),
+    );
+    let plans = plans_of(&inventory, &Facts::assumed());
+    let check = plans[0]
+        .tasks
+        .iter()
+        .find(|t| t.task == "sources answer")
+        .expect("preflight checks the sources");
+    let Action::Run(Run { command }) = &check.action else {
+        panic!("a run task")
+    };
+    assert!(
+        command.contains("check 'chart cilium' 'https://127.0.0.9:8443/v2/'"),
+        "{command}"
+    );
+    assert!(!command.contains("oci://"), "{command}");
 }
 
 fn problems(extra: &str) -> String {

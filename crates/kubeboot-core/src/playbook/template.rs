@@ -257,6 +257,12 @@ fn sources_object(inv: &Inventory, node: &Node, vars: &BTreeMap<String, Value>) 
     }
     for (name, c) in &charts {
         if let Ok(repo) = c.get_attr("repo") {
+            // An OCI registry (`oci://HOST/PATH`, which the node's helm pulls from) answers at
+            // https://HOST/v2/: any HTTP status, 401 without credentials included.
+            let repo = match repo.as_str().and_then(oci_api_base) {
+                Some(url) => Value::from(url),
+                None => repo,
+            };
             url_entry(format!("chart {name}"), &repo);
         }
     }
@@ -641,6 +647,14 @@ pub fn file_start(file: &Path) -> Location {
         line: 1,
         column: 1,
     }
+}
+
+/// `https://HOST/v2/` for a chart repository `oci://HOST/PATH` (the OCI distribution API's base), else None.
+// checked: OCI distribution-spec v1.1 spec.md (end-1: GET /v2/, 200 or 401), helm pkg/registry (oci://host/path)
+pub fn oci_api_base(repo: &str) -> Option<String> {
+    let rest = repo.strip_prefix("oci://")?;
+    let host = rest.split('/').next().filter(|h| !h.is_empty())?;
+    Some(format!("https://{host}/v2/"))
 }
 
 #[cfg(test)]
