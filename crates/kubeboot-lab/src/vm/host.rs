@@ -19,6 +19,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     ("vde_switch", "vde-switch"),
     ("mkfs.ext4", "e2fsprogs"),
     ("apt-ftparchive", "apt-utils"),
+    ("dpkg-deb", "dpkg"),
     ("openssl", "openssl"),
     ("ssh-keygen", "openssh-client"),
 ];
@@ -40,6 +41,7 @@ pub(crate) struct HostTools {
     pub vde_switch: PathBuf,
     pub mkfs_ext4: PathBuf,
     pub ftparchive: PathBuf,
+    pub dpkg_deb: PathBuf,
     pub openssl: PathBuf,
     pub keygen: PathBuf,
 }
@@ -67,6 +69,7 @@ impl HostTools {
             vde_switch: find("vde_switch")?,
             mkfs_ext4: find("mkfs.ext4")?,
             ftparchive: find("apt-ftparchive")?,
+            dpkg_deb: find("dpkg-deb")?,
             openssl: find("openssl")?,
             keygen: find("ssh-keygen")?,
         })

@@ -38,6 +38,11 @@ pub const GUEST_USER: &str = "kblab";
 /// The guests' addresses on the lab switch: guest i is `10.77.0.(11 + i)/24`.
 const SWITCH_NET: [u8; 3] = [10, 77, 0];
 const SWITCH_FIRST: u8 = 11;
+/// The guests' NIC on the lab switch (the second virtio NIC: PCI slot 4, systemd's predictable name). kube-vip
+/// announces a cluster's VIP there, so the lab inventory names it as `vip_interface`.
+pub const SWITCH_INTERFACE: &str = "ens4";
+/// A multi-node cluster's VIP on the lab switch: cluster i (in model order) gets `10.77.0.(220 + i)`.
+const SWITCH_VIP_FIRST: u8 = 220;
 /// Where the guest sits on its user-mode NIC (qemu's default network); static, no DHCP wait, no gateway.
 const USER_NET_GUEST: &str = "10.0.2.15/24";
 /// How long the guests may take until every sshd answers (TCG, 4 guests on 2 cores: about 75 s measured).
@@ -370,6 +375,15 @@ fn plain_model(count: usize) -> Table {
 fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabError> {
     // The guests' packages: the lab's repository, served by kubeboot itself over each VM's SSH connection.
     let mut model = model.clone();
+    // A cluster's VIP must be a free address on the nodes' own network: here the switch.
+    if let Some(Value::Array(clusters)) = model.get_mut("clusters") {
+        for (i, c) in clusters.iter_mut().filter_map(Value::as_table_mut).enumerate() {
+            if c.contains_key("vip") {
+                let vip = Ipv4Addr::new(SWITCH_NET[0], SWITCH_NET[1], SWITCH_NET[2], SWITCH_VIP_FIRST + i as u8);
+                c.insert("vip".into(), Value::String(vip.to_string()));
+            }
+        }
+    }
     let sources = model.entry("sources").or_insert_with(|| Value::Table(Table::new()));
     if let Some(sources) = sources.as_table_mut() {
         sources.insert("bundle".into(), Value::String(bundle.display().to_string()));
@@ -396,6 +410,8 @@ fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabE
     let mut extra = Table::new();
     // The guests resolve no name at all (no network): preflight must not require any.
     extra.insert("preflight_dns_names".into(), Value::Array(Vec::new()));
+    // The guests have no default route, so kube-vip could not find its interface on its own.
+    extra.insert("vip_interface".into(), Value::String(SWITCH_INTERFACE.into()));
     let header = "# Written by kubeboot's VM lab: every node is a Debian 12 VM under qemu, reached on a loopback\n\
                   # forward (ssh_address/port); `address` is its own address on the lab's private switch.\n";
     like::write_model(&lab.inventory, &model, &settings, &nodes, &extra, header)

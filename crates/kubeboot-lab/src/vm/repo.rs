@@ -4,6 +4,10 @@
 //!
 //! This is the lab's own small builder; `kubeboot bundle` (the air-gap work) gathers the same for any
 //! inventory, and can take its place.
+//!
+//! Next to Debian's packages the repository holds stand-in `kubeadm`, `kubelet` and `kubectl` packages
+//! ([`STANDIN_KUBERNETES_VERSION`]): real .debs built here with dpkg-deb from `standins/vm/`, which the shipped
+//! stage 30-kubernetes installs and holds with the guest's real apt, since the real ones cannot be had here.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,17 @@ pub const STAGE_PACKAGES: &[&str] = &[
 /// as `kubeboot bundle` lays it out (`apt/<os_id>-<os_version>/`).
 pub const APT_DIR: &str = "apt/debian-12";
 
+/// The version of the stand-in Kubernetes packages (the shipped inventories' `kubernetes_version` is 1.34).
+pub const STANDIN_KUBERNETES_VERSION: &str = "1.34.2";
+/// Their Debian version, as pkgs.k8s.io numbers its packages.
+const STANDIN_DEB_VERSION: &str = "1.34.2-1.1";
+const STANDIN_KUBE: &str = include_str!("../../standins/vm/kube.py");
+const STANDIN_KUBE_VIP: &str = include_str!("../../standins/vm/kube-vip.py");
+/// The kubelet's unit, as the kubelet package installs one (upstream: Restart=always, RestartSec=10).
+const KUBELET_UNIT: &str = "[Unit]\nDescription=kubelet: The Kubernetes Node Agent (kubeboot VM lab stand-in)\n\
+    Wants=network-online.target\nAfter=network-online.target\n\n[Service]\nExecStart=/usr/bin/kubelet\n\
+    Restart=always\nStartLimitInterval=0\nRestartSec=10\n\n[Install]\nWantedBy=multi-user.target\n";
+
 /// Builds the repository unless the cache has it; returns the bundle folder holding it in [`APT_DIR`].
 pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let tools = HostTools::ensure(cache)?;
@@ -50,6 +65,7 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     let _lock = lock_cache(cache)?;
     if dir.join(APT_DIR).join("Release").exists() {
         no_images(&dir)?;
+        standin_packages(&tools, &cache.join("repos"), &dir.join(APT_DIR))?;
         return Ok(dir);
     }
     let started = Instant::now();
@@ -84,8 +100,121 @@ pub fn ensure(cache: &Path) -> Result<PathBuf, LabError> {
     no_images(&work)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&work, &dir).map_err(io(format!("cannot move the repository to {}", dir.display())))?;
+    standin_packages(&tools, &cache.join("repos"), &dir.join(APT_DIR))?;
     eprintln!("lab: package repository built in {:.0?}", started.elapsed());
     Ok(dir)
+}
+
+/// One stand-in package: its name, what it depends on, and its files (path in the package, content, mode).
+struct StandinPackage {
+    name: &'static str,
+    depends: &'static str,
+    description: &'static str,
+    files: Vec<(&'static str, String, u32)>,
+    postinst: Option<&'static str>,
+}
+
+fn standin_set() -> Vec<StandinPackage> {
+    let kube = STANDIN_KUBE.replace("@VERSION@", STANDIN_KUBERNETES_VERSION);
+    vec![
+        StandinPackage {
+            name: "kubelet",
+            depends: "python3, iproute2",
+            description: "kubeboot VM lab stand-in for the kubelet (runs the API server and kube-vip static pods)",
+            files: vec![
+                ("usr/bin/kubelet", kube.clone(), 0o755),
+                (
+                    "usr/lib/kubeboot-standins/kube-vip",
+                    STANDIN_KUBE_VIP.to_string(),
+                    0o755,
+                ),
+                ("lib/systemd/system/kubelet.service", KUBELET_UNIT.to_string(), 0o644),
+            ],
+            postinst: Some(
+                "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n",
+            ),
+        },
+        StandinPackage {
+            name: "kubeadm",
+            depends: "python3, kubelet",
+            description: "kubeboot VM lab stand-in for kubeadm (init, join, tokens, certificate keys)",
+            files: vec![("usr/bin/kubeadm", kube.clone(), 0o755)],
+            postinst: None,
+        },
+        StandinPackage {
+            name: "kubectl",
+            depends: "python3",
+            description: "kubeboot VM lab stand-in for kubectl (get --raw, get nodes)",
+            files: vec![("usr/bin/kubectl", kube, 0o755)],
+            postinst: None,
+        },
+    ]
+}
+
+/// Builds the stand-in Kubernetes .debs into `pool` and indexes it again, unless the ones there are of the
+/// same sources (a digest in `pool/standins.sha256`). `work` is a scratch folder's parent.
+fn standin_packages(tools: &HostTools, work: &Path, pool: &Path) -> Result<(), LabError> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = standin_set();
+    let mut h = Sha256::new();
+    h.update(STANDIN_DEB_VERSION.as_bytes());
+    for p in &set {
+        h.update(p.name.as_bytes());
+        h.update(p.depends.as_bytes());
+        for (path, content, mode) in &p.files {
+            h.update(path.as_bytes());
+            h.update(content.as_bytes());
+            h.update(mode.to_le_bytes());
+        }
+        h.update(p.postinst.unwrap_or_default().as_bytes());
+    }
+    let digest = hex::encode(h.finalize());
+    let marker = pool.join("standins.sha256");
+    if fs::read_to_string(&marker).is_ok_and(|d| d.trim() == digest) {
+        return Ok(());
+    }
+    let scratch = work.join("standins.build");
+    let _ = fs::remove_dir_all(&scratch);
+    for p in &set {
+        let tree = scratch.join(p.name);
+        let debian = tree.join("DEBIAN");
+        fs::create_dir_all(&debian).map_err(io(format!("cannot create {}", debian.display())))?;
+        let control = format!(
+            "Package: {}\nVersion: {STANDIN_DEB_VERSION}\nArchitecture: amd64\nMaintainer: kubeboot VM lab <lab@kubeboot.invalid>\n\
+             Depends: {}\nSection: admin\nPriority: optional\nDescription: {}\n Not the real program: see the script's header.\n",
+            p.name, p.depends, p.description
+        );
+        fs::write(debian.join("control"), control).map_err(io("cannot write a stand-in's control file"))?;
+        if let Some(script) = p.postinst {
+            fs::write(debian.join("postinst"), script).map_err(io("cannot write a stand-in's postinst"))?;
+            fs::set_permissions(debian.join("postinst"), fs::Permissions::from_mode(0o755))
+                .map_err(io("cannot chmod a stand-in's postinst"))?;
+        }
+        for (path, content, mode) in &p.files {
+            let to = tree.join(path);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(io(format!("cannot create {}", parent.display())))?;
+            }
+            fs::write(&to, content).map_err(io(format!("cannot write {}", to.display())))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(*mode))
+                .map_err(io(format!("cannot chmod {}", to.display())))?;
+        }
+        // Old builds of this package go: apt must see exactly one version.
+        for e in fs::read_dir(pool).map_err(io("cannot read the repository"))?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&format!("{}_", p.name)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let deb = pool.join(format!("{}_{STANDIN_DEB_VERSION}_amd64.deb", p.name));
+        let mut cmd = Command::new(&tools.dpkg_deb);
+        cmd.args(["--root-owner-group", "--build"]).arg(&tree).arg(&deb);
+        super::image::checked(cmd, "dpkg-deb --build (stand-in package)")?;
+    }
+    index(tools, pool)?;
+    let _ = fs::remove_dir_all(&scratch);
+    fs::write(&marker, format!("{digest}\n")).map_err(io("cannot write the stand-ins' digest"))?;
+    eprintln!("lab: stand-in kubeadm, kubelet, kubectl {STANDIN_DEB_VERSION} built into the repository");
+    Ok(())
 }
 
 /// The lab's bundle holds no container images (the node stages pull none): an empty `images/index.txt`, as
