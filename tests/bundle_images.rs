@@ -586,6 +586,160 @@ fn charts_come_from_their_index_and_their_images_from_helm_template_as_kustomize
     assert!(!out.join("charts/tiny-0.1.0.tgz").exists());
 }
 
+/// The fixture chart packed as `helm package` would (`tiny/...` in a .tgz, with a filler so that a
+/// resume has bytes to skip); its bytes.
+fn pack_chart(dir: &Path) -> Vec<u8> {
+    let src = dir.join("chart-src");
+    std::fs::create_dir_all(&src).expect("a folder");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(fixtures().join("charts/tiny"))
+        .arg(&src)
+        .status()
+        .expect("cp runs");
+    assert!(st.success());
+    std::fs::create_dir_all(src.join("tiny/files")).expect("a folder");
+    let filler: Vec<u8> = (0..60_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(src.join("tiny/files/filler.bin"), filler).expect("a filler file");
+    let tgz = dir.join("tiny-0.1.0.tgz");
+    let st = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&src)
+        .arg("tiny")
+        .status()
+        .expect("tar runs");
+    assert!(st.success());
+    std::fs::read(&tgz).expect("the archive")
+}
+
+/// `archive` pushed as `helm push` does: an OCI manifest with helm's config and the chart layer.
+fn push_chart(port: u16, repo: &str, tag: &str, archive: &[u8]) {
+    let config = br#"{"apiVersion":"v2","name":"tiny","version":"0.1.0","appVersion":"7"}"#;
+    upload(port, repo, config);
+    upload(port, repo, archive);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"sha256:{}","size":{}}}]}}"#,
+        sha256(config),
+        config.len(),
+        sha256(archive),
+        archive.len()
+    );
+    let (status, head, body) = http(
+        port,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("content-type", "application/vnd.oci.image.manifest.v1+json")],
+        manifest.as_bytes(),
+    )
+    .expect("the manifest is pushed");
+    assert_eq!(status, 201, "{head}\n{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn an_oci_chart_comes_from_its_registry_through_the_mirror_resumed_and_checked_by_its_digest() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let registry = start_registry(dir.path());
+    push_image(registry.port, "kubeboot-test/tiny", "7", 3, 5000);
+    push_image(registry.port, "kubeboot-test/reloader", "4", 4, 3000);
+    push_image(registry.port, "kubeboot-test/helper", "5", 5, 3000);
+    let archive = pack_chart(dir.path());
+    push_chart(registry.port, "kb/tiny", "0.1.0", &archive);
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("a folder");
+    let helm_sha = helm_release(dir.path(), &site);
+    let site_port = FileServer::start("/charts/", &site).port;
+
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(books.join("10-chart.yaml"), CHART_STAGE).expect("a stage");
+    let inv = dir.path().join("inventory.toml");
+    // charts.example.test is never asked: its mirror is the loopback registry.
+    std::fs::write(
+        &inv,
+        format!(
+            "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = {{ repo = \"oci://charts.example.test/kb\" }}\n\n\
+             [sources.releases.helm]\nurl = \"http://127.0.0.1:{site_port}/charts/helm-v3.19.0-linux-amd64.tar.gz\"\nsha256 = \"{helm_sha}\"\n\n\
+             [sources.registries.\"charts.example.test\"]\nmirror = \"http://127.0.0.1:{port}\"\n\n\
+             [sources.registries.\"quay.io\"]\nmirror = \"http://127.0.0.1:{port}\"\n\n[sources.registries.\"docker.io\"]\nmirror = \"http://127.0.0.1:{port}\"\n",
+            port = registry.port
+        ),
+    )
+    .expect("the inventory");
+    let out = dir.path().join("bundle");
+    let blobs = out.join("charts/.blobs");
+    std::fs::create_dir_all(&blobs).expect("the blob folder");
+    let part = blobs.join(format!("{}.part", sha256(&archive)));
+    // An interrupted earlier run left the first part of the chart layer.
+    std::fs::write(&part, &archive[..1000]).expect("a partial layer");
+    let (inv_s, books_s, out_s) = (
+        inv.display().to_string(),
+        books.display().to_string(),
+        out.display().to_string(),
+    );
+    let args = ["-i", &inv_s, "-p", &books_s, "bundle", "--out", &out_s];
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert!(
+        text(&r).contains("resuming charts.example.test/kb/tiny:0.1.0 at byte 1000"),
+        "{}",
+        text(&r)
+    );
+    assert_eq!(
+        std::fs::read(out.join("charts/tiny-0.1.0.tgz")).expect("the chart"),
+        archive
+    );
+    assert!(!blobs.exists(), "the blob cache is gone");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).expect("a manifest")).expect("JSON");
+    let chart = manifest["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["kind"] == "chart")
+        .cloned()
+        .expect("the chart's entry");
+    assert_eq!(chart["path"], "charts/tiny-0.1.0.tgz");
+    assert_eq!(chart["version"], "0.1.0");
+    assert_eq!(chart["sha256"], sha256(&archive).as_str());
+    assert_eq!(
+        chart["source"],
+        format!("http://127.0.0.1:{}/kb/tiny:0.1.0", registry.port).as_str()
+    );
+    let index: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(out.join("charts/index.yaml")).expect("the bundle's own chart index"),
+    )
+    .expect("YAML");
+    assert_eq!(index["entries"]["tiny"][0]["urls"][0], "tiny-0.1.0.tgz");
+    assert_eq!(index["entries"]["tiny"][0]["digest"], sha256(&archive).as_str());
+    // Rendered like a chart from an index: the same images.
+    assert_eq!(
+        std::fs::read_to_string(out.join("images/index.txt")).expect("the image list"),
+        "docker.io/kubeboot-test/helper:5\tdocker.io_kubeboot-test_helper_5.tar\n\
+         quay.io/kubeboot-test/reloader:4\tquay.io_kubeboot-test_reloader_4.tar\n\
+         quay.io/kubeboot-test/tiny:7\tquay.io_kubeboot-test_tiny_7.tar\n"
+    );
+
+    // A partial layer that is not the chart's first bytes: the whole does not match the digest, so it
+    // is named (exit 1) and removed; the next run takes it whole.
+    std::fs::remove_file(out.join("charts/tiny-0.1.0.tgz")).expect("remove the chart");
+    std::fs::create_dir_all(&blobs).expect("the blob folder");
+    std::fs::write(&part, vec![0u8; 1000]).expect("a wrong partial layer");
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(text(&r).contains("has sha256"), "{}", text(&r));
+    assert!(!part.exists() && !out.join("charts/tiny-0.1.0.tgz").exists());
+    let r = kubeboot(&args);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(
+        std::fs::read(out.join("charts/tiny-0.1.0.tgz")).expect("the chart"),
+        archive
+    );
+}
+
 #[test]
 fn values_inline_is_refused_at_its_line_before_anything_is_downloaded() {
     let dir = tempfile::tempdir().expect("a temporary folder");

@@ -368,11 +368,7 @@ pub async fn collect(
     for chart in charts {
         let got = match inv.sources.charts.get(&chart.name).and_then(|c| c.archive.as_deref()) {
             Some(archive) => from_archive(chart, archive, &dir),
-            None if chart.repo.starts_with("oci://") => Err(BundleError::Download {
-                name: chart.name.clone(),
-                url: chart.repo.clone(),
-                reason: "OCI chart repositories are not collected yet: give [sources.charts] an `archive`".into(),
-            }),
+            None if chart.repo.starts_with("oci://") => from_oci(inv, chart, &dir, progress).await,
             None => from_repo(&client, chart, &dir, progress).await,
         };
         match got {
@@ -684,6 +680,111 @@ async fn from_repo(
             version,
             source: url,
             path: wanted.path,
+            sha256,
+            size,
+            digest: None,
+        },
+        entry,
+    ))
+}
+
+/// The media type of a Helm chart's archive in an OCI registry (helm push).
+// checked: helm pkg/registry/constants.go (ChartLayerMediaType, ConfigMediaType) and helm's oci://
+// naming: oci://HOST/PATH + /NAME, the version as the tag with `+` written `_`.
+const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// A chart from an OCI registry (`oci://HOST/PATH`): its manifest, then its chart layer by digest
+/// (resumed from `charts/.blobs/<hex>.part`, checked against the digest), through the inventory's
+/// `[sources.registries."HOST"]` mirror and credentials when it names one.
+async fn from_oci(
+    inv: &Inventory,
+    chart: &WantedChart,
+    dir: &Path,
+    progress: &(dyn Fn(BundleEvent) + Send + Sync),
+) -> Result<(Item, Value), BundleError> {
+    use oci_client::client::{ClientConfig, ClientProtocol};
+    let base = chart.repo.trim_start_matches("oci://").trim_end_matches('/');
+    let tag = if chart.version.is_empty() {
+        "latest".to_string()
+    } else {
+        chart.version.replace('+', "_")
+    };
+    let reference = format!("{base}/{}:{tag}", chart.name);
+    let pull = super::images::pull_for(inv, &reference)?;
+    let fail = |reason: String| BundleError::Download {
+        name: chart.name.clone(),
+        url: pull.source.clone(),
+        reason,
+    };
+    let client = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(super::images::http_hosts(inv)),
+        connect_timeout: Some(std::time::Duration::from_secs(20)),
+        ..ClientConfig::default()
+    });
+    let (body, _digest) = client
+        .pull_manifest_raw(&pull.from, &pull.auth, &[OCI_MANIFEST])
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let manifest: Value = serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
+    let layer = manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|l| l.get("mediaType").and_then(Value::as_str) == Some(HELM_CHART_LAYER))
+        .ok_or_else(|| {
+            fail(format!(
+                "the manifest has no {HELM_CHART_LAYER} layer: is it a Helm chart?"
+            ))
+        })?;
+    let layer: oci_client::manifest::OciDescriptor =
+        serde_json::from_value(layer.clone()).map_err(|e| fail(format!("its chart layer: {e}")))?;
+    let hex = layer.digest.strip_prefix("sha256:").unwrap_or("").to_string();
+    let file = format!("{}-{}.tgz", chart.name, chart.version);
+    let dest = dir.join(&file);
+    if !hex.is_empty() && sha256_file(&dest).ok().as_deref() == Some(hex.as_str()) {
+        progress(BundleEvent::Present {
+            name: chart.name.clone(),
+        });
+    } else {
+        let cache = dir.join(".blobs");
+        std::fs::create_dir_all(&cache).map_err(|e| fail(format!("cannot create {}: {e}", cache.display())))?;
+        let blob = super::images::fetch_blob(&client, &pull, &layer, &cache, progress).await?;
+        std::fs::rename(&blob, &dest).map_err(|e| fail(format!("cannot move it into place: {e}")))?;
+        let _ = std::fs::remove_dir(&cache);
+    }
+    let (mut item, entry) = indexed(chart, &dest, &file).map_err(fail)?;
+    item.source = pull.source.clone();
+    Ok((item, entry))
+}
+
+/// The manifest item and the index entry (its `Chart.yaml`, `urls`, `digest`) of a chart archive
+/// already in `charts/`.
+fn indexed(chart: &WantedChart, dest: &Path, file: &str) -> Result<(Item, Value), String> {
+    let meta = read_chart_file(dest, "Chart.yaml")
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no Chart.yaml in the archive".to_string())?;
+    let meta: Value = serde_saphyr::from_str(&meta).map_err(|e| format!("Chart.yaml: {e}"))?;
+    let version = meta
+        .get("version")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let sha256 = sha256_file(dest).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let mut entry = meta;
+    if let Some(m) = entry.as_object_mut() {
+        m.insert("urls".into(), Value::from(vec![file.to_string()]));
+        m.insert("digest".into(), Value::from(sha256.as_str()));
+    }
+    Ok((
+        Item {
+            kind: "chart".into(),
+            name: chart.name.clone(),
+            version,
+            source: String::new(),
+            path: format!("{DIR}/{file}"),
             sha256,
             size,
             digest: None,

@@ -322,17 +322,17 @@ pub fn archive_name(reference: &str) -> String {
 }
 
 /// Where one image is pulled from: its registry, or the inventory's mirror of it.
-struct Pull {
+pub(crate) struct Pull {
     /// What the nodes call it (containerd's name).
-    name: String,
+    pub(crate) name: String,
     /// What is asked of the registry (the mirror's host in place of the upstream's).
-    from: Reference,
-    auth: RegistryAuth,
+    pub(crate) from: Reference,
+    pub(crate) auth: RegistryAuth,
     /// For the manifest: `http://mirror:5000/repo:tag`.
-    source: String,
+    pub(crate) source: String,
 }
 
-fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleError> {
+pub(crate) fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleError> {
     let bad = |reason: String| BundleError::Download {
         name: reference.to_string(),
         url: reference.to_string(),
@@ -392,7 +392,7 @@ fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleError> {
 }
 
 /// The registries reached over plain HTTP (mirrors written `http://...`).
-fn http_hosts(inv: &Inventory) -> Vec<String> {
+pub(crate) fn http_hosts(inv: &Inventory) -> Vec<String> {
     inv.sources
         .registries
         .values()
@@ -567,7 +567,7 @@ async fn one(
 }
 
 /// One blob into the blob cache (continuing a `.part`), checked against its digest.
-async fn fetch_blob(
+pub(crate) async fn fetch_blob(
     client: &Client,
     pull: &Pull,
     blob: &OciDescriptor,
