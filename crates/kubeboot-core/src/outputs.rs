@@ -7,8 +7,18 @@
 
 use std::collections::BTreeMap;
 
-use crate::playbook::Capture;
 use crate::secrets::{Secret, Vault};
+
+/// Where a registered output's value comes from in what the task printed on stdout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Capture {
+    /// All of stdout, surrounding whitespace trimmed.
+    Stdout,
+    /// One line: 1 is the first, -1 the last (counting non-empty lines), trimmed.
+    Line(i64),
+    /// stdout is a JSON document; the value at this dotted path (`a.b.0.c`), a string as is, anything else as JSON.
+    Json(String),
+}
 
 const OPEN: &str = "@@kubeboot-output:";
 const SECRET_OPEN: &str = "@@kubeboot-secret:out:";

@@ -15,7 +15,7 @@ pub use serve::FileServer;
 use crate::ssh::ForwardService;
 
 /// The node-side address a bundle is forwarded to: only the node itself can reach it.
-pub const LISTEN_ADDRESS: &str = "127.0.0.1";
+pub use crate::inventory::sources::BUNDLE_ADDRESS as LISTEN_ADDRESS;
 
 /// `server` as the service of a remote port forward: every connection a node opens is answered by it.
 pub fn forward_service(server: FileServer) -> ForwardService {

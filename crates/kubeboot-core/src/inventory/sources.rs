@@ -289,11 +289,14 @@ pub mod layout {
     pub const IMAGES: &str = "{{ sources.bundle_url }}/images/";
 }
 
+/// The node-side address a bundle is forwarded to: only the node itself can reach it.
+pub const BUNDLE_ADDRESS: &str = "127.0.0.1";
+
 impl Sources {
     /// `http://127.0.0.1:PORT` for a node whose bundle is served on `port`, or "" without a bundle.
     pub fn bundle_url(&self, port: u16) -> String {
         match self.bundle {
-            Some(_) => format!("http://{}:{port}", crate::bundle::LISTEN_ADDRESS),
+            Some(_) => format!("http://{BUNDLE_ADDRESS}:{port}"),
             None => String::new(),
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::outputs::Capture;
 pub use crate::spanned::Location;
 pub use crate::task::{ActionDef, CopyDef, HttpDef, S3BucketsDef, WaitDef};
 
@@ -16,17 +17,6 @@ pub enum Hosts {
     All,
     /// Each entry: `central`, `edge`, a cluster name or a node name.
     Select(Vec<String>),
-}
-
-/// Where a registered output's value comes from in what the task printed on stdout.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Capture {
-    /// All of stdout, surrounding whitespace trimmed.
-    Stdout,
-    /// One line: 1 is the first, -1 the last (counting non-empty lines), trimmed.
-    Line(i64),
-    /// stdout is a JSON document; the value at this dotted path (`a.b.0.c`), a string as is, anything else as JSON.
-    Json(String),
 }
 
 /// `register:` — keep what a task printed under a name, for later tasks of this node (`{{ outputs.NAME }}`) and
