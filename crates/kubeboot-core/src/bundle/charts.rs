@@ -5,6 +5,8 @@
 //! is copied in instead. The charts' images are read from what `helm template` makes of each entry,
 //! run with the bundle's own helm and exactly the arguments kustomize v5.8.1 gives it on the node
 //! (the values files as the plan copies them), in the work folder `.helm/`.
+//!
+//! One job (a bundle's charts, from the list to the repository), kept in one file past ~600 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

@@ -3,6 +3,8 @@
 //! [`super::charts`]), each image is pulled over the OCI distribution API (from the
 //! inventory's registry mirror when `[sources.registries]` names one) and stored as an OCI image
 //! layout archive that `ctr -n k8s.io images import` reads. Interrupted blob downloads continue.
+//!
+//! One job (a bundle's images, from the list to the archives), kept in one file past ~600 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

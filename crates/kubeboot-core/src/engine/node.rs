@@ -1,4 +1,6 @@
 //! One node's run: connect, gather facts, plan with the real facts, then each task in order.
+//!
+//! One job (the run of one node), kept in one file past ~600 lines.
 
 use std::collections::HashSet;
 use std::sync::Arc;

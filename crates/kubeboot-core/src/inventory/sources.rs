@@ -5,6 +5,8 @@
 //!
 //! Every text may hold template expressions (`{{ kubernetes_version }}`), rendered per node with
 //! the node's variables and facts, so one setting serves clusters of different versions.
+//!
+//! One job (the `[sources]` table: its model, loading and checks), kept in one file past ~600 lines.
 
 use std::collections::BTreeMap;
 use std::ops::Range;

@@ -2,6 +2,8 @@
 //!
 //! Undefined names are caught twice: statically (every name a template reads must exist in the context,
 //! even in a branch not taken with these facts) and while rendering (strict undefined behavior).
+//!
+//! One job (templating and its context), kept in one file past ~600 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -14,6 +14,9 @@
 //! transit), and however the session ends the folder goes away with the shell: see [`prelude`]
 //! for each ending. A folder whose shell never got the chance (the node lost power) is removed
 //! by the next kubeboot shell of the same user on that node.
+//!
+//! One job (the persistent shell: its shell code and the client side of its frames), kept in one
+//! file past ~600 lines.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
