@@ -735,7 +735,7 @@ impl App {
 
     /// The log file of a node.
     pub fn log_path(&self, node: &str) -> PathBuf {
-        self.log_dir.join(format!("{node}.log"))
+        crate::fanout::node_log_path(&self.log_dir, node)
     }
 
     /// Advances the model's clock (for elapsed times) without an event.
