@@ -19,7 +19,7 @@ mod shipped;
 #[path = "common/vms.rs"]
 mod vms;
 
-use vms::{Apply, Vms, repo};
+use vms::{Apply, Vms, repo, say};
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const FIRST: &str = "node-194";
@@ -29,12 +29,6 @@ const STAGES: &str = "sources,os-prep,containerd,kubernetes,kubeadm-init,kubeadm
 /// kube-vip's lease (vip_leaseduration 5 s) plus the new holder's gratuitous ARP, with room for a slow SSH
 /// round trip under TCG.
 const FAILOVER_BOUND: Duration = Duration::from_secs(30);
-
-/// Says `line` on the real stderr, past the test harness's capture: a left-out test must show in CI's log.
-fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
 
 /// Whether to run; panics under CI when nobody said.
 fn wanted() -> bool {

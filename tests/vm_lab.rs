@@ -16,7 +16,7 @@ mod shipped;
 #[path = "common/vms.rs"]
 mod vms;
 
-use vms::{Vms, repo, text};
+use vms::{Vms, repo, say, text};
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_LIKE: &str = "node-198";
@@ -411,14 +411,14 @@ fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
     }
     if !install || !faults {
         // Said loudly, in CI too: what this run leaves out.
-        eprintln!(
+        say(&format!(
             "vm_lab: NOT run: {}",
             if install {
                 "the hard-reset/resume, apt-lock and full-disk trials (KUBEBOOT_VM_FAULTS=1)"
             } else {
                 "the node stages, reboot, --fresh (KUBEBOOT_VM_INSTALL=1) and the fault trials (KUBEBOOT_VM_FAULTS=1)"
             }
-        );
+        ));
     }
     no_secret_written(&vms);
 

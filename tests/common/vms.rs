@@ -313,6 +313,13 @@ fn keep_events(suite: &str, args: &[&str], stdout: &str) {
     let _ = std::fs::write(dir.join(format!("{n:02}-{name}.json")), stdout);
 }
 
+/// Says `line` on the real stderr, past the test harness's capture (which keeps a passing test's `eprintln!`
+/// to itself): what a run left out must show in CI's log.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
