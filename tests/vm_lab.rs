@@ -157,10 +157,11 @@ fn install_with_a_hard_reset(vms: &Vms) {
         Some(0),
         "apply after the reset must finish every node:\n{second}"
     );
-    // The nodes that finished are not run again; the reset one continues.
+    // The nodes that finished are not run again (a task whose `when` is false is skipped for that, as in every
+    // run); the reset one continues.
     for e in second.finished() {
         if e["node"] != victim {
-            assert_eq!(e["reason"], "done", "{e}");
+            assert!(e["reason"] == "done" || e["reason"] == "condition", "{e}");
         }
     }
     eprintln!("second apply (resume) took {:.0?}", second.took);
