@@ -88,8 +88,13 @@ impl Session {
         if let Some(g) = group {
             install.push_str(&format!(" -g {}", quote(g)));
         }
+        // The file and its folder reach the disk before the task counts as done: a node that loses power
+        // (found on the VM lab with a hard reset during apt) otherwise comes back without files the journal
+        // records as written. `sync FILE...` is coreutils 8.24+; elsewhere everything is synced.
         let script = format!(
-            "{install} -- {tmp} {dest}; rc=$?; rm -f -- {tmp}; exit $rc",
+            "{install} -- {tmp} {dest}; rc=$?; rm -f -- {tmp}
+             if [ $rc -eq 0 ]; then sync -- {dest} \"$(dirname -- {dest})\" 2>/dev/null || sync; fi
+             exit $rc",
             tmp = quote(&tmp),
             dest = quote(dest)
         );
