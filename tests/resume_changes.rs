@@ -227,6 +227,30 @@ impl Lab {
     fn node_file(&self, node: &str, path: &str) -> PathBuf {
         self.lab.node_file(node, path)
     }
+
+    /// Since call `before` on node-194, Thanos Query was applied exactly once, and its overlay names the
+    /// `present` cluster's store endpoint and not the `absent` one's.
+    fn assert_thanos_applied_once(&self, before: usize, run: &Run, present: &str, absent: &str) {
+        let applied = self.calls("node-194")[before..]
+            .iter()
+            .filter(|c| applies(c, "Deployment", "thanos-query"))
+            .count();
+        assert_eq!(
+            applied,
+            1,
+            "thanos applied once after the endpoint change\n{}",
+            run.explain()
+        );
+        let overlay = std::fs::read_to_string(self.node_file(
+            "node-194",
+            "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml",
+        ))
+        .expect("the thanos overlay");
+        assert!(
+            overlay.contains(&format!("--endpoint={present}:10901")) && !overlay.contains(absent),
+            "{overlay}"
+        );
+    }
 }
 
 /// True when the call is `kubectl apply` of an object of this kind and name.
@@ -362,26 +386,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     );
     let before = t.calls("node-194").len();
     let removed = t.apply(&[]);
-    let thanos_applies: Vec<Value> = t.calls("node-194")[before..]
-        .iter()
-        .filter(|c| applies(c, "Deployment", "thanos-query"))
-        .cloned()
-        .collect();
-    assert_eq!(
-        thanos_applies.len(),
-        1,
-        "thanos applied once after the endpoint change\n{}",
-        removed.explain()
-    );
-    let overlay = std::fs::read_to_string(t.node_file(
-        "node-194",
-        "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml",
-    ))
-    .expect("the thanos overlay");
-    assert!(
-        overlay.contains("--endpoint=192.168.101.212:10901") && !overlay.contains("192.168.101.213"),
-        "{overlay}"
-    );
+    t.assert_thanos_applied_once(before, &removed, "192.168.101.212", "192.168.101.213");
     assert_eq!(
         removed.why("node-194", "apply thanos").as_deref(),
         Some("after changed: copy thanos manifests")
@@ -445,25 +450,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
             added.explain()
         );
     }
-    let thanos_applies = t.calls("node-194")[before..]
-        .iter()
-        .filter(|c| applies(c, "Deployment", "thanos-query"))
-        .count();
-    assert_eq!(
-        thanos_applies,
-        1,
-        "thanos applied once after the endpoint change\n{}",
-        added.explain()
-    );
-    let overlay = std::fs::read_to_string(t.node_file(
-        "node-194",
-        "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml",
-    ))
-    .expect("the thanos overlay");
-    assert!(
-        overlay.contains("--endpoint=192.168.101.215:10901") && !overlay.contains("192.168.101.213"),
-        "{overlay}"
-    );
+    t.assert_thanos_applied_once(before, &added, "192.168.101.215", "192.168.101.213");
     assert_eq!(added.started("node-194"), expected_central, "node-194");
     for node in ["node-196", "node-197"] {
         assert_eq!(added.started(node), reran_alerts, "{node}");
