@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{TestLab, start_lab};
-use kubeboot::engine::{NodeSecrets, node_target};
+use kubeboot::engine::NodeSecrets;
 use kubeboot::event::Stream;
 use kubeboot::lab::{self, LabOptions};
 use kubeboot::secrets::Secret;
@@ -752,7 +752,7 @@ async fn both_shell_modes_run_commands_and_the_inventory_chooses_the_mode() {
         std::fs::write(&path, &text).unwrap();
         let inv = kubeboot::inventory::load(&path).unwrap_or_else(|d| panic!("{d}"));
         assert_eq!(inv.nodes[0].ssh.persistent_shell, persistent, "{ssh:?} {node:?}");
-        let target = node_target(&inv.nodes[0], secrets(), false);
+        let target = inv.nodes[0].ssh_target(secrets(), false);
         assert_eq!(target.persistent_shell, persistent, "{ssh:?} {node:?}");
         let s = Session::connect(target)
             .await

@@ -196,7 +196,7 @@ fn host_key_probes(inventory: &Inventory, nodes: &[String]) -> Option<tui::HostK
         .filter(|node| !node.ssh.accept_new_host_keys)
         .map(|node| {
             // No credentials: the probe never logs in.
-            let mut target = engine::node_target(node, NodeSecrets::default(), false);
+            let mut target = node.ssh_target(NodeSecrets::default(), false);
             target.key = None;
             target.agent = false;
             target.new_host_keys = NewHostKeys::Refuse;

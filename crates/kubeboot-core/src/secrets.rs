@@ -2,12 +2,10 @@
 //! and the one redaction every output path goes through.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
-
-use crate::inventory::model::SecretSource;
 
 const OPEN: &str = "@@kubeboot-secret:";
 const CLOSE: &str = "@@";
@@ -16,6 +14,22 @@ const CLOSE: &str = "@@";
 /// value only when it sends the command, so plans, fingerprints and logs never hold it.
 pub fn placeholder(name: &str) -> String {
     format!("{OPEN}{name}{CLOSE}")
+}
+
+/// Where a secret comes from. The value itself is never stored in the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// The named environment variable.
+    Env(String),
+    /// The first line of this file (path resolved relative to the inventory).
+    File(PathBuf),
+}
+
+/// A node's login and sudo secrets, read before the run starts.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSecrets {
+    pub password: Option<Secret>,
+    pub sudo_password: Option<Secret>,
 }
 
 /// A secret value; its `Debug` never shows it.

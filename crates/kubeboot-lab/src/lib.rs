@@ -28,8 +28,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use inventory::{InventoryOptions, write_inventory};
-use kubeboot_core::secrets::Secret;
-use kubeboot_core::ssh::NewHostKeys;
+use kubeboot_core::inventory::SshSettings;
+use kubeboot_core::secrets::{NodeSecrets, Secret, SecretSource};
 use kubeboot_core::ssh::Target;
 
 /// The login user every lab node accepts.
@@ -488,21 +488,24 @@ impl Lab {
             dir: self.dir.clone(),
             node: name.to_string(),
         })?;
-        Ok(Target {
-            node: node.name.clone(),
-            host: node.address.to_string(),
-            port: node.port,
+        let settings = SshSettings {
             user: self.user.clone(),
+            port: node.port,
             key: Some(self.dir.join("id_ed25519")),
             agent: false,
             password: None,
-            sudo_password: Some(password(&self.dir)?),
+            sudo_password: Some(SecretSource::File(password_file(&self.dir))),
             known_hosts: self.dir.join("known_hosts"),
-            new_host_keys: NewHostKeys::Refuse,
+            accept_new_host_keys: false,
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(10),
             persistent_shell: true,
-        })
+        };
+        let secrets = NodeSecrets {
+            password: None,
+            sudo_password: Some(password(&self.dir)?),
+        };
+        Ok(settings.target(&node.name, &node.address.to_string(), secrets, false))
     }
 }
 

@@ -22,18 +22,11 @@ use crate::journal::Progress;
 use crate::outputs;
 use crate::plan::Selection;
 use crate::playbook::Playbooks;
-use crate::secrets::{Digests, Secret, Vault};
-use crate::ssh;
+pub use crate::secrets::NodeSecrets;
+use crate::secrets::{Digests, Vault};
 
 pub use crate::event::EventSink;
 use crate::event::{Control, NodeOutline};
-
-/// A node's login and sudo secrets, read before the run starts.
-#[derive(Debug, Clone, Default)]
-pub struct NodeSecrets {
-    pub password: Option<Secret>,
-    pub sudo_password: Option<Secret>,
-}
 
 /// Everything one run needs, decided before it starts.
 #[derive(Debug, Clone)]
@@ -68,31 +61,6 @@ pub struct RunSpec {
     /// Tasks done before that run again because a task of this run needs their secret output
     /// ([`crate::plan::depends::again`]): (node, stage, task) → why.
     pub again: BTreeMap<(String, String, String), String>,
-}
-
-/// The SSH target for an inventory node: the one place a node's settings become an [`ssh::Target`].
-/// `accept_new_host_key` records an unknown host key instead of following the node's `accept_new_host_keys`.
-pub fn node_target(node: &crate::inventory::Node, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
-    let s = &node.ssh;
-    ssh::Target {
-        node: node.name.clone(),
-        host: node.connect_address().to_string(),
-        port: s.port,
-        user: s.user.clone(),
-        key: s.key.clone(),
-        agent: s.agent,
-        password: secrets.password,
-        sudo_password: secrets.sudo_password,
-        known_hosts: s.known_hosts.clone(),
-        new_host_keys: if accept_new_host_key || s.accept_new_host_keys {
-            ssh::NewHostKeys::Accept
-        } else {
-            ssh::NewHostKeys::Refuse
-        },
-        connect_timeout: s.connect_timeout,
-        keepalive: s.keepalive,
-        persistent_shell: s.persistent_shell,
-    }
 }
 
 /// How the run ended, for the exit code.

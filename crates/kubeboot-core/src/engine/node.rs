@@ -642,7 +642,7 @@ pub(super) fn target_for(shared: &Shared, name: &str) -> Result<Target, Stop> {
         .ok_or_else(|| Stop::Failed(format!("{name} is not in the inventory")))?;
     let secrets = spec.secrets.get(name).cloned().unwrap_or_default();
     let accept = spec.accept_new_host_keys || spec.accept_host_keys_for.contains(name);
-    Ok(super::node_target(node, secrets, accept))
+    Ok(node.ssh_target(secrets, accept))
 }
 
 /// Locks a mutex even if a panicking holder poisoned it (the data is still consistent here).

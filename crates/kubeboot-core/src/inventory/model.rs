@@ -6,15 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use super::sources::Sources;
-
-/// Where a secret comes from. The value itself is never stored in the inventory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// The named environment variable.
-    Env(String),
-    /// The first line of this file (path resolved relative to the inventory).
-    File(PathBuf),
-}
+use crate::secrets::NodeSecrets;
+pub use crate::secrets::SecretSource;
+use crate::ssh;
 
 /// How to reach and log in to one node; `[ssh]` defaults merged with the node's overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +119,39 @@ impl Node {
     /// The host kubeboot's SSH connection goes to.
     pub fn connect_address(&self) -> &str {
         self.ssh_address.as_deref().unwrap_or(&self.address)
+    }
+
+    /// The SSH target for this node (see [`SshSettings::target`]).
+    pub fn ssh_target(&self, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
+        self.ssh
+            .target(&self.name, self.connect_address(), secrets, accept_new_host_key)
+    }
+}
+
+impl SshSettings {
+    /// The one place SSH settings become an [`ssh::Target`] for the node `node` at `host`, with its
+    /// secrets already read. `accept_new_host_key` records an unknown host key even when
+    /// `accept_new_host_keys` is off.
+    pub fn target(&self, node: &str, host: &str, secrets: NodeSecrets, accept_new_host_key: bool) -> ssh::Target {
+        ssh::Target {
+            node: node.to_string(),
+            host: host.to_string(),
+            port: self.port,
+            user: self.user.clone(),
+            key: self.key.clone(),
+            agent: self.agent,
+            password: secrets.password,
+            sudo_password: secrets.sudo_password,
+            known_hosts: self.known_hosts.clone(),
+            new_host_keys: if accept_new_host_key || self.accept_new_host_keys {
+                ssh::NewHostKeys::Accept
+            } else {
+                ssh::NewHostKeys::Refuse
+            },
+            connect_timeout: self.connect_timeout,
+            keepalive: self.keepalive,
+            persistent_shell: self.persistent_shell,
+        }
     }
 }
 
