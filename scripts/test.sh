@@ -17,6 +17,10 @@ command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 # apt-ftparchive: the bundle's flat apt repository (and the package test's loopback repository).
 command -v apt-ftparchive >/dev/null 2>&1 || need+=(apt-utils)
+# rpmbuild and createrepo_c: the dnf bundle test's loopback repositories of real .rpms (createrepo_c also
+# writes the bundle's own dnf repository).
+command -v rpmbuild >/dev/null 2>&1 || need+=(rpm)
+command -v createrepo_c >/dev/null 2>&1 || need+=(createrepo-c)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test.sh: missing ${need[*]}; run as root or install them: apt-get install -y ${need[*]}" >&2

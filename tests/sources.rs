@@ -204,6 +204,34 @@ fn with_a_bundle_everything_comes_through_the_nodes_own_connection() {
         "helm from the bundle"
     );
     assert!(all.contains("base='http://127.0.0.1:18470/images/'"), "images");
+
+    // A RHEL node reads the bundle's dnf repository (no signature of its own: gpgcheck=0), and
+    // with the distribution's key set, checks the packages' own signatures against it.
+    let repo_task = |inventory: &Path| -> String {
+        let plans = plans_of(inventory, &rhel());
+        node_texts(&plans[0])
+            .into_iter()
+            .find(|(at, _)| at.ends_with("/distribution repository (dnf)"))
+            .map(|(_, t)| t)
+            .expect("the dnf repository task runs on a RHEL node")
+    };
+    let task = repo_task(&inventory);
+    assert!(task.contains("url='http://127.0.0.1:18470/dnf/rhel-9/'"), "{task}");
+    assert!(
+        task.contains("echo 'gpgcheck=0'") && !task.contains("gpgcheck=1"),
+        "{task}"
+    );
+    let keyed = inventory_with(
+        dir.path(),
+        "[sources]\nbundle = \"bundle\"\n[sources.dnf.distro]\nkey = \"file:///etc/pki/rpm-gpg/RPM-GPG-KEY-Rocky-9\"\n",
+    );
+    let task = repo_task(&keyed);
+    assert!(task.contains("url='http://127.0.0.1:18470/dnf/rhel-9/'"), "{task}");
+    assert!(
+        task.contains("echo 'gpgcheck=1'")
+            && task.contains("echo 'gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-Rocky-9'"),
+        "{task}"
+    );
 }
 
 #[test]

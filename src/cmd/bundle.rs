@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{Exit, Failure};
 use crate::bundle::collect::{self, BundleEvent};
-use crate::bundle::{charts, images, kubeadm, packages};
+use crate::bundle::{charts, dnf, images, kubeadm, packages};
 use crate::cli::{BundleArgs, Cli};
 use crate::facts::Facts;
 use crate::inventory;
@@ -35,7 +35,9 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     }
     let inv = inventory::load(&cli.inventory)?;
     let facts = os_facts(&args.os)?;
-    refuse_rhel(cli, &inv, &args.os, &facts)?;
+    for note in other_families(&inv, &facts) {
+        eprintln!("note: {note}");
+    }
     if inv.sources.bundle.is_some() && !args.list {
         // With `bundle` set every unset source is the bundle's own folder: nothing to download from.
         return Err(Failure::BadInput(
@@ -73,6 +75,7 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     }
     let images = images::in_plans(&plans);
     let repos = packages::in_plans(&inv, &plans, &facts);
+    let dnf_repos = dnf::in_plans(&inv, &plans, &facts);
     let (charts, refused) = charts::in_plans(&plans);
     if let Some(r) = refused.first() {
         return Err(refusal(cli, &assets, r));
@@ -105,6 +108,17 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
                 );
             }
         }
+        for r in &dnf_repos {
+            let names: Vec<String> = r
+                .asks
+                .iter()
+                .map(|a| match &a.version {
+                    Some(v) => format!("{}-{v}", a.name),
+                    None => a.name.clone(),
+                })
+                .collect();
+            println!("packages\t{}\t{} (with their dependencies)", r.dir, names.join(" "));
+        }
         if !charts.is_empty() {
             println!(
                 "(and the images of the charts' objects: each helmCharts entry rendered with the bundle's helm as kustomize renders it, once the charts and helm are downloaded)"
@@ -133,10 +147,12 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     manifest.items.extend(items);
     errors.extend(failed);
     let images = images::merge(images, chart_images);
-    let (items, failed) = packages::collect(&repos, out, &report);
+    let (mut items, failed) = packages::collect(&repos, out, &report);
     errors.extend(failed);
-    // kubeadm's own images: what the kubeadm just collected names for the plan's configurations
-    // (Debian/Ubuntu only: a RHEL bundle was refused above).
+    let (rpms, failed) = dnf::collect(&dnf_repos, out, &report).await;
+    items.extend(rpms);
+    errors.extend(failed);
+    // kubeadm's own images: what the kubeadm just collected (.deb or .rpm) names for the plan's configurations.
     let (kubeadm_images, failed) = kubeadm::images(&configs, &items, out);
     errors.extend(failed);
     for m in kubeadm::sandbox_mismatches(&kubeadm_images, &sandbox) {
@@ -147,6 +163,20 @@ pub(crate) async fn bundle(cli: &Cli, args: &BundleArgs) -> Result<Exit, Failure
     let (items, failed) = images::collect(&inv, &images, out, &previous.items, &report).await;
     manifest.items.extend(items);
     errors.extend(failed);
+    // The packages an earlier run collected for another release (`--os debian-12`, then `--os rocky-9`) stay
+    // in the bundle and in its manifest.
+    let dirs: Vec<&str> = repos
+        .iter()
+        .map(|r| r.dir.as_str())
+        .chain(dnf_repos.iter().map(|r| r.dir.as_str()))
+        .collect();
+    manifest.items.extend(
+        previous
+            .items
+            .iter()
+            .filter(|i| other_release(i, &dirs) && out.join(&i.path).is_file())
+            .cloned(),
+    );
     if let Err(e) = collect::write_manifest(out, &manifest) {
         errors.push(e);
     }
@@ -230,21 +260,21 @@ fn source_of(roots: &[&std::path::Path], dest: &str, key: &str) -> Option<(std::
     best.map(|(_, p, l)| (p, l))
 }
 
-/// A bundle for RHEL-family nodes (`--os rhel-9`, or a node whose inventory variables say
-/// `os_family = "redhat"` or a RHEL-family `os_id`) is refused: its dnf repository is not built yet,
-/// and a bundle without it would install nothing on those nodes.
-fn refuse_rhel(cli: &Cli, inv: &inventory::Inventory, os: &str, facts: &Facts) -> Result<(), Failure> {
-    const HINT: &str = "point [sources.dnf] kubernetes, containerd and distro at an internal dnf mirror (and \
-        [sources.registries], [sources.charts], [sources.releases] at internal mirrors) and apply without a bundle; \
-        a bundle is built for Debian/Ubuntu nodes only (--os debian-N / ubuntu-N.N)";
-    let what = "kubeboot bundle does not build dnf package bundles yet (only apt ones, for Debian and Ubuntu)";
-    if facts.os_family == "redhat" {
-        return Err(Failure::BadInput(
-            crate::diag::Diagnostic::at("command line", 1, 1, format!("--os {os}: {what}"))
-                .with_hint(HINT)
-                .into(),
-        ));
-    }
+/// A package of another distribution release's folder than those collected now (`apt/debian-12/...`
+/// while `dirs` are `dnf/rocky-9`).
+fn other_release(item: &collect::Item, dirs: &[&str]) -> bool {
+    let mut parts = item.path.splitn(3, '/');
+    let dir = match (parts.next(), parts.next()) {
+        (Some(family), Some(release)) => format!("{family}/{release}"),
+        _ => return false,
+    };
+    item.kind == "package" && !dirs.contains(&dir.as_str())
+}
+
+/// Nodes whose inventory variables (own, cluster's, [vars]) say they are of another family than
+/// `--os`: their packages are not in this run's bundle; another run with their `--os` adds them.
+fn other_families(inv: &inventory::Inventory, facts: &Facts) -> Vec<String> {
+    let mut out = Vec::new();
     for node in &inv.nodes {
         let cluster = inv.clusters.iter().find(|c| Some(&c.name) == node.cluster.as_ref());
         let var = |k: &str| {
@@ -257,23 +287,21 @@ fn refuse_rhel(cli: &Cli, inv: &inventory::Inventory, os: &str, facts: &Facts) -
                 .to_string()
         };
         let (family, id) = (var("os_family"), var("os_id"));
-        if family == "redhat" || ["rhel", "rocky", "almalinux", "centos"].contains(&id.as_str()) {
-            return Err(Failure::BadInput(
-                crate::diag::Diagnostic::at(
-                    &cli.inventory,
-                    node.line.max(1),
-                    1,
-                    format!(
-                        "node {} is a RHEL-family node (os_family = \"{family}\", os_id = \"{id}\"): {what}",
-                        node.name
-                    ),
-                )
-                .with_hint(HINT)
-                .into(),
+        let theirs = match id.as_str() {
+            "rhel" | "rocky" | "almalinux" | "centos" => "redhat",
+            "debian" | "ubuntu" => "debian",
+            _ => family.as_str(),
+        };
+        if !theirs.is_empty() && theirs != facts.os_family {
+            let example = if theirs == "redhat" { "rocky-9" } else { "debian-12" };
+            out.push(format!(
+                "node {} is a {theirs}-family node (os_family = \"{family}\", os_id = \"{id}\"): this run collects \
+                 {}-{}'s packages only; run it again with its --os (like --os {example}) and the same --out to add them",
+                node.name, facts.os_id, facts.os_version
             ));
         }
     }
-    Ok(())
+    out
 }
 
 /// The facts of `--os ID-VERSION` (x86_64): what the plan renders and the packages are downloaded for.

@@ -74,7 +74,7 @@ pub enum BundleError {
     #[error("{name}: cannot download {url}: {reason}")]
     Download { name: String, url: String, reason: String },
     #[error(
-        "{name}: {url} has sha256 {got}, expected {want} ([sources], or the chart repository's index) — the download is not the file named (removed; check the URL and the sha256)"
+        "{name}: {url} has sha256 {got}, expected {want} ([sources], the chart repository's index or the dnf repository's metadata) — the download is not the file named (removed; check the URL and the sha256)"
     )]
     Checksum {
         name: String,

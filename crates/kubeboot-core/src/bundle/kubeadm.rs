@@ -120,11 +120,11 @@ fn one(config: &WantedConfig, packages: &[Item], out: &Path) -> Result<Vec<Strin
         .ok_or_else(|| {
             fail(format!(
                 "no kubeadm package {}* in the bundle to ask (the images are the ones that kubeadm names; \
-                 bundle --os debian-N/ubuntu-N collects it)",
+                 bundle --os debian-N/ubuntu-N/rocky-N collects it)",
                 config.package_prefix
             ))
         })?;
-    // The Debian version's upstream part is the Kubernetes release: 1.34.2-1.1 -> v1.34.2.
+    // The package version's upstream part is the Kubernetes release: 1.34.2-1.1 (or -150500.1.1) -> v1.34.2.
     let upstream = package.version.split('-').next().unwrap_or(&package.version);
     let kv = format!("v{upstream}");
     let kubeadm = unpack(out, package).map_err(&fail)?;
@@ -166,7 +166,7 @@ fn numbers(version: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `usr/bin/kubeadm` of the package, unpacked once per version with `dpkg-deb -x`.
+/// `usr/bin/kubeadm` of the package, unpacked once per version (`dpkg-deb -x`; an .rpm's payload read here).
 fn unpack(out: &Path, package: &Item) -> Result<PathBuf, String> {
     let dir = out.join(".kubeadm").join(&package.version);
     let binary = dir.join("usr/bin/kubeadm");
@@ -174,6 +174,16 @@ fn unpack(out: &Path, package: &Item) -> Result<PathBuf, String> {
         return Ok(binary);
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if package.path.ends_with(".rpm") {
+        let bytes =
+            rpm_file(&out.join(&package.path), "usr/bin/kubeadm").map_err(|e| format!("{}: {e}", package.path))?;
+        std::fs::create_dir_all(dir.join("usr/bin")).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::write(&binary, bytes).map_err(|e| format!("cannot write {}: {e}", binary.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("cannot make {} executable: {e}", binary.display()))?;
+        return Ok(binary);
+    }
     let run = Command::new("dpkg-deb")
         .arg("-x")
         .arg(out.join(&package.path))
@@ -191,6 +201,63 @@ fn unpack(out: &Path, package: &Item) -> Result<PathBuf, String> {
         return Err(format!("{} has no usr/bin/kubeadm", package.path));
     }
     Ok(binary)
+}
+
+/// One file of an .rpm (`usr/bin/kubeadm`): past the lead and the two headers, the payload is a
+/// compressed cpio archive (newc) whose entries are named `./usr/bin/...`.
+// checked: rpm's docs/manual/format.md (96-byte lead; signature header padded to 8 bytes; header
+// structure magic 8e ad e8 01, index count and data size as big-endian u32) and cpio(5) "New ASCII".
+fn rpm_file(path: &Path, wanted: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let header_end = |at: usize| -> Result<usize, String> {
+        let h = bytes.get(at..at + 16).ok_or("cut short")?;
+        if h[..4] != [0x8e, 0xad, 0xe8, 0x01] {
+            return Err("not an rpm header".into());
+        }
+        let n = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as usize;
+        Ok(at + 16 + n(8) * 16 + n(12))
+    };
+    if bytes.get(..4) != Some(&[0xed, 0xab, 0xee, 0xdb][..]) {
+        return Err("not an rpm package (no lead)".into());
+    }
+    let signature_end = header_end(96)?;
+    let payload_at = header_end(signature_end.div_ceil(8) * 8)?;
+    let payload = bytes.get(payload_at..).ok_or("cut short")?;
+    let kind = match payload {
+        [0x1f, 0x8b, ..] => "payload.gz",
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => "payload.zst",
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => "payload.xz",
+        _ => "payload (unknown compression)",
+    };
+    let cpio = super::rpmmd::decompress(kind, payload)?;
+    let mut at = 0;
+    while let Some(head) = cpio.get(at..at + 110) {
+        if &head[..6] != b"070701" {
+            return Err("the payload is not a cpio (newc) archive".into());
+        }
+        let field = |i: usize| {
+            std::str::from_utf8(&head[6 + i * 8..14 + i * 8])
+                .ok()
+                .and_then(|h| usize::from_str_radix(h, 16).ok())
+                .unwrap_or(0)
+        };
+        let (size, name_size) = (field(6), field(11));
+        let name = cpio
+            .get(at + 110..at + 110 + name_size.saturating_sub(1))
+            .unwrap_or_default();
+        let data = (at + 110 + name_size).div_ceil(4) * 4;
+        if name == b"TRAILER!!!" {
+            break;
+        }
+        if name.strip_prefix(b"./").unwrap_or(name) == wanted.as_bytes() {
+            return cpio
+                .get(data..data + size)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| "cut short".into());
+        }
+        at = (data + size).div_ceil(4) * 4;
+    }
+    Err(format!("no {wanted} in it"))
 }
 
 /// The `sandbox_image` each node's containerd is configured with ([vars]), with the clusters of

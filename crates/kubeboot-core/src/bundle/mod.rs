@@ -3,9 +3,11 @@
 
 pub mod charts;
 pub mod collect;
+pub mod dnf;
 pub mod images;
 pub mod kubeadm;
 pub mod packages;
+pub mod rpmmd;
 pub mod serve;
 
 use std::sync::Arc;
