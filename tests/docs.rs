@@ -170,6 +170,9 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "helm-api-versions",
     "prometheus-config-reloader",
     "instance-manager-image",
+    "prometheus-default-base-image",
+    "alertmanager-default-base-image",
+    "thanos-default-base-image",
 ];
 
 #[test]

@@ -81,7 +81,23 @@ pub(crate) struct Found {
     images: BTreeSet<String>,
     /// kustomize `images:` entries: the name in the bases → the reference it becomes.
     renames: BTreeMap<String, String>,
+    /// The prometheus-operator's `--{prometheus,alertmanager,thanos}-default-base-image=REF` by
+    /// component: only a fallback, pulled for a custom resource that names no image of its own.
+    defaults: BTreeMap<String, String>,
+    /// The components whose default base image a scanned custom resource falls back to.
+    needs_default: BTreeSet<String>,
 }
+
+/// The prometheus-operator flags that give a component's default base image.
+// checked: prometheus-operator v0.86.2 (kube-prometheus-stack 79.7.1's) cmd/operator/main.go
+// ("... default base image (path without tag/version)") and operator.BuildImagePath: the CR's own
+// image wins (Prometheus/Alertmanager/ThanosRuler spec.image, the sidecar's spec.thanos.image in
+// pkg/prometheus/server/statefulset.go); the default base image is used only without one.
+const DEFAULT_BASE_IMAGE_FLAGS: &[(&str, &str)] = &[
+    ("--prometheus-default-base-image", "prometheus"),
+    ("--alertmanager-default-base-image", "alertmanager"),
+    ("--thanos-default-base-image", "thanos"),
+];
 
 impl Found {
     pub(crate) fn scan(&mut self, text: &str) {
@@ -95,6 +111,37 @@ impl Found {
                 continue;
             }
             self.walk(doc);
+            self.fallbacks(doc);
+        }
+    }
+
+    /// The components whose default base image this object's pods fall back to: a Prometheus or
+    /// PrometheusAgent without `spec.image` (prometheus), a Prometheus whose `spec.thanos` sidecar
+    /// has no `image` (thanos), an Alertmanager or ThanosRuler without `spec.image`.
+    fn fallbacks(&mut self, doc: &Value) {
+        let Some(kind) = doc.get("kind").and_then(Value::as_str) else {
+            return;
+        };
+        let spec = doc.get("spec");
+        let named = |v: Option<&Value>| {
+            v.and_then(|v| v.get("image"))
+                .and_then(Value::as_str)
+                .is_some_and(|i| !i.trim().is_empty())
+        };
+        let component = match kind {
+            "Prometheus" | "PrometheusAgent" => "prometheus",
+            "Alertmanager" => "alertmanager",
+            "ThanosRuler" => "thanos",
+            _ => return,
+        };
+        if !named(spec) {
+            self.needs_default.insert(component.to_string());
+        }
+        if kind == "Prometheus"
+            && let Some(thanos) = spec.and_then(|s| s.get("thanos")).filter(|t| t.is_object())
+            && !named(Some(thanos))
+        {
+            self.needs_default.insert("thanos".to_string());
         }
     }
 
@@ -156,7 +203,13 @@ impl Found {
                 let Some(text) = item.as_str() else { continue };
                 for word in text.split_whitespace() {
                     let value = match word.split_once('=') {
-                        Some((flag, value)) if flag.starts_with('-') => value,
+                        Some((flag, value)) if flag.starts_with('-') => {
+                            if let Some((_, component)) = DEFAULT_BASE_IMAGE_FLAGS.iter().find(|(f, _)| *f == flag) {
+                                self.defaults.insert(component.to_string(), value.to_string());
+                                continue;
+                            }
+                            value
+                        }
                         _ => word,
                     };
                     if looks_like_image(value) {
@@ -186,6 +239,13 @@ impl Found {
             out.extend(normalise(&image));
         }
         out.extend(self.renames.values().filter_map(|r| normalise(r)));
+        // A default base image only when an object here falls back to it, and only with a tag or
+        // digest (a bare path gets the CR's version appended by the operator: not knowable here).
+        for (component, image) in &self.defaults {
+            if self.needs_default.contains(component) && looks_like_image(image) {
+                out.extend(normalise(image));
+            }
+        }
         out.into_iter().collect()
     }
 }
@@ -724,6 +784,31 @@ mod tests {
                 "quay.io/thanos/thanos:v0.39.2",
                 "quay.io/x/exporter:v1.9.0",
             ]
+        );
+        // The operator's default base images are fallbacks: not pulled while every custom resource
+        // names its own image (the shipped Prometheus sets spec.image and spec.thanos.image).
+        let operator = "kind: Deployment\nspec:\n  template:\n    spec:\n      containers:\n        - name: operator\n          image: quay.io/prometheus-operator/prometheus-operator:v0.86.2\n          args:\n            - --prometheus-default-base-image=quay.io/prometheus/prometheus\n            - --alertmanager-default-base-image=quay.io/prometheus/alertmanager:v0.29.0\n            - --thanos-default-base-image=quay.io/thanos/thanos:v0.40.1\n";
+        let named = "kind: Prometheus\nspec:\n  image: quay.io/prometheus/prometheus:v3.7.3\n  thanos:\n    image: quay.io/thanos/thanos:v0.39.2\n---\nkind: Alertmanager\nspec:\n  image: quay.io/prometheus/alertmanager:v0.29.0\n";
+        assert_eq!(
+            images(&[operator, named]),
+            [
+                "quay.io/prometheus-operator/prometheus-operator:v0.86.2",
+                "quay.io/prometheus/alertmanager:v0.29.0",
+                "quay.io/prometheus/prometheus:v3.7.3",
+                "quay.io/thanos/thanos:v0.39.2",
+            ]
+        );
+        // A sidecar or a ThanosRuler without an image of its own is given the default: then it is pulled.
+        let unnamed = "kind: Prometheus\nspec:\n  image: quay.io/prometheus/prometheus:v3.7.3\n  thanos:\n    objectStorageConfig: {}\n";
+        assert!(images(&[operator, unnamed]).contains(&"quay.io/thanos/thanos:v0.40.1".to_string()));
+        let ruler = "kind: ThanosRuler\nspec:\n  queryEndpoints: [a]\n";
+        assert!(images(&[operator, ruler]).contains(&"quay.io/thanos/thanos:v0.40.1".to_string()));
+        // Without a tag the operator appends the CR's version: no reference to collect.
+        let agent = "kind: PrometheusAgent\nspec: {}\n";
+        assert!(
+            !images(&[operator, agent])
+                .iter()
+                .any(|i| i.starts_with("quay.io/prometheus/prometheus"))
         );
         // Values are not objects: a `{repository, tag}` map is no image of its own any more.
         let values = "operator:\n  image:\n    registry: docker.io\n    repository: longhornio/longhorn-manager\n    tag: v1.10.1\n";
