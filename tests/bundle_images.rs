@@ -32,6 +32,12 @@ impl Drop for Registry {
 }
 
 fn start_registry(dir: &Path) -> Registry {
+    start_registry_with(dir, "")
+}
+
+/// The same with more of the registry's configuration (`auth:`); the storage is the folder's, so
+/// what an earlier registry of this folder held is served again.
+fn start_registry_with(dir: &Path, extra: &str) -> Registry {
     assert!(
         Path::new(REGISTRY).exists(),
         "{REGISTRY} is missing: apt-get install docker-registry (.ci/run installs it)"
@@ -41,7 +47,7 @@ fn start_registry(dir: &Path) -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
             dir.join("storage").display()
         ),
     )
@@ -55,7 +61,8 @@ fn start_registry(dir: &Path) -> Registry {
         .expect("docker-registry starts");
     let registry = Registry { port, child };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http(port, "GET", "/v2/", &[], b"").map(|r| r.0) != Some(200) {
+    // 401 from a registry that asks for credentials is an answer too.
+    while !matches!(http(port, "GET", "/v2/", &[], b"").map(|r| r.0), Some(200 | 401)) {
         assert!(
             Instant::now() < deadline,
             "the registry does not answer on 127.0.0.1:{port}"
@@ -1084,4 +1091,142 @@ fn a_node_fetches_only_its_own_list_once_and_a_resumed_run_sends_nothing_again()
         archives(&served.paths()),
         ["/images/a.tar", "/images/b.tar", "/images/c.tar"]
     );
+}
+
+/// A bcrypt entry for an htpasswd file (`user:$2b$...`), made by Python's crypt module with the
+/// password on its standard input (never on a command line).
+fn htpasswd_entry(user: &str, password: &str) -> String {
+    let mut child = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt, sys; print(crypt.crypt(sys.stdin.read(), crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (its crypt module makes the registry's bcrypt entry)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(password.as_bytes())
+        .expect("the password reaches python3");
+    let out = child.wait_with_output().expect("python3 ends");
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success() && hash.starts_with("$2"),
+        "no bcrypt hash from python3's crypt module: {hash}"
+    );
+    format!("{user}:{hash}\n")
+}
+
+#[test]
+fn an_oci_chart_from_a_registry_with_a_password_needs_the_right_one_and_no_secret_is_written() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    // Pushed while the registry is open, then served by the same storage with htpasswd auth.
+    let open = start_registry(dir.path());
+    push_image(open.port, "kubeboot-test/tiny", "7", 3, 5000);
+    push_image(open.port, "kubeboot-test/reloader", "4", 4, 3000);
+    push_image(open.port, "kubeboot-test/helper", "5", 5, 3000);
+    let archive = pack_chart(dir.path());
+    push_chart(open.port, "kb/tiny", "0.1.0", &archive);
+    drop(open);
+    let password = "kb-Registry-Secret-4711";
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, htpasswd_entry("kb-bundle", password)).expect("the htpasswd file");
+    let registry = start_registry_with(
+        dir.path(),
+        &format!(
+            "auth:\n  htpasswd:\n    realm: kubeboot-test\n    path: {}\n",
+            htpasswd.display()
+        ),
+    );
+    assert_eq!(
+        http(registry.port, "GET", "/v2/kb/tiny/manifests/0.1.0", &[], b"").map(|r| r.0),
+        Some(401),
+        "the registry asks for credentials"
+    );
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(&site).expect("a folder");
+    let helm_sha = helm_release(dir.path(), &site);
+    let site_port = FileServer::start("/charts/", &site).port;
+    let books = dir.path().join("playbooks");
+    std::fs::create_dir_all(&books).expect("a playbook folder");
+    std::fs::write(books.join("10-chart.yaml"), CHART_STAGE).expect("a stage");
+    let inv = dir.path().join("inventory.toml");
+    let mut text_inv = format!(
+        "[[nodes]]\nname = \"n1\"\naddress = \"127.0.0.1\"\n\n[sources.charts]\ntiny = {{ repo = \"oci://charts.example.test/kb\" }}\n\n\
+         [sources.releases.helm]\nurl = \"http://127.0.0.1:{site_port}/charts/helm-v3.19.0-linux-amd64.tar.gz\"\nsha256 = \"{helm_sha}\"\n"
+    );
+    for upstream in ["charts.example.test", "quay.io", "docker.io"] {
+        text_inv.push_str(&format!(
+            "\n[sources.registries.\"{upstream}\"]\nmirror = \"http://127.0.0.1:{}\"\nusername_env = \"KB_REGISTRY_USER\"\npassword_env = \"KB_REGISTRY_PASSWORD\"\n",
+            registry.port
+        ));
+    }
+    std::fs::write(&inv, text_inv).expect("the inventory");
+    let run = |out: &Path, password: &str| {
+        Command::new(env!("CARGO_BIN_EXE_kubeboot"))
+            .args(["-i", &inv.display().to_string(), "-p", &books.display().to_string()])
+            .args(["bundle", "--out", &out.display().to_string()])
+            .env("KB_REGISTRY_USER", "kb-bundle")
+            .env("KB_REGISTRY_PASSWORD", password)
+            .output()
+            .expect("kubeboot runs")
+    };
+
+    // The right credentials: the chart and the images it renders come through.
+    let out = dir.path().join("bundle");
+    let r = run(&out, password);
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    assert_eq!(
+        std::fs::read(out.join("charts/tiny-0.1.0.tgz")).expect("the chart"),
+        archive
+    );
+    assert!(out.join("images/quay.io_kubeboot-test_tiny_7.tar").is_file());
+    // No secret in what was printed, nor in any file of the bundle (the manifest included).
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("kb-bundle:{password}"));
+    assert!(
+        !text(&r).contains(password) && !text(&r).contains(&basic),
+        "{}",
+        text(&r)
+    );
+    let mut stack = vec![out.clone()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("a bundle folder").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).expect("a bundle file");
+            seen += 1;
+            assert!(
+                !common::contains_bytes(&bytes, password.as_bytes())
+                    && !common::contains_bytes(&bytes, basic.as_bytes()),
+                "the registry password is in {}",
+                p.display()
+            );
+        }
+    }
+    assert!(seen > 5, "the bundle's files were read ({seen})");
+
+    // The wrong password: refused, named with the registry and where its credentials come from.
+    let out = dir.path().join("bundle-wrong");
+    let r = run(&out, "not-the-password");
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains(&format!(
+            "the registry 127.0.0.1:{} (the mirror of charts.example.test) refused the credentials of [sources.registries.\"charts.example.test\"]",
+            registry.port
+        )),
+        "{}",
+        text(&r)
+    );
+    assert!(!text(&r).contains("not-the-password"), "{}", text(&r));
+    assert!(!out.join("charts/tiny-0.1.0.tgz").exists());
 }

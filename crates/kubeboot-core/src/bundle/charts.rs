@@ -727,7 +727,7 @@ async fn from_oci(
     let (body, _digest) = client
         .pull_manifest_raw(&pull.from, &pull.auth, &[OCI_MANIFEST])
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(pull.error(e)))?;
     let manifest: Value = serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
     let layer = manifest
         .get("layers")

@@ -392,6 +392,36 @@ pub(crate) struct Pull {
     pub(crate) auth: RegistryAuth,
     /// For the manifest: `http://mirror:5000/repo:tag`.
     pub(crate) source: String,
+    /// The upstream registry (`quay.io`): the `[sources.registries."..."]` entry it is pulled through.
+    pub(crate) upstream: String,
+}
+
+impl Pull {
+    /// A registry's error as the operator reads it: a refused or missing login names the registry,
+    /// the upstream it mirrors and the inventory entry its credentials come from (never the secret).
+    pub(crate) fn error(&self, e: oci_client::errors::OciDistributionError) -> String {
+        use oci_client::errors::OciDistributionError as E;
+        if !matches!(e, E::UnauthorizedError { .. } | E::AuthenticationFailure(_)) {
+            return e.to_string();
+        }
+        let host = self.from.registry();
+        let upstream = &self.upstream;
+        let via = if host == upstream {
+            String::new()
+        } else {
+            format!(" (the mirror of {upstream})")
+        };
+        match self.auth {
+            RegistryAuth::Basic(..) => format!(
+                "the registry {host}{via} refused the credentials of [sources.registries.\"{upstream}\"] \
+                 (username_env/_file, password_env/_file): check them ({e})"
+            ),
+            _ => format!(
+                "the registry {host}{via} asks for credentials: set username_env/_file and password_env/_file \
+                 in [sources.registries.\"{upstream}\"] ({e})"
+            ),
+        }
+    }
 }
 
 pub(crate) fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleError> {
@@ -450,6 +480,7 @@ pub(crate) fn pull_for(inv: &Inventory, reference: &str) -> Result<Pull, BundleE
         source: format!("{scheme}://{host}/{repo}{sep}{at}"),
         from,
         auth,
+        upstream,
     })
 }
 
@@ -549,7 +580,7 @@ async fn one(
     let (mut body, mut digest) = client
         .pull_manifest_raw(&pull.from, &pull.auth, MANIFEST_TYPES)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(pull.error(e)))?;
     let mut manifest: Value =
         serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
     if let Some(list) = manifest.get("manifests").and_then(Value::as_array) {
@@ -566,7 +597,7 @@ async fn one(
         (body, digest) = client
             .pull_manifest_raw(&by_digest, &pull.auth, MANIFEST_TYPES)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(pull.error(e)))?;
         manifest = serde_json::from_slice(&body).map_err(|e| fail(format!("the manifest is not JSON: {e}")))?;
     }
     let file = archive_name(&pull.name);
@@ -653,7 +684,7 @@ pub(crate) async fn fetch_blob(
     let response = client
         .pull_blob_stream_partial(&pull.from, blob, have, None)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(pull.error(e)))?;
     let (mut stream, from) = match response {
         BlobResponse::Partial(s) if have > 0 => (s, have),
         BlobResponse::Partial(s) | BlobResponse::Full(s) => (s, 0),
