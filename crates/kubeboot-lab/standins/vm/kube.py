@@ -22,7 +22,10 @@ What is stood in, because none of it can be had on this machine (no Kubernetes p
 - the API server (`kube-apiserver` static pod): plain HTTP (no TLS) on :6443 with /readyz, /livez,
   cluster-info, the node list, and the token, key and join requests kubeadm makes. Its "etcd" is a JSON
   file on its own node: nothing is replicated between control planes.
-- kubectl: `get --raw PATH`, `get nodes`, `taint`, `version`, against the server of the kubeconfig given.
+- kubectl: `get --raw PATH`, `get nodes` (also `-o jsonpath='{.items[*].spec.taints[*].key}'`), `taint nodes
+  --all KEY-`, `version`, against the server of the kubeconfig given. Nodes carry the taints kubeadm gives them:
+  a control plane `node-role.kubernetes.io/control-plane` unless its nodeRegistration.taints says otherwise
+  (`taints: []` is none), a worker none.
 """
 
 import hashlib
@@ -47,6 +50,9 @@ KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 # The API server's state: where a real control plane keeps it (etcd's data folder), as one JSON file.
 APISERVER_STATE = "/var/lib/etcd/standin-apiserver.json"
 TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
+# The one jsonpath the shipped stages ask for.
+TAINT_KEYS = "jsonpath={.items[*].spec.taints[*].key}"
 
 
 def out(text):
@@ -309,6 +315,15 @@ def ca_hash():
     return "sha256:" + sha256(open(K8S + "/pki/ca.crt").read())
 
 
+def taints_of(registration, control_plane):
+    """The taint keys kubeadm registers a node with (kubeadm v1beta4 nodeRegistration.taints: left out means the
+    default, the control-plane taint on a control plane; `[]` means none)."""
+    registration = registration or {}
+    if "taints" in registration:
+        return [t.get("key") for t in registration.get("taints") or [] if isinstance(t, dict)]
+    return [CONTROL_PLANE_TAINT] if control_plane else []
+
+
 def kubeadm_init(argv):
     cfg = argv[argv.index("--config") + 1]
     docs = config_docs(cfg)
@@ -333,7 +348,8 @@ def kubeadm_init(argv):
         write(K8S + f"/{name}.conf", kubeconfig(f"{address}:6443", "system:kube-" + name))
     os.makedirs("/var/lib/etcd", mode=0o700, exist_ok=True)
     state = {"cluster": cluster.get("clusterName"), "tokens": {}, "certificate_keys": {},
-             "nodes": {socket.gethostname(): {"role": "control-plane", "address": address, "via": "init"}},
+             "nodes": {socket.gethostname(): {"role": "control-plane", "address": address, "via": "init",
+                                              "taints": taints_of(init.get("nodeRegistration"), True)}},
              "ca": open(K8S + "/pki/ca.crt").read()}
     write(APISERVER_STATE, json.dumps(state))
     write_control_plane(address, repository)
@@ -436,7 +452,8 @@ def kubeadm_join(argv):
     node_ip = next((a.get("value") for a in (join.get("nodeRegistration") or {}).get("kubeletExtraArgs") or []
                     if a.get("name") == "node-ip"), None)
     request = {"node": name, "address": node_ip, "control_plane": control is not None,
-               "certificate_key_hash": sha256(key) if key else None}
+               "certificate_key_hash": sha256(key) if key else None,
+               "taints": taints_of(join.get("nodeRegistration"), control is not None)}
     status, answer = api(server, "POST", "/standin/join", request, token=token)
     if status != 200:
         err(f"error execution phase kubelet-start: {answer.get('message', answer)}\n")
@@ -526,6 +543,14 @@ def kubectl(argv):
             with urllib.request.urlopen(server + raw, timeout=10) as r:
                 out(r.read().decode())
             return 0
+        output = rest[rest.index("-o") + 1] if "-o" in rest[:-1] else ""
+        if rest[:2] == ["get", "nodes"] and output.startswith("jsonpath"):
+            if output != TAINT_KEYS:
+                err(f"kubectl (stand-in): get nodes -o {output} is not stood in\n")
+                return 1
+            status, body = api(server, "GET", "/api/v1/nodes")
+            out(" ".join(k for _, n in sorted(body.get("nodes", {}).items()) for k in n.get("taints") or []))
+            return 0
         if rest[:2] == ["get", "nodes"]:
             status, body = api(server, "GET", "/api/v1/nodes")
             wide = "wide" in rest
@@ -533,9 +558,15 @@ def kubectl(argv):
             for name, n in sorted(body.get("nodes", {}).items()):
                 out(f"{name} {n.get('role')} {n.get('address')}" + (f" {n.get('via')}" if wide else "") + "\n")
             return 0
-        if rest[:1] == ["taint"]:
-            status, body = api(server, "GET", "/readyz")
-            out("node/* untainted (stand-in)\n")
+        if rest[:3] == ["taint", "nodes", "--all"] and len(rest) == 4 and rest[3].endswith("-"):
+            key = rest[3][:-1]
+            status, body = api(server, "POST", "/standin/untaint", {"key": key})
+            if not body.get("untainted"):
+                # What kubectl says when no node has the taint.
+                err(f'error: taint "{key}" not found\n')
+                return 1
+            for name in body["untainted"]:
+                out(f"node/{name} untainted\n")
             return 0
     except (OSError, urllib.error.URLError) as e:
         err(f"The connection to the server {server} was refused - did you specify the right host or port? ({e})\n")
@@ -593,6 +624,14 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             state[kind][body["hash"]] = now + int(body["ttl"])
             self.save(state)
             return self.send(200, {})
+        if self.path == "/standin/untaint":
+            untainted = []
+            for name, n in sorted(state["nodes"].items()):
+                if body.get("key") in (n.get("taints") or []):
+                    n["taints"] = [k for k in n["taints"] if k != body.get("key")]
+                    untainted.append(name)
+            self.save(state)
+            return self.send(200, {"untainted": untainted})
         if self.path == "/standin/join":
             auth = self.headers.get("Authorization", "")
             token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
@@ -602,7 +641,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
                 if state["certificate_keys"].get(body.get("certificate_key_hash") or "", 0) < now:
                     return self.send(403, {"message": "the certificate key does not decrypt the kubeadm-certs Secret (unknown or expired)"})
             state["nodes"][body["node"]] = {"role": "control-plane" if body.get("control_plane") else "worker",
-                                            "address": body.get("address"), "via": self.client_address[0]}
+                                            "address": body.get("address"), "via": self.client_address[0],
+                                            "taints": body.get("taints") or []}
             self.save(state)
             answer = {"cluster": state.get("cluster"), "nodes": state["nodes"]}
             if body.get("control_plane"):
