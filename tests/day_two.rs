@@ -5,9 +5,10 @@
 //!
 //! The shipped install, then `kubeconfig` (4 contexts, 0600, the right servers, kubectl reads it; `--merge`
 //! keeps other contexts), `backup` (twice: nothing overwritten), `upgrade` 1.34 -> 1.35 (refused when it skips a
-//! minor, `apply` refused after raising the version, kill -9 in the middle and resumed; per node the upstream
-//! order of commands, packages held again), `check` warning about certificates and `renew-certs`, `reset` of
-//! cluster-03 (refused without confirmation; only cluster-03 touched) and `apply` reinstalling cluster-03 only.
+//! minor, `apply` refused after raising the version, kill -9 in the middle (one node stopped between installing
+//! kubeadm and holding it) and resumed; per node the upstream order of commands, packages held again), `check`
+//! warning about certificates and `renew-certs`, `reset` of cluster-03 (refused without confirmation; only
+//! cluster-03 touched) and `apply` reinstalling cluster-03 only.
 //! Needs root, sshd, sudo, unshare, python3 and kubectl: a missing one fails, never skips.
 
 mod common;
@@ -334,7 +335,12 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         "apply installed the new kubeadm"
     );
 
-    // Killed (-9) in the middle of the upgrade, then resumed.
+    // Killed (-9) in the middle of the upgrade, then resumed. node-194 is stopped between installing the new
+    // kubeadm and holding it again (its `apt-mark hold` is held by the stand-in): its guard must not call the
+    // task done on the resume, or kubeadm stays unheld.
+    let hold = t.lab.standin_dir("node-194").join("hold");
+    fs::create_dir_all(&hold).unwrap();
+    fs::write(hold.join("apt-mark-hold"), "").unwrap();
     let mut child = t
         .command(&["upgrade", "--yes", "--output", "json"])
         .stdout(Stdio::null())
@@ -345,10 +351,15 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         t.calls("node-198")
             .iter()
             .any(|c| c.starts_with("kubeadm upgrade plan"))
+            && t.calls("node-194").iter().any(|c| c == "apt-mark hold kubeadm")
     });
     let _ = child.kill();
     let _ = child.wait();
-    assert!(started, "the upgrade never reached kubeadm upgrade plan");
+    fs::remove_file(hold.join("apt-mark-hold")).unwrap();
+    assert!(
+        started,
+        "the upgrade never reached kubeadm upgrade plan on node-198 and apt-mark hold kubeadm on node-194"
+    );
     let resumed = t.kubeboot(&["upgrade", "--yes", "--output", "json"]);
     resumed.assert_code(0);
     // It continued: what finished before the kill is skipped as done, and kubeadm was installed once.
@@ -368,6 +379,15 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         .filter(|c| c.contains("install -y kubeadm=1.35."))
         .count();
     assert_eq!(installs, 1, "node-198: kubeadm 1.35 installed again after the resume");
+    let reinstalls = t
+        .calls("node-194")
+        .iter()
+        .filter(|c| c.contains("install -y kubeadm=1.35."))
+        .count();
+    assert_eq!(
+        reinstalls, 2,
+        "node-194: stopped before the hold, kubeadm is installed and held again on the resume\n{resumed}"
+    );
     for node in NODES {
         let calls = t.calls(node);
         let start = calls
