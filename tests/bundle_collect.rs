@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::cli::{kubeboot, text};
 use common::http::FileServer;
-use sha2::{Digest, Sha256};
+use common::sha256;
 
 const FILE: &str = "helm-v3.19.0-linux-amd64.tar.gz";
 
@@ -44,10 +44,6 @@ fn fake_archive() -> Vec<u8> {
         .collect()
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// A playbook folder with one stage that copies nothing: no images, only the release binary.
 fn playbooks(dir: &Path) -> String {
     let books = dir.join("playbooks");
@@ -68,22 +64,6 @@ fn inventory(dir: &Path, site: &Site, sha: &str) -> PathBuf {
     );
     std::fs::write(&path, text).expect("write the inventory");
     path
-}
-
-fn kubeboot(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
-        .args(args)
-        .output()
-        .expect("kubeboot runs")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]

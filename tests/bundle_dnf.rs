@@ -11,8 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cli::{kubeboot, text};
 use common::http::{FileServer, Request};
-use sha2::{Digest, Sha256};
+use common::sha256;
 
 /// A real .rpm built with rpmbuild: `size` pseudo-random bytes in /usr/share/NAME/data, the
 /// given `Requires:` and files (an executable `/usr/bin/...` each), no automatic dependencies.
@@ -75,22 +76,6 @@ fn createrepo(dir: &Path, compression: &str) {
         .output()
         .expect("createrepo_c runs (Debian's createrepo-c package)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn kubeboot(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
-        .args(args)
-        .output()
-        .expect("kubeboot runs")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The stage the test plans: base packages, and one installed at the version the command picks,
@@ -283,7 +268,7 @@ fn rpms_come_with_their_dependencies_into_a_dnf_repository_resumed_and_checked()
         .expect("kb-lib in the manifest");
     assert_eq!(kb_lib["version"], "2.0-1");
     assert_eq!(kb_lib["path"], "dnf/rocky-9/Packages/kb-lib-2.0-1.x86_64.rpm");
-    assert_eq!(kb_lib["sha256"], hex::encode(Sha256::digest(&lib)).as_str());
+    assert_eq!(kb_lib["sha256"], sha256(&lib).as_str());
 
     // Again: every package is already there with its sha256; none is downloaded.
     site.server.clear();

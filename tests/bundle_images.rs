@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cli::{kubeboot, text};
 use common::http::FileServer;
-use sha2::{Digest, Sha256};
+use common::sha256;
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
 
@@ -93,10 +94,6 @@ fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
     Some((status, head, all[split + 4..].to_vec()))
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 /// A tiny image (one layer of `size` pseudo-random bytes) pushed as `repo:tag`; its manifest's bytes.
 fn push_image(port: u16, repo: &str, tag: &str, seed: u32, size: usize) -> (Vec<u8>, Vec<u8>) {
     let layer: Vec<u8> = (0..size as u32)
@@ -159,22 +156,6 @@ fn upload(port: u16, repo: &str, bytes: &[u8]) {
     )
     .expect("the blob is pushed");
     assert_eq!(status, 201, "{head}");
-}
-
-fn kubeboot(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
-        .args(args)
-        .output()
-        .expect("kubeboot runs")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A playbook whose rendered files name the images: a manifest's `image:` and an image a container

@@ -10,8 +10,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::cli::{kubeboot, text};
 use common::http::{FileServer, Request};
-use sha2::{Digest, Sha256};
+use common::sha256;
 
 /// A real .deb built with dpkg-deb: one file of `size` pseudo-random bytes.
 fn deb(dir: &Path, name: &str, depends: Option<&str>, size: usize) -> PathBuf {
@@ -54,22 +55,6 @@ fn ftparchive(dir: &Path, args: &[&str], file: &str) {
         .expect("apt-ftparchive runs (apt-utils)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(dir.join(file), out.stdout).expect("the index");
-}
-
-fn kubeboot(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kubeboot"))
-        .args(args)
-        .output()
-        .expect("kubeboot runs")
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\n{}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -165,7 +150,7 @@ fn packages_the_commands_install_come_with_their_dependencies_into_a_flat_reposi
     assert_eq!(items[0]["name"], "kb-lib");
     assert_eq!(items[0]["version"], "1.0");
     assert_eq!(items[0]["path"], "apt/debian-12/kb-lib_1.0_amd64.deb");
-    assert_eq!(items[0]["sha256"], hex::encode(Sha256::digest(&lib_bytes)).as_str());
+    assert_eq!(items[0]["sha256"], sha256(&lib_bytes).as_str());
 
     // Again: apt finds every package in its cache (from the bundle) and downloads none.
     served.clear();

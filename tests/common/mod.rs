@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod cli;
 pub mod http;
 pub mod plans;
 pub mod tmux;
@@ -422,6 +423,12 @@ fn timestamps_parse_to_epoch_seconds() {
 /// Whether `needle` occurs anywhere in `hay` (a secret's bytes in a log, an archive entry).
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The SHA-256 of `bytes` in lowercase hex (how bundle manifests, repositories and registries name digests).
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// A free TCP port on 127.0.0.1 (nothing listens on it once this returns).
