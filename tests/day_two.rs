@@ -20,95 +20,61 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Run, wait_until};
-use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
+use common::isolated::{IsolatedLab, rhel, start_isolated_lab, ubuntu};
+use common::{Run, repo, run_for, wait_until};
+use kubeboot::lab::ContainerdLayout;
 use serde_json::Value;
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const CLUSTERS: [&str; 4] = ["cluster-01", "cluster-02", "cluster-03", "cluster-04"];
 const RHEL_NODE: &str = "node-196";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+/// How long one run may take before it counts as hung (the whole shipped install is one run).
+const INSTALL_CAP: Duration = Duration::from_secs(600);
 
 struct Day2 {
-    lab: LabGuard,
-    state: PathBuf,
+    lab: IsolatedLab,
+    /// HOME of every run (`kubeconfig --merge` writes ~/.kube/config).
     home: PathBuf,
-    /// The lab's loopback range, held while it runs.
-    _net: kubeboot::lab::net::Net,
-    _dir: tempfile::TempDir,
 }
 
 impl Day2 {
     fn start() -> Day2 {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let ubuntu = NodeKind {
-            os: NodeOs::Ubuntu,
-            containerd: ContainerdLayout::V3,
-        };
-        let net = common::claim_net(4);
-        let opts = LabOptions {
-            dir: dir.path().join("lab"),
-            first_address: net.first_address,
-            first_port: net.first_port,
-            isolated: true,
-            kinds: vec![
-                ubuntu,
-                NodeKind {
-                    os: NodeOs::Rhel,
-                    containerd: ContainerdLayout::V2,
-                },
-                ubuntu,
-                ubuntu,
-            ],
-            like: Some(repo().join("inventory.toml")),
-            ..Default::default()
-        };
-        let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated lab did not start: {e}"));
-        let home = dir.path().join("home");
-        fs::create_dir_all(&home).unwrap();
-        Day2 {
-            lab: LabGuard(lab),
-            state: dir.path().join("state"),
-            home,
-            _net: net,
-            _dir: dir,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        self.command_with(&self.lab.inventory, args)
-    }
-
-    fn command_with(&self, inventory: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kubeboot"));
-        c.current_dir(repo())
-            .arg("-i")
-            .arg(inventory)
-            .args(["-p", "playbooks", "--state-dir"])
-            .arg(&self.state)
-            .args(args)
-            .env("HOME", &self.home)
-            .stdin(Stdio::null());
-        for (k, v) in [
+        let ubuntu = ubuntu(ContainerdLayout::V3);
+        let secrets = [
             ("KUBEBOOT_S3_ACCESS_KEY", "lab-access"),
             ("KUBEBOOT_S3_SECRET_KEY", "lab-secret"),
             ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", "lab-grafana"),
             ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", "lab-opensearch"),
-        ] {
-            c.env(k, v);
-        }
+        ]
+        .map(|(k, v)| (k, v.to_string()))
+        .to_vec();
+        let lab = start_isolated_lab(
+            &repo().join("inventory.toml"),
+            &NODES,
+            vec![ubuntu, rhel(), ubuntu, ubuntu],
+            secrets,
+        );
+        let home = lab.dir().join("home");
+        fs::create_dir_all(&home).unwrap();
+        Day2 { lab, home }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.lab.lab.inventory, args)
+    }
+
+    fn command_with(&self, inventory: &Path, args: &[&str]) -> Command {
+        let mut c = self.lab.kubeboot_with(inventory, args);
+        c.env("HOME", &self.home);
         c
     }
 
     fn kubeboot(&self, args: &[&str]) -> Run {
-        run_long(self.command(args))
+        run_for(self.command(args), INSTALL_CAP)
     }
 
     fn calls(&self, node: &str) -> Vec<String> {
-        let path = self.lab.standin_dir(node).join("record.jsonl");
+        let path = self.lab.lab.standin_dir(node).join("record.jsonl");
         fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
@@ -124,16 +90,16 @@ impl Day2 {
     }
 
     fn standin_state(&self, node: &str) -> Value {
-        let path = self.lab.standin_dir(node).join("state.json");
+        let path = self.lab.lab.standin_dir(node).join("state.json");
         serde_json::from_str(&fs::read_to_string(&path).unwrap_or_default()).unwrap_or(Value::Null)
     }
 
     fn node_text(&self, node: &str, path: &str) -> Option<String> {
-        fs::read_to_string(self.lab.node_file(node, path)).ok()
+        fs::read_to_string(self.lab.lab.node_file(node, path)).ok()
     }
 
     fn set_version(&self, version: &str) {
-        let text = fs::read_to_string(&self.lab.inventory).unwrap();
+        let text = fs::read_to_string(&self.lab.lab.inventory).unwrap();
         let mut out = String::new();
         for line in text.lines() {
             if line.trim_start().starts_with("kubernetes_version") {
@@ -143,11 +109,11 @@ impl Day2 {
                 out.push('\n');
             }
         }
-        fs::write(&self.lab.inventory, out).unwrap();
+        fs::write(&self.lab.lab.inventory, out).unwrap();
     }
 
     fn backups(&self, cluster: &str) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(self.state.join("backups").join(cluster))
+        let mut v: Vec<PathBuf> = fs::read_dir(self.lab.state.join("backups").join(cluster))
             .into_iter()
             .flatten()
             .flatten()
@@ -155,23 +121,6 @@ impl Day2 {
             .collect();
         v.sort();
         v
-    }
-}
-
-/// Like common::run with a cap fit for the whole shipped install.
-fn run_long(mut cmd: Command) -> Run {
-    let start = std::time::Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubeboot starts");
-    let out = common::wait_with_cap(child, Duration::from_secs(600));
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: start.elapsed(),
     }
 }
 
@@ -206,7 +155,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     // --- kubeconfig: one file, four contexts, 0600, each pointed at its node; kubectl reads it.
     let kc = t.kubeboot(&["kubeconfig", "--yes"]);
     kc.assert_code(0);
-    let file = t.state.join("kubeconfig.yaml");
+    let file = t.lab.state.join("kubeconfig.yaml");
     assert_eq!(mode(&file), 0o600, "{kc}");
     let contexts = Command::new("kubectl")
         .args(["config", "get-contexts", "-o", "name", "--kubeconfig"])
@@ -225,7 +174,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     );
     let config = kubeboot::kubeconfig::parse(&fs::read_to_string(&file).unwrap()).unwrap();
     for (i, cluster) in CLUSTERS.iter().enumerate() {
-        let address = t.lab.node(NODES[i]).unwrap().address;
+        let address = t.lab.lab.node(NODES[i]).unwrap().address;
         let entry = config["clusters"]
             .as_array()
             .unwrap()
@@ -282,8 +231,8 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
 
     // With an etcd_backup_bucket the snapshots also go to S3 (moto on loopback), each under its own name.
     let (_moto, s3) = common::start_moto();
-    let with_s3 = t.lab.dir.join("inventory-s3.toml");
-    let text: Vec<String> = fs::read_to_string(&t.lab.inventory)
+    let with_s3 = t.lab.lab.dir.join("inventory-s3.toml");
+    let text: Vec<String> = fs::read_to_string(&t.lab.lab.inventory)
         .unwrap()
         .lines()
         .map(|l| {
@@ -297,7 +246,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         })
         .collect();
     fs::write(&with_s3, text.join("\n")).unwrap();
-    let uploaded = run_long(t.command_with(&with_s3, &["backup", "--yes"]));
+    let uploaded = run_for(t.command_with(&with_s3, &["backup", "--yes"]), INSTALL_CAP);
     uploaded.assert_code(0);
     for cluster in CLUSTERS {
         let line = format!("etcd snapshot uploaded: s3://etcd-backups/etcd/{cluster}/etcd-{cluster}-");
@@ -316,7 +265,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     let skip = t.kubeboot(&["upgrade", "--yes"]);
     skip.assert_code(2);
     assert!(
-        skip.stderr.contains(&format!("{}:", t.lab.inventory.display()))
+        skip.stderr.contains(&format!("{}:", t.lab.lab.inventory.display()))
             && skip.stderr.contains("skips a minor version")
             && skip.stderr.contains("kubernetes_version = \"1.35\""),
         "{skip}"
@@ -338,7 +287,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     // Killed (-9) in the middle of the upgrade, then resumed. node-194 is stopped between installing the new
     // kubeadm and holding it again (its `apt-mark hold` is held by the stand-in): its guard must not call the
     // task done on the resume, or kubeadm stays unheld.
-    let hold = t.lab.standin_dir("node-194").join("hold");
+    let hold = t.lab.lab.standin_dir("node-194").join("hold");
     fs::create_dir_all(&hold).unwrap();
     fs::write(hold.join("apt-mark-hold"), "").unwrap();
     let mut child = t
@@ -453,7 +402,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     t.kubeboot(&["apply", "--yes", "--output", "json"]).assert_code(0);
 
     // --- certificates: check warns under 30 days, renew-certs renews them and restarts the control plane.
-    fs::write(t.lab.standin_dir("node-194").join("cert_days_left"), "12").unwrap();
+    fs::write(t.lab.lab.standin_dir("node-194").join("cert_days_left"), "12").unwrap();
     let check = t.kubeboot(&["check", "--limit", "cluster-01"]);
     check.assert_code(0);
     assert!(

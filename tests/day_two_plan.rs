@@ -2,12 +2,12 @@
 //! playbooks (connects to nothing), in tests/golden/day2-<command>.txt. The time stamp in backup names is
 //! replaced by `<stamp>`. `UPDATE_GOLDEN=1` rewrites them after a deliberate change.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use common::repo;
 
 /// Every run id (`YYYYMMDD-HHMMSS-xxxx`) as `<stamp>`.
 fn without_stamps(text: &str) -> String {

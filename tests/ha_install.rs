@@ -9,71 +9,34 @@
 //!
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
+use common::isolated::{IsolatedLab, model_with, rhel, start_isolated_lab, ubuntu};
+use common::repo;
+use common::shipped::{files_below, secrets};
+use kubeboot::lab::{self, ContainerdLayout};
 use serde_json::Value;
-
-#[path = "common/shipped.rs"]
-mod shipped;
-use shipped::{files_below, secrets};
 
 const HA: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const FIRST: &str = "node-194";
 const JOINING: [&str; 3] = ["node-196", "node-197", "node-198"];
 const VIP: &str = "192.168.101.220";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct TestLab {
-    lab: LabGuard,
-    _net: kubeboot::lab::net::Net,
-    state: PathBuf,
-    secrets: Vec<(&'static str, String)>,
-    _dir: tempfile::TempDir,
-}
-
 /// A lab like `model` (an inventory file) with these nodes, on a loopback range of its own.
-fn start_lab(model: &Path, names: &[&str]) -> TestLab {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let net = kubeboot::lab::net::claim(names.len()).unwrap_or_else(|e| panic!("{e}"));
-    let ubuntu = |containerd| NodeKind {
-        os: NodeOs::Ubuntu,
-        containerd,
-    };
-    let opts = LabOptions {
-        dir: dir.path().join("lab"),
-        first_address: net.first_address,
-        first_port: net.first_port,
-        isolated: true,
-        // One RHEL-like control plane that joins; both containerd config layouts.
-        kinds: vec![
-            ubuntu(ContainerdLayout::V3),
-            NodeKind {
-                os: NodeOs::Rhel,
-                containerd: ContainerdLayout::V2,
-            },
-            ubuntu(ContainerdLayout::V2),
-            ubuntu(ContainerdLayout::V3),
-        ],
-        like: Some(model.to_path_buf()),
-        ..Default::default()
-    };
-    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated local lab did not start: {e}"));
-    let got: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(got, names, "the lab mirrors the model inventory's nodes");
-    TestLab {
-        lab: LabGuard(lab),
-        _net: net,
-        state: dir.path().join("state"),
-        secrets: secrets(),
-        _dir: dir,
-    }
+fn start_lab(model: &Path, names: &[&str]) -> IsolatedLab {
+    // One RHEL-like control plane that joins; both containerd config layouts.
+    let kinds = vec![
+        ubuntu(ContainerdLayout::V3),
+        rhel(),
+        ubuntu(ContainerdLayout::V2),
+        ubuntu(ContainerdLayout::V3),
+    ];
+    start_isolated_lab(model, names, kinds, secrets())
 }
 
 /// One `kubeboot` run and what it printed.
@@ -131,31 +94,15 @@ impl Run {
     }
 }
 
-fn kubeboot(t: &TestLab, args: &[&str]) -> Command {
-    kubeboot_with(t, &t.lab.inventory, args)
-}
-
-fn kubeboot_with(t: &TestLab, inventory: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubeboot"));
-    cmd.current_dir(repo())
-        .arg("-i")
-        .arg(inventory)
-        .args(["-p", "playbooks", "--state-dir"])
-        .arg(&t.state)
-        .args(args)
-        .envs(t.secrets.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdin(Stdio::null());
-    cmd
-}
-
-fn apply(t: &TestLab) -> Run {
+fn apply(t: &IsolatedLab) -> Run {
     apply_with(t, &t.lab.inventory, &[])
 }
 
-fn apply_with(t: &TestLab, inventory: &Path, extra: &[&str]) -> Run {
+fn apply_with(t: &IsolatedLab, inventory: &Path, extra: &[&str]) -> Run {
     let mut args = vec!["apply", "--yes", "--output", "json"];
     args.extend(extra);
-    let out = kubeboot_with(t, inventory, &args)
+    let out = t
+        .kubeboot_with(inventory, &args)
         .output()
         .expect("the kubeboot binary runs");
     Run::of(out.status.code(), out.stdout, out.stderr)
@@ -163,7 +110,7 @@ fn apply_with(t: &TestLab, inventory: &Path, extra: &[&str]) -> Run {
 
 /// Installs the lab's inventory without `later` (the cluster as it was before that node was added); `later` is
 /// never touched.
-fn install_without(t: &TestLab, later: &str) {
+fn install_without(t: &IsolatedLab, later: &str) {
     let mut smaller: toml::Table = std::fs::read_to_string(&t.lab.inventory)
         .expect("the lab inventory")
         .parse()
@@ -171,7 +118,7 @@ fn install_without(t: &TestLab, later: &str) {
     if let Some(toml::Value::Array(nodes)) = smaller.get_mut("nodes") {
         nodes.retain(|n| n.get("name").and_then(toml::Value::as_str) != Some(later));
     }
-    let smaller_path = t.state.with_file_name(format!("without-{later}.toml"));
+    let smaller_path = t.dir().join(format!("without-{later}.toml"));
     std::fs::write(&smaller_path, toml::to_string(&smaller).expect("TOML")).expect("written");
     let first = apply_with(t, &smaller_path, &[]);
     assert_eq!(first.code, Some(0), "{}", first.explain());
@@ -181,10 +128,10 @@ fn install_without(t: &TestLab, later: &str) {
     );
 }
 
-fn plan_text(t: &TestLab, inventory: &Path, extra: &[&str]) -> String {
+fn plan_text(t: &IsolatedLab, inventory: &Path, extra: &[&str]) -> String {
     let mut args = vec!["plan"];
     args.extend(extra);
-    let out = kubeboot_with(t, inventory, &args).output().expect("kubeboot plan runs");
+    let out = t.kubeboot_with(inventory, &args).output().expect("kubeboot plan runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         out.status.code(),
@@ -197,7 +144,7 @@ fn plan_text(t: &TestLab, inventory: &Path, extra: &[&str]) -> String {
 
 /// An apply killed with SIGKILL as soon as `node`'s stand-in has recorded a call `until` accepts (a held one, so
 /// the call is still in progress on the node when kubeboot dies). The hold flags are removed afterwards.
-fn apply_killed_at(t: &TestLab, holds: &[(&str, &str)], what: &str, until: impl Fn(&str, &Call) -> bool) -> Run {
+fn apply_killed_at(t: &IsolatedLab, holds: &[(&str, &str)], what: &str, until: impl Fn(&str, &Call) -> bool) -> Run {
     let flags: Vec<PathBuf> = holds
         .iter()
         .map(|(node, name)| t.lab.standin_dir(node).join("hold").join(name))
@@ -205,7 +152,8 @@ fn apply_killed_at(t: &TestLab, holds: &[(&str, &str)], what: &str, until: impl 
     for f in &flags {
         std::fs::write(f, "").expect("a hold flag can be written");
     }
-    let mut child = kubeboot(t, &["apply", "--yes", "--output", "json"])
+    let mut child = t
+        .kubeboot(&["apply", "--yes", "--output", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -270,7 +218,7 @@ impl Call {
     }
 }
 
-fn calls(t: &TestLab, node: &str) -> Vec<Call> {
+fn calls(t: &IsolatedLab, node: &str) -> Vec<Call> {
     let path = t.lab.standin_dir(node).join("record.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_default();
     text.lines()
@@ -290,7 +238,7 @@ fn calls(t: &TestLab, node: &str) -> Vec<Call> {
         .collect()
 }
 
-fn count(t: &TestLab, node: &str, cmd: &str, args: &[&str]) -> usize {
+fn count(t: &IsolatedLab, node: &str, cmd: &str, args: &[&str]) -> usize {
     calls(t, node).iter().filter(|c| c.is(cmd, args)).count()
 }
 
@@ -299,16 +247,16 @@ fn is_init(c: &Call) -> bool {
     c.is("kubeadm", &["init"]) && c.argv.get(1).is_none_or(|a| a != "phase")
 }
 
-fn inits(t: &TestLab, node: &str) -> usize {
+fn inits(t: &IsolatedLab, node: &str) -> usize {
     calls(t, node).iter().filter(|c| is_init(c)).count()
 }
 
-fn dump(t: &TestLab, node: &str) -> String {
+fn dump(t: &IsolatedLab, node: &str) -> String {
     calls(t, node).iter().map(Call::line).collect::<Vec<_>>().join("\n")
 }
 
 /// The stand-in state of a node (what the "cluster" remembers: tokens, certificate keys, what a node joined with).
-fn standin_state(t: &TestLab, node: &str) -> Value {
+fn standin_state(t: &IsolatedLab, node: &str) -> Value {
     let path = t.lab.standin_dir(node).join("state.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -322,7 +270,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Lets every bootstrap token and certificate key the first control plane issued so far expire (kubeadm deletes
 /// them after their TTL), as if the next run came hours later. Returns what expired.
-fn expire_join_secrets(t: &TestLab) -> Vec<String> {
+fn expire_join_secrets(t: &IsolatedLab) -> Vec<String> {
     let path = t.lab.standin_dir(FIRST).join("state.json");
     let mut state = standin_state(t, FIRST);
     let mut gone = strings(&state["tokens"]);
@@ -333,7 +281,7 @@ fn expire_join_secrets(t: &TestLab) -> Vec<String> {
     gone
 }
 
-fn node_file(t: &TestLab, node: &str, path: &str) -> String {
+fn node_file(t: &IsolatedLab, node: &str, path: &str) -> String {
     let p = t.lab.node_file(node, path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
 }
@@ -750,29 +698,22 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
     }
 }
 
-/// The HA example plus a single-node cluster of its own (node-199), written next to the lab.
+/// The HA example plus a single-node cluster of its own (node-199), written to `dir`.
 fn ha_plus_one_inventory(dir: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(repo().join("examples/ha/inventory.toml")).expect("the HA example");
-    let mut inv: toml::Table = text.parse().expect("the HA example is TOML");
-    let push = |inv: &mut toml::Table, key: &str, item: &str| {
-        let item: toml::Table = item.parse().expect("a TOML table");
-        if let Some(toml::Value::Array(a)) = inv.get_mut(key) {
-            a.push(toml::Value::Table(item));
-        }
-    };
-    push(
-        &mut inv,
-        "clusters",
-        "name = \"cluster-02\"\nrole = \"edge\"\nlb_ip = \"192.168.101.211\"\ndomain = \"k8s-cluster-02.miribit.lab\"",
-    );
-    push(
-        &mut inv,
-        "nodes",
-        "name = \"node-199\"\naddress = \"192.168.101.199\"\ncluster = \"cluster-02\"",
-    );
-    let path = dir.join("ha-plus-one.toml");
-    std::fs::write(&path, toml::to_string(&inv).expect("TOML")).expect("the model inventory is written");
-    path
+    model_with(
+        &repo().join("examples/ha/inventory.toml"),
+        &[
+            (
+                "clusters",
+                "name = \"cluster-02\"\nrole = \"edge\"\nlb_ip = \"192.168.101.211\"\ndomain = \"k8s-cluster-02.miribit.lab\"",
+            ),
+            (
+                "nodes",
+                "name = \"node-199\"\naddress = \"192.168.101.199\"\ncluster = \"cluster-02\"",
+            ),
+        ],
+        &dir.join("ha-plus-one.toml"),
+    )
 }
 
 #[test]
@@ -851,7 +792,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
     }
 
     // `status` names who blocked whom.
-    let status = kubeboot(&t, &["status"]).output().expect("kubeboot status runs");
+    let status = t.kubeboot(&["status"]).output().expect("kubeboot status runs");
     let text = String::from_utf8_lossy(&status.stdout).into_owned();
     assert_eq!(status.status.code(), Some(0), "{text}");
     let section = |node: &str| -> String {
@@ -975,17 +916,14 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
     const LATER: &str = "node-199";
     // The model: the HA example with a second worker, node-199, in the same cluster.
     let model_dir = tempfile::tempdir().expect("a folder");
-    let text = std::fs::read_to_string(repo().join("examples/ha/inventory.toml")).expect("the HA example");
-    let mut model: toml::Table = text.parse().expect("the HA example is TOML");
-    if let Some(toml::Value::Array(nodes)) = model.get_mut("nodes") {
-        let worker: toml::Table =
-            "name = \"node-199\"\naddress = \"192.168.101.199\"\ncluster = \"cluster-01\"\nrole = \"worker\""
-                .parse()
-                .expect("a TOML table");
-        nodes.push(toml::Value::Table(worker));
-    }
-    let model_path = model_dir.path().join("ha-second-worker.toml");
-    std::fs::write(&model_path, toml::to_string(&model).expect("TOML")).expect("the model inventory is written");
+    let model_path = model_with(
+        &repo().join("examples/ha/inventory.toml"),
+        &[(
+            "nodes",
+            "name = \"node-199\"\naddress = \"192.168.101.199\"\ncluster = \"cluster-01\"\nrole = \"worker\"",
+        )],
+        &model_dir.path().join("ha-second-worker.toml"),
+    );
     let all = ["node-194", "node-196", "node-197", "node-198", LATER];
     let t = start_lab(&model_path, &all);
 

@@ -8,30 +8,22 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kubeboot::lab::{self, LabGuard, LabOptions};
+use common::isolated::{IsolatedLab, model_with, start_isolated_lab};
+use common::repo;
+use common::shipped::files_below;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 struct Lab {
-    lab: LabGuard,
-    state: PathBuf,
-    secrets: BTreeMap<&'static str, String>,
+    lab: IsolatedLab,
     /// The lab inventory's entries of the cluster added later, held back from the first install.
     later: Vec<(&'static str, toml::Value)>,
-    /// The lab's loopback range, held while it runs.
-    _net: kubeboot::lab::net::Net,
-    _dir: tempfile::TempDir,
 }
 
 /// A (stage, task) pair.
@@ -100,49 +92,27 @@ const LATER: [(&str, &str); 2] = [
 ];
 
 fn start() -> Lab {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let net = common::claim_net(NODES.len() + 1);
     // The lab is modelled on the shipped inventory plus the cluster added later, so that cluster's node is a
     // machine of its own that no install has touched.
-    let mut model: toml::Table = std::fs::read_to_string(repo().join("inventory.toml"))
-        .expect("the shipped inventory")
-        .parse()
-        .expect("the shipped inventory is TOML");
-    for (list, entry) in LATER {
-        let entry: toml::Table = entry.parse().expect("a TOML table");
-        model
-            .get_mut(list)
-            .and_then(toml::Value::as_array_mut)
-            .expect("the shipped inventory lists clusters and nodes")
-            .push(entry.into());
-    }
-    let like = dir.path().join("like.toml");
-    std::fs::write(&like, toml::to_string(&model).expect("TOML")).expect("write the model inventory");
-    let opts = LabOptions {
-        dir: dir.path().join("lab"),
-        first_address: net.first_address,
-        first_port: net.first_port,
-        isolated: true,
-        like: Some(like),
-        ..Default::default()
-    };
-    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated local lab did not start: {e}"));
+    let model_dir = tempfile::tempdir().expect("a temporary folder");
+    let like = model_with(
+        &repo().join("inventory.toml"),
+        &LATER,
+        &model_dir.path().join("like.toml"),
+    );
     let secrets = [
         ("KUBEBOOT_S3_ACCESS_KEY", "s3access-resume-test-1"),
         ("KUBEBOOT_S3_SECRET_KEY", "s3secret-resume-test-1"),
         ("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", "grafana-resume-test-1"),
         ("KUBEBOOT_OPENSEARCH_ADMIN_PASSWORD", "opensearch-resume-test-1"),
     ]
-    .into_iter()
     .map(|(k, v)| (k, v.to_string()))
-    .collect();
+    .to_vec();
+    let mut nodes = NODES.to_vec();
+    nodes.push("node-199");
     let t = Lab {
         later: Vec::new(),
-        lab: LabGuard(lab),
-        state: dir.path().join("state"),
-        secrets,
-        _net: net,
-        _dir: dir,
+        lab: start_isolated_lab(&like, &nodes, Vec::new(), secrets),
     };
     let mut later = Vec::new();
     t.edit_inventory(|inv| {
@@ -168,16 +138,7 @@ fn take(inv: &mut toml::Table, list: &str, name: &str) -> toml::Value {
 
 impl Lab {
     fn kubeboot(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kubeboot"));
-        c.current_dir(repo())
-            .arg("-i")
-            .arg(&self.lab.inventory)
-            .args(["-p", "playbooks", "--state-dir"])
-            .arg(&self.state)
-            .args(args)
-            .envs(self.secrets.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null());
-        c
+        self.lab.kubeboot(args)
     }
 
     fn run(&self, args: &[&str]) -> Run {
@@ -209,7 +170,7 @@ impl Lab {
 
     /// The stand-in calls recorded on a node so far: (command, argv, applied objects).
     fn calls(&self, node: &str) -> Vec<Value> {
-        let path = self.lab.standin_dir(node).join("record.jsonl");
+        let path = self.lab.lab.standin_dir(node).join("record.jsonl");
         std::fs::read_to_string(&path)
             .unwrap_or_default()
             .lines()
@@ -218,14 +179,14 @@ impl Lab {
     }
 
     fn edit_inventory(&self, edit: impl FnOnce(&mut toml::Table)) {
-        let text = std::fs::read_to_string(&self.lab.inventory).expect("the lab inventory");
+        let text = std::fs::read_to_string(&self.lab.lab.inventory).expect("the lab inventory");
         let mut inv: toml::Table = text.parse().expect("the lab inventory is TOML");
         edit(&mut inv);
-        std::fs::write(&self.lab.inventory, toml::to_string(&inv).expect("TOML")).expect("write the inventory");
+        std::fs::write(&self.lab.lab.inventory, toml::to_string(&inv).expect("TOML")).expect("write the inventory");
     }
 
     fn node_file(&self, node: &str, path: &str) -> PathBuf {
-        self.lab.node_file(node, path)
+        self.lab.lab.node_file(node, path)
     }
 
     /// Since call `before` on node-194, Thanos Query was applied exactly once, and its overlay names the
@@ -269,23 +230,6 @@ fn describe(calls: &[Value]) -> String {
         .join("\n")
 }
 
-/// Every file below a folder.
-fn files_below(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh_run_continues_fresh() {
     let t = start();
@@ -301,7 +245,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     // 1. Drift check: a service a done task started is stopped on node-197 (in the stand-ins' state); `plan
     //    --check` runs the guards of done tasks only, names the task that would run again, exits 1, and
     //    changes nothing (journal, node state).
-    let units = t.lab.standin_dir("node-197").join("state.json");
+    let units = t.lab.lab.standin_dir("node-197").join("state.json");
     let set_containerd = |active: bool| {
         let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&units).expect("stand-in state"))
             .expect("stand-in state is JSON");
@@ -309,7 +253,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         std::fs::write(&units, state.to_string()).expect("write the stand-in state");
     };
     set_containerd(false);
-    let journal_before = std::fs::read(t.state.join("journal.jsonl")).expect("a journal");
+    let journal_before = std::fs::read(t.lab.state.join("journal.jsonl")).expect("a journal");
     let calls_before: Vec<usize> = NODES.iter().map(|n| t.calls(n).len()).collect();
     let check = t.run(&["plan", "--check"]);
     assert_eq!(
@@ -338,7 +282,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         check.stdout
     );
     assert_eq!(
-        std::fs::read(t.state.join("journal.jsonl")).unwrap(),
+        std::fs::read(t.lab.state.join("journal.jsonl")).unwrap(),
         journal_before,
         "plan --check wrote the journal"
     );
@@ -493,8 +437,8 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
 
     // 4. Rotate a secret (§7.2): only the task using it runs, on the node that has it.
     let mut t = t;
-    t.secrets
-        .insert("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", "grafana-resume-test-2".into());
+    t.lab
+        .set_secret("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", "grafana-resume-test-2");
     let rotated = t.apply(&[]);
     assert_eq!(
         rotated.started("node-194"),
@@ -518,12 +462,12 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         .stderr(Stdio::null())
         .spawn()
         .expect("kubeboot starts");
-    let journal = t.state.join("journal.jsonl");
+    let journal = t.lab.state.join("journal.jsonl");
     let fresh_run = {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             assert!(Instant::now() < deadline, "the fresh run never got going");
-            let records = common::journal_records(&t.state);
+            let records = common::journal_records(&t.lab.state);
             let fresh: Vec<&Value> = records.iter().filter(|r| r["record"] == "fresh").collect();
             if let Some(run) = fresh.first().map(|r| s(&r["run"])) {
                 let done = records
@@ -541,7 +485,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     common::signal(child.id(), libc::SIGKILL);
     let _ = common::wait_with_cap(child, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    let records = common::journal_records(&t.state);
+    let records = common::journal_records(&t.lab.state);
     let reached: BTreeSet<(String, Key)> = records
         .iter()
         .filter(|r| r["record"] == "task" && r["run"] == fresh_run.as_str() && r["status"] != "failed")
@@ -588,10 +532,10 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     assert!(journal.exists());
 
     // 6. No secret, and no plain sha256 of one, in kubeboot's state (journal, logs, key file aside).
-    let mut values: Vec<String> = t.secrets.values().cloned().collect();
+    let mut values: Vec<String> = t.lab.secrets.iter().map(|(_, v)| v.clone()).collect();
     values.extend(["grafana-resume-test-1".to_string()]);
-    let hashes: Vec<String> = values.iter().map(|v| hex_sha256(v.as_bytes())).collect();
-    for path in files_below(&t.state) {
+    let hashes: Vec<String> = values.iter().map(|v| common::sha256(v.as_bytes())).collect();
+    for path in files_below(&t.lab.state) {
         let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
         for (v, h) in values.iter().zip(&hashes) {
             assert!(!text.contains(v.as_str()), "a secret value is in {}", path.display());
@@ -610,8 +554,4 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
             );
         }
     }
-}
-
-fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -19,7 +19,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::plans::{repo, rhel, shipped_day_two_plans, shipped_plans};
+use common::plans::{rhel, shipped_day_two_plans, shipped_plans};
+use common::repo;
 use kubeboot::facts::Facts;
 use kubeboot::plan::{Action, Decision, NodePlan};
 use kubeboot::task::{CopyFiles, Run, Wait};

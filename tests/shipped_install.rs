@@ -7,71 +7,31 @@
 //!
 //! Needs root, sshd, sudo, unshare and /usr/bin/python3: a missing one fails the test, it never skips.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
+use common::isolated::{IsolatedLab, rhel, start_isolated_lab, ubuntu};
+use common::repo;
+use common::shipped::{files_below, secrets};
+use kubeboot::lab::{self, ContainerdLayout};
 use serde_json::Value;
-
-#[path = "common/shipped.rs"]
-mod shipped;
-use shipped::{files_below, secrets};
 
 const NODES: [&str; 4] = ["node-194", "node-196", "node-197", "node-198"];
 const RHEL_NODE: &str = "node-196";
 /// The node whose `kubeadm init` is made to fail in the first run.
 const FAILING_NODE: &str = "node-197";
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct TestLab {
-    lab: LabGuard,
-    state: PathBuf,
-    secrets: Vec<(&'static str, String)>,
-    /// The lab's loopback range, held while it runs.
-    _net: kubeboot::lab::net::Net,
-    _dir: tempfile::TempDir,
-}
-
-fn start_lab() -> TestLab {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let ubuntu = |containerd| NodeKind {
-        os: NodeOs::Ubuntu,
-        containerd,
-    };
-    let net = kubeboot::lab::net::claim(4).unwrap_or_else(|e| panic!("{e}"));
-    let opts = LabOptions {
-        dir: dir.path().join("lab"),
-        first_address: net.first_address,
-        first_port: net.first_port,
-        isolated: true,
-        // node-196 is the RHEL-like one; the Ubuntu ones cover both containerd config layouts.
-        kinds: vec![
-            ubuntu(ContainerdLayout::V3),
-            NodeKind {
-                os: NodeOs::Rhel,
-                containerd: ContainerdLayout::V2,
-            },
-            ubuntu(ContainerdLayout::V2),
-            ubuntu(ContainerdLayout::V3),
-        ],
-        like: Some(repo().join("inventory.toml")),
-        ..Default::default()
-    };
-    let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the isolated local lab did not start: {e}"));
-    let names: Vec<&str> = lab.nodes.iter().map(|n| n.name.as_str()).collect();
-    assert_eq!(names, NODES, "the lab mirrors the shipped inventory's nodes");
-    TestLab {
-        lab: LabGuard(lab),
-        state: dir.path().join("state"),
-        secrets: secrets(),
-        _net: net,
-        _dir: dir,
-    }
+fn start_lab() -> IsolatedLab {
+    // node-196 is the RHEL-like one; the Ubuntu ones cover both containerd config layouts.
+    let kinds = vec![
+        ubuntu(ContainerdLayout::V3),
+        rhel(),
+        ubuntu(ContainerdLayout::V2),
+        ubuntu(ContainerdLayout::V3),
+    ];
+    start_isolated_lab(&repo().join("inventory.toml"), &NODES, kinds, secrets())
 }
 
 /// One `kubeboot apply` and what it printed.
@@ -109,16 +69,10 @@ impl Run {
     }
 }
 
-fn apply(t: &TestLab) -> Run {
+fn apply(t: &IsolatedLab) -> Run {
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kubeboot"))
-        .current_dir(repo())
-        .arg("-i")
-        .arg(&t.lab.inventory)
-        .args(["-p", "playbooks", "--state-dir"])
-        .arg(&t.state)
-        .args(["apply", "--yes", "--output", "json"])
-        .envs(t.secrets.iter().map(|(k, v)| (*k, v.as_str())))
+    let out = t
+        .kubeboot(&["apply", "--yes", "--output", "json"])
         .output()
         .expect("the kubeboot binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -157,7 +111,7 @@ impl Call {
     }
 }
 
-fn calls(t: &TestLab, node: &str) -> Vec<Call> {
+fn calls(t: &IsolatedLab, node: &str) -> Vec<Call> {
     let path = t.lab.standin_dir(node).join("record.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
@@ -202,16 +156,16 @@ fn dump(calls: &[Call]) -> String {
     calls.iter().map(Call::line).collect::<Vec<_>>().join("\n")
 }
 
-fn node_file(t: &TestLab, node: &str, path: &str) -> String {
+fn node_file(t: &IsolatedLab, node: &str, path: &str) -> String {
     let p = t.lab.node_file(node, path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
 }
 
-fn lab_address(t: &TestLab, node: &str) -> String {
+fn lab_address(t: &IsolatedLab, node: &str) -> String {
     t.lab.node(node).expect("node exists").address.to_string()
 }
 
-fn assert_no_secret_in(t: &TestLab, what: &str, bytes: &[u8]) {
+fn assert_no_secret_in(t: &IsolatedLab, what: &str, bytes: &[u8]) {
     for (env, value) in &t.secrets {
         assert!(
             !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
@@ -237,7 +191,7 @@ fn assert_all_succeeded(run: &Run, node: &str) {
 }
 
 /// What each node must look like after a complete install.
-fn check_installed_node(t: &TestLab, node: &str, index: usize) {
+fn check_installed_node(t: &IsolatedLab, node: &str, index: usize) {
     let calls = calls(t, node);
     let address = lab_address(t, node);
     let lb_ip = format!("192.168.101.{}", 210 + index);

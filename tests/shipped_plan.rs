@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::plans::{repo, rhel, shipped_plans};
+use common::plans::{rhel, shipped_plans};
+use common::repo;
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, Action, Decision, NodePlan, Selection};

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::plans::{plans_of, repo, rhel};
+use common::plans::{plans_of, rhel};
+use common::repo;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

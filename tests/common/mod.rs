@@ -8,7 +8,9 @@
 
 pub mod cli;
 pub mod http;
+pub mod isolated;
 pub mod plans;
+pub mod shipped;
 pub mod tmux;
 
 use std::collections::HashMap;
@@ -24,6 +26,11 @@ use serde_json::Value;
 /// The kubeboot binary cargo built for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kubeboot"))
+}
+
+/// The repository's folder (where `inventory.toml`, `playbooks/`, `assets/` and `examples/` are).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A running lab plus a work folder (playbooks, state dir) that both go away when the test ends.
@@ -199,14 +206,19 @@ pub struct Run {
 }
 
 /// Runs a command to the end, with a generous cap so a hang fails the test instead of stalling CI.
-pub fn run(mut cmd: Command) -> Run {
+pub fn run(cmd: Command) -> Run {
+    run_for(cmd, Duration::from_secs(90))
+}
+
+/// Like [`run`] with another cap (a whole shipped install takes minutes).
+pub fn run_for(mut cmd: Command, cap: Duration) -> Run {
     let start = Instant::now();
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubeboot starts");
-    let out = wait_with_cap(child, Duration::from_secs(90));
+    let out = wait_with_cap(child, cap);
     Run {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

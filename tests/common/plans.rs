@@ -1,17 +1,14 @@
 //! The shipped install planned for every node, as the pure tests read it: the repository's
 //! `inventory.toml` (or another inventory) with its `playbooks/` and `assets/`, no journal, no secrets.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kubeboot::facts::Facts;
 use kubeboot::journal::Progress;
 use kubeboot::plan::{self, NodePlan, Selection};
 use kubeboot::{inventory, playbook};
 
-/// The repository's folder (where `inventory.toml`, `playbooks/` and `assets/` are).
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use super::repo;
 
 /// Every node's plan of the shipped inventory, with the given facts.
 pub fn shipped_plans(facts: &Facts) -> Vec<NodePlan> {

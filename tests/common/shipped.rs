@@ -1,4 +1,5 @@
-//! Helpers of the suites that run the shipped playbooks on a lab (shipped_install, ha_install, resume_changes).
+//! Helpers of the suites that run the shipped playbooks on a lab (shipped_install, ha_install, resume_changes, and
+//! the VM suites, which include this file alone).
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
