@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use russh::client::{ChannelOpenHandle, Msg};
 
+use super::{Session, SshError};
+
 /// One connection a node opened to a forwarded port: a byte stream (AsyncRead + AsyncWrite).
 pub type ForwardedStream = russh::ChannelStream<Msg>;
 
@@ -46,6 +48,31 @@ impl Forwards {
                 reply
                     .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
                     .await
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Asks the node's sshd to listen on `address:port` on the node (e.g. `127.0.0.1`) and to send
+    /// every connection there back over this connection to `service` (like `ssh -R`). Connections
+    /// stay possible until the session closes. The node's sshd must allow it (`AllowTcpForwarding`
+    /// `yes` or `remote`, its default) and the port must be free on the node.
+    pub async fn forward_remote(&self, address: &str, port: u16, service: ForwardService) -> Result<(), SshError> {
+        let t = &self.inner.target;
+        self.inner.forwards.insert(u32::from(port), service);
+        match self.inner.handle.tcpip_forward(address, u32::from(port)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.inner.forwards.remove(u32::from(port));
+                Err(match e {
+                    russh::Error::RequestDenied => SshError::Forward(format!(
+                        "{} refused to forward {address}:{port} back to kubeboot — check that its sshd_config allows it \
+                         (AllowTcpForwarding yes or remote; DisableForwarding no) and that nothing else listens on port {port} there",
+                        t.node
+                    )),
+                    _ => self.lost("while asking for a port forward"),
+                })
             }
         }
     }

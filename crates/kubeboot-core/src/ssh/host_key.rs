@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use russh::keys::{HashAlg, PublicKey, PublicKeyOrCertificate, known_hosts};
 
-use super::forward::Forwards;
+use super::connect::connect_error;
+use super::forward::{self, Forwards};
+use super::{SshError, Target};
 
 /// What the SSH layer does with a host key it has never seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,4 +147,68 @@ impl Client {
 /// `SHA256:...`, as `ssh-keygen -l` shows it.
 pub(crate) fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// A node's host key compared with known_hosts, as [`probe_host_key`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyState {
+    /// known_hosts has this key for the node.
+    Known,
+    /// known_hosts has no key for the node; `fingerprint` is the server's (`SHA256:...`).
+    Unknown { fingerprint: String },
+    /// known_hosts has another key for the node (line `line` of `path`): never to be accepted silently.
+    Changed {
+        line: usize,
+        path: String,
+        fingerprint: String,
+    },
+}
+
+/// Connects just far enough to see the server's host key and checks it against the target's known_hosts, within
+/// `target.connect_timeout`. Never logs in and never records anything, whatever `target.new_host_keys` says.
+pub async fn probe_host_key(target: &Target) -> Result<HostKeyState, SshError> {
+    let after = target.connect_timeout;
+    let timed_out = || SshError::ConnectTimeout {
+        host: target.host.clone(),
+        port: target.port,
+        after,
+    };
+    tokio::time::timeout(after, probe_inner(target))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+async fn probe_inner(target: &Target) -> Result<HostKeyState, SshError> {
+    let config = Arc::new(russh::client::Config {
+        nodelay: true,
+        inactivity_timeout: Some(target.connect_timeout),
+        ..Default::default()
+    });
+    let seen = Arc::new(Mutex::new(None));
+    let client = Client {
+        host: target.host.clone(),
+        port: target.port,
+        known_hosts: target.known_hosts.clone(),
+        policy: NewHostKeys::Refuse,
+        seen: seen.clone(),
+        keepalive_timed_out: Arc::new(AtomicBool::new(false)),
+        probe_only: true,
+        forwards: forward::Forwards::default(),
+    };
+    let connected = russh::client::connect(config, (target.host.as_str(), target.port), client).await;
+    let seen = seen.lock().ok().and_then(|s| s.clone());
+    match (seen, connected) {
+        (Some((Verdict::Known | Verdict::Learned, _)), _) => Ok(HostKeyState::Known),
+        (Some((Verdict::Unknown, fingerprint)), _) => Ok(HostKeyState::Unknown { fingerprint }),
+        (Some((Verdict::Changed { line }, fingerprint)), _) => Ok(HostKeyState::Changed {
+            line,
+            path: target.known_hosts.display().to_string(),
+            fingerprint,
+        }),
+        (seen, Err(e)) => Err(connect_error(target, e, seen)),
+        (seen, Ok(_)) => Err(SshError::Protocol(format!(
+            "{} finished the handshake without showing a host key we could check ({seen:?})",
+            target.host_port()
+        ))),
+    }
 }
