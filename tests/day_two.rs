@@ -15,13 +15,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::isolated::{IsolatedLab, rhel, start_isolated_lab, ubuntu};
-use common::{Run, repo, run_for, wait_until};
+use common::{Run, file_mode, repo, run_for, wait_until};
 use kubeboot::lab::ContainerdLayout;
 use serde_json::Value;
 
@@ -124,14 +123,6 @@ impl Day2 {
     }
 }
 
-fn mode(p: &Path) -> u32 {
-    fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
-
 /// Index of the first call starting with `prefix` at or after `from`.
 fn after(calls: &[String], from: usize, prefix: &str, node: &str) -> usize {
     calls[from..]
@@ -156,7 +147,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
     let kc = t.kubeboot(&["kubeconfig", "--yes"]);
     kc.assert_code(0);
     let file = t.lab.state.join("kubeconfig.yaml");
-    assert_eq!(mode(&file), 0o600, "{kc}");
+    assert_eq!(file_mode(&file), 0o600, "{kc}");
     let contexts = Command::new("kubectl")
         .args(["config", "get-contexts", "-o", "name", "--kubeconfig"])
         .arg(&file)
@@ -202,7 +193,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         ["prod", "cluster-01", "cluster-02", "cluster-03", "cluster-04"]
     );
     assert_eq!(merged["current-context"], "prod");
-    assert_eq!(mode(&t.home.join(".kube/config")), 0o600);
+    assert_eq!(file_mode(&t.home.join(".kube/config")), 0o600);
 
     // --- backup, twice: 0600 snapshots named per run, the older one never overwritten.
     t.kubeboot(&["backup", "--yes"]).assert_code(0);
@@ -214,7 +205,7 @@ fn day_two_kubeconfig_backup_upgrade_certificates_reset_and_reinstall_on_the_shi
         let files = t.backups(cluster);
         assert_eq!(files.len(), 2, "{cluster}: {files:?}");
         for f in &files {
-            assert_eq!(mode(f), 0o600);
+            assert_eq!(file_mode(f), 0o600);
             let bytes = fs::read(f).unwrap();
             assert!(
                 bytes.starts_with(format!("etcd snapshot (stand-in) of {}", NODES[i]).as_bytes()),

@@ -5,17 +5,8 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 
-use common::{TestLab, start_lab};
-
-fn mode(p: &std::path::Path) -> u32 {
-    fs::metadata(p)
-        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
+use common::{TestLab, file_mode, start_lab};
 
 fn write_playbooks(t: &TestLab, abs: &std::path::Path) {
     t.write_playbook(
@@ -77,11 +68,11 @@ fn fetch_copies_node_files_to_the_jump_host_privately_and_never_overwrites_an_ol
             on_node,
             "{node}: the bytes arrive unchanged"
         );
-        assert_eq!(mode(&fetched), 0o600);
-        assert_eq!(mode(fetched.parent().unwrap()), 0o700);
+        assert_eq!(file_mode(&fetched), 0o600);
+        assert_eq!(file_mode(fetched.parent().unwrap()), 0o700);
         let named = abs.join(format!("{node}.bin"));
         assert_eq!(fs::read(&named).expect("fetched to the named path"), on_node);
-        assert_eq!(mode(&named), 0o600);
+        assert_eq!(file_mode(&named), 0o600);
         let task = first.finished(node, "fetch it under the state dir").expect("reported");
         assert_eq!(task["status"], "changed", "{task}");
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::isolated::{IsolatedLab, model_with, rhel, start_isolated_lab, ubuntu};
+use common::isolated::{IsolatedLab, LabRun, model_with, rhel, start_isolated_lab, ubuntu};
 use common::repo;
 use common::shipped::{files_below, secrets};
 use kubeboot::lab::{self, ContainerdLayout};
@@ -39,36 +39,8 @@ fn start_lab(model: &Path, names: &[&str]) -> IsolatedLab {
     start_isolated_lab(model, names, kinds, secrets())
 }
 
-/// One `kubeboot` run and what it printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    events: Vec<Value>,
-}
-
-impl Run {
-    fn of(code: Option<i32>, stdout: Vec<u8>, stderr: Vec<u8>) -> Run {
-        let stdout = String::from_utf8_lossy(&stdout).into_owned();
-        let events = stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect();
-        Run {
-            code,
-            stdout,
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            events,
-        }
-    }
-
-    fn finished(&self, node: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "task_finished" && e["node"] == node)
-            .collect()
-    }
-
+/// What the suite reads of a run's events beyond [`LabRun`]'s own.
+impl LabRun {
     fn status_of(&self, node: &str, task: &str) -> Option<String> {
         self.finished(node)
             .iter()
@@ -82,30 +54,16 @@ impl Run {
             .iter()
             .find(|e| e["event"] == "node_finished" && e["node"] == node)
     }
-
-    fn explain(&self) -> String {
-        let tail: Vec<&str> = self.stdout.lines().rev().take(40).collect();
-        format!(
-            "exit {:?}\n--- stderr\n{}\n--- last stdout lines (newest first)\n{}",
-            self.code,
-            self.stderr,
-            tail.join("\n")
-        )
-    }
 }
 
-fn apply(t: &IsolatedLab) -> Run {
+fn apply(t: &IsolatedLab) -> LabRun {
     apply_with(t, &t.lab.inventory, &[])
 }
 
-fn apply_with(t: &IsolatedLab, inventory: &Path, extra: &[&str]) -> Run {
+fn apply_with(t: &IsolatedLab, inventory: &Path, extra: &[&str]) -> LabRun {
     let mut args = vec!["apply", "--yes", "--output", "json"];
     args.extend(extra);
-    let out = t
-        .kubeboot_with(inventory, &args)
-        .output()
-        .expect("the kubeboot binary runs");
-    Run::of(out.status.code(), out.stdout, out.stderr)
+    t.run_with(inventory, &args)
 }
 
 /// Installs the lab's inventory without `later` (the cluster as it was before that node was added); `later` is
@@ -144,7 +102,7 @@ fn plan_text(t: &IsolatedLab, inventory: &Path, extra: &[&str]) -> String {
 
 /// An apply killed with SIGKILL as soon as `node`'s stand-in has recorded a call `until` accepts (a held one, so
 /// the call is still in progress on the node when kubeboot dies). The hold flags are removed afterwards.
-fn apply_killed_at(t: &IsolatedLab, holds: &[(&str, &str)], what: &str, until: impl Fn(&str, &Call) -> bool) -> Run {
+fn apply_killed_at(t: &IsolatedLab, holds: &[(&str, &str)], what: &str, until: impl Fn(&str, &Call) -> bool) -> LabRun {
     let flags: Vec<PathBuf> = holds
         .iter()
         .map(|(node, name)| t.lab.standin_dir(node).join("hold").join(name))
@@ -184,10 +142,11 @@ fn apply_killed_at(t: &IsolatedLab, holds: &[(&str, &str)], what: &str, until: i
     for f in &flags {
         let _ = std::fs::remove_file(f);
     }
-    let run = Run::of(
+    let run = LabRun::from_parts(
         status.code(),
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
+        &out.join().unwrap_or_default(),
+        &err.join().unwrap_or_default(),
+        started.elapsed(),
     );
     assert!(hit, "kubeboot never reached {what}\n{}", run.explain());
     assert_eq!(
@@ -281,32 +240,11 @@ fn expire_join_secrets(t: &IsolatedLab) -> Vec<String> {
     gone
 }
 
-fn node_file(t: &IsolatedLab, node: &str, path: &str) -> String {
-    let p = t.lab.node_file(node, path);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
-}
-
 fn leaks<'a>(bytes: &[u8], values: &'a [String]) -> Option<&'a str> {
     values
         .iter()
         .find(|v| !v.is_empty() && bytes.windows(v.len()).any(|w| w == v.as_bytes()))
         .map(String::as_str)
-}
-
-fn assert_all_succeeded(run: &Run, node: &str) {
-    let finished = run.finished(node);
-    assert!(!finished.is_empty(), "{node}: no task finished\n{}", run.explain());
-    for e in finished {
-        let status = e["status"].as_str().unwrap_or_default();
-        assert!(
-            matches!(status, "ok" | "changed" | "skipped"),
-            "{node}: task {} / {} ended {status}: {}\n{}",
-            e["stage"],
-            e["task"],
-            e["error"],
-            run.explain()
-        );
-    }
 }
 
 /// The lines of one node's section of `kubeboot plan`.
@@ -465,7 +403,7 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
     let done = apply(&t);
     assert_eq!(done.code, Some(0), "the resumed run must succeed\n{}", done.explain());
     for node in HA {
-        assert_all_succeeded(&done, node);
+        done.assert_all_succeeded(node);
     }
     let init: Vec<(&str, Call)> = HA
         .iter()
@@ -527,7 +465,7 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
             assert!(valid_keys.contains(&key), "{node}: certificate key not fresh: {joined}");
             // Control planes keep their taint (the cluster has a worker) and announce the vip too.
             assert_eq!(joined["tainted"], true, "{node}: {joined}");
-            let vip = node_file(&t, node, "/etc/kubernetes/manifests/kube-vip.yaml");
+            let vip = t.node_text(node, "/etc/kubernetes/manifests/kube-vip.yaml");
             assert!(vip.contains(VIP), "{node}: kube-vip:\n{vip}");
         } else {
             assert!(
@@ -603,7 +541,7 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
     }
 
     // The first control plane: endpoint, SANs and Cilium at the vip; kube-vip; the cluster's workloads.
-    let kubeadm = node_file(&t, FIRST, "/etc/kubernetes/kubeadm-config.yaml");
+    let kubeadm = t.node_text(FIRST, "/etc/kubernetes/kubeadm-config.yaml");
     assert!(
         kubeadm.contains(&format!("controlPlaneEndpoint: \"{VIP}:6443\"")),
         "{kubeadm}"
@@ -618,9 +556,12 @@ fn ha_example_installs_end_to_end_and_resumes_after_kill_9_at_the_first_control_
             "no SAN for {node}:\n{kubeadm}"
         );
     }
-    let values = node_file(&t, FIRST, "/var/lib/kubeboot/cilium/chart/values.yaml");
+    let values = t.node_text(FIRST, "/var/lib/kubeboot/cilium/chart/values.yaml");
     assert!(values.contains(&format!("k8sServiceHost: \"{VIP}\"")), "{values}");
-    assert!(node_file(&t, FIRST, "/etc/kubernetes/manifests/kube-vip.yaml").contains(VIP));
+    assert!(
+        t.node_text(FIRST, "/etc/kubernetes/manifests/kube-vip.yaml")
+            .contains(VIP)
+    );
     let first_calls = calls(&t, FIRST);
     let init_args = &init[0].1.argv;
     for flag in ["--upload-certs", "--skip-token-print", "--skip-certificate-key-print"] {
@@ -743,7 +684,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
     assert_eq!(failed, ["kubeadm-join/kubeadm join"], "{}", run.explain());
     // The other joining nodes do not depend on it: they join (the serial turn passes on) and finish.
     for node in ["node-196", "node-198"] {
-        assert_all_succeeded(&run, node);
+        run.assert_all_succeeded(node);
         assert_eq!(
             run.status_of(node, "kubeadm join").as_deref(),
             Some("changed"),
@@ -756,7 +697,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
         );
     }
     // The single-node cluster is not touched by any of it.
-    assert_all_succeeded(&run, "node-199");
+    run.assert_all_succeeded("node-199");
     assert_eq!(
         run.node_status("node-199").map(|e| e["status"].clone()),
         Some("ok".into())
@@ -828,7 +769,7 @@ fn a_failed_join_fails_its_node_blocks_only_who_waits_for_it_and_leaves_the_othe
     let again = apply(&t);
     assert_eq!(again.code, Some(0), "{}", again.explain());
     for node in all {
-        assert_all_succeeded(&again, node);
+        again.assert_all_succeeded(node);
     }
     assert_eq!(standin_state(&t, BROKEN)["joined"]["control_plane"], true);
     assert_eq!(inits(&t, FIRST), 1, "kubeadm init ran again");
@@ -907,7 +848,7 @@ fn a_control_plane_added_later_joins_with_apply_limit_cluster_and_nothing_else_i
             assert!(ran.is_empty(), "{node}: tasks ran again: {ran:?}");
         }
     }
-    let kubeadm = node_file(&t, FIRST, "/etc/kubernetes/kubeadm-config.yaml");
+    let kubeadm = t.node_text(FIRST, "/etc/kubernetes/kubeadm-config.yaml");
     assert!(kubeadm.contains(&format!("- \"{LATER}\"")), "{kubeadm}");
 }
 
@@ -951,7 +892,7 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
     let added = apply_with(&t, &t.lab.inventory, &[]);
     assert_eq!(added.code, Some(0), "{}", added.explain());
     for node in all {
-        assert_all_succeeded(&added, node);
+        added.assert_all_succeeded(node);
     }
 
     // The worker joined as a worker, with a token made in this run (not one of the first install's).

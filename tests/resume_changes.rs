@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::isolated::{IsolatedLab, model_with, start_isolated_lab};
+use common::isolated::{IsolatedLab, LabRun, model_with, start_isolated_lab};
 use common::repo;
 use common::shipped::files_below;
 use serde_json::Value;
@@ -29,29 +29,12 @@ struct Lab {
 /// A (stage, task) pair.
 type Key = (String, String);
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    events: Vec<Value>,
-}
-
-impl Run {
-    fn explain(&self) -> String {
-        let tail: Vec<&str> = self.stdout.lines().rev().take(30).collect();
-        format!(
-            "exit {:?}\n--- stderr\n{}\n--- last stdout lines\n{}",
-            self.code,
-            self.stderr,
-            tail.join("\n")
-        )
-    }
-
-    /// The tasks that started on a node, in order.
-    fn started(&self, node: &str) -> BTreeSet<Key> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "task_started" && e["node"] == node)
+/// What the suite reads of a run's events beyond [`LabRun`]'s own.
+impl LabRun {
+    /// The (stage, task) of every task that started on a node.
+    fn started_keys(&self, node: &str) -> BTreeSet<Key> {
+        self.started(node)
+            .into_iter()
             .map(|e| (s(&e["stage"]), s(&e["task"])))
             .collect()
     }
@@ -61,13 +44,6 @@ impl Run {
             .iter()
             .find(|e| e["event"] == "task_started" && e["node"] == node && e["task"] == task)
             .and_then(|e| e["why"].as_str().map(str::to_string))
-    }
-
-    fn finished(&self, node: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "task_finished" && e["node"] == node)
-            .collect()
     }
 }
 
@@ -141,26 +117,11 @@ impl Lab {
         self.lab.kubeboot(args)
     }
 
-    fn run(&self, args: &[&str]) -> Run {
-        let out = common::wait_with_cap(
-            self.kubeboot(args)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("kubeboot starts"),
-            Duration::from_secs(900),
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Run {
-            code: out.status.code(),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            events,
-        }
+    fn run(&self, args: &[&str]) -> LabRun {
+        self.lab.run(args)
     }
 
-    fn apply(&self, extra: &[&str]) -> Run {
+    fn apply(&self, extra: &[&str]) -> LabRun {
         let mut args = vec!["apply", "--yes", "--output", "json"];
         args.extend_from_slice(extra);
         let run = self.run(&args);
@@ -191,7 +152,7 @@ impl Lab {
 
     /// Since call `before` on node-194, Thanos Query was applied exactly once, and its overlay names the
     /// `present` cluster's store endpoint and not the `absent` one's.
-    fn assert_thanos_applied_once(&self, before: usize, run: &Run, present: &str, absent: &str) {
+    fn assert_thanos_applied_once(&self, before: usize, run: &LabRun, present: &str, absent: &str) {
         let applied = self.calls("node-194")[before..]
             .iter()
             .filter(|c| applies(c, "Deployment", "thanos-query"))
@@ -236,7 +197,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     let first = t.apply(&[]);
     for node in NODES {
         assert!(
-            !first.started(node).is_empty(),
+            !first.started_keys(node).is_empty(),
             "{node} ran nothing\n{}",
             first.explain()
         );
@@ -350,9 +311,9 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     expected_central.extend(reran_alerts.iter().cloned());
     // Exactly what renders the cluster list (Thanos' endpoints and rules, the OpenSearch network policy, the
     // verify checks) and what follows it in its stage; nothing else, on any node.
-    assert_eq!(removed.started("node-194"), expected_central, "node-194");
+    assert_eq!(removed.started_keys("node-194"), expected_central, "node-194");
     for node in ["node-196", "node-197"] {
-        assert_eq!(removed.started(node), reran_alerts, "{node}");
+        assert_eq!(removed.started_keys(node), reran_alerts, "{node}");
     }
 
     // 2b. Add a cluster (§3.4): cluster-05 with its node-199, a machine no install has touched, joins with a
@@ -378,7 +339,11 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         "the new node skipped tasks as done: {done_on_new:?}\n{}",
         added.explain()
     );
-    let stages_on_new: BTreeSet<String> = added.started("node-199").into_iter().map(|(stage, _)| stage).collect();
+    let stages_on_new: BTreeSet<String> = added
+        .started_keys("node-199")
+        .into_iter()
+        .map(|(stage, _)| stage)
+        .collect();
     for stage in [
         "preflight",
         "os-prep",
@@ -395,9 +360,9 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         );
     }
     t.assert_thanos_applied_once(before, &added, "192.168.101.215", "192.168.101.213");
-    assert_eq!(added.started("node-194"), expected_central, "node-194");
+    assert_eq!(added.started_keys("node-194"), expected_central, "node-194");
     for node in ["node-196", "node-197"] {
-        assert_eq!(added.started(node), reran_alerts, "{node}");
+        assert_eq!(added.started_keys(node), reran_alerts, "{node}");
     }
 
     // 3. Raise cilium_version (§3.5): `apply cilium` runs again on every node, and nothing outside the stage.
@@ -412,7 +377,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         .collect();
     let raised = t.apply(&[]);
     for (i, node) in ["node-194", "node-196", "node-197"].iter().enumerate() {
-        let got = raised.started(node);
+        let got = raised.started_keys(node);
         assert!(
             got.contains(&("cilium".to_string(), "cilium manifests".to_string()))
                 && got.contains(&("cilium".to_string(), "apply cilium".to_string())),
@@ -441,7 +406,7 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         .set_secret("KUBEBOOT_GRAFANA_ADMIN_PASSWORD", "grafana-resume-test-2");
     let rotated = t.apply(&[]);
     assert_eq!(
-        rotated.started("node-194"),
+        rotated.started_keys("node-194"),
         keys(&[("s3-secrets", "grafana admin secret")]),
         "{}",
         rotated.explain()
@@ -451,7 +416,11 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
         Some("input changed: secrets")
     );
     for node in ["node-196", "node-197"] {
-        assert!(rotated.started(node).is_empty(), "{node}: {:?}", rotated.started(node));
+        assert!(
+            rotated.started_keys(node).is_empty(),
+            "{node}: {:?}",
+            rotated.started_keys(node)
+        );
     }
 
     // 5. `--fresh` killed half-way, then a plain apply: what the fresh run did not reach runs, what it reached

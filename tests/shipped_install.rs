@@ -10,9 +10,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::isolated::{IsolatedLab, rhel, start_isolated_lab, ubuntu};
+use common::isolated::{IsolatedLab, LabRun, rhel, start_isolated_lab, ubuntu};
 use common::repo;
 use common::shipped::{files_below, secrets};
 use kubeboot::lab::{self, ContainerdLayout};
@@ -34,59 +34,8 @@ fn start_lab() -> IsolatedLab {
     start_isolated_lab(&repo().join("inventory.toml"), &NODES, kinds, secrets())
 }
 
-/// One `kubeboot apply` and what it printed.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    events: Vec<Value>,
-    elapsed: Duration,
-}
-
-impl Run {
-    fn finished(&self, node: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "task_finished" && e["node"] == node)
-            .collect()
-    }
-
-    fn started(&self, node: &str) -> Vec<&Value> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "task_started" && e["node"] == node)
-            .collect()
-    }
-
-    fn explain(&self) -> String {
-        let tail: Vec<&str> = self.stdout.lines().rev().take(40).collect();
-        format!(
-            "exit {:?}\n--- stderr\n{}\n--- last stdout lines (newest first)\n{}",
-            self.code,
-            self.stderr,
-            tail.join("\n")
-        )
-    }
-}
-
-fn apply(t: &IsolatedLab) -> Run {
-    let started = Instant::now();
-    let out = t
-        .kubeboot(&["apply", "--yes", "--output", "json"])
-        .output()
-        .expect("the kubeboot binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let events = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect();
-    Run {
-        code: out.status.code(),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        events,
-        elapsed: started.elapsed(),
-    }
+fn apply(t: &IsolatedLab) -> LabRun {
+    t.run(&["apply", "--yes", "--output", "json"])
 }
 
 /// One stand-in call as recorded on a node.
@@ -156,11 +105,6 @@ fn dump(calls: &[Call]) -> String {
     calls.iter().map(Call::line).collect::<Vec<_>>().join("\n")
 }
 
-fn node_file(t: &IsolatedLab, node: &str, path: &str) -> String {
-    let p = t.lab.node_file(node, path);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
-}
-
 fn lab_address(t: &IsolatedLab, node: &str) -> String {
     t.lab.node(node).expect("node exists").address.to_string()
 }
@@ -170,22 +114,6 @@ fn assert_no_secret_in(t: &IsolatedLab, what: &str, bytes: &[u8]) {
         assert!(
             !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
             "the value of {env} leaked into {what}"
-        );
-    }
-}
-
-fn assert_all_succeeded(run: &Run, node: &str) {
-    let finished = run.finished(node);
-    assert!(!finished.is_empty(), "{node}: no task finished\n{}", run.explain());
-    for e in finished {
-        let status = e["status"].as_str().unwrap_or_default();
-        assert!(
-            matches!(status, "ok" | "changed" | "skipped"),
-            "{node}: task {} / {} ended {status}: {}\n{}",
-            e["stage"],
-            e["task"],
-            e["error"],
-            run.explain()
         );
     }
 }
@@ -251,14 +179,14 @@ fn check_installed_node(t: &IsolatedLab, node: &str, index: usize) {
     );
 
     // Swap is off for good: the fstab line the lab planted is commented out.
-    let fstab = node_file(t, node, "/etc/fstab");
+    let fstab = t.node_text(node, "/etc/fstab");
     assert!(
         fstab.contains("#/swap.img"),
         "{node}: swap line not commented out:\n{fstab}"
     );
 
     // kubeadm: no kube-proxy, no taint, this node's address.
-    let kubeadm = node_file(t, node, "/etc/kubernetes/kubeadm-config.yaml");
+    let kubeadm = t.node_text(node, "/etc/kubernetes/kubeadm-config.yaml");
     assert!(
         kubeadm.contains("skipPhases:\n  - addon/kube-proxy"),
         "{node}: kube-proxy not skipped:\n{kubeadm}"
@@ -277,18 +205,18 @@ fn check_installed_node(t: &IsolatedLab, node: &str, index: usize) {
     );
 
     // containerd: systemd cgroups and the inventory's sandbox image, in the layout this node's containerd uses.
-    let config = node_file(t, node, "/etc/containerd/config.toml");
+    let config = t.node_text(node, "/etc/containerd/config.toml");
     assert!(config.contains("SystemdCgroup = true"), "{node}: {config}");
     assert!(config.contains("\"registry.k8s.io/pause:3.10.1\""), "{node}: {config}");
 
     // Cilium: kube-proxy replacement, the node's API address, the cluster's one LB IP.
-    let values = node_file(t, node, "/var/lib/kubeboot/cilium/chart/values.yaml");
+    let values = t.node_text(node, "/var/lib/kubeboot/cilium/chart/values.yaml");
     assert!(values.contains("kubeProxyReplacement: true"), "{node}: {values}");
     assert!(
         values.contains(&format!("k8sServiceHost: \"{address}\"")),
         "{node}: {values}"
     );
-    let pool = node_file(t, node, "/var/lib/kubeboot/cilium/lb-ipam/ip-pool.yaml");
+    let pool = t.node_text(node, "/var/lib/kubeboot/cilium/lb-ipam/ip-pool.yaml");
     assert!(pool.contains(&format!("start: \"{lb_ip}\"")), "{node}: {pool}");
     assert!(pool.contains(&format!("stop: \"{lb_ip}\"")), "{node}: {pool}");
 
@@ -303,7 +231,7 @@ fn check_installed_node(t: &IsolatedLab, node: &str, index: usize) {
     if node == "node-194" {
         assert!(thanos, "{node}: Thanos Query not applied on the central cluster");
         assert!(grafana_secret, "{node}: no grafana-admin Secret on the central cluster");
-        let overlay = node_file(t, node, "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml");
+        let overlay = t.node_text(node, "/var/lib/kubeboot/manifests/thanos/overlay/kustomization.yaml");
         for i in 210..=213 {
             let endpoint = format!("--endpoint=192.168.101.{i}:10901");
             assert!(
@@ -330,9 +258,12 @@ fn check_installed_node(t: &IsolatedLab, node: &str, index: usize) {
         first(&calls, node, "firewalld disabled", |c| {
             c.cmd == "systemctl" && c.argv == ["disable", "--now", "firewalld"]
         });
-        let selinux = node_file(t, node, "/etc/selinux/config");
+        let selinux = t.node_text(node, "/etc/selinux/config");
         assert!(selinux.contains("SELINUX=permissive"), "{node}: {selinux}");
-        assert!(node_file(t, node, "/etc/yum.repos.d/kubernetes.repo").contains("/v1.34/rpm/"));
+        assert!(
+            t.node_text(node, "/etc/yum.repos.d/kubernetes.repo")
+                .contains("/v1.34/rpm/")
+        );
     } else {
         assert!(
             used("apt-get") && !used("dnf"),
@@ -372,7 +303,7 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
         first_run.explain()
     );
     for node in NODES.iter().filter(|n| **n != FAILING_NODE) {
-        assert_all_succeeded(&first_run, node);
+        first_run.assert_all_succeeded(node);
     }
     // The read-only checks (`changed_when: false`) change nothing and say so: `ok`, never `changed`.
     for node in NODES {
@@ -461,7 +392,7 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
         "{FAILING_NODE}: the kubeadm config task before kubeadm init ran again"
     );
     for node in NODES {
-        assert_all_succeeded(&second_run, node);
+        second_run.assert_all_succeeded(node);
     }
     for (i, node) in NODES.iter().enumerate() {
         check_installed_node(&t, node, i);
@@ -494,9 +425,9 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
         );
     }
     assert!(
-        third_run.elapsed < Duration::from_secs(30),
+        third_run.took < Duration::from_secs(30),
         "a run with nothing to do took {:?}",
-        third_run.elapsed
+        third_run.took
     );
 
     // 4. No secret value anywhere it must not be: argv, kubeboot's state, its output, the nodes' files.

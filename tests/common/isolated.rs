@@ -7,10 +7,15 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use kubeboot::lab::{self, ContainerdLayout, LabGuard, LabOptions, NodeKind, NodeOs};
+use serde_json::Value;
 
-use super::{claim_net, repo};
+use super::{claim_net, repo, wait_with_cap};
+
+/// How long one run may take before it counts as hung: far beyond a whole shipped install on this machine.
+pub const RUN_CAP: Duration = Duration::from_secs(900);
 
 /// A running isolated lab, with the state folder and the secrets of every kubeboot run on it.
 pub struct IsolatedLab {
@@ -84,6 +89,16 @@ impl IsolatedLab {
         self.kubeboot_with(&self.lab.inventory, args)
     }
 
+    /// `kubeboot <args>` on the lab's inventory, run to the end (or killed after [`RUN_CAP`]).
+    pub fn run(&self, args: &[&str]) -> LabRun {
+        self.run_with(&self.lab.inventory, args)
+    }
+
+    /// Like [`IsolatedLab::run`] with another inventory.
+    pub fn run_with(&self, inventory: &Path, args: &[&str]) -> LabRun {
+        LabRun::of(self.kubeboot_with(inventory, args), RUN_CAP)
+    }
+
     /// Like [`IsolatedLab::kubeboot`] with another inventory.
     pub fn kubeboot_with(&self, inventory: &Path, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kubeboot"));
@@ -96,6 +111,12 @@ impl IsolatedLab {
             .envs(self.secrets.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null());
         c
+    }
+
+    /// A file as a node sees it (`/etc/fstab`); panics naming the node when it cannot be read.
+    pub fn node_text(&self, node: &str, path: &str) -> String {
+        let p = self.lab.node_file(node, path);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{node}: cannot read {path} ({}): {e}", p.display()))
     }
 
     /// Gives the secret `name` a new value for the runs from now on (a rotation).
@@ -126,4 +147,90 @@ pub fn model_with(base: &Path, entries: &[(&str, &str)], path: &Path) -> PathBuf
     }
     std::fs::write(path, toml::to_string(&model).expect("TOML")).expect("write the model inventory");
     path.to_path_buf()
+}
+
+/// One kubeboot run on the lab: what it printed and the JSON events on its stdout.
+pub struct LabRun {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    /// Every stdout line that is JSON (a run killed mid-write may end with a line cut short; plain-text
+    /// commands such as `plan` have none).
+    pub events: Vec<Value>,
+    pub took: Duration,
+}
+
+impl LabRun {
+    /// Runs `cmd` to the end; kills it after `cap` (its code is then `None`), so a hang fails the test.
+    pub fn of(mut cmd: Command, cap: Duration) -> LabRun {
+        let started = Instant::now();
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the kubeboot binary starts");
+        let out = wait_with_cap(child, cap);
+        LabRun::from_parts(out.status.code(), &out.stdout, &out.stderr, started.elapsed())
+    }
+
+    /// A run from what its process wrote.
+    pub fn from_parts(code: Option<i32>, stdout: &[u8], stderr: &[u8], took: Duration) -> LabRun {
+        let stdout = String::from_utf8_lossy(stdout).into_owned();
+        let events = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect();
+        LabRun {
+            code,
+            stdout,
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+            events,
+            took,
+        }
+    }
+
+    /// The `task_finished` events of one node, in order.
+    pub fn finished(&self, node: &str) -> Vec<&Value> {
+        self.task_events("task_finished", node)
+    }
+
+    /// The `task_started` events of one node, in order.
+    pub fn started(&self, node: &str) -> Vec<&Value> {
+        self.task_events("task_started", node)
+    }
+
+    fn task_events(&self, kind: &str, node: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == kind && e["node"] == node)
+            .collect()
+    }
+
+    /// Every task of `node` finished ok, changed or skipped (and at least one finished).
+    pub fn assert_all_succeeded(&self, node: &str) {
+        let finished = self.finished(node);
+        assert!(!finished.is_empty(), "{node}: no task finished\n{}", self.explain());
+        for e in finished {
+            let status = e["status"].as_str().unwrap_or_default();
+            assert!(
+                matches!(status, "ok" | "changed" | "skipped"),
+                "{node}: task {} / {} ended {status}: {}\n{}",
+                e["stage"],
+                e["task"],
+                e["error"],
+                self.explain()
+            );
+        }
+    }
+
+    /// The exit code, stderr and the last 40 stdout lines, for a failure message.
+    pub fn explain(&self) -> String {
+        let tail: Vec<&str> = self.stdout.lines().rev().take(40).collect();
+        format!(
+            "exit {:?}\n--- stderr\n{}\n--- last stdout lines (newest first)\n{}",
+            self.code,
+            self.stderr,
+            tail.join("\n")
+        )
+    }
 }
