@@ -100,38 +100,25 @@ fn dnf_installs(command: &str) -> Vec<Ask> {
         })
     };
     let mut out = Vec::new();
-    for line in joined.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(dnf) = words.iter().position(|w| *w == "dnf" || *w == "yum") else {
+    for word in super::install_words(command, &["dnf", "yum"]) {
+        if word.contains("{{") {
             continue;
-        };
-        let Some(install) = words[dnf..].iter().position(|w| *w == "install").map(|i| i + dnf) else {
-            continue;
-        };
-        for word in &words[install + 1..] {
-            if matches!(*word, "&&" | "||" | ";" | "|") || word.starts_with('>') || word.starts_with("2>") {
-                break;
-            }
-            let word = word.trim_matches(['"', '\'']);
-            if word.starts_with('-') || word.is_empty() || word.contains("{{") {
-                continue;
-            }
-            match word.split_once("-$") {
-                Some((name, var)) => {
-                    let var = var.trim_matches(['{', '}']);
-                    if let Some(version) = assigned(var) {
-                        out.push(Ask {
-                            name: name.to_string(),
-                            version: Some(version),
-                        });
-                    }
+        }
+        match word.split_once("-$") {
+            Some((name, var)) => {
+                let var = var.trim_matches(['{', '}']);
+                if let Some(version) = assigned(var) {
+                    out.push(Ask {
+                        name: name.to_string(),
+                        version: Some(version),
+                    });
                 }
-                None if !word.contains('$') => out.push(Ask {
-                    name: word.to_string(),
-                    version: None,
-                }),
-                None => {}
             }
+            None if !word.contains('$') => out.push(Ask {
+                name: word.to_string(),
+                version: None,
+            }),
+            None => {}
         }
     }
     out

@@ -108,38 +108,22 @@ pub fn in_plans(inv: &Inventory, plans: &[NodePlan], facts: &Facts) -> Vec<Wante
 /// Package names of every `apt-get ... install ...` in a shell command (options and shell words
 /// left out): the plain ones, and those installed at a version the command chose (`"kubelet=$ver"`).
 fn apt_installs(command: &str) -> (Vec<String>, Vec<String>) {
-    let joined = command.replace("\\\n", " ");
     let mut out = Vec::new();
     let mut versioned = Vec::new();
-    for line in joined.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some(apt) = words.iter().position(|w| *w == "apt-get" || *w == "apt") else {
-            continue;
+    for word in super::install_words(command, &["apt-get", "apt"]) {
+        let word = word.as_str();
+        let (name, chosen) = match word.split_once('=') {
+            Some((name, version)) if version.contains('$') => (name, true),
+            Some(_) => (word, false),
+            None => (word, false),
         };
-        let Some(install) = words[apt..].iter().position(|w| *w == "install").map(|i| i + apt) else {
+        if name.contains('$') || name.contains('{') {
             continue;
-        };
-        for word in &words[install + 1..] {
-            if matches!(*word, "&&" | "||" | ";" | "|") || word.starts_with('>') || word.starts_with("2>") {
-                break;
-            }
-            let word = word.trim_matches(['"', '\'']);
-            if word.starts_with('-') || word.is_empty() {
-                continue;
-            }
-            let (name, chosen) = match word.split_once('=') {
-                Some((name, version)) if version.contains('$') => (name, true),
-                Some(_) => (word, false),
-                None => (word, false),
-            };
-            if name.contains('$') || name.contains('{') {
-                continue;
-            }
-            if chosen {
-                versioned.push(name.to_string());
-            } else {
-                out.push(name.to_string());
-            }
+        }
+        if chosen {
+            versioned.push(name.to_string());
+        } else {
+            out.push(name.to_string());
         }
     }
     (out, versioned)
