@@ -205,6 +205,30 @@ fn node_activity(node: &NodeView) -> String {
     }
 }
 
+/// The rows of the nodes in view (`rows_visible` of them from `offset`), each made by `row`; the
+/// selected node's row is highlighted. The node list and the stage matrix scroll together this way.
+fn node_rows<'a>(
+    app: &'a App,
+    theme: Theme,
+    offset: usize,
+    rows_visible: usize,
+    row: impl Fn(&'a NodeView) -> Row<'a> + 'a,
+) -> impl Iterator<Item = Row<'a>> + 'a {
+    app.nodes
+        .iter()
+        .enumerate()
+        .skip(offset)
+        .take(rows_visible)
+        .map(move |(i, node)| {
+            let row = row(node);
+            if i == app.selected {
+                row.style(selection_style(app, theme))
+            } else {
+                row
+            }
+        })
+}
+
 fn selection_style(app: &App, theme: Theme) -> Style {
     match app.focus {
         Focus::List => Style::new().add_modifier(Modifier::REVERSED),
@@ -251,45 +275,34 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     header.extend(["stage / task", "tasks", "time"]);
 
-    let rows = app
-        .nodes
-        .iter()
-        .enumerate()
-        .skip(offset)
-        .take(rows_visible)
-        .map(|(i, node)| {
-            let done = node.tasks_done() + node.tasks_failed();
-            let total = node.tasks_total();
-            let mut cells = vec![
-                Span::styled(node_symbol(node.state), theme.node_state(node.state)),
-                Span::raw(node.name.clone()),
-            ];
-            if show_cluster {
-                cells.push(Span::styled(node.cluster.clone().unwrap_or_default(), theme.dim()));
-            }
-            let activity_style = if node.state == NodeState::Failed {
-                theme.node_state(node.state)
-            } else {
-                Style::new()
-            };
-            cells.extend([
-                Span::styled(node_activity(node), activity_style),
-                Span::raw(format!(
-                    "{} {:>w$}/{:<w$}",
-                    bar(done, total, BAR_WIDTH),
-                    node.tasks_done(),
-                    total,
-                    w = digits as usize
-                )),
-                Span::raw(node.elapsed_ms(app.now_ms).map(summary::duration).unwrap_or_default()),
-            ]);
-            let row = Row::new(cells);
-            if i == app.selected {
-                row.style(selection_style(app, theme))
-            } else {
-                row
-            }
-        });
+    let rows = node_rows(app, theme, offset, rows_visible, move |node| {
+        let done = node.tasks_done() + node.tasks_failed();
+        let total = node.tasks_total();
+        let mut cells = vec![
+            Span::styled(node_symbol(node.state), theme.node_state(node.state)),
+            Span::raw(node.name.clone()),
+        ];
+        if show_cluster {
+            cells.push(Span::styled(node.cluster.clone().unwrap_or_default(), theme.dim()));
+        }
+        let activity_style = if node.state == NodeState::Failed {
+            theme.node_state(node.state)
+        } else {
+            Style::new()
+        };
+        cells.extend([
+            Span::styled(node_activity(node), activity_style),
+            Span::raw(format!(
+                "{} {:>w$}/{:<w$}",
+                bar(done, total, BAR_WIDTH),
+                node.tasks_done(),
+                total,
+                w = digits as usize
+            )),
+            Span::raw(node.elapsed_ms(app.now_ms).map(summary::duration).unwrap_or_default()),
+        ]);
+        Row::new(cells)
+    });
     let title = if app.nodes.len() > rows_visible {
         format!(" nodes {}/{} ", app.selected + 1, app.nodes.len())
     } else {
@@ -327,23 +340,12 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             ((i + 1) % 100).to_string()
         }
     });
-    let rows = app
-        .nodes
-        .iter()
-        .enumerate()
-        .skip(offset)
-        .take(rows_visible)
-        .map(|(i, node)| {
-            let row = Row::new(shown.iter().map(|stage| {
-                let cell = node.stage_cell(stage);
-                Span::styled(cell_symbol(cell), theme.cell(cell))
-            }));
-            if i == app.selected {
-                row.style(selection_style(app, theme))
-            } else {
-                row
-            }
-        });
+    let rows = node_rows(app, theme, offset, rows_visible, move |node| {
+        Row::new(shown.iter().map(|stage| {
+            let cell = node.stage_cell(stage);
+            Span::styled(cell_symbol(cell), theme.cell(cell))
+        }))
+    });
     let table = Table::new(
         rows,
         shown
