@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::isolated::{IsolatedLab, rhel, start_isolated_lab, ubuntu};
-use common::{Run, file_mode, repo, run_for, wait_until};
+use common::{Run, file_mode, repo, run_for, strings, wait_until};
 use kubeboot::lab::ContainerdLayout;
 use serde_json::Value;
 
@@ -73,17 +73,15 @@ impl Day2 {
     }
 
     fn calls(&self, node: &str) -> Vec<String> {
-        let path = self.lab.lab.standin_dir(node).join("record.jsonl");
-        fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        self.lab
+            .records(node)
+            .iter()
             .map(|v| {
-                let argv: Vec<String> = v["argv"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-                    .unwrap_or_default();
-                format!("{} {}", v["cmd"].as_str().unwrap_or_default(), argv.join(" "))
+                format!(
+                    "{} {}",
+                    v["cmd"].as_str().unwrap_or_default(),
+                    strings(&v["argv"]).join(" ")
+                )
             })
             .collect()
     }

@@ -17,8 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::isolated::{IsolatedLab, LabRun, model_with, rhel, start_isolated_lab, ubuntu};
-use common::repo;
 use common::shipped::{files_below, secrets};
+use common::{repo, strings};
 use kubeboot::lab::{self, ContainerdLayout};
 use serde_json::Value;
 
@@ -187,10 +187,7 @@ fn calls(t: &IsolatedLab, node: &str) -> Vec<Call> {
             Some(Call {
                 t: v["t"].as_f64().unwrap_or_default(),
                 cmd: v["cmd"].as_str().unwrap_or_default().to_string(),
-                argv: v["argv"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-                    .unwrap_or_default(),
+                argv: strings(&v["argv"]),
                 raw: l.to_string(),
             })
         })
@@ -219,12 +216,6 @@ fn standin_state(t: &IsolatedLab, node: &str) -> Value {
     let path = t.lab.standin_dir(node).join("state.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-        .unwrap_or_default()
 }
 
 /// Lets every bootstrap token and certificate key the first control plane issued so far expire (kubeadm deletes

@@ -131,12 +131,7 @@ impl Lab {
 
     /// The stand-in calls recorded on a node so far: (command, argv, applied objects).
     fn calls(&self, node: &str) -> Vec<Value> {
-        let path = self.lab.lab.standin_dir(node).join("record.jsonl");
-        std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.lab.records(node)
     }
 
     fn edit_inventory(&self, edit: impl FnOnce(&mut toml::Table)) {

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::isolated::{IsolatedLab, LabRun, rhel, start_isolated_lab, ubuntu};
-use common::repo;
 use common::shipped::{files_below, secrets};
+use common::{repo, strings};
 use kubeboot::lab::{self, ContainerdLayout};
 use serde_json::Value;
 
@@ -66,11 +66,6 @@ fn calls(t: &IsolatedLab, node: &str) -> Vec<Call> {
     text.lines()
         .map(|l| {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}"));
-            let strings = |v: &Value| -> Vec<String> {
-                v.as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
-                    .unwrap_or_default()
-            };
             let objects = v["objects"]
                 .as_array()
                 .map(|a| {

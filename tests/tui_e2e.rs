@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::tmux::Tmux;
-use kubeboot::lab::{self, LabGuard, LabOptions};
+use common::{TestLab, start_lab};
+use kubeboot::lab;
 
 /// How long one screen may take to appear.
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,29 +40,13 @@ tasks:
 
 /// A 4-node lab, a playbook set and a wrapper script that runs `kubeboot apply` and records its exit code.
 struct Setup {
-    lab: LabGuard,
-    /// The lab's loopback range, held while it runs.
-    _net: kubeboot::lab::net::Net,
-    dir: tempfile::TempDir,
+    /// The lab; its work folder holds the playbooks, the state folder and the wrapper script.
+    t: TestLab,
 }
 
 impl Setup {
     fn new(work_seconds: u32) -> Setup {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let net = common::claim_net(4);
-        let opts = LabOptions {
-            dir: dir.path().join("lab"),
-            nodes: 4,
-            first_address: net.first_address,
-            first_port: net.first_port,
-            ..LabOptions::default()
-        };
-        let lab = lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}"));
-        let setup = Setup {
-            lab: LabGuard(lab),
-            _net: net,
-            dir,
-        };
+        let setup = Setup { t: start_lab(4) };
         let playbooks = setup.path("playbooks");
         std::fs::create_dir_all(&playbooks).expect("playbooks folder");
         std::fs::create_dir_all(setup.path("assets")).expect("assets folder");
@@ -78,20 +63,20 @@ echo $code > exit-code.tmp && mv exit-code.tmp exit-code
 echo "== kubeboot exited with $code =="
 exec sleep 600
 "#,
-            dir = setup.dir.path().display(),
+            dir = setup.t.work().display(),
             bin = env!("CARGO_BIN_EXE_kubeboot"),
-            inventory = setup.lab.inventory.display(),
+            inventory = setup.t.lab.inventory.display(),
         );
         std::fs::write(setup.path("run.sh"), script).expect("write the wrapper script");
         setup
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.t.work().join(name)
     }
 
     fn start(&self) -> Tmux {
-        Tmux::start(self.dir.path(), &self.path("run.sh"), SCREEN_TIMEOUT)
+        Tmux::start(self.t.work(), &self.path("run.sh"), SCREEN_TIMEOUT)
     }
 
     /// Waits for kubeboot to exit; returns its exit code.
@@ -187,7 +172,7 @@ fn an_operator_confirms_watches_a_failure_fixes_it_retries_and_leaves_with_exit_
     });
 
     // Fix the node, retry: it runs again from the failed task and finishes.
-    let root = setup.lab.node("node-2").expect("node-2 exists").root.clone();
+    let root = setup.t.root("node-2");
     std::fs::write(root.join("ok"), "").expect("create the flag file");
     tmux.keys(&["r"]);
     let screen = tmux.wait_for("the summary screen", |s| {
@@ -258,10 +243,10 @@ fn quitting_mid_run_cancels_restores_the_terminal_and_exits_130() {
 #[test]
 fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen() {
     let setup = Setup::new(1);
-    let node2 = setup.lab.node("node-2").expect("node-2 exists");
+    let node2 = setup.t.lab.node("node-2").expect("node-2 exists");
     std::fs::write(node2.root.join("ok"), "").expect("create the flag file");
     // known_hosts forgets node-3 and node-4.
-    let known_hosts = setup.lab.dir.join("known_hosts");
+    let known_hosts = setup.t.lab.dir.join("known_hosts");
     let all = std::fs::read_to_string(&known_hosts).expect("the lab's known_hosts");
     let kept: String = all.lines().take(2).map(|l| format!("{l}\n")).collect();
     std::fs::write(&known_hosts, kept).expect("rewrite known_hosts");
@@ -304,8 +289,8 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
     );
     assert!(screen.contains("unknown"), "with the unknown-host error:\n{screen}");
     let recorded = std::fs::read_to_string(&known_hosts).expect("known_hosts");
-    let node3 = setup.lab.node("node-3").expect("node-3 exists");
-    let node4 = setup.lab.node("node-4").expect("node-4 exists");
+    let node3 = setup.t.lab.node("node-3").expect("node-3 exists");
+    let node4 = setup.t.lab.node("node-4").expect("node-4 exists");
     assert!(
         recorded.contains(&format!("[{}]:{} ", node3.address, node3.port)),
         "{recorded}"
@@ -328,7 +313,7 @@ fn unknown_host_keys_are_accepted_or_refused_per_node_on_the_confirmation_screen
 fn the_first_screen_shows_the_host_key_check_at_once_with_each_answer() {
     let setup = Setup::new(1);
     // A frozen node takes the connection but never says a word: its look lasts the full 3 s.
-    lab::pause_node(&setup.lab.dir, "node-4").expect("freeze node-4");
+    lab::pause_node(&setup.t.lab.dir, "node-4").expect("freeze node-4");
     let started = Instant::now();
     let tmux = setup.start();
     let screen = tmux.wait_for("the host key check", |s| {
@@ -367,7 +352,7 @@ fn the_first_screen_shows_the_host_key_check_at_once_with_each_answer() {
                 .contains("task_started"),
         "nothing ran"
     );
-    lab::resume_node(&setup.lab.dir, "node-4").expect("thaw node-4");
+    lab::resume_node(&setup.t.lab.dir, "node-4").expect("thaw node-4");
 }
 
 #[test]

@@ -113,6 +113,16 @@ impl IsolatedLab {
         c
     }
 
+    /// The stand-ins' calls recorded on a node so far, one JSON object each (`cmd`, `argv`, `t`, applied
+    /// `objects`); a line being written while a run is killed is left out.
+    pub fn records(&self, node: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.lab.standin_dir(node).join("record.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     /// A file as a node sees it (`/etc/fstab`); panics naming the node when it cannot be read.
     pub fn node_text(&self, node: &str, path: &str) -> String {
         let p = self.lab.node_file(node, path);

@@ -337,6 +337,13 @@ pub fn str_of(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_string()
 }
 
+/// The strings of a JSON array (an argv, a list of tokens); empty when it is not one.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
 /// A task that appends its own name to `{{ lab_root }}/log` after `run` succeeds (the side effect tests count).
 pub fn logging_task(name: &str, run: &str) -> String {
     format!(
