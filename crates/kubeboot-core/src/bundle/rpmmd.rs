@@ -8,6 +8,9 @@
 //! seen, the newest wins), weak dependencies (Recommends, which dnf skips when missing), conflicts
 //! and obsoletes. A conditional rich dependency (`(A if B)`) is left out; `(A or B)` takes the
 //! first that can be had.
+//!
+//! One job (what dnf would install from these repositories: their metadata, rpm's version order and
+//! the resolution, all pure), kept in one file past ~600 lines.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
