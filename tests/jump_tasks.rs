@@ -535,18 +535,9 @@ fn s3_access_denied_names_the_key_settings() {
 
 #[test]
 fn a_lab_modelled_on_the_shipped_inventory_never_makes_jump_host_requests() {
-    let dir = tempfile::tempdir().expect("a temporary folder");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let net = common::claim_net(4);
-    let opts = lab::LabOptions {
-        dir: dir.path().join("lab"),
-        first_address: net.first_address,
-        first_port: net.first_port,
-        like: Some(repo.join("inventory.toml")),
-        ..Default::default()
-    };
-    let guard = lab::LabGuard(lab::up(&opts).unwrap_or_else(|e| panic!("the local lab did not start: {e}")));
-    let text = fs::read_to_string(&guard.inventory).expect("the lab inventory");
+    let repo = common::repo();
+    let t = common::start_lab_like(&repo.join("inventory.toml"), 4);
+    let text = fs::read_to_string(t.inventory()).expect("the lab inventory");
     let inv: toml::Table = text.parse().expect("TOML");
     assert_eq!(inv["vars"]["jump_checks"].as_bool(), Some(false), "{text}");
 
@@ -554,11 +545,11 @@ fn a_lab_modelled_on_the_shipped_inventory_never_makes_jump_host_requests() {
     let plan = run({
         let mut c = Command::new(common::bin());
         c.arg("-i")
-            .arg(&guard.inventory)
+            .arg(t.inventory())
             .arg("-p")
             .arg(repo.join("playbooks"))
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(t.state_dir())
             .arg("plan");
         c
     });

@@ -56,11 +56,7 @@ fn stdout(lines: &[(Stream, String)]) -> Vec<&str> {
 
 /// Whether any process on this machine has `needle` in its command line.
 fn process_running(needle: &str) -> bool {
-    let out = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .expect("ps runs");
-    String::from_utf8_lossy(&out.stdout)
+    common::process_list()
         .lines()
         .any(|l| l.contains(needle) && !l.contains("ps -eo"))
 }

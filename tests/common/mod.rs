@@ -45,13 +45,19 @@ pub struct TestLab {
 
 /// Starts `nodes` lab nodes on a loopback range of their own; panics (never skips) when it cannot.
 pub fn start_lab(nodes: usize) -> TestLab {
-    start_lab_with(nodes, false)
+    start_lab_with(nodes, false, None)
 }
 
 /// Like [`start_lab`], each node with a /tmp of its own ([`LabOptions::private_tmp`]; the lab's
 /// folder is then under /var/tmp).
 pub fn start_private_tmp_lab(nodes: usize) -> TestLab {
-    start_lab_with(nodes, true)
+    start_lab_with(nodes, true, None)
+}
+
+/// Like [`start_lab`] with the inventory modelled on `model` ([`LabOptions::like`]: its node names, clusters,
+/// vars and secrets), which has `nodes` nodes. The nodes are not isolated (see `isolated` for that).
+pub fn start_lab_like(model: &Path, nodes: usize) -> TestLab {
+    start_lab_with(nodes, false, Some(model.to_path_buf()))
 }
 
 /// A loopback range for a lab of `nodes` nodes started by hand ([`LabOptions`]); hold it while the lab runs.
@@ -59,7 +65,7 @@ pub fn claim_net(nodes: usize) -> lab::net::Net {
     lab::net::claim(nodes).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn start_lab_with(nodes: usize, private_tmp: bool) -> TestLab {
+fn start_lab_with(nodes: usize, private_tmp: bool, like: Option<PathBuf>) -> TestLab {
     let lab_dir = if private_tmp {
         tempfile::tempdir_in("/var/tmp")
     } else {
@@ -74,6 +80,7 @@ fn start_lab_with(nodes: usize, private_tmp: bool) -> TestLab {
         first_address: net.first_address,
         first_port: net.first_port,
         private_tmp,
+        like,
         ..LabOptions::default()
     };
     // Fails loudly when sshd or sudo is missing or we are not root: a skipped e2e test proves nothing.
