@@ -2,7 +2,9 @@
 
 mod load;
 pub mod model;
+mod nodes;
 pub mod sources;
+mod ssh;
 
 pub use load::{load, parse, valid_name};
 pub use model::*;

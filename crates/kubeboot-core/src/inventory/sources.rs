@@ -9,12 +9,12 @@
 //! One job (the `[sources]` table: its model, loading and checks), kept in one file past ~600 lines.
 
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::PathBuf;
 
-use super::load::{BUNDLE_PORT_HINT, Reader, Table, resolve_path};
+use super::load::{BUNDLE_PORT_HINT, Loader, resolve_path, table};
 use super::model::SecretSource;
 use crate::diag::closest;
+use crate::spanned::{Node as Toml, Value};
 
 /// Where kubeadm takes its own images from (kubeadm's default `imageRepository`).
 // checked: kubernetes cmd/kubeadm/app/apis/kubeadm/v1beta4 defaults (DefaultImageRepository = "registry.k8s.io")
@@ -305,62 +305,62 @@ impl Sources {
 }
 
 /// What the operator wrote for one entry, field by field, over the defaults.
-fn text_field(
-    r: &mut Reader<'_>,
+fn text_field<'n>(
+    r: &mut Loader<'_>,
     written: &mut std::collections::BTreeSet<String>,
     at: &str,
-    t: &Table<'_>,
+    t: &'n Toml,
     key: &str,
     into: &mut String,
-) -> Option<Range<usize>> {
-    let (value, span) = r.string(t, key)?;
+) -> Option<&'n Toml> {
+    let (value, span) = r.string_in(t, key)?;
     *into = value;
     written.insert(format!("{at}.{key}"));
     Some(span)
 }
 
-impl Reader<'_> {
+impl Loader<'_> {
     /// `[sources]`, over the internet defaults; with a bundle, unset sources are the bundle's.
-    pub(super) fn sources(&mut self, doc: &Table<'_>) -> Sources {
+    pub(super) fn sources(&mut self, doc: &Toml) -> Sources {
         let mut s = Sources::default();
         let Some(v) = doc.get("sources") else {
             return s;
         };
-        let Some(t) = v.get_ref().as_table() else {
+        let Some(t) = table(v) else {
             self.wrong_type("sources", v, "a table");
             return s;
         };
-        s.line = self.line(v.span().start);
+        s.line = v.line;
         self.check_keys(t, KEYS, &[], "[sources]");
-        if let Some((raw, span)) = self.string(t, "bundle") {
-            let dir = resolve_path(&self.base, &raw);
+        if let Some((raw, span)) = self.string_in(t, "bundle") {
+            let dir = resolve_path(self.base, &raw);
             if !dir.is_dir() {
                 self.error(
                     span,
                     format!("bundle folder {} does not exist", dir.display()),
-                    Some("build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle".into()),
+                    "build one with `kubeboot bundle --out DIR`, or give the path of a copied bundle",
                 );
             }
             s.bundle = Some(dir);
         }
-        if let Some(port) = self.port_number(t, "bundle_port", BUNDLE_PORT_HINT) {
+        if let Some(port) = self.port_in(t, "bundle_port", BUNDLE_PORT_HINT) {
             s.bundle_port = port;
         }
         if s.bundle.is_some() {
             s.use_bundle_defaults();
         }
-        if let Some((proxy, span)) = self.string(t, "proxy") {
+        if let Some((proxy, span)) = self.string_in(t, "proxy") {
             if !proxy.is_empty() && !proxy.starts_with("http://") && !proxy.starts_with("https://") {
                 self.error(
                     span,
                     format!("proxy `{proxy}` is not an http:// or https:// URL"),
-                    Some("write it like \"http://proxy.example:3128\"".into()),
+                    "write it like \"http://proxy.example:3128\"",
                 );
             }
             s.proxy = proxy;
         }
         s.no_proxy = self.string_list(t, "no_proxy");
-        if let Some((c, span)) = self.string(t, "containerd") {
+        if let Some((c, span)) = self.string_in(t, "containerd") {
             s.containerd = match c.as_str() {
                 "docker" => ContainerdFrom::Docker,
                 "distro" => ContainerdFrom::Distro,
@@ -369,17 +369,17 @@ impl Reader<'_> {
                         Some(m) => format!("did you mean `{m}`?"),
                         None => "`containerd` is `docker` (Docker's containerd.io) or `distro` (the distribution's containerd)".into(),
                     };
-                    self.error(span, format!("unknown containerd source `{other}`"), Some(hint));
+                    self.error(span, format!("unknown containerd source `{other}`"), hint);
                     ContainerdFrom::Docker
                 }
             };
         }
-        if let Some((repo, span)) = self.string(t, "image_repository") {
+        if let Some((repo, span)) = self.string_in(t, "image_repository") {
             if repo.is_empty() || repo.contains("://") || repo.ends_with('/') || repo.contains(char::is_whitespace) {
                 self.error(
                     span,
                     format!("image_repository `{repo}` is not a registry host with an optional path"),
-                    Some("write it as kubeadm's imageRepository, like \"registry.k8s.io\" or \"harbor.example:5000/k8s\" (no http://)".into()),
+                    "write it as kubeadm's imageRepository, like \"registry.k8s.io\" or \"harbor.example:5000/k8s\" (no http://)",
                 );
             }
             s.image_repository = repo;
@@ -389,7 +389,7 @@ impl Reader<'_> {
         self.repos(t, "dnf", DNF_KEYS, &mut s.dnf, &mut s.written);
         self.releases(t, &mut s.releases, &mut s.written);
         self.charts(t, &mut s.charts, &mut s.written);
-        if t.contains_key("proxy") {
+        if t.get("proxy").is_some() {
             s.written.insert("proxy".into());
         }
         for name in s.registries.keys() {
@@ -399,48 +399,45 @@ impl Reader<'_> {
         s
     }
 
-    fn string_list(&mut self, t: &Table<'_>, key: &str) -> Vec<String> {
+    fn string_list(&mut self, t: &Toml, key: &str) -> Vec<String> {
         let Some(v) = t.get(key) else {
             return Vec::new();
         };
-        let Some(items) = v.get_ref().as_array() else {
+        let Value::Seq(items) = &v.value else {
             self.wrong_type(key, v, "a list of strings");
             return Vec::new();
         };
         let mut out = Vec::new();
-        for item in items.iter() {
-            match item.get_ref().as_str() {
-                Some(s) => out.push(s.to_string()),
-                None => self.wrong_type(key, item, "a string"),
+        for item in items {
+            match &item.value {
+                Value::Str(s) => out.push(s.clone()),
+                _ => self.wrong_type(key, item, "a string"),
             }
         }
         out
     }
 
     /// The sub-tables of `[sources.<key>]`, each named; wrong shapes reported.
-    fn named_tables<'t, 'i>(&mut self, t: &'t Table<'i>, key: &str) -> Vec<(String, Range<usize>, &'t Table<'i>)> {
+    fn named_tables<'n>(&mut self, t: &'n Toml, key: &str) -> Vec<(String, &'n Toml, &'n Toml)> {
         let Some(v) = t.get(key) else {
             return Vec::new();
         };
-        let Some(inner) = v.get_ref().as_table() else {
+        let Some(inner) = table(v) else {
             self.wrong_type(key, v, "a table");
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (k, v) in Self::entries(inner) {
-            let name = k.get_ref().to_string();
-            match v.get_ref().as_table() {
-                Some(entry) => out.push((name, k.span(), entry)),
-                None => self.error(
-                    v.span(),
-                    format!(
-                        "[sources.{key}] `{name}` must be a table, not {}",
-                        v.get_ref().type_str()
-                    ),
-                    Some(format!(
-                        "write it as `{name} = {{ url = \"...\" }}` or a [sources.{key}.{name}] section"
-                    )),
-                ),
+        for (name, k, v) in inner.entries() {
+            match table(v) {
+                Some(entry) => out.push((name, k, entry)),
+                None => {
+                    let kind = self.kind(v);
+                    self.error(
+                        v,
+                        format!("[sources.{key}] `{name}` must be a table, not {kind}"),
+                        format!("write it as `{name} = {{ url = \"...\" }}` or a [sources.{key}.{name}] section"),
+                    );
+                }
             }
         }
         out
@@ -448,7 +445,7 @@ impl Reader<'_> {
 
     fn repos(
         &mut self,
-        t: &Table<'_>,
+        t: &Toml,
         family: &str,
         keys: &[&str],
         into: &mut BTreeMap<String, Repo>,
@@ -460,7 +457,7 @@ impl Reader<'_> {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => format!("the {family} repositories are {}", REPOS.join(", ")),
                 };
-                self.error(span, format!("unknown {family} repository `{name}`"), Some(hint));
+                self.error(span, format!("unknown {family} repository `{name}`"), hint);
                 continue;
             };
             self.check_keys(entry, keys, &[], &format!("[sources.{family}.{name}]"));
@@ -476,7 +473,7 @@ impl Reader<'_> {
 
     fn releases(
         &mut self,
-        t: &Table<'_>,
+        t: &Toml,
         into: &mut BTreeMap<String, Release>,
         written: &mut std::collections::BTreeSet<String>,
     ) {
@@ -488,16 +485,16 @@ impl Reader<'_> {
             let sha_span = text_field(self, written, &at, entry, "sha256", &mut release.sha256);
             if release.url.is_empty() {
                 self.error(
-                    span.clone(),
+                    span,
                     format!("release `{name}` has no `url`"),
-                    Some("add `url = \"https://...\"`".into()),
+                    "add `url = \"https://...\"`",
                 );
             }
             if release.sha256.is_empty() {
                 self.error(
                     span,
                     format!("release `{name}` has no `sha256`"),
-                    Some("every release download is checked: add `sha256 = \"<64 hex digits>\"`".into()),
+                    "every release download is checked: add `sha256 = \"<64 hex digits>\"`",
                 );
             } else if let Some(sha_span) = sha_span
                 && !release.sha256.contains("{{")
@@ -506,7 +503,7 @@ impl Reader<'_> {
                 self.error(
                     sha_span,
                     format!("sha256 of release `{name}` is not 64 hex digits"),
-                    Some("copy it from the release's checksum file (sha256sum FILE)".into()),
+                    "copy it from the release's checksum file (sha256sum FILE)",
                 );
             }
         }
@@ -514,7 +511,7 @@ impl Reader<'_> {
 
     fn charts(
         &mut self,
-        t: &Table<'_>,
+        t: &Toml,
         into: &mut BTreeMap<String, Chart>,
         written: &mut std::collections::BTreeSet<String>,
     ) {
@@ -525,9 +522,9 @@ impl Reader<'_> {
             if let Some(path) = self.path(entry, "archive") {
                 if !path.is_file() {
                     self.error(
-                        span.clone(),
+                        span,
                         format!("chart archive {} does not exist", path.display()),
-                        Some("give the path of a chart .tgz (helm pull or helm package makes one)".into()),
+                        "give the path of a chart .tgz (helm pull or helm package makes one)",
                     );
                 }
                 chart.archive = Some(path);
@@ -536,13 +533,13 @@ impl Reader<'_> {
                 self.error(
                     span,
                     format!("chart `{name}` has neither `repo` nor `archive`"),
-                    Some("add `repo = \"https://...\"` or `archive = \"charts/NAME-VERSION.tgz\"`".into()),
+                    "add `repo = \"https://...\"` or `archive = \"charts/NAME-VERSION.tgz\"`",
                 );
             }
         }
     }
 
-    fn registries(&mut self, t: &Table<'_>, into: &mut BTreeMap<String, Registry>) {
+    fn registries(&mut self, t: &Toml, into: &mut BTreeMap<String, Registry>) {
         for (name, span, entry) in self.named_tables(t, "registries") {
             self.check_keys(
                 entry,
@@ -551,49 +548,49 @@ impl Reader<'_> {
                 &format!("[sources.registries.\"{name}\"]"),
             );
             let mut reg = Registry::default();
-            if let Some((mirror, mspan)) = self.string(entry, "mirror") {
+            if let Some((mirror, mspan)) = self.string_in(entry, "mirror") {
                 if !mirror.starts_with("http://") && !mirror.starts_with("https://") {
                     self.error(
                         mspan,
                         format!("mirror `{mirror}` of {name} is not an http:// or https:// URL"),
-                        Some("write it like \"https://mirror.example:5000\"".into()),
+                        "write it like \"https://mirror.example:5000\"",
                     );
                 }
                 reg.mirror = mirror;
             } else {
                 self.error(
-                    span.clone(),
+                    span,
                     format!("registry `{name}` has no `mirror`"),
-                    Some("add `mirror = \"https://...\"`".into()),
+                    "add `mirror = \"https://...\"`",
                 );
             }
             if let Some(path) = self.path(entry, "ca_file") {
                 match std::fs::read_to_string(&path) {
                     Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => reg.ca_pem = pem,
                     Ok(_) => self.error(
-                        span.clone(),
+                        span,
                         format!(
                             "ca_file {} of registry `{name}` holds no PEM certificate",
                             path.display()
                         ),
-                        Some("give the mirror's CA certificate in PEM form (-----BEGIN CERTIFICATE-----)".into()),
+                        "give the mirror's CA certificate in PEM form (-----BEGIN CERTIFICATE-----)",
                     ),
                     Err(e) => self.error(
-                        span.clone(),
+                        span,
                         format!("cannot read ca_file {} of registry `{name}`: {e}", path.display()),
-                        Some("give the path of the mirror's CA certificate (PEM)".into()),
+                        "give the path of the mirror's CA certificate (PEM)",
                     ),
                 }
                 reg.ca_file = Some(path);
             }
-            reg.skip_verify = self.boolean(entry, "skip_verify").unwrap_or(false);
+            reg.skip_verify = self.boolean_in(entry, "skip_verify").unwrap_or(false);
             reg.username = self.secret_source(entry, "username");
             reg.password = self.secret_source(entry, "password");
             if reg.username.is_some() != reg.password.is_some() {
                 self.error(
                     span,
                     format!("registry `{name}` has a username or a password, not both"),
-                    Some("set both username_env/_file and password_env/_file, or neither".into()),
+                    "set both username_env/_file and password_env/_file, or neither",
                 );
             }
             into.insert(name, reg);

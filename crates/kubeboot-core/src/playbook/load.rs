@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::model::{Playbooks, Stage};
 use crate::diag::{Diagnostic, Diagnostics, closest};
-use crate::spanned::{Reader, Yaml, yaml};
+use crate::spanned::{Reader, Syntax, Value, yaml};
 
 /// Reads every `*.yaml`/`*.yml` in `dir` (one stage each, in file-name order); `copy.src` resolves under `assets_dir`.
 pub fn load(dir: &Path, assets_dir: &Path) -> Result<Playbooks, Diagnostics> {
@@ -144,7 +144,7 @@ fn parse_text(file: &Path, text: &str, assets_dir: &Path, diags: &mut Diagnostic
             return None;
         }
     };
-    if doc.value == Yaml::Null {
+    if doc.value == Value::Null {
         diags.push(
             Diagnostic::file(file, "the playbook is empty")
                 .with_hint("a playbook needs `name`, `hosts` and `tasks`, or remove the file"),
@@ -153,8 +153,9 @@ fn parse_text(file: &Path, text: &str, assets_dir: &Path, diags: &mut Diagnostic
     }
     let mut r = Reader {
         file,
-        assets_dir,
+        base: assets_dir,
         diags,
+        syntax: Syntax::Yaml,
     };
     r.stage(&doc)
 }

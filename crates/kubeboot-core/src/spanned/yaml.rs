@@ -1,4 +1,4 @@
-//! A YAML document as a tree of values that each remember their line and column.
+//! The YAML front end: a YAML document as the tree of [`Node`]s that each remember their line and column.
 //!
 //! Playbooks are read into this tree first (not straight into structs) so that validation can report every
 //! unknown key, wrong type and semantic problem at its own position, all in one pass.
@@ -8,112 +8,77 @@ use std::path::Path;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::{Node, Value};
 use crate::diag::Diagnostic;
 
 /// Playbook files larger than this are refused before parsing.
 pub(crate) const MAX_FILE_BYTES: usize = 1024 * 1024;
 
-/// A value with where it is (1-based line and column).
-pub type Node = serde_saphyr::Spanned<Yaml>;
-
-/// One YAML value; mapping entries keep their order and their keys' positions.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Yaml {
-    Null,
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Str(String),
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
-}
-
-impl Yaml {
-    /// The kind of value, for "must be X, not Y" messages.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Yaml::Null => "empty",
-            Yaml::Bool(_) => "a boolean",
-            Yaml::Int(_) => "an integer",
-            Yaml::Float(_) => "a number",
-            Yaml::Str(_) => "a string",
-            Yaml::Seq(_) => "a list",
-            Yaml::Map(_) => "a mapping",
-        }
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Node, D::Error> {
+        let spanned = serde_saphyr::Spanned::<Value>::deserialize(d)?;
+        Ok(Node {
+            value: spanned.value,
+            line: spanned.referenced.line() as usize,
+            column: spanned.referenced.column() as usize,
+        })
     }
-
-    /// A scalar as text (mapping keys, and values where a string is expected but YAML guessed a number).
-    pub fn scalar_text(&self) -> Option<String> {
-        match self {
-            Yaml::Str(s) => Some(s.clone()),
-            Yaml::Int(i) => Some(i.to_string()),
-            Yaml::Float(f) => Some(f.to_string()),
-            Yaml::Bool(b) => Some(b.to_string()),
-            _ => None,
-        }
-    }
-}
-
-/// 1-based (line, column) of a node.
-pub fn pos(n: &Node) -> (usize, usize) {
-    let loc = n.referenced;
-    (loc.line() as usize, loc.column() as usize)
 }
 
 struct YamlVisitor;
 
 impl<'de> Visitor<'de> for YamlVisitor {
-    type Value = Yaml;
+    type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("any YAML value")
     }
-    fn visit_bool<E>(self, v: bool) -> Result<Yaml, E> {
-        Ok(Yaml::Bool(v))
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Yaml, E> {
-        Ok(Yaml::Int(v))
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Int(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Yaml, E> {
-        Ok(i64::try_from(v).map(Yaml::Int).unwrap_or(Yaml::Float(v as f64)))
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Yaml, E> {
-        Ok(Yaml::Float(v))
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Float(v))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Yaml, E> {
-        Ok(Yaml::Str(v.to_string()))
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::Str(v.to_string()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Yaml, E> {
-        Ok(Yaml::Str(v))
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::Str(v))
     }
-    fn visit_unit<E>(self) -> Result<Yaml, E> {
-        Ok(Yaml::Null)
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_none<E>(self) -> Result<Yaml, E> {
-        Ok(Yaml::Null)
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
     }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Yaml, D::Error> {
-        Yaml::deserialize(d)
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Yaml, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element::<Node>()? {
             items.push(item);
         }
-        Ok(Yaml::Seq(items))
+        Ok(Value::Seq(items))
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Yaml, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Vec::new();
         while let Some(key) = map.next_key::<Node>()? {
             let value = map.next_value::<Node>()?;
             entries.push((key, value));
         }
-        Ok(Yaml::Map(entries))
+        Ok(Value::Map(entries))
     }
 }
 
-impl<'de> Deserialize<'de> for Yaml {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Yaml, D::Error> {
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
         d.deserialize_any(YamlVisitor)
     }
 }
@@ -175,6 +140,7 @@ fn clean_message(msg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spanned::pos;
 
     #[test]
     fn values_remember_their_positions() {
@@ -183,13 +149,13 @@ mod tests {
             "name: a\ntasks:\n  - run: |\n      echo hi\n    x: 0644\n",
         )
         .unwrap();
-        let Yaml::Map(entries) = &n.value else { panic!() };
+        let Value::Map(entries) = &n.value else { panic!() };
         assert_eq!(pos(&entries[1].0), (2, 1));
-        let Yaml::Seq(tasks) = &entries[1].1.value else {
+        let Value::Seq(tasks) = &entries[1].1.value else {
             panic!()
         };
-        let Yaml::Map(t) = &tasks[0].value else { panic!() };
-        assert_eq!(t[1].1.value, Yaml::Str("0644".into()));
+        let Value::Map(t) = &tasks[0].value else { panic!() };
+        assert_eq!(t[1].1.value, Value::Str("0644".into()));
         // A block scalar's position is its first content line, so template lines add to it.
         assert_eq!(pos(&t[0].1), (4, 7));
     }

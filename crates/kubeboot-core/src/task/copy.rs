@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::diag::{Diagnostic, closest};
 use crate::event::TaskStatus;
-use crate::spanned::{Fields, Node, Reader, Yaml, misspelled};
+use crate::spanned::{Fields, Node, Reader, Value, misspelled};
 
 use super::{Failure, Kind, PAD, Render, RunCx, check_exit};
 
@@ -203,11 +203,11 @@ fn check_src(r: &mut Reader, src: &str, at: &Node) {
         );
         return;
     }
-    let full = r.assets_dir.join(rel);
+    let full = r.base.join(rel);
     if !full.exists() {
-        let hint = match nearby_asset(r.assets_dir, rel) {
+        let hint = match nearby_asset(r.base, rel) {
             Some(m) => format!("did you mean `{m}`?"),
-            None => format!("put the file under {}", r.assets_dir.display()),
+            None => format!("put the file under {}", r.base.display()),
         };
         r.error(at, format!("asset `{src}` does not exist"), hint);
     }
@@ -215,9 +215,9 @@ fn check_src(r: &mut Reader, src: &str, at: &Node) {
 
 fn mode(r: &mut Reader, v: &Node) -> Option<u32> {
     let text = match &v.value {
-        Yaml::Str(s) => s.trim().trim_start_matches("0o").to_string(),
+        Value::Str(s) => s.trim().trim_start_matches("0o").to_string(),
         // An unquoted `644` is written meaning octal digits.
-        Yaml::Int(i) => i.to_string(),
+        Value::Int(i) => i.to_string(),
         _ => String::new(),
     };
     match u32::from_str_radix(&text, 8) {

@@ -15,7 +15,7 @@ use url::Url;
 
 use crate::event::TaskStatus;
 use crate::secrets::Vault;
-use crate::spanned::{Fields, Node, Reader, Yaml, misspelled};
+use crate::spanned::{Fields, Node, Reader, Value, misspelled};
 
 use super::{Failure, Kind, PAD, Render, RunCx, credential, user_name};
 
@@ -232,13 +232,13 @@ impl Kind for HttpCheck {
 /// `expect_status`: one HTTP status or a list of them.
 fn statuses(r: &mut Reader, v: &Node) -> Vec<u16> {
     let items: Vec<&Node> = match &v.value {
-        Yaml::Seq(items) if !items.is_empty() => items.iter().collect(),
+        Value::Seq(items) if !items.is_empty() => items.iter().collect(),
         _ => vec![v],
     };
     let mut out = Vec::new();
     for n in items {
         match &n.value {
-            Yaml::Int(i) if (100..=599).contains(i) => out.push(*i as u16),
+            Value::Int(i) if (100..=599).contains(i) => out.push(*i as u16),
             _ => r.error(
                 n,
                 "`expect_status` must be an HTTP status (100 to 599) or a list of them",

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value as Json;
 
 use crate::playbook::model::{Hosts, Stage};
-use crate::spanned::{Node, Reader, Yaml, misspelled};
+use crate::spanned::{Node, Reader, Value, misspelled};
 
 const STAGE_KEYS: &[&str] = &[
     "name",
@@ -22,11 +22,11 @@ const STAGE_KEYS: &[&str] = &[
 impl Reader<'_> {
     fn vars(&mut self, v: &Node) -> BTreeMap<String, Json> {
         match &v.value {
-            Yaml::Map(entries) => entries
+            Value::Map(entries) => entries
                 .iter()
-                .map(|(k, v)| (k.value.scalar_text().unwrap_or_default(), to_json(&v.value)))
+                .map(|(k, v)| (k.value.scalar_text().unwrap_or_default(), v.value.to_json()))
                 .collect(),
-            Yaml::Null => BTreeMap::new(),
+            Value::Null => BTreeMap::new(),
             other => {
                 let kind = other.kind();
                 self.error(
@@ -42,7 +42,7 @@ impl Reader<'_> {
     fn hosts(&mut self, v: &Node) -> Option<Hosts> {
         let one = |r: &mut Self, n: &Node| -> Option<String> {
             match &n.value {
-                Yaml::Str(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+                Value::Str(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
                 _ => {
                     r.error(
                         n,
@@ -54,9 +54,9 @@ impl Reader<'_> {
             }
         };
         match &v.value {
-            Yaml::Str(s) if s.trim() == "all" => Some(Hosts::All),
-            Yaml::Str(_) => one(self, v).map(|s| Hosts::Select(vec![s])),
-            Yaml::Seq(items) if !items.is_empty() => {
+            Value::Str(s) if s.trim() == "all" => Some(Hosts::All),
+            Value::Str(_) => one(self, v).map(|s| Hosts::Select(vec![s])),
+            Value::Seq(items) if !items.is_empty() => {
                 let names: Vec<String> = items.iter().filter_map(|n| one(self, n)).collect();
                 if names.iter().any(|n| n == "all") {
                     Some(Hosts::All)
@@ -114,8 +114,8 @@ impl Reader<'_> {
                 "once_per_cluster" => once_per_cluster = self.boolean("once_per_cluster", v).unwrap_or(false),
                 "tasks" => {
                     written_tasks = match &v.value {
-                        Yaml::Seq(items) => items.len(),
-                        Yaml::Null => 0,
+                        Value::Seq(items) => items.len(),
+                        Value::Null => 0,
                         _ => 1,
                     };
                     tasks = self.tasks(v);
@@ -159,22 +159,5 @@ impl Reader<'_> {
             location: name_loc,
             hosts_location: hosts_loc,
         })
-    }
-}
-
-fn to_json(v: &Yaml) -> Json {
-    match v {
-        Yaml::Null => Json::Null,
-        Yaml::Bool(b) => Json::Bool(*b),
-        Yaml::Int(i) => Json::from(*i),
-        Yaml::Float(f) => serde_json::Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
-        Yaml::Str(s) => Json::String(s.clone()),
-        Yaml::Seq(items) => Json::Array(items.iter().map(|n| to_json(&n.value)).collect()),
-        Yaml::Map(entries) => Json::Object(
-            entries
-                .iter()
-                .map(|(k, v)| (k.value.scalar_text().unwrap_or_default(), to_json(&v.value)))
-                .collect(),
-        ),
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::diag::Diagnostic;
 use crate::playbook::model::{ActionDef, Capture, Location, RegisterDef, TaskDef, WaitForDef, WaitNodes};
-use crate::spanned::{Entries, Node, Reader, Yaml, misspelled};
+use crate::spanned::{Entries, Node, Reader, Value, misspelled};
 use crate::task;
 
 const REGISTER_KEYS: &[&str] = &["name", "secret", "line", "json"];
@@ -32,8 +32,8 @@ const DEFAULT_DELAY: Duration = Duration::from_secs(5);
 
 impl Reader<'_> {
     pub(super) fn tasks(&mut self, v: &Node) -> Vec<TaskDef> {
-        let Yaml::Seq(items) = &v.value else {
-            if !matches!(v.value, Yaml::Null) {
+        let Value::Seq(items) = &v.value else {
+            if !matches!(v.value, Value::Null) {
                 let kind = v.value.kind();
                 self.error(
                     v,
@@ -117,7 +117,7 @@ impl Reader<'_> {
                 "when" => {
                     fields.insert("when".to_string(), self.loc(v));
                     t.when = match &v.value {
-                        Yaml::Bool(b) => Some(b.to_string()),
+                        Value::Bool(b) => Some(b.to_string()),
                         _ => self.string("when", v),
                     };
                 }
@@ -135,7 +135,7 @@ impl Reader<'_> {
                 "after" => {
                     fields.insert("after".to_string(), self.loc(v));
                     t.after = Some(match &v.value {
-                        Yaml::Seq(items) if items.is_empty() => Vec::new(),
+                        Value::Seq(items) if items.is_empty() => Vec::new(),
                         _ => self.texts("after", v),
                     });
                 }
@@ -205,7 +205,7 @@ impl Reader<'_> {
     /// `changed_when: false` (a read-only task): a boolean only, not Ansible's expressions.
     fn changed_when(&mut self, v: &Node) -> bool {
         match &v.value {
-            Yaml::Bool(b) => *b,
+            Value::Bool(b) => *b,
             other => {
                 let kind = other.kind();
                 self.error(
@@ -235,13 +235,13 @@ impl Reader<'_> {
             ok
         };
         match &v.value {
-            Yaml::Str(name) => valid(self, v, name).then(|| RegisterDef {
+            Value::Str(name) => valid(self, v, name).then(|| RegisterDef {
                 name: name.clone(),
                 secret: false,
                 capture: Capture::Stdout,
                 location: self.loc(v),
             }),
-            Yaml::Map(_) => {
+            Value::Map(_) => {
                 let entries = self.mapping(v, REGISTER_KEYS, "`register`")?;
                 let mut name = None;
                 let mut secret = false;
@@ -265,7 +265,7 @@ impl Reader<'_> {
                             chosen = Some(if key == "line" { "line" } else { "json" });
                             capture = if key == "line" {
                                 match &val.value {
-                                    Yaml::Int(i) if *i != 0 => Capture::Line(*i),
+                                    Value::Int(i) if *i != 0 => Capture::Line(*i),
                                     _ => {
                                         self.error(
                                             val,
@@ -306,8 +306,8 @@ impl Reader<'_> {
     /// `wait_for: { node: ..., task: ... }` or a list of those.
     pub(super) fn wait_for(&mut self, v: &Node) -> Vec<WaitForDef> {
         let items: Vec<&Node> = match &v.value {
-            Yaml::Seq(items) => items.iter().collect(),
-            Yaml::Map(_) => vec![v],
+            Value::Seq(items) => items.iter().collect(),
+            Value::Map(_) => vec![v],
             other => {
                 let kind = other.kind();
                 self.error(
@@ -379,7 +379,7 @@ impl Reader<'_> {
     }
 
     fn env(&mut self, v: &Node, fields: &mut BTreeMap<String, Location>) -> BTreeMap<String, String> {
-        let Yaml::Map(entries) = &v.value else {
+        let Value::Map(entries) = &v.value else {
             let kind = v.value.kind();
             self.error(
                 v,
