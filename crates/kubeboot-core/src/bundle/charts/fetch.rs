@@ -270,11 +270,12 @@ fn indexed(chart: &WantedChart, dest: &Path, file: &str) -> Result<(Item, Value)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "no Chart.yaml in the archive".to_string())?;
     let meta: Value = serde_saphyr::from_str(&meta).map_err(|e| format!("Chart.yaml: {e}"))?;
-    let version = meta
-        .get("version")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    entry_for(chart, dest, file, meta)
+}
+
+/// [`indexed`] with the archive's `Chart.yaml` already read.
+fn entry_for(chart: &WantedChart, dest: &Path, file: &str, meta: Value) -> Result<(Item, Value), String> {
+    let version = chart_version(&meta);
     let sha256 = sha256_file(dest).map_err(|e| e.to_string())?;
     let size = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
     let mut entry = meta;
@@ -297,6 +298,14 @@ fn indexed(chart: &WantedChart, dest: &Path, file: &str) -> Result<(Item, Value)
     ))
 }
 
+/// The `version` of a parsed `Chart.yaml` (empty when it has none).
+fn chart_version(meta: &Value) -> String {
+    meta.get("version")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A chart archive from the jump host, copied in; its index entry made from its `Chart.yaml`.
 fn from_archive(chart: &WantedChart, archive: &Path, dir: &Path) -> Result<(Item, Value), BundleError> {
     let fail = |reason: String| BundleError::Download {
@@ -308,34 +317,12 @@ fn from_archive(chart: &WantedChart, archive: &Path, dir: &Path) -> Result<(Item
         .map_err(|e| fail(e.to_string()))?
         .ok_or_else(|| fail("no Chart.yaml in the archive".into()))?;
     let meta: Value = serde_saphyr::from_str(&meta).map_err(|e| fail(format!("Chart.yaml: {e}")))?;
-    let version = meta
-        .get("version")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let file = format!("{}-{version}.tgz", chart.name);
+    let file = format!("{}-{}.tgz", chart.name, chart_version(&meta));
     let dest = dir.join(&file);
     std::fs::copy(archive, &dest).map_err(|e| fail(format!("cannot copy it into {}: {e}", dest.display())))?;
-    let sha256 = sha256_file(&dest).map_err(|e| fail(e.to_string()))?;
-    let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-    let mut entry = meta.clone();
-    if let Some(m) = entry.as_object_mut() {
-        m.insert("urls".into(), Value::from(vec![file.clone()]));
-        m.insert("digest".into(), Value::from(sha256.as_str()));
-    }
-    Ok((
-        Item {
-            kind: "chart".into(),
-            name: chart.name.clone(),
-            version,
-            source: archive.display().to_string(),
-            path: format!("{DIR}/{file}"),
-            sha256,
-            size,
-            digest: None,
-        },
-        entry,
-    ))
+    let (mut item, entry) = entry_for(chart, &dest, &file, meta).map_err(fail)?;
+    item.source = archive.display().to_string();
+    Ok((item, entry))
 }
 
 /// The text of `<chart>/<name>` in a chart archive (`.tgz`), the top chart's only.
@@ -351,4 +338,54 @@ fn read_chart_file(archive: &Path, name: &str) -> std::io::Result<Option<String>
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chart archive from the jump host (`[sources.charts] NAME = { archive = ... }`) is copied in under
+    /// `NAME-VERSION.tgz` (the version from its Chart.yaml) and indexed with its sha256.
+    #[test]
+    fn an_archive_from_the_jump_host_is_copied_and_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("mine.tgz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&archive).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let meta = b"apiVersion: v2\nname: tiny\nversion: 0.2.0\n";
+        let mut header = tar::Header::new_gnu();
+        header.set_size(meta.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "tiny/Chart.yaml", &meta[..]).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+        let out = dir.path().join("charts");
+        std::fs::create_dir(&out).unwrap();
+        let chart = WantedChart {
+            name: "tiny".into(),
+            repo: "https://charts.example.test".into(),
+            version: "0.2.0".into(),
+            clusters: Default::default(),
+            renders: Vec::new(),
+        };
+        let (item, entry) = from_archive(&chart, &archive, &out).unwrap();
+        let copied = out.join("tiny-0.2.0.tgz");
+        assert_eq!(std::fs::read(&copied).unwrap(), std::fs::read(&archive).unwrap());
+        assert_eq!(item.version, "0.2.0");
+        assert_eq!(item.path, format!("{DIR}/tiny-0.2.0.tgz"));
+        assert_eq!(item.source, archive.display().to_string());
+        assert_eq!(item.sha256, sha256_file(&copied).unwrap());
+        assert_eq!(entry["urls"][0], "tiny-0.2.0.tgz");
+        assert_eq!(entry["digest"], item.sha256.as_str());
+        assert_eq!(entry["name"], "tiny");
+        // An archive without Chart.yaml is refused, naming the file.
+        let empty = dir.path().join("empty.tgz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&empty).unwrap(), flate2::Compression::fast());
+        tar::Builder::new(gz).into_inner().unwrap().finish().unwrap();
+        let err = from_archive(&chart, &empty, &out).unwrap_err().to_string();
+        assert!(
+            err.contains("no Chart.yaml in the archive") && err.contains("empty.tgz"),
+            "{err}"
+        );
+    }
 }
