@@ -32,18 +32,17 @@ const FAILOVER_BOUND: Duration = Duration::from_secs(30);
 
 /// Whether to run; panics under CI when nobody said.
 fn wanted() -> bool {
-    match std::env::var("KUBEBOOT_VM_HA").as_deref() {
-        Ok("1") => true,
-        Ok("0") => {
+    match vms::switch("vm_ha", "KUBEBOOT_VM_HA") {
+        Some(true) => true,
+        Some(false) => {
             say("vm_ha: NOT run: KUBEBOOT_VM_HA=0 (the HA example on four VMs with VIP failover is left out)");
             false
         }
-        Ok(other) => panic!("vm_ha: KUBEBOOT_VM_HA={other:?}: say 1 (run) or 0 (leave out)"),
-        Err(_) if std::env::var_os("CI").is_some() => panic!(
+        None if std::env::var_os("CI").is_some() => panic!(
             "vm_ha: CI is set but KUBEBOOT_VM_HA is not: set KUBEBOOT_VM_HA=1 to run the HA-on-VMs test or \
              KUBEBOOT_VM_HA=0 to leave it out on purpose (.ci/run says which)"
         ),
-        Err(_) => {
+        None => {
             say("vm_ha: NOT run: set KUBEBOOT_VM_HA=1 to run the HA example on four VMs (needs root, qemu)");
             false
         }

@@ -429,13 +429,10 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// apt-lock and full-disk trials; KUBEBOOT_VM_FAULTS=0 leaves them out on purpose. Under CI with neither set the
 /// test fails (no silent skip).
 fn wanted() -> (bool, bool) {
-    let switch = |name: &str| match std::env::var(name).as_deref() {
-        Ok("1") => Some(true),
-        Ok("0") => Some(false),
-        Ok(other) => panic!("vm_lab: {name}={other:?}: say 1 (run) or 0 (leave out)"),
-        Err(_) => None,
-    };
-    let (install, faults) = (switch("KUBEBOOT_VM_INSTALL"), switch("KUBEBOOT_VM_FAULTS"));
+    let (install, faults) = (
+        vms::switch("vm_lab", "KUBEBOOT_VM_INSTALL"),
+        vms::switch("vm_lab", "KUBEBOOT_VM_FAULTS"),
+    );
     if install.is_none() && faults.is_none() && std::env::var_os("CI").is_some() {
         panic!(
             "vm_lab: CI is set but KUBEBOOT_VM_FAULTS is not: set KUBEBOOT_VM_FAULTS=1 to run the install and the \

@@ -320,6 +320,16 @@ pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// A VM test's switch: `1` on, `0` off on purpose, unset `None`; anything else is refused.
+pub fn switch(test: &str, name: &str) -> Option<bool> {
+    match std::env::var(name).as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        Ok(other) => panic!("{test}: {name}={other:?}: say 1 (run) or 0 (leave out)"),
+        Err(_) => None,
+    }
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
