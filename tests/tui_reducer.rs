@@ -150,13 +150,13 @@ fn action() -> impl Strategy<Value = Action> {
 
 #[derive(Debug, Clone)]
 enum Step {
-    Event(Event, u64),
+    Event(Box<Event>, u64),
     Action(Action, usize),
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        3 => (event(), 0u64..1_000_000).prop_map(|(e, t)| Step::Event(e, t)),
+        3 => (event(), 0u64..1_000_000).prop_map(|(e, t)| Step::Event(Box::new(e), t)),
         1 => (action(), 0usize..60).prop_map(|(a, p)| Step::Action(a, p)),
     ]
 }

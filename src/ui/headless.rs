@@ -269,7 +269,8 @@ impl Printer {
                 }
                 self.line(text);
             }
-            Event::RunFinished { .. } => {}
+            // The journal's mark: nothing for the operator to read.
+            Event::NodeSynced { .. } | Event::RunFinished { .. } => {}
         }
     }
 

@@ -273,6 +273,9 @@ pub enum Event {
         counts: Counts,
         duration_ms: u64,
     },
+    /// Everything the node did so far is on its disk: kubeboot ran `sync` there at the end of a stage in which
+    /// something ran. The journal keeps it; a task finished before it survives a hard reset of the node.
+    NodeSynced { node: String },
     /// The run ended.
     RunFinished {
         nodes_ok: usize,
@@ -294,6 +297,7 @@ impl Event {
             Event::RunStarted { .. } | Event::RunFinished { .. } => None,
             Event::NodeConnecting { node, .. }
             | Event::NodeConnected { node, .. }
+            | Event::NodeSynced { node }
             | Event::NodePlanned { node, .. }
             | Event::TaskStarted { node, .. }
             | Event::TaskWaiting { node, .. }

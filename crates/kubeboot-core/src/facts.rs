@@ -30,6 +30,11 @@ pub struct Facts {
     /// given to templates (a plan must not change with it).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kubernetes: String,
+    /// The kernel's id of this boot (`/proc/sys/kernel/random/boot_id`); empty where it cannot be read. Resume
+    /// compares it with the boot a task finished in: a node that restarted before its disk had what the task wrote
+    /// (a hard reset, a power cut) cannot be trusted to still have it. Not given to templates.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 impl Facts {
@@ -49,6 +54,7 @@ impl Facts {
             disk_gb: 100,
             user: "unknown".into(),
             kubernetes: String::new(),
+            boot_id: String::new(),
         }
     }
 
@@ -64,6 +70,7 @@ if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-unknown}"
 echo "os_like=${ID_LIKE:-}"
 echo "os_version=${VERSION_ID:-0}"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
 echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\1/p' /etc/kubernetes/manifests/kube-apiserver.yaml 2>/dev/null | head -n 1)"
 "#;
 
@@ -81,6 +88,7 @@ echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\
             disk_gb: 0,
             user: String::new(),
             kubernetes: String::new(),
+            boot_id: String::new(),
         };
         let mut like = String::new();
         for line in output.lines() {
@@ -99,6 +107,7 @@ echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\
                 "os_like" => like = value,
                 "os_version" => f.os_version = value,
                 "kubernetes" => f.kubernetes = value,
+                "boot_id" => f.boot_id = value,
                 _ => {}
             }
         }

@@ -9,7 +9,9 @@
 //! digest of the secrets it used, and where in the journal it finished), when each task last reported
 //! `changed` (a task that finished before one of its dependencies changed is stale), and the generation of
 //! every (node, stage): `--fresh` starts a new one, and only finishes of the current generation count as done.
-//! Journals written before generations existed simply have none: every entry is generation 0.
+//! Journals written before generations existed simply have none: every entry is generation 0. A fourth thing is
+//! the node's boot: a task that finished in another boot than the node's now, with no `synced` record after it,
+//! runs again (a hard reset can take what it wrote before the disk had it).
 //!
 //! This file holds the journal's records (its file format) and the state dir's errors; [`progress`](self::progress)
 //! folds records into what resume reads ([`Progress`]), `state_dir` owns the files on disk (the folder, the lock, the
@@ -116,6 +118,9 @@ pub enum Record {
         name: String,
         value: String,
     },
+    /// Everything the node did until here is on its disk (kubeboot ran `sync` there at the end of a stage): a
+    /// hard reset after this loses none of it.
+    Synced { run: String, ts: String, node: String },
     /// A run ended.
     End { run: String, ts: String, interrupted: bool },
     /// A node was torn down (`kubeboot reset`): what it finished before no longer holds, except the tasks of
@@ -199,6 +204,11 @@ impl Record {
                 task: task.clone(),
                 name: name.clone(),
                 value: value.clone(),
+            }),
+            Event::NodeSynced { node } => Some(Record::Synced {
+                run,
+                ts,
+                node: node.clone(),
             }),
             Event::RunFinished { interrupted, .. } => Some(Record::End {
                 run,

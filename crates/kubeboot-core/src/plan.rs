@@ -55,6 +55,9 @@ pub enum Why {
     InputChanged(Vec<String>),
     /// It finished only before a `--fresh` run started its stage anew.
     FreshGeneration,
+    /// It finished in an earlier boot of the node and the node restarted before kubeboot synced its disk: what
+    /// it wrote may be gone (its `unless` guard, if it has one, decides).
+    Restarted,
     /// A task it depends on reported `changed` after it last finished (e.g. in a run cut off in between).
     AfterChanged(String),
     /// A task it depends on runs now: it runs again if that one reports `changed`, else it stays done.
@@ -83,6 +86,7 @@ impl Why {
                 text
             }
             Why::FreshGeneration => "fresh generation".into(),
+            Why::Restarted => "node restarted before it was on disk".into(),
             Why::AfterChanged(task) => format!("after changed: {task}"),
             Why::IfChanged(task) => format!("after changed: {task} (if it changes)"),
             Why::Again(why) => format!("again: {why}"),
@@ -312,7 +316,7 @@ pub fn plan_node(
                         Some(names) => names.iter().filter_map(|a| books.resolve_after(si, ti, a)).collect(),
                     };
                     if t.decision == Decision::Run {
-                        let (decision, why) = resume(&n.name, &t, progress, secrets, &tasks);
+                        let (decision, why) = resume(&n.name, &t, progress, secrets, &tasks, &facts.boot_id);
                         t.decision = decision;
                         t.why = why;
                     }

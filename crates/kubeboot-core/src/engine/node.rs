@@ -166,6 +166,9 @@ async fn run_session(
     let mut turn: Option<(String, tokio::sync::OwnedMutexGuard<()>)> = None;
     // The tasks that reported `changed` in this run: the later tasks depending on them run again.
     let mut changed: HashSet<TaskKey> = HashSet::new();
+    // Whether the node may hold writes not yet on its disk: what an earlier run finished in this boot, then what
+    // ran since the last sync. Synced at the end of a stage (see `sync_disk`).
+    let mut unsynced = true;
     for (index, task) in node_plan.tasks.iter().enumerate() {
         if shared.cancel.is_cancelled() {
             return Err(Stop::Cancelled(format!(
@@ -204,6 +207,8 @@ async fn run_session(
                     // The task that stopped the node counts in the node's `failed` (the summary's FAILED column).
                     if matches!(stop, Stop::Failed(_)) {
                         counts.add(TaskStatus::Failed);
+                        // What finished before the failure stays done for the next run, even across a reset.
+                        sync_disk(shared, name, session).await;
                     }
                     return Err(stop);
                 }
@@ -217,8 +222,48 @@ async fn run_session(
             changed.insert((task.stage.clone(), task.task.clone()));
         }
         counts.add(status);
+        unsynced |= status != TaskStatus::Skipped;
+        let stage_ends = node_plan
+            .tasks
+            .get(index + 1)
+            .is_none_or(|next| next.stage != task.stage);
+        if stage_ends && unsynced && sync_disk(shared, name, session).await {
+            unsynced = false;
+        }
     }
     Ok(())
+}
+
+/// How long `sync` may take on a node before kubeboot goes on without the mark (a node that wrote gigabytes of
+/// images may need a while; one that does not answer must not hold the run).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `sync` on the node and, when it worked, tells the journal (`node_synced`): the tasks finished until now
+/// survive a hard reset or a power cut of the node. Without the mark, resume runs again what a node that
+/// restarted since may have lost (found on the VM lab: an apt source written just before a reset came back
+/// empty, and the resumed install found no packages). sync(2) needs no root. True when it synced.
+async fn sync_disk(shared: &Shared, name: &str, session: &Session) -> bool {
+    let cancel = shared.cancel.child_token();
+    let command = Command {
+        script: "sync".to_string(),
+        env: Vec::new(),
+        become_: false,
+    };
+    let ignore = |_: Stream, _: String| {};
+    let exec = session.exec(&command, &ignore, &cancel);
+    tokio::pin!(exec);
+    let result = tokio::select! {
+        r = &mut exec => r,
+        _ = tokio::time::sleep(SYNC_TIMEOUT) => {
+            cancel.cancel();
+            exec.await
+        }
+    };
+    let synced = matches!(result, Ok(exit) if exit.success());
+    if synced {
+        shared.emit(Event::NodeSynced { node: name.to_string() });
+    }
+    synced
 }
 
 /// The node's facts for the drift check, or why they could not be read.

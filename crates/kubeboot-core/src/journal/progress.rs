@@ -41,6 +41,8 @@ pub struct Done {
     pub generation: u64,
     /// Where in the journal it finished: a dependency that reported `changed` later makes it stale.
     pub seq: u64,
+    /// The node's boot then (its facts' `boot_id`; empty when not known).
+    pub boot: String,
 }
 
 type Key = (String, String, String);
@@ -65,6 +67,8 @@ pub struct Progress {
     /// Records applied so far: the position of the next one.
     seq: u64,
     facts: HashMap<String, Facts>,
+    /// node → where in the journal the node last had everything on its disk (a `synced` record).
+    synced: HashMap<String, u64>,
     nodes: HashMap<String, NodeProgress>,
     /// (node, output name) → value: the non-secret outputs registered, latest first.
     outputs: HashMap<(String, String), String>,
@@ -122,6 +126,17 @@ impl Progress {
             .get(&(node.to_string(), stage.to_string()))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// True when the task's last finish may be lost on the node: it finished in another boot than `boot` (the
+    /// node's now) and the node was never synced after it, so a hard reset or a power cut may have taken what it
+    /// wrote (found on the VM lab: an apt source written just before a reset came back empty). Unknown boots
+    /// (journals of older kubeboot versions, a node without `/proc`) count as the same boot.
+    pub fn lost_in_restart(&self, node: &str, done: &Done, boot: &str) -> bool {
+        !done.boot.is_empty()
+            && !boot.is_empty()
+            && done.boot != boot
+            && self.synced.get(node).is_none_or(|synced| *synced < done.seq)
     }
 
     /// The facts gathered from the node in the latest run that reached it.
@@ -211,6 +226,9 @@ impl Progress {
                     .retain(|(n, stage, _), _| n != node || keep.iter().any(|k| k == stage));
             }
             Record::Facts { node, facts, .. } => self.set_facts(node, facts.clone()),
+            Record::Synced { node, .. } => {
+                self.synced.insert(node.clone(), seq);
+            }
             Record::TaskStarted { node, stage, task, .. } => {
                 let key = key(node, stage, task);
                 self.done.remove(&key);
@@ -236,6 +254,7 @@ impl Progress {
             } => {
                 let key = (node.clone(), stage.clone(), task.clone());
                 let generation = self.generation(node, stage);
+                let boot = self.facts.get(node).map(|f| f.boot_id.clone()).unwrap_or_default();
                 self.cut_off.remove(&key);
                 let entry = self.nodes.entry(node.clone()).or_default();
                 if entry.run != *run {
@@ -273,6 +292,7 @@ impl Progress {
                                 inputs: inputs.clone(),
                                 generation,
                                 seq,
+                                boot,
                             },
                         );
                         entry.last_done = Some((stage.clone(), task.clone()));

@@ -167,6 +167,60 @@ fn a_skip_as_done_keeps_where_the_task_really_finished() {
     );
 }
 
+fn facts(run: &str, node: &str, boot: &str) -> Record {
+    Record::Facts {
+        run: run.into(),
+        node: node.into(),
+        facts: crate::facts::Facts {
+            boot_id: boot.into(),
+            ..crate::facts::Facts::assumed()
+        },
+    }
+}
+
+fn synced(run: &str, node: &str) -> Record {
+    Record::Synced {
+        run: run.into(),
+        ts: "t".into(),
+        node: node.into(),
+    }
+}
+
+#[test]
+fn a_finish_the_node_never_synced_is_lost_when_it_restarted_since() {
+    let text = journal_text(&[
+        facts("r1", "n1", "boot-a"),
+        task("r1", "n1", "a", "f1", TaskStatus::Changed),
+        synced("r1", "n1"),
+        task("r1", "n1", "b", "f2", TaskStatus::Changed),
+    ]);
+    let p = Progress::read(text.as_bytes()).unwrap();
+    let a = p.done("n1", "s", "a").unwrap();
+    let b = p.done("n1", "s", "b").unwrap();
+    assert_eq!(b.boot, "boot-a");
+    assert!(
+        !p.lost_in_restart("n1", a, "boot-b"),
+        "a was on the disk before the restart"
+    );
+    assert!(
+        p.lost_in_restart("n1", b, "boot-b"),
+        "b was written after the last sync, then the node restarted"
+    );
+    assert!(
+        !p.lost_in_restart("n1", b, "boot-a"),
+        "the same boot (kubeboot was killed, not the node) keeps it"
+    );
+    assert!(
+        !p.lost_in_restart("n1", b, ""),
+        "a boot not known now counts as the same"
+    );
+    // A journal of an older kubeboot has no boot: nothing is taken as lost.
+    let old = Progress::read(journal_text(&[task("r1", "n1", "b", "f2", TaskStatus::Changed)]).as_bytes()).unwrap();
+    assert!(!old.lost_in_restart("n1", old.done("n1", "s", "b").unwrap(), "boot-b"));
+    let line = serde_json::to_string(&synced("r", "n1")).unwrap();
+    assert_eq!(line, r#"{"record":"synced","run":"r","ts":"t","node":"n1"}"#);
+}
+
 #[test]
 fn the_digest_key_is_made_once_and_private() {
     let dir = tempfile::tempdir().unwrap();

@@ -36,13 +36,15 @@ pub fn start_fresh(
 /// Whether a task (whose `when` holds) runs, from the journal: it runs when it never finished in its stage's
 /// current generation, when its content or its secrets differ from its last finish, when a task it depends on
 /// reported `changed` after that finish, or (conditionally, decided by the engine) when such a task runs now.
-/// `earlier` are the node's tasks planned before it.
+/// `earlier` are the node's tasks planned before it; `boot` is the node's boot now (empty: not known), and a finish
+/// in another boot that the node never synced does not count.
 pub fn resume(
     node: &str,
     t: &PlannedTask,
     progress: &Progress,
     secrets: &Digests,
     earlier: &[PlannedTask],
+    boot: &str,
 ) -> (Decision, Option<Why>) {
     let run = |why| (Decision::Run, Some(why));
     let Some(done) = progress.done(node, &t.stage, &t.task) else {
@@ -56,6 +58,9 @@ pub fn resume(
     };
     if done.generation != progress.generation(node, &t.stage) {
         return run(Why::FreshGeneration);
+    }
+    if progress.lost_in_restart(node, done, boot) {
+        return run(Why::Restarted);
     }
     // Secrets not read in this run (a plan shown without them) cannot be compared: they count as unchanged.
     let secrets_differ = !t.secrets.is_empty() && secrets.knows_all(&t.secrets) && done.secrets != t.inputs.secrets;

@@ -133,6 +133,63 @@ fn resume_skips_tasks_finished_before_unless_their_content_changed() {
     assert_ne!(changed.tasks[1].fingerprint, first.tasks[1].fingerprint);
 }
 
+#[test]
+fn a_task_the_node_may_have_lost_in_a_restart_runs_again() {
+    let (inv, books) = fixture();
+    let boot = |id: &str| Facts {
+        boot_id: id.into(),
+        ..Facts::assumed()
+    };
+    let first = plan(&inv, &books, "node-194", &Progress::empty(), &Selection::default());
+    let mut progress = Progress::empty();
+    progress.set_facts("node-194", boot("boot-a"));
+    progress.mark_done(
+        "node-194",
+        &first.tasks[0].stage,
+        &first.tasks[0].task,
+        &first.tasks[0].fingerprint,
+    );
+    progress.apply(&crate::journal::Record::Synced {
+        run: "r".into(),
+        ts: "t".into(),
+        node: "node-194".into(),
+    });
+    progress.mark_done(
+        "node-194",
+        &first.tasks[1].stage,
+        &first.tasks[1].task,
+        &first.tasks[1].fingerprint,
+    );
+    let at = |facts: &Facts| {
+        plan_node(
+            &inv,
+            &books,
+            "node-194",
+            facts,
+            &progress,
+            &Digests::none(),
+            &Selection::default(),
+        )
+        .unwrap()
+    };
+
+    let same_boot = at(&boot("boot-a"));
+    assert_eq!(
+        same_boot.tasks[1].decision,
+        Decision::Skip(SkipReason::Done),
+        "kubeboot stopped, the node did not"
+    );
+    let restarted = at(&boot("boot-b"));
+    assert_eq!(
+        restarted.tasks[0].decision,
+        Decision::Skip(SkipReason::Done),
+        "synced before the restart"
+    );
+    assert_eq!(restarted.tasks[1].decision, Decision::Run);
+    assert_eq!(restarted.tasks[1].why, Some(Why::Restarted));
+    assert_eq!(Why::Restarted.text(), "node restarted before it was on disk");
+}
+
 /// Records every task of a plan as the engine would: `changed` for run tasks, `ok` for copies and waits.
 fn record_all(progress: &mut Progress, p: &NodePlan, digests: &Digests) {
     for t in p

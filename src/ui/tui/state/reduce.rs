@@ -218,6 +218,8 @@ impl App {
                     node.output.push(LineKind::Note, &format!("✗ {error}"));
                 }
             }
+            // The journal's mark that the node's disk has what finished: nothing on the screen.
+            Event::NodeSynced { .. } => {}
             Event::RunFinished {
                 nodes_ok,
                 nodes_failed,
