@@ -117,7 +117,7 @@ fn measure(app: &mut App, width: u16, height: u16) -> (Duration, Duration) {
 fn main() {
     let start = Instant::now();
     let mut app = build();
-    let lines: usize = app.nodes.iter().map(|n| n.output.len()).sum();
+    let lines: usize = app.panes.iter().map(|p| p.output.len()).sum();
     println!("built {NODES} nodes, {lines} buffered lines in {:?}", start.elapsed());
     for (width, height) in [(80, 24), (120, 40), (200, 60)] {
         let (mean, median) = measure(&mut app, width, height);

@@ -10,7 +10,7 @@ pub mod cmd;
 pub mod ui;
 
 pub use kubeboot_core::{
-    bundle, diag, engine, event, facts, fanout, inventory, journal, kubeconfig, plan, playbook, secrets, spanned, ssh,
-    task,
+    bundle, diag, engine, event, facts, fanout, inventory, journal, kubeconfig, plan, playbook, run_model, secrets,
+    spanned, ssh, task,
 };
 pub use kubeboot_lab as lab;

@@ -174,22 +174,23 @@ fn new_app() -> App {
 }
 
 fn assert_consistent(app: &App) {
-    let (done, total) = app.task_progress();
+    let (done, total) = app.run.task_progress();
     assert!(done <= total, "{done} done of {total}");
-    for node in &app.nodes {
+    assert_eq!(app.panes.len(), app.run.nodes.len(), "one pane per node");
+    for (node, pane) in app.run.nodes.iter().zip(&app.panes) {
         assert!(
             node.tasks_done() + node.tasks_failed() <= node.tasks_total(),
             "{}",
             node.name
         );
-        assert!(node.output.len() <= OUTPUT_LINES_PER_NODE);
+        assert!(pane.output.len() <= OUTPUT_LINES_PER_NODE);
         assert!(node.current.is_none_or(|i| i < node.tasks.len()));
     }
-    assert!(app.nodes.is_empty() || app.selected < app.nodes.len());
-    let tally = app.node_tally();
+    assert!(app.run.nodes.is_empty() || app.selected < app.run.nodes.len());
+    let tally = app.run.node_tally();
     assert_eq!(
         tally.waiting + tally.running + tally.done + tally.failed + tally.cancelled,
-        app.nodes.len()
+        app.run.nodes.len()
     );
 }
 
@@ -204,7 +205,7 @@ proptest! {
                 Step::Event(event, now) => app.apply(&event, now),
                 Step::Action(action, page) => {
                     if let Some(Effect::Control(Control::Retry { node })) = app.act(action, page) {
-                        prop_assert!(app.nodes.iter().any(|n| n.name == node));
+                        prop_assert!(app.run.nodes.iter().any(|n| n.name == node));
                     }
                 }
             }

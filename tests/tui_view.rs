@@ -520,7 +520,7 @@ fn eighteen_stages() -> App {
 fn the_stage_matrix_numbers_stages_ten_and_up_with_two_digits_at_80x24() {
     let mut app = eighteen_stages();
     let _ = app.act(Action::Start, 10);
-    let stages = app.stages.clone();
+    let stages = app.run.stages.clone();
     for node in ["node-194", "node-195"] {
         for stage in &stages[..9] {
             app.apply(&started(node, stage, "step", 1), 100);

@@ -1,5 +1,7 @@
 //! The headless frontend (`--yes`, or no terminal): indicatif bars on a terminal, plain
-//! node-prefixed lines in a CI log, or one JSON event per line with `--output json`.
+//! node-prefixed lines in a CI log, or one JSON event per line with `--output json`. The lines are
+//! printed from each event as it comes; the run itself is folded into the core's run model, and the
+//! end-of-run summary is derived from it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::event::{Counts, Event, NodeStatus, SkipReason, Stream, TaskStatus};
 use crate::fanout::now;
+use crate::run_model::RunModel;
 use crate::ui::summary::Summary;
 
 /// How headless progress is shown.
@@ -40,7 +43,9 @@ pub async fn run(style: Style, mut events: mpsc::UnboundedReceiver<Event>, log_d
 
 struct Printer {
     style: Style,
-    summary: Summary,
+    /// The run so far (headless shows no live times, so the model's clock stays at 0).
+    run: RunModel,
+    log_dir: PathBuf,
     bars: Option<(MultiProgress, BTreeMap<String, ProgressBar>)>,
     out: std::io::BufWriter<std::io::Stdout>,
 }
@@ -62,7 +67,8 @@ impl Printer {
         });
         Printer {
             style,
-            summary: Summary::new(&log_dir),
+            run: RunModel::default(),
+            log_dir,
             bars,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
@@ -92,10 +98,10 @@ impl Printer {
             if let Ok(text) = serde_json::to_string(&JsonLine { ts: now(), event }) {
                 let _ = writeln!(self.out, "{text}");
             }
-            self.summary.apply(event);
+            self.run.apply(event, 0);
             return;
         }
-        self.summary.apply(event);
+        self.run.apply(event, 0);
         match event {
             Event::RunStarted {
                 nodes, stages, dry_run, ..
@@ -278,7 +284,7 @@ impl Printer {
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
         }
-        let text = self.summary.text();
+        let text = Summary::recorded(&self.run, &self.log_dir).text();
         if self.style == Style::Json {
             let _ = self.out.flush();
             eprint!("{text}");

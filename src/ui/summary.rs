@@ -1,13 +1,16 @@
-//! The end-of-run summary: one model of how each node ended and one table rendered from it. The headless printer
-//! folds the run's events into it ([`Summary::apply`]); the TUI fills it from its view model. Both print
-//! [`Summary::text`] when the run is over, and the TUI's summary screen draws the same model: its rows, columns
-//! ([`COLUMNS`]), title, tally and reasons.
+//! The end-of-run summary: how each node ended and one table rendered from it, derived from the core's
+//! [`RunModel`] (the one fold of the run's events). The headless printer derives it from what the engine recorded
+//! ([`Summary::recorded`]: each node's `node_finished`, its words for why); the TUI from what its screen showed
+//! ([`Summary::live`]: tallies and times as they stood, where a node failed). Both print [`Summary::text`] when the
+//! run is over, and the TUI's summary screen draws the same model: its rows, columns ([`COLUMNS`]), title, tally
+//! and reasons.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::event::{Counts, Event, NodeStatus};
+use crate::event::{Counts, NodeStatus};
 use crate::fanout::node_log_path;
+use crate::run_model::{NodeRun, NodeState, RunModel};
 
 /// The table's columns, in order.
 pub const COLUMNS: [&str; 8] = ["NODE", "RESULT", "CHANGED", "OK", "SKIPPED", "FAILED", "TIME", "LOG"];
@@ -94,80 +97,69 @@ pub struct Summary {
     pub end: Option<RunEnd>,
     /// How long the run has been going (used while `end` is None).
     pub elapsed_ms: u64,
-    /// The run's log folder.
-    log_dir: PathBuf,
+}
+
+impl From<NodeState> for NodeResult {
+    fn from(state: NodeState) -> Self {
+        match state {
+            NodeState::Waiting => NodeResult::NotRun,
+            NodeState::Connecting | NodeState::Running | NodeState::WaitingOnOthers => NodeResult::Running,
+            NodeState::Done => NodeResult::Ok,
+            NodeState::Failed => NodeResult::Failed,
+            NodeState::Cancelled => NodeResult::Cancelled,
+            NodeState::Blocked => NodeResult::Blocked,
+        }
+    }
 }
 
 impl Summary {
-    /// An empty summary whose nodes log below `log_dir`.
-    pub fn new(log_dir: &Path) -> Self {
+    /// The summary of what the engine recorded: each node as its `node_finished` left it (`running` when it
+    /// started and has none, `not run` when it never started), the engine's tallies, duration and reason.
+    pub fn recorded(run: &RunModel, log_dir: &Path) -> Self {
+        Summary::derive(run, run.end.map_or(0, |e| e.duration_ms), |node| NodeRow {
+            node: node.name.clone(),
+            result: match node.ended {
+                Some(status) => status.into(),
+                None if node.started_ms.is_some() => NodeResult::Running,
+                None => NodeResult::NotRun,
+            },
+            counts: node.final_counts.unwrap_or_default(),
+            duration_ms: node.duration_ms,
+            why: node.error.clone(),
+            log: node_log_path(log_dir, &node.name),
+        })
+    }
+
+    /// The summary of what the screen showed at the model's time: each node's state, its tallies counted from
+    /// its tasks until it finished, its time so far, and where it failed or who blocked it.
+    pub fn live(run: &RunModel, log_dir: &Path) -> Self {
+        Summary::derive(run, run.elapsed_ms(), |node| NodeRow {
+            node: node.name.clone(),
+            result: node.state.into(),
+            counts: node.counts(),
+            duration_ms: node.elapsed_ms(run.now_ms),
+            why: match node.state {
+                NodeState::Failed => node
+                    .failure_text()
+                    .strip_prefix(&format!("{}: ", node.name))
+                    .map(str::to_string),
+                NodeState::Blocked => node.blocked_by.as_ref().map(|by| format!("blocked by {by}")),
+                _ => None,
+            },
+            log: node_log_path(log_dir, &node.name),
+        })
+    }
+
+    fn derive(run: &RunModel, elapsed_ms: u64, row: impl Fn(&NodeRun) -> NodeRow) -> Self {
         Summary {
-            log_dir: log_dir.to_path_buf(),
-            ..Summary::default()
-        }
-    }
-
-    fn row(&mut self, node: &str) -> &mut NodeRow {
-        let i = match self.nodes.iter().position(|r| r.node == node) {
-            Some(i) => i,
-            None => {
-                self.nodes.push(NodeRow {
-                    node: node.to_string(),
-                    log: node_log_path(&self.log_dir, node),
-                    ..NodeRow::default()
-                });
-                self.nodes.len() - 1
-            }
-        };
-        &mut self.nodes[i]
-    }
-
-    /// Folds one event of the run in.
-    pub fn apply(&mut self, event: &Event) {
-        if let Some(node) = event.node() {
-            self.row(node);
-        }
-        match event {
-            Event::RunStarted { run_id, nodes, .. } => {
-                self.run_id = run_id.clone();
-                for n in nodes {
-                    self.row(&n.node);
-                }
-            }
-            Event::NodeConnecting { node, .. } => {
-                let row = self.row(node);
-                if row.result == NodeResult::NotRun {
-                    row.result = NodeResult::Running;
-                }
-            }
-            Event::NodeFinished {
-                node,
-                status,
-                error,
-                counts,
-                duration_ms,
-                ..
-            } => {
-                let row = self.row(node);
-                row.result = (*status).into();
-                row.counts = *counts;
-                row.duration_ms = Some(*duration_ms);
-                row.why = error.clone();
-            }
-            Event::RunFinished {
-                counts,
-                duration_ms,
-                interrupted,
-                ..
-            } => {
-                self.elapsed_ms = *duration_ms;
-                self.end = Some(RunEnd {
-                    counts: *counts,
-                    duration_ms: *duration_ms,
-                    interrupted: *interrupted,
-                })
-            }
-            _ => {}
+            run_id: run.run_id.clone(),
+            nodes: run.nodes.iter().map(row).collect(),
+            end: run.end.map(|e| RunEnd {
+                counts: e.counts,
+                duration_ms: e.duration_ms,
+                interrupted: e.interrupted,
+            }),
+            elapsed_ms,
         }
     }
 
@@ -290,7 +282,7 @@ pub fn duration(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::NodeOutline;
+    use crate::event::{Event, NodeOutline};
 
     fn outline(node: &str) -> NodeOutline {
         NodeOutline {
@@ -303,51 +295,66 @@ mod tests {
 
     #[test]
     fn a_failed_node_is_named_with_its_reason_and_what_to_do_next() {
-        let mut s = Summary::new(Path::new("logs"));
-        s.apply(&Event::RunStarted {
-            run_id: "r1".into(),
-            stages: Vec::new(),
-            nodes: vec![outline("node-1"), outline("node-2"), outline("node-3")],
-            dry_run: false,
-        });
-        s.apply(&Event::NodeConnecting {
-            node: "node-2".into(),
-            address: "127.0.0.1:22".into(),
-        });
-        s.apply(&Event::NodeFinished {
-            node: "node-1".into(),
-            status: NodeStatus::Ok,
-            error: None,
-            blocked_by: None,
-            counts: Counts {
-                ok: 2,
-                changed: 3,
-                skipped: 1,
-                failed: 0,
+        let mut s = RunModel::default();
+        s.apply(
+            &Event::RunStarted {
+                run_id: "r1".into(),
+                stages: Vec::new(),
+                nodes: vec![outline("node-1"), outline("node-2"), outline("node-3")],
+                dry_run: false,
             },
-            duration_ms: 62_000,
-        });
-        s.apply(&Event::NodeFinished {
-            node: "node-2".into(),
-            status: NodeStatus::Failed,
-            error: Some("files / check failed: exit code 1".into()),
-            blocked_by: None,
-            counts: Counts {
-                failed: 1,
-                ..Counts::default()
+            0,
+        );
+        s.apply(
+            &Event::NodeConnecting {
+                node: "node-2".into(),
+                address: "127.0.0.1:22".into(),
             },
-            duration_ms: 1_500,
-        });
-        s.apply(&Event::RunFinished {
-            nodes_ok: 1,
-            nodes_failed: 1,
-            nodes_cancelled: 0,
-            nodes_blocked: 0,
-            counts: Counts::default(),
-            duration_ms: 63_000,
-            interrupted: false,
-        });
-        let text = s.text();
+            0,
+        );
+        s.apply(
+            &Event::NodeFinished {
+                node: "node-1".into(),
+                status: NodeStatus::Ok,
+                error: None,
+                blocked_by: None,
+                counts: Counts {
+                    ok: 2,
+                    changed: 3,
+                    skipped: 1,
+                    failed: 0,
+                },
+                duration_ms: 62_000,
+            },
+            0,
+        );
+        s.apply(
+            &Event::NodeFinished {
+                node: "node-2".into(),
+                status: NodeStatus::Failed,
+                error: Some("files / check failed: exit code 1".into()),
+                blocked_by: None,
+                counts: Counts {
+                    failed: 1,
+                    ..Counts::default()
+                },
+                duration_ms: 1_500,
+            },
+            0,
+        );
+        s.apply(
+            &Event::RunFinished {
+                nodes_ok: 1,
+                nodes_failed: 1,
+                nodes_cancelled: 0,
+                nodes_blocked: 0,
+                counts: Counts::default(),
+                duration_ms: 63_000,
+                interrupted: false,
+            },
+            0,
+        );
+        let text = Summary::recorded(&s, Path::new("logs")).text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), COLUMNS);
         assert_eq!(
@@ -373,26 +380,31 @@ mod tests {
 
     #[test]
     fn an_interrupted_run_says_progress_is_saved_and_gives_no_fix_hint() {
-        let mut s = Summary::new(Path::new("logs"));
-        s.run_id = "r2".into();
-        s.apply(&Event::NodeFinished {
-            node: "node-1".into(),
-            status: NodeStatus::Cancelled,
-            error: None,
-            blocked_by: None,
-            counts: Counts::default(),
-            duration_ms: 4_000,
-        });
-        s.apply(&Event::RunFinished {
-            nodes_ok: 0,
-            nodes_failed: 0,
-            nodes_cancelled: 1,
-            nodes_blocked: 0,
-            counts: Counts::default(),
-            duration_ms: 4_100,
-            interrupted: true,
-        });
-        let text = s.text();
+        let mut s = RunModel::new("r2", Vec::new(), &[]);
+        s.apply(
+            &Event::NodeFinished {
+                node: "node-1".into(),
+                status: NodeStatus::Cancelled,
+                error: None,
+                blocked_by: None,
+                counts: Counts::default(),
+                duration_ms: 4_000,
+            },
+            0,
+        );
+        s.apply(
+            &Event::RunFinished {
+                nodes_ok: 0,
+                nodes_failed: 0,
+                nodes_cancelled: 1,
+                nodes_blocked: 0,
+                counts: Counts::default(),
+                duration_ms: 4_100,
+                interrupted: true,
+            },
+            0,
+        );
+        let text = Summary::recorded(&s, Path::new("logs")).text();
         assert!(
             text.contains("run r2 interrupted after 4s: 0 nodes ok, 0 failed, 1 cancelled — progress is saved"),
             "{text}"

@@ -161,7 +161,7 @@ async fn run_loop(
         let action = tokio::select! {
             _ = frames.tick() => {
                 take_answers(app, answers);
-                if *started && !app.events_closed {
+                if *started && !app.run.events_closed {
                     drain(app, events, now());
                 }
                 app.tick(now());

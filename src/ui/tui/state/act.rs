@@ -44,7 +44,7 @@ impl App {
             Action::PageDown => self.scroll_down(page.saturating_sub(1).max(1), page),
             Action::Home => {
                 self.follow = false;
-                self.scroll_top = self.selected_node().map_or(0, |n| n.output.first_seq());
+                self.scroll_top = self.selected_pane().map_or(0, |p| p.output.first_seq());
             }
             Action::End => self.follow = true,
             Action::ToggleFollow => {
@@ -55,19 +55,19 @@ impl App {
             }
             Action::Retry => {
                 // After `run_finished` the engine still takes retries until the screen lets go of it.
-                let engine_gone = self.events_closed;
-                let node = self.nodes.get_mut(self.selected)?;
+                let engine_gone = self.run.events_closed;
+                let node = self.run.nodes.get(self.selected)?;
                 if node.state != NodeState::Failed || engine_gone || self.cancelling {
                     return None;
                 }
-                node.retry_requested = true;
-                if self.run_end.take().is_some() {
+                let node = node.name.clone();
+                self.panes[self.selected].retry_requested = true;
+                // The run goes on: its end no longer holds (the retried node's events follow).
+                if self.run.end.take().is_some() {
                     self.screen = Screen::Running;
                     self.follow = true;
                 }
-                return Some(Effect::Control(Control::Retry {
-                    node: node.name.clone(),
-                }));
+                return Some(Effect::Control(Control::Retry { node }));
             }
             Action::AskQuit => {
                 if self.run_over() {
@@ -124,7 +124,7 @@ impl App {
     }
 
     fn select(&mut self, index: usize) {
-        let index = index.min(self.nodes.len().saturating_sub(1));
+        let index = index.min(self.run.nodes.len().saturating_sub(1));
         if index != self.selected {
             self.selected = index;
             self.follow = true;
@@ -133,8 +133,8 @@ impl App {
 
     /// The first visible line when showing the newest lines in a pane of `page` lines.
     fn bottom_top(&self, page: usize) -> u64 {
-        self.selected_node().map_or(0, |n| {
-            n.output.end_seq().saturating_sub(page as u64).max(n.output.first_seq())
+        self.selected_pane().map_or(0, |p| {
+            p.output.end_seq().saturating_sub(page as u64).max(p.output.first_seq())
         })
     }
 
@@ -144,7 +144,7 @@ impl App {
         if self.follow {
             return bottom;
         }
-        let first = self.selected_node().map_or(0, |n| n.output.first_seq());
+        let first = self.selected_pane().map_or(0, |p| p.output.first_seq());
         self.scroll_top.clamp(first, bottom.max(first))
     }
 

@@ -1,27 +1,29 @@
-//! The TUI's view model: everything the screen shows, updated only by [`App::apply`] (events, in [`reduce`]) and
-//! [`App::act`] (keys, in [`act`]). Both are pure: time comes in as milliseconds, nothing reads the clock or the terminal.
+//! The TUI's view model: the core's [`RunModel`] (the one fold of the run's events: nodes, tasks, stage cells,
+//! tallies, how the run ended) with the screen's own state on top, updated only by [`App::apply`] (events, in
+//! [`reduce`]) and [`App::act`] (keys, in [`act`]). Both are pure: time comes in as milliseconds, nothing reads the
+//! clock or the terminal.
 //!
-//! The model's parts live one per file: [`node`] (a node, its tasks and stage cells), [`output`] (a node's output
-//! pane and the sanitizing of remote lines), [`host_keys`] (the confirmation screen's host key look and decisions).
-//! This file holds the [`App`] itself and what every part asks of it.
+//! The screen's parts live one per file: [`output`] (a node's output pane and the sanitizing of remote lines),
+//! [`host_keys`] (the confirmation screen's host key look and decisions). This file holds the [`App`] itself and
+//! what every part asks of it.
 
 mod act;
 mod host_keys;
-mod node;
 mod output;
 mod reduce;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+
+use crate::event::NodeOutline;
 
 // The questions and answers of the core's contract; host_keys.rs adds what the operator decided.
 pub use crate::event::{Control, HostKeyAnswer, HostKeyIssue, HostKeyPrompt};
-use crate::event::{Counts, NodeOutline};
+// The run as the events tell it (the core's run model); the screen reads it and keeps its own state beside it.
+pub use crate::run_model::{Failure, NodeRun, NodeState, NodeTally, RunEnd, RunModel, StageCell, TaskRun, TaskState};
 
 pub use host_keys::{HostKeyCheck, HostKeyDecision, HostKeyView};
-pub use node::{Failure, NodeState, NodeView, StageCell, TaskState, TaskView};
 pub use output::{LineKind, MAX_LINE_CHARS, OUTPUT_LINES_PER_NODE, OutputBuffer, OutputLine, sanitize};
 pub use reduce::FAILURE_TAIL;
 
@@ -45,52 +47,26 @@ pub enum Focus {
     Output,
 }
 
-/// How the run ended, from `run_finished`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunEnd {
-    /// Nodes that finished.
-    pub nodes_ok: usize,
-    /// Nodes that failed.
-    pub nodes_failed: usize,
-    /// Nodes cut short.
-    pub nodes_cancelled: usize,
-    /// All task tallies.
-    pub counts: Counts,
-    /// The run's duration.
-    pub duration_ms: u64,
-    /// The run was interrupted.
-    pub interrupted: bool,
-}
-
-/// Node tallies for the header.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NodeTally {
-    /// Not started yet.
-    pub waiting: usize,
-    /// Connecting or running.
-    pub running: usize,
-    /// Finished well.
-    pub done: usize,
-    /// Failed.
-    pub failed: usize,
-    /// Cancelled.
-    pub cancelled: usize,
+/// What the screen keeps of one node beside its row in the run model.
+#[derive(Debug, Clone, Default)]
+pub struct NodePane {
+    /// Its recent output, with kubeboot's own notes between the lines.
+    pub output: OutputBuffer,
+    /// The last output lines at the moment it failed (shown above the output while it is failed).
+    pub failure_tail: Vec<String>,
+    /// The operator asked for a retry and no event has answered yet.
+    pub retry_requested: bool,
 }
 
 /// The whole view model.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// The run's id (names the journal entry).
-    pub run_id: String,
-    /// Stage names in order.
-    pub stages: Vec<String>,
-    /// Nodes in inventory order.
-    pub nodes: Vec<NodeView>,
-    index: HashMap<String, usize>,
+    /// The run itself, folded from the engine's events.
+    pub run: RunModel,
+    /// One pane per node, in the order of `run.nodes`.
+    pub panes: Vec<NodePane>,
     /// Where the per-node log files are.
     pub log_dir: PathBuf,
-    /// The run only shows what it would do.
-    pub dry_run: bool,
     /// Which screen is shown.
     pub screen: Screen,
     /// Which pane has the arrows.
@@ -111,14 +87,6 @@ pub struct App {
     pub leaving: bool,
     /// Draw with colours (false under `NO_COLOR`).
     pub color: bool,
-    /// The latest time the model was given (ms on the run's clock).
-    pub now_ms: u64,
-    /// When the run started.
-    pub run_started_ms: Option<u64>,
-    /// How the run ended.
-    pub run_end: Option<RunEnd>,
-    /// The engine's event channel closed.
-    pub events_closed: bool,
     /// Host keys waiting for a decision on the confirmation screen (unknown or changed), in node order.
     pub host_keys: Vec<HostKeyView>,
     /// Index into `host_keys` of the selected one.
@@ -131,12 +99,9 @@ impl App {
     /// A model showing the confirmation screen for these stages and nodes.
     pub fn new(run_id: &str, stages: Vec<String>, nodes: &[NodeOutline], log_dir: PathBuf) -> Self {
         let mut app = App {
-            run_id: run_id.to_string(),
-            stages,
-            nodes: Vec::new(),
-            index: HashMap::new(),
+            run: RunModel::new(run_id, stages, nodes),
+            panes: Vec::new(),
             log_dir,
-            dry_run: false,
             screen: Screen::Confirm,
             focus: Focus::List,
             selected: 0,
@@ -147,87 +112,45 @@ impl App {
             cancelling: false,
             leaving: false,
             color: true,
-            now_ms: 0,
-            run_started_ms: None,
-            run_end: None,
-            events_closed: false,
             host_keys: Vec::new(),
             host_key_selected: 0,
             host_key_check: None,
         };
-        for outline in nodes {
-            app.upsert(outline);
-        }
+        app.add_panes();
         app
     }
 
-    fn upsert(&mut self, outline: &NodeOutline) -> usize {
-        if let Some(&i) = self.index.get(&outline.node) {
-            self.nodes[i].replan(outline);
-            return i;
+    /// Gives every node of the run model its pane (the model adds nodes that only events name).
+    fn add_panes(&mut self) {
+        let nodes = self.run.nodes.len();
+        if self.panes.len() < nodes {
+            self.panes.resize_with(nodes, NodePane::default);
         }
-        self.index.insert(outline.node.clone(), self.nodes.len());
-        self.nodes.push(NodeView::new(outline));
-        self.nodes.len() - 1
-    }
-
-    fn node_mut(&mut self, name: &str) -> &mut NodeView {
-        let i = match self.index.get(name) {
-            Some(&i) => i,
-            None => {
-                self.index.insert(name.to_string(), self.nodes.len());
-                self.nodes.push(NodeView::unknown(name));
-                self.nodes.len() - 1
-            }
-        };
-        &mut self.nodes[i]
     }
 
     /// The selected node, if there is any node.
-    pub fn selected_node(&self) -> Option<&NodeView> {
-        self.nodes.get(self.selected)
+    pub fn selected_node(&self) -> Option<&NodeRun> {
+        self.run.nodes.get(self.selected)
+    }
+
+    /// The selected node's pane, if there is any node.
+    pub fn selected_pane(&self) -> Option<&NodePane> {
+        self.panes.get(self.selected)
+    }
+
+    /// The pane of the node at `index` in `run.nodes`.
+    pub fn pane(&self, index: usize) -> Option<&NodePane> {
+        self.panes.get(index)
     }
 
     /// The run ended (or the engine went away); nothing more will change.
     pub fn run_over(&self) -> bool {
-        self.run_end.is_some() || self.events_closed
+        self.run.run_over()
     }
 
     /// The main loop should stop: cancelling (or leaving) and the engine has stopped.
     pub fn should_exit(&self) -> bool {
         (self.cancelling || self.leaving) && self.run_over()
-    }
-
-    /// Tasks done and in total, over all nodes.
-    pub fn task_progress(&self) -> (usize, usize) {
-        self.nodes
-            .iter()
-            .fold((0, 0), |(d, t), n| (d + n.tasks_done(), t + n.tasks_total()))
-    }
-
-    /// Node tallies for the header.
-    pub fn node_tally(&self) -> NodeTally {
-        let mut tally = NodeTally::default();
-        for node in &self.nodes {
-            match node.state {
-                NodeState::Waiting => tally.waiting += 1,
-                NodeState::Connecting | NodeState::Running => tally.running += 1,
-                NodeState::Done => tally.done += 1,
-                NodeState::Failed => tally.failed += 1,
-                NodeState::Cancelled => tally.cancelled += 1,
-                NodeState::WaitingOnOthers => tally.waiting += 1,
-                NodeState::Blocked => tally.failed += 1,
-            }
-        }
-        tally
-    }
-
-    /// Elapsed run time at the model's `now_ms`.
-    pub fn elapsed_ms(&self) -> u64 {
-        if let Some(end) = self.run_end {
-            return end.duration_ms;
-        }
-        self.run_started_ms.map_or(0, |start| self.now_ms.saturating_sub(start))
     }
 
     /// The log file of a node.
@@ -237,6 +160,6 @@ impl App {
 
     /// Advances the model's clock (for elapsed times) without an event.
     pub fn tick(&mut self, now_ms: u64) {
-        self.now_ms = self.now_ms.max(now_ms);
+        self.run.tick(now_ms);
     }
 }

@@ -84,14 +84,14 @@ fn run_finished() -> Event {
 fn finished_tasks_count_as_done_and_fill_the_stage_matrix() {
     let mut app = app();
     app.apply(&started("n1", "prep", "a"), 1);
-    assert_eq!(app.nodes[0].stage_cell("prep"), StageCell::Running);
+    assert_eq!(app.run.nodes[0].stage_cell("prep"), StageCell::Running);
     app.apply(&finished("n1", "prep", "a", TaskStatus::Changed), 2);
     app.apply(&finished("n1", "prep", "b", TaskStatus::Ok), 3);
-    assert_eq!(app.nodes[0].tasks_done(), 2);
-    assert_eq!(app.nodes[0].stage_cell("prep"), StageCell::Done);
-    assert_eq!(app.nodes[0].stage_cell("install"), StageCell::Pending);
-    assert_eq!(app.nodes[0].stage_cell("other"), StageCell::NotApplicable);
-    assert_eq!(app.task_progress(), (2, 6));
+    assert_eq!(app.run.nodes[0].tasks_done(), 2);
+    assert_eq!(app.run.nodes[0].stage_cell("prep"), StageCell::Done);
+    assert_eq!(app.run.nodes[0].stage_cell("install"), StageCell::Pending);
+    assert_eq!(app.run.nodes[0].stage_cell("other"), StageCell::NotApplicable);
+    assert_eq!(app.run.task_progress(), (2, 6));
 }
 
 #[test]
@@ -108,12 +108,12 @@ fn a_failed_task_keeps_its_exit_code_and_last_lines() {
     );
     app.apply(&finished("n1", "prep", "a", TaskStatus::Failed), 2);
     app.apply(&node_finished("n1", NodeStatus::Failed), 3);
-    let node = &app.nodes[0];
+    let node = &app.run.nodes[0];
     assert_eq!(node.state, NodeState::Failed);
     let failure = node
         .failure
         .as_ref()
-        .map(|f| (f.exit_code, f.task.clone(), f.last_lines.last().cloned()));
+        .map(|f| (f.exit_code, f.task.clone(), app.panes[0].failure_tail.last().cloned()));
     assert_eq!(failure, Some((Some(2), Some("a".into()), Some("boom".into()))));
     assert_eq!(node.stage_cell("prep"), StageCell::Failed);
 }
@@ -128,11 +128,11 @@ fn retry_is_sent_only_for_a_failed_node_which_runs_again_when_events_arrive() {
         app.act(Action::Retry, 10),
         Some(Effect::Control(Control::Retry { node: "n1".into() }))
     );
-    assert!(app.nodes[0].retry_requested);
+    assert!(app.panes[0].retry_requested);
     app.apply(&started("n1", "prep", "a"), 4);
-    let node = &app.nodes[0];
+    let node = &app.run.nodes[0];
     assert_eq!(node.state, NodeState::Running);
-    assert!(node.failure.is_none() && !node.retry_requested);
+    assert!(node.failure.is_none() && !app.panes[0].retry_requested);
     assert_eq!(node.tasks_failed(), 0);
 }
 
@@ -213,9 +213,9 @@ fn scrolling_up_pauses_follow_and_reaching_the_end_resumes_it() {
 fn events_about_unknown_nodes_and_tasks_are_added_not_dropped() {
     let mut app = app();
     app.apply(&finished("n9", "extra", "z", TaskStatus::Ok), 1);
-    assert_eq!(app.nodes.len(), 3);
-    assert_eq!(app.nodes[2].tasks_total(), 1);
-    assert_eq!(app.nodes[2].tasks_done(), 1);
+    assert_eq!(app.run.nodes.len(), 3);
+    assert_eq!(app.run.nodes[2].tasks_total(), 1);
+    assert_eq!(app.run.nodes[2].tasks_done(), 1);
 }
 
 #[test]
@@ -235,8 +235,8 @@ fn a_new_plan_keeps_what_already_finished() {
         },
         2,
     );
-    assert_eq!(app.nodes[0].tasks_total(), 4);
-    assert_eq!(app.nodes[0].tasks_done(), 1);
+    assert_eq!(app.run.nodes[0].tasks_total(), 4);
+    assert_eq!(app.run.nodes[0].tasks_done(), 1);
 }
 
 #[test]
@@ -259,8 +259,8 @@ fn skipped_tasks_from_an_earlier_run_show_as_skipped() {
             1,
         );
     }
-    assert_eq!(app.nodes[0].stage_cell("prep"), StageCell::Skipped);
-    assert_eq!(app.nodes[0].counts().skipped, 2);
+    assert_eq!(app.run.nodes[0].stage_cell("prep"), StageCell::Skipped);
+    assert_eq!(app.run.nodes[0].counts().skipped, 2);
 }
 
 #[test]
@@ -274,7 +274,7 @@ fn elapsed_times_come_from_the_times_given() {
         1_000,
     );
     app.tick(61_000);
-    assert_eq!(app.nodes[0].elapsed_ms(app.now_ms), Some(60_000));
+    assert_eq!(app.run.nodes[0].elapsed_ms(app.run.now_ms), Some(60_000));
     assert_eq!(duration(60_000), "1m00s");
     assert_eq!(duration(3_723_000), "1h02m");
 }

@@ -6,24 +6,24 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-use super::super::state::{App, HostKeyAnswer, HostKeyCheck, HostKeyDecision, HostKeyIssue, NodeView};
+use super::super::state::{App, HostKeyAnswer, HostKeyCheck, HostKeyDecision, HostKeyIssue, NodeRun};
 use super::{Theme, footer, plural};
 
 pub(super) fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let clusters = {
-        let mut names: Vec<&str> = app.nodes.iter().filter_map(|n| n.cluster.as_deref()).collect();
+        let mut names: Vec<&str> = app.run.nodes.iter().filter_map(|n| n.cluster.as_deref()).collect();
         names.sort_unstable();
         names.dedup();
         names.len()
     };
-    let (_, total) = app.task_progress();
-    let skips: usize = app.nodes.iter().map(NodeView::resume_skips).sum();
+    let (_, total) = app.run.task_progress();
+    let skips: usize = app.run.nodes.iter().map(NodeRun::resume_skips).sum();
     let mut intro = vec![Line::from(vec![
-        Span::styled(plural(app.nodes.len(), "node"), theme.bold()),
+        Span::styled(plural(app.run.nodes.len(), "node"), theme.bold()),
         Span::raw(format!(
             " in {} · {} · {}",
             plural(clusters, "cluster"),
-            plural(app.stages.len(), "stage"),
+            plural(app.run.stages.len(), "stage"),
             plural(total, "task")
         )),
     ])];
@@ -39,7 +39,7 @@ pub(super) fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Them
         Line::raw("Nothing remembered from an earlier run: every task runs.")
     });
 
-    let stage_rows = app.stages.len() as u16 + 3;
+    let stage_rows = app.run.stages.len() as u16 + 3;
     let key_lines = host_key_lines(app, theme);
     let key_rows = if key_lines.is_empty() {
         0
@@ -54,7 +54,7 @@ pub(super) fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Them
         Constraint::Length(1),
     ])
     .areas(area);
-    let title = format!(" kubeboot apply · run {} ", app.run_id);
+    let title = format!(" kubeboot apply · run {} ", app.run.run_id);
     frame.render_widget(
         Paragraph::new(intro).block(Block::bordered().title(title).border_style(theme.border(true))),
         intro_area,
@@ -62,25 +62,32 @@ pub(super) fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Them
 
     // When the stages do not all fit, the last row says how many more there are.
     let fits = stages_area.height.saturating_sub(3) as usize;
-    let (listed, more) = if app.stages.len() > fits && fits > 0 {
-        (fits - 1, app.stages.len() - (fits - 1))
+    let (listed, more) = if app.run.stages.len() > fits && fits > 0 {
+        (fits - 1, app.run.stages.len() - (fits - 1))
     } else {
-        (app.stages.len(), 0)
+        (app.run.stages.len(), 0)
     };
     let more_row =
         (more > 0).then(|| Row::new(vec![String::new(), format!("+{more} more")]).style(theme.fg(Color::DarkGray)));
     let stage_table = Table::new(
-        app.stages
+        app.run
+            .stages
             .iter()
             .take(listed)
             .enumerate()
             .map(|(i, stage)| {
                 let nodes = app
+                    .run
                     .nodes
                     .iter()
                     .filter(|n| n.tasks.iter().any(|t| &t.stage == stage))
                     .count();
-                let tasks = app.nodes.iter().flat_map(|n| &n.tasks).filter(|t| &t.stage == stage);
+                let tasks = app
+                    .run
+                    .nodes
+                    .iter()
+                    .flat_map(|n| &n.tasks)
+                    .filter(|t| &t.stage == stage);
                 let (count, skip) = tasks.fold((0, 0), |(c, s), t| {
                     (
                         c + 1,
@@ -140,8 +147,8 @@ pub(super) fn draw_confirm(frame: &mut Frame, area: Rect, app: &App, theme: Them
     }
 
     let rows_visible = nodes_area.height.saturating_sub(3) as usize;
-    let hidden = app.nodes.len().saturating_sub(rows_visible);
-    let node_rows = app.nodes.iter().take(rows_visible).map(|node| {
+    let hidden = app.run.nodes.len().saturating_sub(rows_visible);
+    let node_rows = app.run.nodes.iter().take(rows_visible).map(|node| {
         let skip = node.resume_skips();
         Row::new(vec![
             node.name.clone(),

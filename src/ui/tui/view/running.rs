@@ -8,7 +8,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Row, Table};
 
-use super::super::state::{App, FAILURE_TAIL, Focus, LineKind, NodeState, NodeView};
+use super::super::state::{App, FAILURE_TAIL, Focus, LineKind, NodePane, NodeRun, NodeState};
 use super::{Theme, bar, cell_symbol, footer, node_symbol, truncate};
 use crate::ui::summary;
 
@@ -33,7 +33,7 @@ pub struct Regions {
 /// Lays the running screen out: the node list gets at most about half the height, the output the rest.
 pub fn regions(area: Rect, app: &App) -> Regions {
     let body = area.height.saturating_sub(3);
-    let wanted = app.nodes.len() as u16 + 3;
+    let wanted = app.run.nodes.len() as u16 + 3;
     let list_height = wanted.min((body * 11 / 20).max(5)).min(body);
     let [header, middle, output, footer] = Layout::vertical([
         Constraint::Length(2),
@@ -55,7 +55,7 @@ pub fn regions(area: Rect, app: &App) -> Regions {
 
 /// Width of one stage column in the matrix for a terminal `width` wide.
 fn stage_column_width(width: u16, app: &App) -> u16 {
-    let stages = app.stages.len() as u16;
+    let stages = app.run.stages.len() as u16;
     if stages == 0 {
         return 0;
     }
@@ -63,17 +63,17 @@ fn stage_column_width(width: u16, app: &App) -> u16 {
         // On a small terminal the node list's stage/task text matters more than stage names: one symbol a stage.
         return 2;
     }
-    let longest = app.stages.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u16;
+    let longest = app.run.stages.iter().map(|s| s.chars().count()).max().unwrap_or(0) as u16;
     let budget = (width * 2 / 5).saturating_sub(2) / stages;
     (longest + 1).min(12).min(budget).max(2)
 }
 
 fn matrix_width(width: u16, app: &App) -> u16 {
-    if app.stages.is_empty() {
+    if app.run.stages.is_empty() {
         return 0;
     }
     // At least wide enough for its " stages " title.
-    (stage_column_width(width, app) * app.stages.len() as u16 + 2)
+    (stage_column_width(width, app) * app.run.stages.len() as u16 + 2)
         .max(10)
         .min(width / 2)
 }
@@ -88,13 +88,13 @@ pub fn list_offset(selected: usize, rows: usize) -> usize {
 }
 
 /// Lines the failure report takes at the top of an output pane `inner_height` high.
-fn failure_height(node: &NodeView, inner_height: u16) -> u16 {
+fn failure_height(node: &NodeRun, pane: &NodePane, inner_height: u16) -> u16 {
     let Some(failure) = &node.failure else { return 0 };
     if node.state != NodeState::Failed {
         return 0;
     }
     let budget = (inner_height / 2).saturating_sub(3) as usize;
-    let tail = failure.last_lines.len().min(budget).min(FAILURE_TAIL);
+    let tail = pane.failure_tail.len().min(budget).min(FAILURE_TAIL);
     let error = usize::from(failure.error.is_some());
     (1 + error + tail + 1) as u16
 }
@@ -102,7 +102,10 @@ fn failure_height(node: &NodeView, inner_height: u16) -> u16 {
 /// Lines of scrolling output visible on a terminal of `area` (what PgUp/PgDn move by).
 pub fn output_page(area: Rect, app: &App) -> usize {
     let inner = regions(area, app).output.height.saturating_sub(2);
-    let failure = app.selected_node().map_or(0, |n| failure_height(n, inner));
+    let failure = app
+        .selected_node()
+        .zip(app.selected_pane())
+        .map_or(0, |(n, p)| failure_height(n, p, inner));
     inner.saturating_sub(failure) as usize
 }
 
@@ -126,13 +129,13 @@ pub(super) fn draw_running(frame: &mut Frame, area: Rect, app: &App, theme: Them
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    let tally = app.node_tally();
+    let tally = app.run.node_tally();
     let mut spans = vec![
         Span::styled(" kubeboot", theme.bold()),
         Span::raw(format!(
             " · run {} · ⏱ {} · nodes: ",
-            app.run_id,
-            summary::duration(app.elapsed_ms())
+            app.run.run_id,
+            summary::duration(app.run.elapsed_ms())
         )),
         Span::styled(format!("{} running", tally.running), theme.fg(Color::Cyan)),
         Span::raw(", "),
@@ -146,7 +149,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if tally.cancelled > 0 {
         spans.push(Span::raw(format!(", {} cancelled", tally.cancelled)));
     }
-    if app.dry_run {
+    if app.run.dry_run {
         spans.push(Span::styled(
             " · DRY RUN",
             theme.fg(Color::Yellow).add_modifier(Modifier::BOLD),
@@ -158,7 +161,7 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             theme.fg(Color::Yellow).add_modifier(Modifier::BOLD),
         ));
     }
-    let (done, total) = app.task_progress();
+    let (done, total) = app.run.task_progress();
     let percent = (done * 100).checked_div(total).unwrap_or(0);
     let label = format!(" {done}/{total} tasks ({percent}%)");
     let width = (area.width as usize).saturating_sub(label.chars().count() + 8);
@@ -170,8 +173,8 @@ fn draw_header(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     frame.render_widget(Paragraph::new(vec![Line::from(spans), gauge]), area);
 }
 
-fn node_activity(node: &NodeView) -> String {
-    if node.retry_requested {
+fn node_activity(node: &NodeRun, pane: &NodePane) -> String {
+    if pane.retry_requested {
         return "retry requested…".to_string();
     }
     match node.state {
@@ -212,15 +215,17 @@ fn node_rows<'a>(
     theme: Theme,
     offset: usize,
     rows_visible: usize,
-    row: impl Fn(&'a NodeView) -> Row<'a> + 'a,
+    row: impl Fn(&'a NodeRun, &'a NodePane) -> Row<'a> + 'a,
 ) -> impl Iterator<Item = Row<'a>> + 'a {
-    app.nodes
+    app.run
+        .nodes
         .iter()
+        .zip(&app.panes)
         .enumerate()
         .skip(offset)
         .take(rows_visible)
-        .map(move |(i, node)| {
-            let row = row(node);
+        .map(move |(i, (node, pane))| {
+            let row = row(node, pane);
             if i == app.selected {
                 row.style(selection_style(app, theme))
             } else {
@@ -240,6 +245,7 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let rows_visible = area.height.saturating_sub(3) as usize;
     let offset = list_offset(app.selected, rows_visible);
     let name_width = app
+        .run
         .nodes
         .iter()
         .map(|n| n.name.chars().count())
@@ -247,13 +253,14 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .unwrap_or(4)
         .clamp(4, 18) as u16;
     let cluster_width = app
+        .run
         .nodes
         .iter()
         .filter_map(|n| n.cluster.as_ref().map(|c| c.chars().count()))
         .max()
         .unwrap_or(0)
         .min(14) as u16;
-    let most = app.nodes.iter().map(NodeView::tasks_total).max().unwrap_or(0);
+    let most = app.run.nodes.iter().map(NodeRun::tasks_total).max().unwrap_or(0);
     let digits = most.to_string().len() as u16;
     let progress_width = BAR_WIDTH as u16 + 2 + digits * 2;
     // The cluster column goes first when space is short: the stage/task is what the operator watches.
@@ -275,7 +282,7 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     header.extend(["stage / task", "tasks", "time"]);
 
-    let rows = node_rows(app, theme, offset, rows_visible, move |node| {
+    let rows = node_rows(app, theme, offset, rows_visible, move |node, pane| {
         let done = node.tasks_done() + node.tasks_failed();
         let total = node.tasks_total();
         let mut cells = vec![
@@ -291,7 +298,7 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Style::new()
         };
         cells.extend([
-            Span::styled(node_activity(node), activity_style),
+            Span::styled(node_activity(node, pane), activity_style),
             Span::raw(format!(
                 "{} {:>w$}/{:<w$}",
                 bar(done, total, BAR_WIDTH),
@@ -299,12 +306,16 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 total,
                 w = digits as usize
             )),
-            Span::raw(node.elapsed_ms(app.now_ms).map(summary::duration).unwrap_or_default()),
+            Span::raw(
+                node.elapsed_ms(app.run.now_ms)
+                    .map(summary::duration)
+                    .unwrap_or_default(),
+            ),
         ]);
         Row::new(cells)
     });
-    let title = if app.nodes.len() > rows_visible {
-        format!(" nodes {}/{} ", app.selected + 1, app.nodes.len())
+    let title = if app.run.nodes.len() > rows_visible {
+        format!(" nodes {}/{} ", app.selected + 1, app.run.nodes.len())
     } else {
         " nodes ".to_string()
     };
@@ -320,14 +331,14 @@ fn draw_node_list(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 }
 
 fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
-    if area.width == 0 || app.stages.is_empty() {
+    if area.width == 0 || app.run.stages.is_empty() {
         return;
     }
     let rows_visible = area.height.saturating_sub(3) as usize;
     let offset = list_offset(app.selected, rows_visible);
-    let column = area.width.saturating_sub(2) / app.stages.len() as u16;
+    let column = area.width.saturating_sub(2) / app.run.stages.len() as u16;
     let columns = (area.width.saturating_sub(2) / column.max(1)) as usize;
-    let shown = &app.stages[..app.stages.len().min(columns)];
+    let shown = &app.run.stages[..app.run.stages.len().min(columns)];
     // Numbers too wide for their column (stages 10 and up in one-character columns) show their units digit in
     // the header and their tens digit above it, on the border line: `1` over `0` reads as stage 10.
     let narrow = column < 3 && shown.len() >= 10;
@@ -340,7 +351,7 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             ((i + 1) % 100).to_string()
         }
     });
-    let rows = node_rows(app, theme, offset, rows_visible, move |node| {
+    let rows = node_rows(app, theme, offset, rows_visible, move |node, _| {
         Row::new(shown.iter().map(|stage| {
             let cell = node.stage_cell(stage);
             Span::styled(cell_symbol(cell), theme.cell(cell))
@@ -369,7 +380,7 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
 
 fn draw_output(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let focused = app.focus == Focus::Output;
-    let Some(node) = app.selected_node() else {
+    let (Some(node), Some(pane)) = (app.selected_node(), app.selected_pane()) else {
         frame.render_widget(
             Block::bordered().title(" output ").border_style(theme.border(focused)),
             area,
@@ -377,10 +388,10 @@ fn draw_output(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
         return;
     };
     let inner_height = area.height.saturating_sub(2);
-    let failure_rows = failure_height(node, inner_height);
+    let failure_rows = failure_height(node, pane, inner_height);
     let page = inner_height.saturating_sub(failure_rows) as usize;
     let top = app.output_top(page);
-    let output = &node.output;
+    let output = &pane.output;
     let mode = if app.follow {
         "following".to_string()
     } else {
@@ -412,8 +423,8 @@ fn draw_output(frame: &mut Frame, area: Rect, app: &App, theme: Theme) {
             lines.push(Line::styled(format!("  {error}"), red));
         }
         let tail_rows = (failure_rows as usize).saturating_sub(lines.len() + 1);
-        let skip = failure.last_lines.len().saturating_sub(tail_rows);
-        for line in failure.last_lines.iter().skip(skip) {
+        let skip = pane.failure_tail.len().saturating_sub(tail_rows);
+        for line in pane.failure_tail.iter().skip(skip) {
             lines.push(Line::from(vec![Span::styled("  │ ", red), Span::raw(line.clone())]));
         }
         lines.push(Line::styled(

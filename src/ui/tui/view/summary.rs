@@ -1,14 +1,12 @@
 //! The summary screen after the run, and the one summary model both frontends print.
 
-use std::fmt::Write as _;
-
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table, Wrap};
 
-use super::super::state::{App, NodeState, NodeView};
+use super::super::state::{App, NodeState};
 use super::{Theme, footer, list_offset, node_symbol, plural, truncate_left};
 use crate::ui::summary::{self, NodeResult, Summary};
 
@@ -141,7 +139,7 @@ pub(super) fn draw_summary(frame: &mut Frame, area: Rect, app: &App, theme: Them
         );
     }
     let mut hints = vec![("q/Enter", "leave"), ("Tab", "run view"), ("↑↓", "select")];
-    if !app.events_closed && app.nodes.iter().any(|n| n.state == NodeState::Failed) {
+    if !app.run.events_closed && app.run.nodes.iter().any(|n| n.state == NodeState::Failed) {
         // The engine still takes retries after the run ended.
         hints.push(("r", "retry"));
     }
@@ -166,60 +164,9 @@ pub(super) fn result_state(result: NodeResult) -> NodeState {
     }
 }
 
-/// One line naming where and why a failed node failed.
-fn failure_text(node: &NodeView) -> String {
-    let mut text = node.name.clone();
-    let Some(failure) = &node.failure else {
-        return format!("{text}: failed");
-    };
-    if let (Some(stage), Some(task)) = (&failure.stage, &failure.task) {
-        let _ = write!(text, ": {stage} / {task}");
-    }
-    if let Some(code) = failure.exit_code {
-        let _ = write!(text, " (exit {code})");
-    }
-    if let Some(error) = &failure.error {
-        let _ = write!(text, ": {error}");
-    }
-    text
-}
-
 /// The end-of-run summary of the TUI's run, in the model both frontends print.
 pub fn summary(app: &App) -> Summary {
-    let mut summary = Summary::new(&app.log_dir);
-    summary.run_id = app.run_id.clone();
-    summary.elapsed_ms = app.elapsed_ms();
-    summary.end = app.run_end.map(|e| summary::RunEnd {
-        counts: e.counts,
-        duration_ms: e.duration_ms,
-        interrupted: e.interrupted,
-    });
-    summary.nodes = app
-        .nodes
-        .iter()
-        .map(|node| summary::NodeRow {
-            node: node.name.clone(),
-            result: match node.state {
-                NodeState::Waiting => NodeResult::NotRun,
-                NodeState::Connecting | NodeState::Running | NodeState::WaitingOnOthers => NodeResult::Running,
-                NodeState::Done => NodeResult::Ok,
-                NodeState::Failed => NodeResult::Failed,
-                NodeState::Cancelled => NodeResult::Cancelled,
-                NodeState::Blocked => NodeResult::Blocked,
-            },
-            counts: node.counts(),
-            duration_ms: node.elapsed_ms(app.now_ms),
-            why: match node.state {
-                NodeState::Failed => failure_text(node)
-                    .strip_prefix(&format!("{}: ", node.name))
-                    .map(str::to_string),
-                NodeState::Blocked => node.blocked_by.as_ref().map(|by| format!("blocked by {by}")),
-                _ => None,
-            },
-            log: app.log_path(&node.name),
-        })
-        .collect();
-    summary
+    Summary::live(&app.run, &app.log_dir)
 }
 
 /// The printable summary table the caller shows after the terminal is restored.

@@ -1,8 +1,8 @@
-//! One node as the TUI shows it: where it is, its tasks in plan order and how far it is in each stage.
+//! One node of the run model: where it is, its tasks in plan order and how far it is in each stage.
 
-use crate::event::{Counts, NodeOutline, SkipReason, TaskOutline, TaskStatus};
+use std::fmt::Write as _;
 
-use super::output::OutputBuffer;
+use crate::event::{Counts, NodeOutline, NodeStatus, SkipReason, TaskOutline, TaskStatus};
 
 /// Where a node is in its run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +76,9 @@ pub enum StageCell {
     Failed,
 }
 
-/// One task as the TUI tracks it.
+/// One task as the run model tracks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskView {
+pub struct TaskRun {
     /// The stage (playbook) it belongs to.
     pub stage: String,
     /// The task's name.
@@ -89,9 +89,9 @@ pub struct TaskView {
     pub state: TaskState,
 }
 
-impl TaskView {
+impl TaskRun {
     fn from_outline(outline: &TaskOutline) -> Self {
-        TaskView {
+        TaskRun {
             stage: outline.stage.clone(),
             name: outline.task.clone(),
             planned_skip: outline.skip,
@@ -111,13 +111,22 @@ pub struct Failure {
     pub exit_code: Option<i32>,
     /// The error kubeboot reported (timeout, connection lost, ...).
     pub error: Option<String>,
-    /// The last output lines at the moment of failure.
-    pub last_lines: Vec<String>,
 }
 
-/// One node as the TUI shows it.
+/// An attempt that failed while the task will be tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retrying {
+    /// The attempt that failed (from 1).
+    pub attempt: u32,
+    /// Why it failed.
+    pub error: String,
+    /// How long the engine waits before the next attempt.
+    pub delay_ms: u64,
+}
+
+/// One node's row of the run model.
 #[derive(Debug, Clone)]
-pub struct NodeView {
+pub struct NodeRun {
     /// Name from the inventory.
     pub name: String,
     /// Its cluster, if any.
@@ -127,15 +136,13 @@ pub struct NodeView {
     /// Where it is.
     pub state: NodeState,
     /// Its tasks in plan order.
-    pub tasks: Vec<TaskView>,
+    pub tasks: Vec<TaskRun>,
     /// Index into `tasks` of the running task.
     pub current: Option<usize>,
     /// Attempt number of the running task (from 1).
     pub attempt: u32,
     /// Set while a retry of a failed attempt is pending.
-    pub retrying: Option<String>,
-    /// The operator asked for a retry and no event has answered yet.
-    pub retry_requested: bool,
+    pub retrying: Option<Retrying>,
     /// When the node started (ms on the run's clock).
     pub started_ms: Option<u64>,
     /// When it finished.
@@ -144,8 +151,10 @@ pub struct NodeView {
     pub duration_ms: Option<u64>,
     /// The engine's own tallies, once finished.
     pub final_counts: Option<Counts>,
-    /// Its recent output.
-    pub output: OutputBuffer,
+    /// How the engine said it ended (`node_finished`); None while it runs, and when the run stopped without it.
+    pub ended: Option<NodeStatus>,
+    /// The engine's one-line reason from `node_finished` (why it failed, was cancelled or blocked).
+    pub error: Option<String>,
     /// Why it failed.
     pub failure: Option<Failure>,
     /// What its next task waits for, while it waits.
@@ -154,23 +163,23 @@ pub struct NodeView {
     pub blocked_by: Option<String>,
 }
 
-impl NodeView {
+impl NodeRun {
     pub(super) fn new(outline: &NodeOutline) -> Self {
-        NodeView {
+        NodeRun {
             name: outline.node.clone(),
             cluster: outline.cluster.clone(),
             address: outline.address.clone(),
             state: NodeState::Waiting,
-            tasks: outline.tasks.iter().map(TaskView::from_outline).collect(),
+            tasks: outline.tasks.iter().map(TaskRun::from_outline).collect(),
             current: None,
             attempt: 0,
             retrying: None,
-            retry_requested: false,
             started_ms: None,
             finished_ms: None,
             duration_ms: None,
             final_counts: None,
-            output: OutputBuffer::default(),
+            ended: None,
+            error: None,
             failure: None,
             waiting_on: None,
             blocked_by: None,
@@ -178,12 +187,30 @@ impl NodeView {
     }
 
     pub(super) fn unknown(name: &str) -> Self {
-        NodeView::new(&NodeOutline {
+        NodeRun::new(&NodeOutline {
             node: name.to_string(),
             cluster: None,
             address: String::new(),
             tasks: vec![],
         })
+    }
+
+    /// `node: stage / task (exit 2): error`, as far as the failure is known (`node: failed` when nothing is).
+    pub fn failure_text(&self) -> String {
+        let mut text = self.name.clone();
+        let Some(failure) = &self.failure else {
+            return format!("{text}: failed");
+        };
+        if let (Some(stage), Some(task)) = (&failure.stage, &failure.task) {
+            let _ = write!(text, ": {stage} / {task}");
+        }
+        if let Some(code) = failure.exit_code {
+            let _ = write!(text, " (exit {code})");
+        }
+        if let Some(error) = &failure.error {
+            let _ = write!(text, ": {error}");
+        }
+        text
     }
 
     /// Tallies of finished tasks: the engine's once the node finished, else counted from the tasks.
@@ -228,7 +255,7 @@ impl NodeView {
     }
 
     /// The running task, if any.
-    pub fn current_task(&self) -> Option<&TaskView> {
+    pub fn current_task(&self) -> Option<&TaskRun> {
         self.current.and_then(|i| self.tasks.get(i))
     }
 
@@ -281,7 +308,7 @@ impl NodeView {
     /// Finds the task an event is about: the running one if it matches, else the first unfinished one with that
     /// stage and name, else the first with that name; an unknown task is appended so nothing is lost.
     pub(super) fn task_index(&mut self, stage: &str, task: &str) -> usize {
-        let matches = |t: &TaskView| t.stage == stage && t.name == task;
+        let matches = |t: &TaskRun| t.stage == stage && t.name == task;
         if let Some(i) = self.current.filter(|&i| self.tasks.get(i).is_some_and(matches)) {
             return i;
         }
@@ -291,7 +318,7 @@ impl NodeView {
         if let Some(i) = self.tasks.iter().position(matches) {
             return i;
         }
-        self.tasks.push(TaskView {
+        self.tasks.push(TaskRun {
             stage: stage.to_string(),
             name: task.to_string(),
             planned_skip: None,
@@ -302,10 +329,10 @@ impl NodeView {
 
     /// Takes a new plan for the node, keeping what already happened to tasks that are still in it.
     pub(super) fn replan(&mut self, plan: &NodeOutline) {
-        let mut old: Vec<Option<TaskView>> = std::mem::take(&mut self.tasks).into_iter().map(Some).collect();
+        let mut old: Vec<Option<TaskRun>> = std::mem::take(&mut self.tasks).into_iter().map(Some).collect();
         let current = self.current.take().and_then(|i| old.get(i).and_then(|t| t.clone()));
         for outline in &plan.tasks {
-            let mut task = TaskView::from_outline(outline);
+            let mut task = TaskRun::from_outline(outline);
             let earlier = old
                 .iter_mut()
                 .find(|t| t.as_ref().is_some_and(|t| t.stage == task.stage && t.name == task.name));
