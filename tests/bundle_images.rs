@@ -868,8 +868,18 @@ fn kubeadms_own_images_are_the_ones_the_bundled_kubeadm_names_for_the_shipped_co
         books.join("40-kubeadm-init.yaml"),
     )
     .expect("the shipped stage");
-    // Its kube-vip files are copied only in a cluster of several nodes: an empty folder serves here.
+    // Its kube-vip files are copied only in a cluster of several nodes: an empty folder serves here. Its kubeadm
+    // files (the configuration's template, whose render the bundle hands to kubeadm) are the shipped ones.
     std::fs::create_dir_all(dir.path().join("assets/kube-vip")).expect("an assets folder");
+    let kubeadm_assets = dir.path().join("assets/kubeadm");
+    std::fs::create_dir_all(&kubeadm_assets).expect("an assets folder");
+    for file in ["kubeadm-config.yaml", "write-config.sh"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/kubeadm").join(file),
+            kubeadm_assets.join(file),
+        )
+        .expect("a shipped kubeadm asset");
+    }
     std::fs::write(
         books.join("30-kubernetes.yaml"),
         r#"name: kubernetes

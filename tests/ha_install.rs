@@ -287,7 +287,7 @@ fn the_ha_example_plans_as_a_runbook_of_who_waits_for_whom() {
     // The first control plane initialises and makes the join secrets; it waits for no one before the joins.
     let first = plan_section(&plan, FIRST);
     for line in [
-        "     45. [run            ] kubeadm init (sudo)",
+        "     46. [run            ] kubeadm init (sudo)",
         "           registers output `join_command` (secret: masked, kept in memory only)",
         "           registers output `certificate_key` (secret: masked, kept in memory only)",
         "  stage kubeadm-join (one node of cluster-01 at a time)",
@@ -969,14 +969,15 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
         assert!(!new.iter().any(is_init), "{node} initialised again");
         let ran = ran_on(node);
         if *node == FIRST {
-            // The join command for the new worker; the kubeadm config, whose SAN list names every node of the
-            // cluster, and the tasks after it in its stage (kubeadm init itself is skipped: initialised), but not
+            // The join command for the new worker; the kubeadm config (its template, then the file), whose SAN list
+            // names every node of the cluster, and the tasks after it in its stage (kubeadm init itself is skipped: initialised), but not
             // the certificate key (`after: [kubeadm init]`: a worker needs none, the certificates are the same); the
             // network policies, which list every node's address. Not the join of anyone, not Cilium, not
             // Longhorn (min(3, nodes) is still 3), not the other manifest stages.
             assert_eq!(
                 ran,
                 [
+                    "kubeadm-init/kubeadm config files",
                     "kubeadm-init/kubeadm config",
                     "kubeadm-init/api server ready",
                     "kubeadm-init/kube-vip after init",

@@ -249,15 +249,15 @@ fn a_plain_apply_reruns_exactly_what_the_guides_changes_touch_and_a_killed_fresh
     );
     for (i, node) in NODES.iter().enumerate() {
         let new = &t.calls(node)[calls_before[i]..];
-        // Guards read (dpkg-query, systemctl is-*, apt-mark showhold, ...); nothing that changes a node ran.
+        // Guards read (dpkg-query, systemctl is-*, apt-mark showhold, kubeadm version, ...); nothing that changes a
+        // node ran.
         let changing: Vec<&Value> = new
             .iter()
             .filter(|c| {
                 let argv0 = c["argv"][0].as_str().unwrap_or_default();
-                matches!(
-                    s(&c["cmd"]).as_str(),
-                    "apt-get" | "dnf" | "kubeadm" | "modprobe" | "swapoff"
-                ) || (c["cmd"] == "kubectl" && argv0 == "apply")
+                matches!(s(&c["cmd"]).as_str(), "apt-get" | "dnf" | "modprobe" | "swapoff")
+                    || (c["cmd"] == "kubeadm" && argv0 != "version")
+                    || (c["cmd"] == "kubectl" && argv0 == "apply")
                     || (c["cmd"] == "systemctl" && !argv0.starts_with("is-") && argv0 != "cat")
             })
             .collect();

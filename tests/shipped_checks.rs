@@ -1,8 +1,9 @@
 //! The offline checks of the shipped playbooks and assets, over the real plan: every node's plan of the shipped
 //! inventory, rendered by kubeboot's own templating (the install with Ubuntu and RHEL facts, and each day-two
 //! folder), then
-//! - every command, `unless` guard and `wait` condition through `dash -n` and `shellcheck -s sh -S warning`;
-//! - the kubeadm config each first control plane writes is the three documents kubeadm reads;
+//! - every command, `unless` guard, `wait` condition and copied `.sh` script through `dash -n` and
+//!   `shellcheck -s sh -S warning`;
+//! - the kubeadm config each first control plane receives is the three documents kubeadm reads;
 //! - every copied `.yaml`/`.json` parses; every kustomization a node receives builds with `kubectl kustomize`
 //!   (one with `helmCharts` is built with the charts stripped, after each entry and its values file are checked
 //!   against the value paths the chart takes); every built object has apiVersion, kind and metadata.name, alerts
@@ -65,6 +66,12 @@ fn every_rendered_script_parses_as_posix_sh_and_passes_shellcheck() {
             match &t.action {
                 Action::Run(Run { command }) => add(command, "run"),
                 Action::Wait(Wait { until, .. }) => add(until, "wait"),
+                // A script put on the node to be run by `sh` (kube-vip's install.sh, kubeadm's write-config.sh).
+                Action::Copy(CopyFiles { files, .. }) => {
+                    for f in files.iter().filter(|f| f.dest.ends_with(".sh")) {
+                        add(&String::from_utf8_lossy(&f.content), &format!("copy {}", f.dest));
+                    }
+                }
                 _ => {}
             }
             if let Some(unless) = &t.unless {
@@ -125,19 +132,26 @@ fn yaml_docs(text: &str, what: &str) -> Result<Vec<Value>, String> {
 fn the_kubeadm_config_is_the_three_documents_kubeadm_reads() {
     let mut checked = 0;
     for plan in shipped_plans(&Facts::assumed()) {
-        let Some(Action::Run(Run { command })) = plan
+        let Some(Action::Copy(CopyFiles { files, .. })) = plan
             .tasks
             .iter()
-            .find(|t| t.task == "kubeadm config" && t.decision == Decision::Run)
+            .find(|t| t.task == "kubeadm config files" && t.decision == Decision::Run)
             .map(|t| &t.action)
         else {
             continue;
         };
-        let body = command
-            .split_once("<<EOF\n")
-            .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
-            .map(|(body, _)| body.replace("$kv", "v1.34.2"))
-            .unwrap_or_else(|| panic!("{}: no heredoc in the kubeadm config task", plan.node));
+        let file = files
+            .iter()
+            .find(|f| f.dest == "/etc/kubernetes/kubeboot/kubeadm-config.yaml")
+            .unwrap_or_else(|| panic!("{}: no kubeadm-config.yaml in the kubeadm config files", plan.node));
+        // write-config.sh puts the installed kubeadm's exact version in.
+        let text = String::from_utf8_lossy(&file.content);
+        assert!(
+            text.contains("kubernetesVersion: \"@KUBERNETES_VERSION@\""),
+            "{}: {text}",
+            plan.node
+        );
+        let body = text.replace("@KUBERNETES_VERSION@", "v1.34.2");
         let docs = yaml_docs(&body, &plan.node).unwrap_or_else(|e| panic!("{e}"));
         let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
         assert_eq!(

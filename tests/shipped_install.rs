@@ -425,8 +425,55 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
         third_run.took
     );
 
+    // 3b. `apply --fresh` of the kubeadm-init stage on the finished nodes changes nothing: the kubeadm config's
+    // files are already there (`ok`), its guard (`write-config.sh --check`: the file is already what it would
+    // write) skips the task, and nothing in the stage reports `changed` or asks kubeadm to validate or init.
+    let counts: BTreeMap<&str, usize> = NODES.iter().map(|n| (*n, calls(&t, n).len())).collect();
+    let fresh_run = t.run(&[
+        "apply",
+        "--yes",
+        "--output",
+        "json",
+        "--fresh",
+        "--only",
+        "kubeadm-init",
+    ]);
+    assert_eq!(fresh_run.code, Some(0), "{}", fresh_run.explain());
+    for node in NODES {
+        let finished = fresh_run.finished(node);
+        let of = |task: &str| {
+            finished
+                .iter()
+                .find(|e| e["task"] == task)
+                .map(|e| (e["status"].clone(), e["reason"].clone()))
+        };
+        assert_eq!(
+            of("kubeadm config files").map(|s| s.0),
+            Some("ok".into()),
+            "{}",
+            fresh_run.explain()
+        );
+        assert_eq!(
+            of("kubeadm config"),
+            Some(("skipped".into(), "guard".into())),
+            "{node}: {}",
+            fresh_run.explain()
+        );
+        let changed: Vec<String> = finished
+            .iter()
+            .filter(|e| e["status"] == "changed")
+            .map(|e| e["task"].to_string())
+            .collect();
+        assert!(changed.is_empty(), "{node}: apply --fresh changed {changed:?}");
+        let new = &calls(&t, node)[counts[node]..];
+        assert!(
+            !new.iter().any(|c| c.is("kubeadm", "config") || c.is("kubeadm", "init")),
+            "{node}: kubeadm was asked to change something: {new:?}"
+        );
+    }
+
     // 4. No secret value anywhere it must not be: argv, kubeboot's state, its output, the nodes' files.
-    for run in [&first_run, &second_run, &third_run] {
+    for run in [&first_run, &second_run, &third_run, &fresh_run] {
         assert_no_secret_in(&t, "kubeboot's stdout", run.stdout.as_bytes());
         assert_no_secret_in(&t, "kubeboot's stderr", run.stderr.as_bytes());
     }

@@ -4,7 +4,8 @@
 # #684); the others join first and use admin.conf.
 set -eu
 conf=/etc/kubernetes/admin.conf
-if [ '{{ node.first_control_plane | lower }}' = 'true' ] && [ ! -f /etc/kubernetes/admin.conf ]; then
+first_control_plane='{{ node.first_control_plane | lower }}'
+if [ "$first_control_plane" = true ] && [ ! -f /etc/kubernetes/admin.conf ]; then
   conf=/etc/kubernetes/super-admin.conf
 fi
 install -d -m 0755 /etc/kubernetes/manifests

@@ -16,26 +16,31 @@ use crate::inventory::Inventory;
 use crate::plan::{Action, Decision, NodePlan};
 use crate::playbook::template::Context;
 
-/// One kubeadm configuration the plan writes on a first control plane, `$kv` still open.
+/// Where the configuration's kubernetesVersion goes: stage 40-kubeadm-init copies
+/// `assets/kubeadm/kubeadm-config.yaml` to the node with this word in it, and its `write-config.sh`
+/// puts in the exact version of the installed kubeadm.
+pub const VERSION_PLACEHOLDER: &str = "@KUBERNETES_VERSION@";
+
+/// One kubeadm configuration the plan writes on a first control plane, its version still open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedConfig {
     pub node: String,
     pub cluster: String,
-    /// The YAML of the heredoc, as the node's shell gets it (before `$kv` is expanded).
+    /// The YAML as the copy puts it on the node (with [`VERSION_PLACEHOLDER`]).
     pub text: String,
     /// The kubeadm package version the node installs: its version must start with this
     /// (`1.34.2-` pinned, `1.34.` the newest of the minor), as stage 30-kubernetes picks it.
     pub package_prefix: String,
 }
 
-/// The kubeadm configurations of the plans: a run task that writes a `ClusterConfiguration` with
-/// `cat > FILE <<EOF ... EOF` (stage 40-kubeadm-init's `kubeadm config`).
+/// The kubeadm configurations of the plans: a file a copy task puts on the node that holds a
+/// `ClusterConfiguration` with [`VERSION_PLACEHOLDER`] (stage 40-kubeadm-init's `kubeadm config files`).
 pub fn in_plans(inv: &Inventory, plans: &[NodePlan], facts: &Facts) -> Vec<WantedConfig> {
     let mut out = Vec::new();
     for plan in plans {
         for task in plan.tasks.iter().filter(|t| t.decision == Decision::Run) {
-            let Action::Run(run) = &task.action else { continue };
-            let Some(text) = heredoc_with(&run.command, "kind: ClusterConfiguration") else {
+            let Action::Copy(copy) = &task.action else { continue };
+            let Some(text) = copy.files.iter().find_map(|f| configuration(&f.content)) else {
                 continue;
             };
             let Some(node) = inv.node(&plan.node) else { continue };
@@ -64,20 +69,10 @@ fn var(ctx: &Context, name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The body of the first `<<EOF` here-document of `command` that contains `needle`.
-fn heredoc_with(command: &str, needle: &str) -> Option<String> {
-    let mut lines = command.lines();
-    while let Some(line) = lines.by_ref().next() {
-        if !line.trim_end().ends_with("<<EOF") {
-            continue;
-        }
-        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim_end() != "EOF").collect();
-        let body = body.join("\n") + "\n";
-        if body.contains(needle) {
-            return Some(body);
-        }
-    }
-    None
+/// The file's text when it is a kubeadm configuration with its version still open.
+fn configuration(content: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(content).ok()?;
+    (text.contains("kind: ClusterConfiguration") && text.contains(VERSION_PLACEHOLDER)).then(|| text.to_string())
 }
 
 /// The images kubeadm names for each configuration, with the clusters needing them; each kubeadm
@@ -129,7 +124,7 @@ fn one(config: &WantedConfig, packages: &[Item], out: &Path) -> Result<Vec<Strin
     let kv = format!("v{upstream}");
     let kubeadm = unpack(out, package).map_err(&fail)?;
     let file = out.join(".kubeadm").join(format!("{}-{kv}.yaml", config.node));
-    std::fs::write(&file, config.text.replace("$kv", &kv))
+    std::fs::write(&file, config.text.replace(VERSION_PLACEHOLDER, &kv))
         .map_err(|e| fail(format!("cannot write {}: {e}", file.display())))?;
     // checked: kubeadm cmd/kubeadm/app/cmd/config.go (`config images list --config`, one image a line)
     // and app/images/images.go GetControlPlaneImages (kube-proxy left out when proxy.disabled).
@@ -313,13 +308,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_configuration_is_the_heredoc_holding_a_cluster_configuration() {
-        let cmd = "set -eu\ncat > /tmp/a <<EOF\nnot this\nEOF\ncat > \"$new\" <<EOF\nkind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: \"$kv\"\nEOF\nkubeadm config validate\n";
+    fn the_configuration_is_the_copied_file_holding_a_cluster_configuration_with_its_version_open() {
+        let open =
+            "kind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: \"@KUBERNETES_VERSION@\"\n";
+        assert_eq!(configuration(open.as_bytes()).as_deref(), Some(open));
+        let pinned = open.replace(VERSION_PLACEHOLDER, "v1.34.2");
         assert_eq!(
-            heredoc_with(cmd, "kind: ClusterConfiguration").as_deref(),
-            Some("kind: InitConfiguration\n---\nkind: ClusterConfiguration\nkubernetesVersion: \"$kv\"\n")
+            configuration(pinned.as_bytes()),
+            None,
+            "a version already in is not kubeboot's template"
         );
-        assert_eq!(heredoc_with("echo no heredoc\n", "kind: ClusterConfiguration"), None);
+        assert_eq!(configuration(b"set -eu\nsed s/@KUBERNETES_VERSION@/v1/ x\n"), None);
+        assert_eq!(configuration(&[0xff, 0xfe]), None);
     }
 
     #[test]
