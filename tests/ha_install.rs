@@ -970,7 +970,8 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
         let ran = ran_on(node);
         if *node == FIRST {
             // The join command for the new worker; the kubeadm config (its template, then the file), whose SAN list
-            // names every node of the cluster, and the tasks after it in its stage (kubeadm init itself is skipped: initialised), but not
+            // names every node of the cluster, and the tasks after it in its stage (kubeadm init itself is skipped: initialised; kube-vip's
+            // static pod by its guard, `install.sh --check`: unchanged), but not
             // the certificate key (`after: [kubeadm init]`: a worker needs none, the certificates are the same); the
             // network policies, which list every node's address. Not the join of anyone, not Cilium, not
             // Longhorn (min(3, nodes) is still 3), not the other manifest stages.
@@ -980,7 +981,6 @@ fn a_worker_added_later_joins_with_a_plain_apply_and_a_fresh_token_and_nothing_e
                     "kubeadm-init/kubeadm config files",
                     "kubeadm-init/kubeadm config",
                     "kubeadm-init/api server ready",
-                    "kubeadm-init/kube-vip after init",
                     "kubeadm-init/join command",
                     "alerts-policies/copy alert and policy manifests",
                     "alerts-policies/apply alerts and policies",
