@@ -17,6 +17,7 @@
 mod host;
 mod image;
 mod qmp;
+mod releases;
 pub mod repo;
 
 pub use host::Accel;
@@ -50,8 +51,15 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// RHEL 8/9's sudoers `secure_path` (no /usr/local/bin), which the RHEL-like guest keeps.
 pub const RHEL_SECURE_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
-/// Where the guests' /etc/hosts puts the model's S3 host: an address on the switch that nothing answers.
+/// A cluster's LoadBalancer IP on the lab switch: cluster i (in model order) gets `10.77.0.(200 + i)`, which the
+/// Cilium stand-in announces there as L2 announcements would on the LAN.
+const SWITCH_LB_FIRST: u8 = 200;
+/// The site's S3 service on the lab switch: the stand-in (`standins/vm/s3.py`) on the lab's last VM answers
+/// there, and every guest's /etc/hosts gives the model's `s3_host` this address.
 const S3_STAND_IN: &str = "10.77.0.250";
+/// The ingress names of each cluster the site's DNS would resolve to its LB IP (`<name>.<domain>`): Fluent Bit
+/// sends to `opensearch.<central domain>`.
+const INGRESS_NAMES: &[&str] = &["grafana", "prometheus", "alertmanager", "thanos", "opensearch"];
 /// The range asked for when only one of `--first-address` / `--first-port` is given.
 const DEFAULT_FIRST_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 77, 1);
 const DEFAULT_FIRST_PORT: u16 = 2222;
@@ -148,10 +156,10 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     if running_pids(&dir).next().is_some() {
         return Err(LabError::AlreadyRunning(dir));
     }
-    let model = match &opts.like {
+    let model = on_the_switch(match &opts.like {
         Some(path) => like::read(path)?,
         None => plain_model(opts.nodes),
-    };
+    });
     let names: Vec<String> = like::nodes(&model).into_iter().map(|n| n.name).collect();
     for asked in &opts.rhel_like {
         if !names.contains(asked) {
@@ -176,6 +184,17 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     let base = image::ensure(&tools, &opts.cache)?;
     let image_time = started.elapsed();
     let bundle = repo::ensure(&opts.cache)?;
+    let releases = {
+        let vars = model.get("vars");
+        let version = |k: &str| vars.and_then(|v| v.get(k)).and_then(Value::as_str).map(str::to_string);
+        match (version("kustomize_version"), version("helm_version")) {
+            (Some(kustomize), Some(helm)) => {
+                let _lock = lock_cache(&opts.cache)?;
+                Some(releases::write(&bundle, &kustomize, &helm)?)
+            }
+            _ => None,
+        }
+    };
 
     let password = super::random_password();
     write_private(&dir.join("sudo_password"), format!("{password}\n").as_bytes())?;
@@ -206,16 +225,15 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
     });
     fs::write(dir.join(MARKER), marker.to_string()).map_err(io("cannot write the lab's marker"))?;
 
-    // The site's DNS would resolve its S3 endpoint (preflight requires it); the lab's guests resolve nothing, so
-    // their /etc/hosts names it (at an unused switch address: the S3 stages are not run on the VMs).
-    let s3_host = model
-        .get("vars")
-        .and_then(|v| v.get("s3_host"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    // The site's DNS would resolve its S3 endpoint and the clusters' ingress names; the lab's guests resolve
+    // nothing, so their /etc/hosts names them.
+    let site = Site {
+        hosts: site_hosts(&model),
+        s3_on: nodes.len().saturating_sub(1),
+    };
     let mut known_hosts = String::new();
     for (i, node) in nodes.iter().enumerate() {
-        let host_key = seed(&tools, &dir, node, i, &hash, &client_public, s3_host.as_deref())?;
+        let host_key = seed(&tools, &dir, node, i, &hash, &client_public, &site)?;
         known_hosts.push_str(&format!("[{}]:{} {}\n", node.ssh.ip(), node.ssh.port(), host_key));
         let ndir = node_dir(&dir, &node.name);
         let overlay = ndir.join("overlay.qcow2");
@@ -242,7 +260,7 @@ pub fn up(opts: &VmOptions) -> Result<VmLab, LabError> {
         image_time,
         boot_time: Duration::ZERO,
     };
-    write_inventory(&lab, &model, &bundle)?;
+    write_inventory(&lab, &model, &bundle, releases.as_ref())?;
 
     let boot = Instant::now();
     let result = start_switch(&tools, &dir, &net).and_then(|()| {
@@ -370,20 +388,59 @@ fn plain_model(count: usize) -> Table {
     t
 }
 
-/// Writes the lab's inventory: the model with the lab's SSH settings, each node's switch address as `address`
-/// and its loopback forward as `ssh_address`/`port`.
-fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabError> {
-    // The guests' packages: the lab's repository, served by kubeboot itself over each VM's SSH connection.
-    let mut model = model.clone();
-    // A cluster's VIP must be a free address on the nodes' own network: here the switch.
+const S3_SCRIPT: &str = include_str!("../../standins/vm/s3.py");
+
+/// The model with its addresses on the lab switch: a cluster's VIP and LB IP must be free addresses on the
+/// nodes' own network.
+fn on_the_switch(mut model: Table) -> Table {
+    let at = |first: u8, i: usize| Ipv4Addr::new(SWITCH_NET[0], SWITCH_NET[1], SWITCH_NET[2], first + i as u8);
     if let Some(Value::Array(clusters)) = model.get_mut("clusters") {
         for (i, c) in clusters.iter_mut().filter_map(Value::as_table_mut).enumerate() {
             if c.contains_key("vip") {
-                let vip = Ipv4Addr::new(SWITCH_NET[0], SWITCH_NET[1], SWITCH_NET[2], SWITCH_VIP_FIRST + i as u8);
-                c.insert("vip".into(), Value::String(vip.to_string()));
+                c.insert("vip".into(), Value::String(at(SWITCH_VIP_FIRST, i).to_string()));
             }
+            c.insert("lb_ip".into(), Value::String(at(SWITCH_LB_FIRST, i).to_string()));
         }
     }
+    model
+}
+
+/// What the lab stands in for of the site around the nodes: its DNS (`hosts`, /etc/hosts lines for every guest)
+/// and its S3 service, on the guest `s3_on` (an index into the lab's nodes: the last one).
+struct Site {
+    hosts: String,
+    s3_on: usize,
+}
+
+/// The names the site's DNS would resolve, as /etc/hosts lines: the S3 host and every cluster's ingress names.
+fn site_hosts(model: &Table) -> String {
+    let mut lines = String::new();
+    if let Some(host) = model.get("vars").and_then(|v| v.get("s3_host")).and_then(Value::as_str) {
+        lines.push_str(&format!("{S3_STAND_IN}\t{host}\n"));
+    }
+    for c in model.get("clusters").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(domain), Some(ip)) = (
+            c.get("domain").and_then(Value::as_str),
+            c.get("lb_ip").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        let names: Vec<String> = INGRESS_NAMES.iter().map(|n| format!("{n}.{domain}")).collect();
+        lines.push_str(&format!("{ip}\t{}\n", names.join(" ")));
+    }
+    lines
+}
+
+/// Writes the lab's inventory: the model with the lab's SSH settings, each node's switch address as `address`
+/// and its loopback forward as `ssh_address`/`port`.
+fn write_inventory(
+    lab: &VmLab,
+    model: &Table,
+    bundle: &Path,
+    releases: Option<&releases::Releases>,
+) -> Result<(), LabError> {
+    // The guests' packages: the lab's repository, served by kubeboot itself over each VM's SSH connection.
+    let mut model = model.clone();
     let sources = model.entry("sources").or_insert_with(|| Value::Table(Table::new()));
     if let Some(sources) = sources.as_table_mut() {
         sources.insert("bundle".into(), Value::String(bundle.display().to_string()));
@@ -412,6 +469,14 @@ fn write_inventory(lab: &VmLab, model: &Table, bundle: &Path) -> Result<(), LabE
     extra.insert("preflight_dns_names".into(), Value::Array(Vec::new()));
     // The guests have no default route, so kube-vip could not find its interface on its own.
     extra.insert("vip_interface".into(), Value::String(SWITCH_INTERFACE.into()));
+    if let Some(r) = releases {
+        // The stand-in release archives in the lab's bundle (see `releases`), checked like the real ones.
+        extra.insert(
+            "kustomize_sha256_amd64".into(),
+            Value::String(r.kustomize_sha256.clone()),
+        );
+        extra.insert("helm_sha256_amd64".into(), Value::String(r.helm_sha256.clone()));
+    }
     let header = "# Written by kubeboot's VM lab: every node is a Debian 12 VM under qemu, reached on a loopback\n\
                   # forward (ssh_address/port); `address` is its own address on the lab's private switch.\n";
     like::write_model(&lab.inventory, &model, &settings, &nodes, &extra, header)
@@ -426,8 +491,9 @@ fn seed(
     index: usize,
     hash: &str,
     client_public: &str,
-    s3_host: Option<&str>,
+    site: &Site,
 ) -> Result<String, LabError> {
+    let s3 = index == site.s3_on;
     let ndir = node_dir(dir, &node.name);
     let sdir = ndir.join("seed");
     let _ = fs::remove_dir_all(&sdir);
@@ -453,9 +519,7 @@ fn seed(
         "etc/hosts",
         &format!(
             "127.0.0.1\tlocalhost\n{}\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n{}",
-            node.address,
-            node.name,
-            s3_host.map_or_else(String::new, |h| format!("{S3_STAND_IN}\t{h}\n"))
+            node.address, node.name, site.hosts,
         ),
         0o644,
     )?;
@@ -472,12 +536,41 @@ fn seed(
         "etc/systemd/network/20-lab-switch.network",
         &format!(
             "# kubeboot VM lab: the private switch between the lab's VMs.\n\
-             [Match]\nMACAddress={}\n\n[Network]\nAddress={}/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+             [Match]\nMACAddress={}\n\n[Network]\nAddress={}/24\n{}LinkLocalAddressing=no\nIPv6AcceptRA=no\n",
             mac(index, 2),
-            node.address
+            node.address,
+            if s3 {
+                format!("Address={S3_STAND_IN}/24\n")
+            } else {
+                String::new()
+            },
         ),
         0o644,
     )?;
+    if s3 {
+        // The site's S3 service (see S3_STAND_IN), started at every boot.
+        for d in ["usr/lib/kubeboot-lab", "etc/systemd/system/multi-user.target.wants"] {
+            fs::create_dir_all(files.join(d)).map_err(io(format!("cannot create {}", files.join(d).display())))?;
+        }
+        write("usr/lib/kubeboot-lab/s3", S3_SCRIPT, 0o755)?;
+        write(
+            "etc/systemd/system/kubeboot-lab-s3.service",
+            &format!(
+                "[Unit]\nDescription=kubeboot VM lab: the site's S3 service (stand-in)\nAfter=systemd-networkd.service\n\
+                 StartLimitIntervalSec=0\n\n\
+                 [Service]\nExecStart=/usr/lib/kubeboot-lab/s3 {S3_STAND_IN}\nRestart=always\nRestartSec=2\n\n\
+                 [Install]\nWantedBy=multi-user.target\n"
+            ),
+            0o644,
+        )?;
+        std::os::unix::fs::symlink(
+            "/etc/systemd/system/kubeboot-lab-s3.service",
+            files.join("etc/systemd/system/multi-user.target.wants/kubeboot-lab-s3.service"),
+        )
+        .map_err(io("cannot enable the S3 stand-in"))?;
+        fs::write(sdir.join("start-units"), "kubeboot-lab-s3.service\n")
+            .map_err(io("cannot write the seed's start-units"))?;
+    }
     if node.rhel_like {
         write(
             "etc/sudoers.d/kubeboot-rhel-like",

@@ -144,7 +144,7 @@ fn standin_set() -> Vec<StandinPackage> {
         StandinPackage {
             name: "kubectl",
             depends: "python3",
-            description: "kubeboot VM lab stand-in for kubectl (get --raw, get nodes)",
+            description: "kubeboot VM lab stand-in for kubectl (apply, get, delete, rollout, wait, exec, taint)",
             files: vec![("usr/bin/kubectl", kube, 0o755)],
             postinst: None,
         },
@@ -254,4 +254,94 @@ fn ftparchive(tools: &HostTools, root: &Path, args: &[&str]) -> Result<Vec<u8>, 
         });
     }
     Ok(out.stdout)
+}
+
+/// The VM stand-ins' own rules, run with the host's python3 (the guests' is the same Debian 12 python3.11).
+#[cfg(test)]
+mod standin_tests {
+    use std::process::Command;
+
+    const KUBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/standins/vm/kube.py");
+
+    /// Runs `body` with the kubectl/API server stand-in loaded as `k`; returns what it printed.
+    fn python(body: &str) -> String {
+        let script = format!(
+            "import importlib.machinery, json\nk = importlib.machinery.SourceFileLoader('k', {KUBE:?}).load_module()\n{body}"
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn service(ns: &str, name: &str, annotations: &str, port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations:\n{annotations}\
+             spec:\n  type: LoadBalancer\n  ports:\n  - port: {port}\n"
+        )
+    }
+
+    /// Cilium LB-IPAM's sharing rules as the stand-in applies them (the first fault of issue 11): Services in two
+    /// namespaces share the one pool address only when both carry the sharing key and name each other's
+    /// namespace in sharing-cross-namespace.
+    #[test]
+    fn lb_ipam_shares_across_namespaces_only_when_both_services_allow_it() {
+        let pool = "apiVersion: cilium.io/v2alpha1\nkind: CiliumLoadBalancerIPPool\nmetadata:\n  name: c1\n\
+                    spec:\n  blocks:\n  - start: \"10.77.0.200\"\n    stop: \"10.77.0.200\"\n";
+        let key = "    lbipam.cilium.io/sharing-key: \"c1\"\n    lbipam.cilium.io/ips: \"10.77.0.200\"\n";
+        let ingress = service(
+            "kube-system",
+            "cilium-ingress",
+            &format!("{key}    lbipam.cilium.io/sharing-cross-namespace: \"monitoring\"\n"),
+            80,
+        );
+        let allowed = service(
+            "monitoring",
+            "sidecar",
+            &format!("{key}    lbipam.cilium.io/sharing-cross-namespace: \"kube-system\"\n"),
+            10901,
+        );
+        let not_allowed = service("monitoring", "sidecar", key, 10901);
+        let allocate = |sidecar: &str| {
+            python(&format!(
+                "objects = {{}}\nfor i, doc in enumerate([{pool:?}, {ingress:?}, {sidecar:?}]):\n    \
+                 o, _ = k.describe(doc)\n    o['created'] = i\n    objects[k.object_key(o['kind'], o['namespace'], o['name'])] = o\n\
+                 k.RUNTIME.allocate(objects)\n\
+                 print(json.dumps({{o['name']: o.get('lb_ip') for o in objects.values() if o['kind'] == 'Service'}}, sort_keys=True))\n"
+            ))
+        };
+        assert_eq!(
+            allocate(&allowed).trim(),
+            r#"{"cilium-ingress": "10.77.0.200", "sidecar": "10.77.0.200"}"#
+        );
+        assert_eq!(
+            allocate(&not_allowed).trim(),
+            r#"{"cilium-ingress": "10.77.0.200", "sidecar": null}"#,
+            "without sharing-cross-namespace on both, the sidecar must get no address"
+        );
+    }
+
+    /// A Secret's values never reach the API server's state: only their SHA-256.
+    #[test]
+    fn a_secret_is_kept_as_hashes() {
+        let printed = python(
+            "o, values = k.describe('apiVersion: v1\\nkind: Secret\\nmetadata:\\n  name: s\\n  namespace: logging\\n\
+             data:\\n  password: c2VjcmV0LXZhbHVl\\n')\n\
+             print(values['password'])\nprint(json.dumps(o))\n",
+        );
+        let mut lines = printed.lines();
+        assert_eq!(lines.next(), Some("secret-value"));
+        let kept = lines.next().unwrap_or_default();
+        assert!(
+            !kept.contains("secret-value") && !kept.contains("c2VjcmV0LXZhbHVl"),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("31160254d1297393d2ad00e1c0"),
+            "the value's SHA-256 is kept: {kept}"
+        );
+    }
 }

@@ -25,7 +25,20 @@ What is stood in, because none of it can be had on this machine (no Kubernetes p
 - kubectl: `get --raw PATH`, `get nodes` (also `-o jsonpath='{.items[*].spec.taints[*].key}'`), `taint nodes
   --all KEY-`, `version`, against the server of the kubeconfig given. Nodes carry the taints kubeadm gives them:
   a control plane `node-role.kubernetes.io/control-plane` unless its nodeRegistration.taints says otherwise
-  (`taints: []` is none), a worker none.
+  (`taints: []` is none), a worker none. For the manifest stages: `apply -f FILE|-` (the API server keeps the
+  objects in its state file; of a Secret only the SHA-256 of each value, the values stay in its memory), `get
+  KIND NAME` (a Service's `-o jsonpath` LB IP or ClusterIP), `delete`, `rollout status`, `wait` (nodes, pods of
+  a namespace that exists, CRDs: Cilium's once its operator is there) and `exec ds/cilium -- cilium-dbg status`
+  (KubeProxyReplacement as cilium-config says). Objects the charts make come from the kustomize stand-in's
+  model of each chart (standins/vm/kustomize.py).
+- the controllers the stages look at, in the API server process (class Runtime): Cilium LB-IPAM with its
+  sharing rules (a sharing key, across namespaces only when both Services allow it) and L2 announcements (the
+  allocated address put on the switch interface, so the other VMs reach it, and its ports served: the ingress
+  on 80, the Thanos sidecar's gRPC port accepting connections), Thanos Query's store list (a real connection to
+  each `--endpoint` over the switch), OpenSearch on its Service's ClusterIP (health, snapshot repository, ISM and
+  SM policies, _bulk, _count; basic auth against the admin Secret's hash) and behind the ingress for
+  `opensearch.<domain>`, and Fluent Bit, which sends a record every few seconds to its [OUTPUT] Host:Port with
+  the password from its Secret.
 """
 
 import hashlib
@@ -92,7 +105,13 @@ def _scalar(text):
     if text in ("[]", "{}"):
         return [] if text == "[]" else {}
     if text.startswith("[") and text.endswith("]"):
-        return [_scalar(p) for p in text[1:-1].split(",") if p.strip()]
+        return [_scalar(p) for p in _flow_items(text[1:-1])]
+    if text.startswith("{") and text.endswith("}"):
+        out = {}
+        for item in _flow_items(text[1:-1]):
+            k, _, v = item.partition(":")
+            out[_scalar(k)] = _scalar(v)
+        return out
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         return text[1:-1].replace('\\"', '"') if text[0] == '"' else text[1:-1].replace("''", "'")
     if text in ("true", "false"):
@@ -102,6 +121,23 @@ def _scalar(text):
     if re.fullmatch(r"-?[0-9]+", text):
         return int(text)
     return text
+
+
+def _flow_items(text):
+    """The comma-separated items of a flow collection's inside (no nesting: what manifests write inline)."""
+    items, cur, quote = [], "", None
+    for c in text:
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "\"'":
+            quote = c
+        elif c == ",":
+            items.append(cur)
+            cur = ""
+            continue
+        cur += c
+    items.append(cur)
+    return [i for i in items if i.strip()]
 
 
 _KEY = re.compile(r"""^("[^"]*"|'[^']*'|[^\s:"'#-][^:#]*?|-[^\s:][^:#]*?)\s*:(\s+|$)(.*)$""")
@@ -135,7 +171,7 @@ def _map(lines, i, indent):
             raise ValueError(f"not a mapping entry: {lines[i][1]!r}")
         key, rest = _scalar(m.group(1)), m.group(3)
         i += 1
-        if rest.strip() in ("|", ">"):
+        if re.fullmatch(r"[|>][-+]?", rest.strip()):
             body = []
             while i < len(lines) and lines[i][0] > indent:
                 body.append(lines[i][1])
@@ -167,6 +203,17 @@ def _seq(lines, i, indent):
             i += 1
         out.append(item)
     return out, i
+
+
+def split_documents(text):
+    """The documents of a multi-document YAML text, as text."""
+    return [d for d in re.split(r"(?m)^---[ \t]*$", text) if d.strip()]
+
+
+def top_level_block(text, key):
+    """The lines of a top-level key's block, without the key line."""
+    m = re.search(rf"(?m)^{key}:[^\n]*\n((?:(?:[ \t-].*)?\n)*)", text)
+    return m.group(1) if m else ""
 
 
 def load_yaml(path):
@@ -324,6 +371,21 @@ def taints_of(registration, control_plane):
     return [CONTROL_PLANE_TAINT] if control_plane else []
 
 
+def kubeadm_objects(init, cluster):
+    """The objects kubeadm init makes that later stages ask about: the namespaces, and the kube-proxy
+    DaemonSet unless its addon phase is skipped or the proxy disabled (kubeadm v1beta4 skipPhases,
+    ClusterConfiguration proxy.disabled)."""
+    objects = {}
+    for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        objects[object_key("Namespace", None, ns)] = {"kind": "Namespace", "name": ns, "namespace": None,
+                                                     "annotations": {}, "created": time.time()}
+    skipped = "addon/kube-proxy" in (init.get("skipPhases") or []) or "addon" in (init.get("skipPhases") or [])
+    if not skipped and not (cluster.get("proxy") or {}).get("disabled"):
+        objects[object_key("DaemonSet", "kube-system", "kube-proxy")] = {
+            "kind": "DaemonSet", "name": "kube-proxy", "namespace": "kube-system", "annotations": {}, "created": time.time()}
+    return objects
+
+
 def kubeadm_init(argv):
     cfg = argv[argv.index("--config") + 1]
     docs = config_docs(cfg)
@@ -350,7 +412,9 @@ def kubeadm_init(argv):
     state = {"cluster": cluster.get("clusterName"), "tokens": {}, "certificate_keys": {},
              "nodes": {socket.gethostname(): {"role": "control-plane", "address": address, "via": "init",
                                               "taints": taints_of(init.get("nodeRegistration"), True)}},
-             "ca": open(K8S + "/pki/ca.crt").read()}
+             "ca": open(K8S + "/pki/ca.crt").read(),
+             "service_cidr": (cluster.get("networking") or {}).get("serviceSubnet") or "10.96.0.0/12",
+             "objects": kubeadm_objects(init, cluster)}
     write(APISERVER_STATE, json.dumps(state))
     write_control_plane(address, repository)
     write_kubelet_config(docs.get("KubeletConfiguration"), address)
@@ -510,6 +574,221 @@ def kubeadm(argv):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Objects: what `kubectl apply` hands the API server, kept in its state file, and the few controllers whose
+# effects the shipped stages look at (Cilium LB-IPAM and L2 announcements, the Thanos stores, OpenSearch and
+# Fluent Bit), run inside the API server process. The chart objects come from the kustomize stand-in's model.
+
+KINDS = {
+    "svc": "Service", "service": "Service", "services": "Service",
+    "ds": "DaemonSet", "daemonset": "DaemonSet", "daemonsets": "DaemonSet",
+    "deploy": "Deployment", "deployment": "Deployment", "deployments": "Deployment",
+    "sts": "StatefulSet", "statefulset": "StatefulSet", "statefulsets": "StatefulSet",
+    "job": "Job", "jobs": "Job", "cm": "ConfigMap", "configmap": "ConfigMap", "configmaps": "ConfigMap",
+    "secret": "Secret", "secrets": "Secret", "ns": "Namespace", "namespace": "Namespace",
+    "namespaces": "Namespace", "prometheusrule": "PrometheusRule", "prometheusrules": "PrometheusRule",
+    "ingress": "Ingress", "ingresses": "Ingress", "crd": "CustomResourceDefinition",
+    "customresourcedefinition": "CustomResourceDefinition",
+}
+# Where kubectl names a kind in its NotFound message (resource.group).
+RESOURCES = {"DaemonSet": "daemonsets.apps", "Deployment": "deployments.apps", "StatefulSet": "statefulsets.apps",
+             "Service": "services", "Job": "jobs.batch", "ConfigMap": "configmaps", "Secret": "secrets",
+             "Namespace": "namespaces", "PrometheusRule": "prometheusrules.monitoring.coreos.com"}
+CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "StorageClass",
+                  "CiliumLoadBalancerIPPool", "CiliumL2AnnouncementPolicy", "PriorityClass",
+                  "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+SHARING_KEY = "lbipam.cilium.io/sharing-key"
+SHARING_CROSS_NS = "lbipam.cilium.io/sharing-cross-namespace"
+REQUESTED_IPS = "lbipam.cilium.io/ips"
+STORES_PATH = "/api/v1/namespaces/monitoring/services/http:thanos-query:http/proxy/api/v1/stores"
+
+
+def object_key(kind, ns, name):
+    return f"{kind}/{'' if kind in CLUSTER_SCOPED else ns or 'default'}/{name}"
+
+
+def describe(doc_text):
+    """What the API server keeps of one applied document: kind, name, namespace, annotations and the few spec
+    fields the controllers read; for a Secret the SHA-256 of each value only (the values stay in memory)."""
+    try:
+        docs = yaml_documents(doc_text)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"cannot read a document: {e}") from e
+    if not docs or not isinstance(docs[0], dict):
+        return None, {}
+    d = docs[0]
+    kind, md = d.get("kind"), d.get("metadata") or {}
+    if not kind or not md.get("name"):
+        return None, {}
+    obj = {"kind": kind, "name": md["name"], "namespace": None if kind in CLUSTER_SCOPED else md.get("namespace") or "default",
+           "annotations": md.get("annotations") or {}}
+    spec = d.get("spec") or {}
+    values = {}
+    if kind == "Service":
+        obj["type"] = spec.get("type") or "ClusterIP"
+        obj["ports"] = [p.get("port") for p in spec.get("ports") or [] if isinstance(p, dict)]
+    elif kind == "CiliumLoadBalancerIPPool":
+        obj["blocks"] = spec.get("blocks") or []
+    elif kind == "CiliumL2AnnouncementPolicy":
+        obj["loadBalancerIPs"] = bool(spec.get("loadBalancerIPs"))
+    elif kind in ("Secret", "ConfigMap"):
+        data = d.get("data") or {}
+        if kind == "Secret":
+            import base64
+            for k, v in data.items():
+                values[k] = base64.b64decode(str(v)).decode(errors="replace")
+            obj["hashes"] = {k: sha256(v) for k, v in values.items()}
+        else:
+            obj["data"] = {k: str(v) for k, v in data.items()}
+    if kind != "Secret":
+        obj["text"] = doc_text
+    return obj, values
+
+
+class Kubectl:
+    VALUE_FLAGS = {"-n", "--namespace", "-o", "--output", "-f", "--filename", "-c", "--container", "--for",
+                   "--timeout", "--field-selector", "--field-manager", "--raw", "-l", "--selector"}
+
+    def __init__(self, argv):
+        self.flags, self.words, self.after = {}, [], []
+        i = 0
+        while i < len(argv):
+            a = argv[i]
+            if a == "--":
+                self.after = argv[i + 1:]
+                break
+            if a.startswith("-") and "=" in a and a.split("=", 1)[0] in self.VALUE_FLAGS:
+                k, v = a.split("=", 1)
+                self.flags[k] = v
+            elif a in self.VALUE_FLAGS and i + 1 < len(argv):
+                self.flags[a] = argv[i + 1]
+                i += 1
+            elif a.startswith("-"):
+                self.flags[a] = True
+            else:
+                self.words.append(a)
+            i += 1
+        self.ns = self.flags.get("-n") or self.flags.get("--namespace") or "default"
+        self.output = self.flags.get("-o") or self.flags.get("--output") or ""
+
+    def targets(self, first):
+        """KIND NAME..., KIND/NAME... from word `first` on, as (Kind, name) pairs."""
+        words, out = self.words[first:], []
+        if words and "/" not in words[0] and len(words) > 1:
+            kind = KINDS.get(words[0].lower(), words[0])
+            return [(kind, w) for w in words[1:]]
+        for w in words:
+            kind, _, name = w.partition("/")
+            out.append((KINDS.get(kind.lower(), kind), name))
+        return out
+
+
+def not_found(kind, name):
+    err(f'Error from server (NotFound): {RESOURCES.get(kind, kind.lower() + "s")} "{name}" not found\n')
+    return 1
+
+
+def kubectl_objects(server, argv):
+    """The verbs the manifest stages use: apply, get, delete, rollout status, wait, exec cilium-dbg status."""
+    k = Kubectl(argv)
+    verb = k.words[0] if k.words else ""
+    if verb == "apply":
+        source = k.flags.get("-f") or k.flags.get("--filename")
+        text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
+        status, body = api(server, "POST", "/standin/apply", {"text": text})
+        if status != 200:
+            err(f"error: {body.get('message', body)}\n")
+            return 1
+        for line in body["applied"]:
+            out(line + " serverside-applied\n")
+        return 0
+    if verb == "get" and ("--raw" in k.flags or k.targets(1)[:1] in ([("nodes", "")], [("node", "")])):
+        return None
+    if verb not in ("get", "delete", "rollout", "wait", "exec"):
+        return None
+    # As kubectl, a server that does not answer is an error at once (a few seconds for a moving VIP).
+    status, body = api(server, "GET", "/standin/objects", patience=5)
+    objects = body.get("objects", {})
+    if verb == "get":
+        targets = k.targets(1)
+        if not targets:
+            return 0
+        kind, name = targets[0]
+        obj = objects.get(object_key(kind, k.ns, name))
+        if obj is None:
+            return not_found(kind, name)
+        if k.output.startswith("jsonpath="):
+            path = k.output[len("jsonpath="):].strip("'")
+            if path == "{.status.loadBalancer.ingress[0].ip}":
+                out(obj.get("lb_ip") or "")
+            elif path == "{.spec.clusterIP}":
+                out(obj.get("cluster_ip") or "")
+            else:
+                err(f"kubectl (stand-in): -o {k.output} is not stood in\n")
+                return 1
+            return 0
+        out(f"NAME   AGE\n{name}   1m\n")
+        return 0
+    if verb == "delete":
+        for kind, name in k.targets(1):
+            status, body = api(server, "POST", "/standin/delete", {"key": object_key(kind, k.ns, name)})
+            if not body.get("deleted"):
+                if "--ignore-not-found" not in k.flags:
+                    return not_found(kind, name)
+                continue
+            out(f"{kind.lower()}.{RESOURCES.get(kind, '').partition('.')[2] or 'v1'} \"{name}\" deleted\n")
+        return 0
+    if verb == "rollout" and k.words[1:2] == ["status"]:
+        for kind, name in k.targets(2):
+            if object_key(kind, k.ns, name) not in objects:
+                return not_found(kind, name)
+            out(f'{kind.lower()} "{name}" successfully rolled out\n')
+        return 0
+    if verb == "wait":
+        cond = str(k.flags.get("--for", "")).lower()
+        targets = k.targets(1)
+        if cond == "condition=established":
+            # The CRDs of Cilium are made by its operator when it starts; the rest come with their manifests.
+            operator = object_key("Deployment", "kube-system", "cilium-operator") in objects
+            for kind, name in targets:
+                if name and name.endswith(".cilium.io") and not operator:
+                    err(f'Error from server (NotFound): customresourcedefinitions.apiextensions.k8s.io "{name}" not found\n')
+                    return 1
+            out("condition met\n")
+            return 0
+        if cond == "condition=ready":
+            kind = targets[0][0] if targets else ""
+            if kind in ("pods", "pod", "po") and k.ns != "kube-system" and object_key("Namespace", None, k.ns) not in objects:
+                err(f'error: no matching resources found\n')
+                return 1
+            out("condition met\n")
+            return 0
+        err(f"kubectl (stand-in): wait --for={cond} is not stood in\n")
+        return 1
+    if verb == "exec":
+        if "cilium-dbg" in k.after and "status" in k.after:
+            config = objects.get(object_key("ConfigMap", "kube-system", "cilium-config")) or {}
+            if object_key("DaemonSet", "kube-system", "cilium") not in objects:
+                return not_found("DaemonSet", "cilium")
+            kpr = (config.get("data") or {}).get("kube-proxy-replacement") == "true"
+            out("KVStore:                 Disabled\nKubernetes:              Ok   1.34 (" + VERSION + ") [linux/amd64]\n"
+                f"KubeProxyReplacement:    {'True' if kpr else 'False'}   [{switch_interface()}]\n")
+            return 0
+        err(f"kubectl (stand-in): exec {' '.join(k.after)} is not stood in\n")
+        return 1
+    return None
+
+
+def switch_interface():
+    """The interface that holds this node's own address (the lab's switch)."""
+    r = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    for line in r.splitlines():
+        parts = line.split()
+        if len(parts) > 3 and parts[1] != "lo" and not parts[3].startswith("10.0.2."):
+            return parts[1]
+    return "eth1"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # kubectl
 
 
@@ -535,6 +814,13 @@ def kubectl(argv):
     except OSError as e:
         err(f"error: {e}\n")
         return 1
+    try:
+        done = kubectl_objects(server, rest)
+    except (OSError, urllib.error.URLError) as e:
+        err(f"The connection to the server {server} was refused - did you specify the right host or port? ({e})\n")
+        return 1
+    if done is not None:
+        return done
     raw = next((a.split("=", 1)[1] for a in rest if a.startswith("--raw=")), None)
     if raw is None and "--raw" in rest:
         raw = rest[rest.index("--raw") + 1]
@@ -576,6 +862,342 @@ def kubectl(argv):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The cluster's controllers, in the API server process: what the shipped stages and checks observe of them.
+
+
+class Runtime:
+    """LB-IPAM and L2 announcements (Cilium), the Thanos sidecar's gRPC port, OpenSearch behind its ClusterIP and
+    the ingress, and Fluent Bit shipping to it. Addresses go on real interfaces and are served on real sockets:
+    the other VMs reach them over the lab's switch."""
+
+    def __init__(self):
+        self.lock = __import__("threading").RLock()
+        self.secrets = {}        # Secret values, in memory only (the state file keeps their SHA-256)
+        self.listeners = {}      # (ip, port) -> server
+        self.search = {"docs": [], "policies": {}, "repositories": {}, "seq": 0}
+
+    # --- LB-IPAM (checked: cilium operator/pkg/lbipam, v1.18 line: a Service asks for `lbipam.cilium.io/ips`
+    # from a pool; Services share an address only with the same sharing key, and across namespaces only when
+    # each one's sharing-cross-namespace names the other's namespace or "*").
+    @staticmethod
+    def pool_addresses(objects):
+        ips = []
+        for o in objects.values():
+            if o["kind"] != "CiliumLoadBalancerIPPool":
+                continue
+            for b in o.get("blocks") or []:
+                if isinstance(b, dict) and b.get("start"):
+                    start, stop = b["start"], b.get("stop") or b["start"]
+                    a, z = ip_int(start), ip_int(stop)
+                    ips.extend(int_ip(i) for i in range(a, z + 1))
+                elif isinstance(b, dict) and b.get("cidr"):
+                    net, bits = b["cidr"].split("/")
+                    base, n = ip_int(net), 2 ** (32 - int(bits))
+                    ips.extend(int_ip(base + i) for i in range(n))
+        return ips
+
+    @staticmethod
+    def may_share(a, b):
+        key_a, key_b = a["annotations"].get(SHARING_KEY), b["annotations"].get(SHARING_KEY)
+        if not key_a or key_a != key_b:
+            return False
+        if a["namespace"] != b["namespace"]:
+            allow = lambda o, ns: ns in str(o["annotations"].get(SHARING_CROSS_NS, "")).split(",") or \
+                str(o["annotations"].get(SHARING_CROSS_NS, "")) == "*"
+            if not (allow(a, b["namespace"]) and allow(b, a["namespace"])):
+                return False
+        return not set(a.get("ports") or []) & set(b.get("ports") or [])
+
+    def allocate(self, objects):
+        pool = self.pool_addresses(objects)
+        owners = {}
+        for key in sorted(objects, key=lambda k: objects[k].get("created", 0)):
+            svc = objects[key]
+            if svc["kind"] != "Service" or svc.get("type") != "LoadBalancer":
+                continue
+            svc["lb_ip"] = None
+            wanted = [w for w in str(svc["annotations"].get(REQUESTED_IPS, "")).split(",") if w] or pool
+            for ip in wanted:
+                if ip not in pool:
+                    continue
+                if all(self.may_share(svc, other) for other in owners.get(ip, [])):
+                    owners.setdefault(ip, []).append(svc)
+                    svc["lb_ip"] = ip
+                    break
+        return owners
+
+    def announce(self, objects, owners):
+        """Cilium L2 announcements: the agent answers ARP for an allocated address on the node's interface
+        (the stand-in puts the address on it, and the kernel answers); its ports are served."""
+        if not any(o["kind"] == "CiliumL2AnnouncementPolicy" and o.get("loadBalancerIPs") for o in objects.values()):
+            return
+        config = objects.get(object_key("ConfigMap", "kube-system", "cilium-config")) or {}
+        if (config.get("data") or {}).get("enable-l2-announcements") != "true":
+            return
+        iface = switch_interface()
+        for ip, services in owners.items():
+            add_address(ip, iface)
+            for svc in services:
+                for port in svc.get("ports") or []:
+                    self.listen(ip, port, IngressHandler if port == 80 else None)
+
+    def cluster_ips(self, objects, service_cidr):
+        base, bits = service_cidr.split("/")
+        size = 2 ** (32 - int(bits))
+        for key, o in objects.items():
+            if o["kind"] == "Service" and not o.get("cluster_ip"):
+                o["cluster_ip"] = int_ip(ip_int(base) + 10 + int(sha256(key), 16) % (size - 20))
+            admin = o["annotations"].get("kubeboot.io/standin-admin-secret") if o["kind"] == "Service" else None
+            if admin and object_key("StatefulSet", o["namespace"], o["name"]) in objects:
+                # OpenSearch: its Service's ClusterIP, which kube-proxy's replacement would route on this node.
+                add_address(o["cluster_ip"], "lo")
+                self.listen(o["cluster_ip"], 9200, SearchHandler)
+
+    def listen(self, ip, port, handler):
+        if (ip, port) in self.listeners:
+            return
+        try:
+            if handler is None:
+                server = __import__("socketserver").ThreadingTCPServer((ip, port), AcceptHandler, bind_and_activate=False)
+            else:
+                server = http.server.ThreadingHTTPServer((ip, port), handler, bind_and_activate=False)
+            server.allow_reuse_address = True
+            server.daemon_threads = True
+            server.server_bind()
+            server.server_activate()
+        except OSError as e:
+            out(f"runtime: cannot listen on {ip}:{port}: {e}\n")
+            return
+        self.listeners[(ip, port)] = server
+        __import__("threading").Thread(target=server.serve_forever, daemon=True).start()
+        out(f"runtime: serving {ip}:{port}\n")
+
+    # --- Fluent Bit: the DaemonSet's agent ships a record of this node every few seconds to its [OUTPUT].
+    def ship_logs(self, objects):
+        agent = next((o for o in objects.values() if o["kind"] == "DaemonSet" and o["name"] == "fluent-bit"), None)
+        if agent is None:
+            return
+        config = (objects.get(object_key("ConfigMap", agent["namespace"], "fluent-bit")) or {}).get("data", {})
+        settings = {}
+        for line in config.get("fluent-bit.conf", "").splitlines():
+            parts = line.split(None, 1)
+            if len(parts) == 2:
+                settings[parts[0]] = parts[1]
+        if not settings.get("Host"):
+            return
+        env = {}
+        for k, ref in agent["annotations"].items():
+            if k.startswith("kubeboot.io/standin-secret-env."):
+                name, _, key = str(ref).partition("/")
+                env[k.rsplit(".", 1)[1]] = self.secrets.get(object_key("Secret", agent["namespace"], name), {}).get(key, "")
+        password = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), settings.get("HTTP_Passwd", ""))
+        index = settings.get("Logstash_Prefix", "logs") + "-" + time.strftime("%Y.%m.%d", time.gmtime())
+        record = {"@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "log": "kubeboot VM lab",
+                  "kubernetes": {"host": socket.gethostname()}}
+        body = json.dumps({"index": {"_index": index}}) + "\n" + json.dumps(record) + "\n"
+        req = urllib.request.Request(f"http://{settings['Host']}:{settings.get('Port', '80')}/_bulk", data=body.encode(),
+                                     method="POST", headers={"Content-Type": "application/x-ndjson"})
+        import base64
+        req.add_header("Authorization", "Basic " + base64.b64encode(
+            f"{settings.get('HTTP_User', '')}:{password}".encode()).decode())
+        try:
+            urllib.request.urlopen(req, timeout=5).read()
+        except (OSError, urllib.error.URLError) as e:
+            out(f"fluent-bit (stand-in): {settings['Host']}: {e}\n")
+
+    def reconcile(self):
+        with self.lock:
+            state = read_state()
+            before = json.dumps(state, sort_keys=True)
+            objects = state.get("objects", {})
+            owners = self.allocate(objects)
+            self.cluster_ips(objects, state.get("service_cidr") or "10.96.0.0/12")
+            if json.dumps(state, sort_keys=True) != before:
+                write_state(state)
+        self.announce(objects, owners)
+        self.ship_logs(objects)
+
+    def loop(self):
+        while True:
+            try:
+                self.reconcile()
+            except (OSError, ValueError, KeyError) as e:
+                out(f"runtime: {e}\n")
+            time.sleep(3)
+
+    # --- the Thanos stores, as Thanos Query lists them through the API server's service proxy
+    def stores(self, objects, text):
+        sidecars = []
+        for ep in sorted(set(re.findall(r"--endpoint=([0-9.]+:\d+)", text))):
+            host, port = ep.rsplit(":", 1)
+            try:
+                socket.create_connection((host, int(port)), timeout=3).close()
+                error = None
+            except OSError as e:
+                error = f"rpc error: code = Unavailable desc = connection error: {e}"
+            sidecars.append({"name": ep, "lastError": error})
+        data = {"sidecar": sidecars}
+        for kind in ("store", "rule"):
+            if object_key("StatefulSet", "monitoring", f"thanos-{kind}") in objects:
+                data[kind] = [{"name": f"thanos-{kind}:10901", "lastError": None}]
+        return {"status": "success", "data": data}
+
+
+RUNTIME = Runtime()
+
+
+def read_state():
+    with open(APISERVER_STATE) as f:
+        return json.load(f)
+
+
+def write_state(state):
+    write(APISERVER_STATE + ".tmp", json.dumps(state))
+    os.replace(APISERVER_STATE + ".tmp", APISERVER_STATE)
+
+
+def ip_int(ip):
+    a, b, c, d = (int(x) for x in ip.split("."))
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def int_ip(n):
+    return ".".join(str((n >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def add_address(ip, iface):
+    have = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", iface], capture_output=True, text=True).stdout
+    if f" {ip}/" not in have:
+        subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", iface], check=False)
+
+
+class AcceptHandler(__import__("socketserver").BaseRequestHandler):
+    """A gRPC port that accepts connections (the Thanos sidecar's StoreAPI)."""
+
+    def handle(self):
+        self.request.close()
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, fmt, *args):
+        pass
+
+    def send(self, status, body):
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        return self.rfile.read(int(self.headers.get("Content-Length", "0") or 0))
+
+
+class SearchHandler(JsonHandler):
+    """OpenSearch's REST API, for the calls stage 78 and the checks make: health, the snapshot repository and
+    its verification, ISM and SM policies with optimistic concurrency, _bulk and _count. Basic auth against the
+    admin Secret the chart's values name (compared by SHA-256)."""
+
+    def authorized(self):
+        import base64
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Basic "):
+            return False
+        user, _, password = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
+        objects = read_state().get("objects", {})
+        for o in objects.values():
+            ref = o["annotations"].get("kubeboot.io/standin-admin-secret") if o["kind"] == "Service" else None
+            if ref:
+                name, _, key = ref.partition("/")
+                secret = objects.get(object_key("Secret", o["namespace"], name)) or {}
+                return user == "admin" and (secret.get("hashes") or {}).get(key) == sha256(password)
+        return False
+
+    def handle_any(self, method):
+        data = self.body()
+        if not self.authorized():
+            return self.send(401, {"error": "Unauthorized"})
+        path, _, query = self.path.partition("?")
+        s = RUNTIME.search
+        if path == "/_cluster/health":
+            return self.send(200, {"cluster_name": "opensearch-cluster", "status": "green"})
+        m = re.fullmatch(r"/_snapshot/([^/]+)(/_verify)?", path)
+        if m:
+            if m.group(2):
+                ok = m.group(1) in s["repositories"]
+                return self.send(200 if ok else 404, {"nodes": {}} if ok else {"error": "repository_missing_exception"})
+            if method == "PUT":
+                s["repositories"][m.group(1)] = json.loads(data or b"{}")
+                return self.send(200, {"acknowledged": True})
+            return self.send(200, {m.group(1): s["repositories"].get(m.group(1))})
+        m = re.fullmatch(r"/_plugins/_(ism|sm)/policies/([^/]+)", path)
+        if m:
+            key = m.group(1) + "/" + m.group(2)
+            cur = s["policies"].get(key)
+            if method == "GET":
+                if cur is None:
+                    return self.send(404, {"error": "not found"})
+                return self.send(200, {"_id": m.group(2), "_seq_no": cur[0], "_primary_term": 1, "policy": cur[1]})
+            params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+            if cur is not None and params.get("if_seq_no") != str(cur[0]):
+                return self.send(409, {"error": "version_conflict_engine_exception"})
+            if cur is None and method == "PUT" and m.group(1) == "sm":
+                return self.send(404, {"error": "SM policy not found: create it with POST"})
+            s["seq"] += 1
+            s["policies"][key] = (s["seq"], json.loads(data or b"{}"))
+            return self.send(200, {"_id": m.group(2), "_seq_no": s["seq"], "_primary_term": 1})
+        if path == "/_bulk":
+            lines = [json.loads(l) for l in data.decode().splitlines() if l.strip()]
+            for action, doc in zip(lines[::2], lines[1::2]):
+                s["docs"].append((action.get("index", {}).get("_index", ""), time.time()))
+            return self.send(200, {"errors": False, "items": []})
+        m = re.fullmatch(r"/([^/]+)/_count", path)
+        if m:
+            import fnmatch
+            window = 30
+            since = time.time() - window
+            n = sum(1 for index, t in s["docs"] if fnmatch.fnmatch(index, m.group(1)) and t >= since)
+            return self.send(200, {"count": n})
+        return self.send(404, {"error": f"no handler found for uri [{path}]"})
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_PUT(self):
+        self.handle_any("PUT")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+
+class IngressHandler(SearchHandler):
+    """Cilium's shared ingress on the LB IP: OpenSearch for `opensearch.<domain>` when this cluster runs it
+    (what Fluent Bit sends to), 404 for names it has no Ingress for."""
+
+    def routed(self, method):
+        host = (self.headers.get("Host") or "").split(":")[0]
+        objects = read_state().get("objects", {})
+        has_search = any(o["kind"] == "Service" and o["annotations"].get("kubeboot.io/standin-admin-secret")
+                         for o in objects.values())
+        if host.startswith("opensearch.") and has_search:
+            return self.handle_any(method)
+        self.body()
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self):
+        self.routed("GET")
+
+    def do_PUT(self):
+        self.routed("PUT")
+
+    def do_POST(self):
+        self.routed("POST")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The API server static pod
 
 
@@ -585,7 +1207,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             out("apiserver: " + (fmt % args) + "\n")
 
     def send(self, status, body):
-        data = json.dumps(body).encode()
+        data = json.dumps(body, separators=(",", ":")).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -597,7 +1219,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             return json.load(f)
 
     def save(self, state):
-        write(APISERVER_STATE, json.dumps(state))
+        write_state(state)
 
     def do_GET(self):
         if self.path in ("/readyz", "/livez", "/healthz"):
@@ -610,10 +1232,22 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             self.send(200, {"kind": "ConfigMap", "data": {"ca.crt": self.state()["ca"]}})
         elif self.path == "/api/v1/nodes":
             self.send(200, {"nodes": self.state()["nodes"]})
+        elif self.path == "/standin/objects":
+            objects = self.state().get("objects", {})
+            self.send(200, {"objects": {k: {f: v for f, v in o.items() if f != "text"} for k, o in objects.items()}})
+        elif self.path == STORES_PATH:
+            state = self.state()
+            if object_key("Deployment", "monitoring", "thanos-query") not in state.get("objects", {}):
+                return self.send(503, {"message": 'no endpoints available for service "thanos-query"'})
+            self.send(200, RUNTIME.stores(state.get("objects", {}), state.get("applied_text", "")))
         else:
             self.send(404, {"message": f"{self.path} not found"})
 
     def do_POST(self):
+        with RUNTIME.lock:
+            self.post()
+
+    def post(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
         state = self.state()
         now = time.time()
@@ -624,6 +1258,15 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             state[kind][body["hash"]] = now + int(body["ttl"])
             self.save(state)
             return self.send(200, {})
+        if self.path == "/standin/apply":
+            return self.apply(body.get("text", ""))
+        if self.path == "/standin/delete":
+            with RUNTIME.lock:
+                state = self.state()
+                gone = state.setdefault("objects", {}).pop(body.get("key"), None)
+                RUNTIME.secrets.pop(body.get("key"), None)
+                self.save(state)
+            return self.send(200, {"deleted": gone is not None})
         if self.path == "/standin/untaint":
             untainted = []
             for name, n in sorted(state["nodes"].items()):
@@ -650,6 +1293,35 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             return self.send(200, answer)
         self.send(404, {"message": f"{self.path} not found"})
 
+    def apply(self, text):
+        applied, kept = [], []
+        try:
+            described = [(doc, *describe(doc)) for doc in split_documents(text)]
+        except ValueError as e:
+            return self.send(400, {"message": str(e)})
+        with RUNTIME.lock:
+            state = self.state()
+            objects = state.setdefault("objects", {})
+            for doc, obj, values in described:
+                if obj is None:
+                    kept.append(doc)  # comments (the kustomize stand-in's patches) are part of what was applied
+                    continue
+                key = object_key(obj["kind"], obj["namespace"], obj["name"])
+                old = objects.get(key) or {}
+                obj["created"] = old.get("created") or time.time()
+                for field in ("lb_ip", "cluster_ip"):
+                    if old.get(field):
+                        obj[field] = old[field]
+                objects[key] = obj
+                if obj["kind"] == "Secret":
+                    RUNTIME.secrets[key] = values
+                else:
+                    kept.append(doc)
+                applied.append(f"{obj['kind'].lower()}/{obj['name']}")
+            state["applied_text"] = state.get("applied_text", "") + "".join("---\n" + d.strip("\n") + "\n" for d in kept)
+            self.save(state)
+        return self.send(200, {"applied": applied})
+
     def local(self, address):
         r = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True)
         return f" {address}/" in r.stdout
@@ -662,6 +1334,7 @@ def apiserver(args):
             port = int(a.split("=", 1)[1])
     http.server.ThreadingHTTPServer.allow_reuse_address = True
     server = http.server.ThreadingHTTPServer(("0.0.0.0", port), ApiHandler)
+    __import__("threading").Thread(target=RUNTIME.loop, daemon=True).start()
     out(f"apiserver (stand-in): serving plain HTTP on 0.0.0.0:{port}\n")
     server.serve_forever()
 
