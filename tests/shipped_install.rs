@@ -472,8 +472,61 @@ fn shipped_playbooks_install_four_clusters_resume_after_a_failure_and_then_have_
         );
     }
 
+    // 3c. `apply --fresh` of the manifest stages (50-cilium onward) changes nothing either: every apply's guard holds
+    // (`kubectl diff` of what it would apply; the Secrets' `secret.sh NAME --check`, OpenSearch's `configure.sh
+    // --check`, the buckets' HEAD), so no task is `changed` and no node is sent a `kubectl apply`. Without the
+    // guards each apply task would run and report `changed`.
+    let counts: BTreeMap<&str, usize> = NODES.iter().map(|n| (*n, calls(&t, n).len())).collect();
+    let manifest_run = t.run(&["apply", "--yes", "--output", "json", "--fresh", "--from", "cilium"]);
+    assert_eq!(manifest_run.code, Some(0), "{}", manifest_run.explain());
+    for node in NODES {
+        let finished = manifest_run.finished(node);
+        let changed: Vec<String> = finished
+            .iter()
+            .filter(|e| e["status"] == "changed")
+            .map(|e| format!("{} / {}", e["stage"], e["task"]))
+            .collect();
+        assert!(
+            changed.is_empty(),
+            "{node}: apply --fresh of the manifest stages changed {changed:?}"
+        );
+        let new = &calls(&t, node)[counts[node]..];
+        assert!(
+            !new.iter().any(|c| c.is("kubectl", "apply")),
+            "{node}: a manifest was applied again: {:?}",
+            new.iter()
+                .filter(|c| c.is("kubectl", "apply"))
+                .map(Call::line)
+                .collect::<Vec<_>>()
+        );
+        let guarded = finished.iter().filter(|e| e["reason"] == "guard").count();
+        assert!(
+            guarded > 0,
+            "{node}: no task was skipped by its guard: {}",
+            manifest_run.explain()
+        );
+    }
+    let central_guarded: Vec<String> = manifest_run
+        .finished("node-194")
+        .iter()
+        .filter(|e| e["reason"] == "guard")
+        .map(|e| e["task"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for task in [
+        "apply cilium",
+        "apply namespaces",
+        "grafana admin secret",
+        "apply opensearch",
+        "configure snapshots and lifecycle",
+    ] {
+        assert!(
+            central_guarded.iter().any(|t| t == task),
+            "node-194 (central): {task} not skipped by its guard: {central_guarded:?}"
+        );
+    }
+
     // 4. No secret value anywhere it must not be: argv, kubeboot's state, its output, the nodes' files.
-    for run in [&first_run, &second_run, &third_run, &fresh_run] {
+    for run in [&first_run, &second_run, &third_run, &fresh_run, &manifest_run] {
         assert_no_secret_in(&t, "kubeboot's stdout", run.stdout.as_bytes());
         assert_no_secret_in(&t, "kubeboot's stderr", run.stderr.as_bytes());
     }

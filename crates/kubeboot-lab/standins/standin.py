@@ -18,6 +18,7 @@ it is removed (see `held`).
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -656,10 +657,19 @@ def opensearch_answer(url, argv):
 def sha256sum(argv):
     if "-c" not in argv and "--check" not in argv:
         os.execv("/usr/bin/sha256sum", ["sha256sum"] + argv)
+    status = "--status" in argv
+    argv = [a for a in argv if a != "--status"]
     lines = sys.stdin.read().splitlines() if "-" in argv or len(argv) == 1 else []
     for a in argv:
         if a not in ("-c", "--check", "-"):
-            lines += open(a).read().splitlines()
+            try:
+                lines += open(a).read().splitlines()
+            except OSError:
+                err(f"sha256sum: {a}: No such file or directory\n")
+                return 1
+    if status:
+        res = subprocess.run(["/usr/bin/sha256sum", "-c", "--status", "-"], input="\n".join(lines).encode() + b"\n")
+        return res.returncode
     downloads = State()["downloads"]
     ok = True
     for line in lines:
@@ -1268,11 +1278,17 @@ def kubectl(argv):
     if verb == "version" and "--client" in k.flags:
         out("Client Version: " + kubeadm_version() + "\n")
         return 0
+    if verb == "diff":
+        # Read before the state lock: the kustomize build feeding the pipe may need it.
+        source = k.flags.get("-f") or k.flags.get("--filename")
+        diff_text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
     state = State()
     if not os.path.exists(kubeconfig) or state["cluster"] is None:
         err("The connection to the server localhost:8080 was refused - did you specify the right host or port?\n")
         return 1
     cluster = state["cluster"]
+    if verb == "diff":
+        return kubectl_diff(state, diff_text)
     if verb == "apply":
         source = k.flags.get("-f") or k.flags.get("--filename")
         text = sys.stdin.read() if source in (None, "-") else open(source).read()
@@ -1283,6 +1299,9 @@ def kubectl(argv):
         with open(os.path.join(STATE_DIR, "applied.yaml"), "a") as f:
             f.write(keep)
         state["applied"].extend(objects)
+        digests = state.data.setdefault("digests", {})
+        for d, o in zip(docs, objects):
+            digests[doc_id(o, d, state)] = doc_digest(state, d)
         if any(o["name"] == "cilium-chart-values" for o in objects):
             # What a Cilium agent leaves on a node: its links and its iptables chains (kube's chains come with it,
             # as a kube-proxy would have written them), next to a rule of the operator's own.
@@ -1323,6 +1342,37 @@ def kubectl(argv):
     if verb == "delete":
         return 0
     return 0
+
+
+def doc_digest(state, doc):
+    """A keyed digest of one applied document: what `kubectl diff` compares with. Keyed with the node's own random
+    key, so a Secret's digest in the state file tells nothing about its values."""
+    key = state.data.setdefault("digest_key", os.urandom(16).hex())
+    return hmac.new(key.encode(), doc.strip("\n").encode(), "sha256").hexdigest()
+
+
+def doc_id(obj, doc, state):
+    if obj["kind"] is None:
+        return "#" + doc_digest(state, doc)  # a comment document (the kustomize stand-in's patches)
+    return f"{obj['kind']}/{obj['namespace'] or ''}/{obj['name']}"
+
+
+def kubectl_diff(state, text):
+    """As kubectl diff: exit 0 when every object is as the input says, 1 when one differs or is missing, 2 on an
+    error (no objects)."""
+    docs = split_yaml_docs(text)
+    if not docs:
+        err("error: no objects passed to diff\n")
+        return 2
+    digests = state.data.get("digests", {})
+    differ = False
+    for d in docs:
+        o = describe_doc(d)
+        if digests.get(doc_id(o, d, state)) != doc_digest(state, d):
+            out(f"diff -u -N live/{o['kind']}.{o['name']} merged/{o['kind']}.{o['name']}\n")
+            differ = True
+    state.save()  # the digest key, made on first use
+    return 1 if differ else 0
 
 
 def kubectl_get(k, state, cluster):
@@ -1429,11 +1479,14 @@ def kustomize_build(path, helm):
         name = re.search(r"^name:\s*(\S+)", chart).group(1)
         ns = re.search(r"(?m)^\s*namespace:\s*(\S+)", chart)
         values_file = re.search(r"(?m)^\s*valuesFile:\s*(\S+)", chart)
+        version = re.search(r"(?m)^\s*version:\s*(\S+)", chart)
         values = open(os.path.join(path, values_file.group(1))).read() if values_file else ""
         body = "".join("    " + line + "\n" for line in values.splitlines())
+        # The chart's version is in what it renders (its labels), as a real chart's is: a new version differs.
         parts.append(f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-chart-values\n"
                      f"  namespace: {ns.group(1) if ns else 'default'}\n"
-                     f"data:\n  chart: {name}\n  values.yaml: |\n{body}")
+                     f"data:\n  chart: {name}\n  version: {version.group(1) if version else ''}\n"
+                     f"  values.yaml: |\n{body}")
     for gen in re.findall(r"(?m)^\s*-\s*name:\s*(\S+)", yaml_block(text, "configMapGenerator")):
         parts.append(f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {gen}\n")
     patches = yaml_block(text, "patches")

@@ -26,7 +26,8 @@ What is stood in, because none of it can be had on this machine (no Kubernetes p
   --all KEY-`, `version`, against the server of the kubeconfig given. Nodes carry the taints kubeadm gives them:
   a control plane `node-role.kubernetes.io/control-plane` unless its nodeRegistration.taints says otherwise
   (`taints: []` is none), a worker none. For the manifest stages: `apply -f FILE|-` (the API server keeps the
-  objects in its state file; of a Secret only the SHA-256 of each value, the values stay in its memory), `get
+  objects in its state file; of a Secret only the SHA-256 of each value, the values stay in its memory), `diff -f FILE|-`
+  (exit 0 when every object is as applied, 1 when one differs or is missing: the stages' guards), `get
   KIND NAME` (a Service's `-o jsonpath` LB IP or ClusterIP), `delete`, `rollout status`, `wait` (nodes, pods of
   a namespace that exists, CRDs: Cilium's once its operator is there) and `exec ds/cilium -- cilium-dbg status`
   (KubeProxyReplacement as cilium-config says). Objects the charts make come from the kustomize stand-in's
@@ -62,6 +63,7 @@ MANIFESTS = K8S + "/manifests"
 KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 # The API server's state: where a real control plane keeps it (etcd's data folder), as one JSON file.
 APISERVER_STATE = "/var/lib/etcd/standin-apiserver.json"
+SEARCH_STATE = "/var/lib/etcd/standin-opensearch.json"
 TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 # The one jsonpath the shipped stages ask for.
@@ -701,6 +703,17 @@ def kubectl_objects(server, argv):
         for line in body["applied"]:
             out(line + " serverside-applied\n")
         return 0
+    if verb == "diff":
+        # As kubectl diff: exit 0 when the objects are as the input says, 1 when one differs, above 1 on an error.
+        source = k.flags.get("-f") or k.flags.get("--filename")
+        text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
+        status, body = api(server, "POST", "/standin/diff", {"text": text})
+        if status != 200:
+            err(f"error: {body.get('message', body)}\n")
+            return 2
+        for line in body["differ"]:
+            out(f"diff -u -N live/{line} merged/{line}\n")
+        return 1 if body["differ"] else 0
     if verb == "get" and ("--raw" in k.flags or k.targets(1)[:1] in ([("nodes", "")], [("node", "")])):
         return None
     if verb not in ("get", "delete", "rollout", "wait", "exec"):
@@ -875,6 +888,16 @@ class Runtime:
         self.secrets = {}        # Secret values, in memory only (the state file keeps their SHA-256)
         self.listeners = {}      # (ip, port) -> server
         self.search = {"docs": [], "policies": {}, "repositories": {}, "seq": 0}
+        try:
+            with open(SEARCH_STATE) as f:
+                self.search.update(json.load(f))  # its repositories and policies live in its indices: kept on disk
+        except (OSError, ValueError):
+            pass
+
+    def save_search(self):
+        kept = {k: self.search[k] for k in ("policies", "repositories", "seq")}
+        write(SEARCH_STATE + ".tmp", json.dumps(kept))
+        os.replace(SEARCH_STATE + ".tmp", SEARCH_STATE)
 
     # --- LB-IPAM (checked: cilium operator/pkg/lbipam, v1.18 line: a Service asks for `lbipam.cilium.io/ips`
     # from a pool; Services share an address only with the same sharing key, and across namespaces only when
@@ -1129,8 +1152,11 @@ class SearchHandler(JsonHandler):
                 return self.send(200 if ok else 404, {"nodes": {}} if ok else {"error": "repository_missing_exception"})
             if method == "PUT":
                 s["repositories"][m.group(1)] = json.loads(data or b"{}")
+                RUNTIME.save_search()
                 return self.send(200, {"acknowledged": True})
-            return self.send(200, {m.group(1): s["repositories"].get(m.group(1))})
+            if m.group(1) not in s["repositories"]:
+                return self.send(404, {"error": "repository_missing_exception", "status": 404})
+            return self.send(200, {m.group(1): s["repositories"][m.group(1)]})
         m = re.fullmatch(r"/_plugins/_(ism|sm)/policies/([^/]+)", path)
         if m:
             key = m.group(1) + "/" + m.group(2)
@@ -1146,6 +1172,7 @@ class SearchHandler(JsonHandler):
                 return self.send(404, {"error": "SM policy not found: create it with POST"})
             s["seq"] += 1
             s["policies"][key] = (s["seq"], json.loads(data or b"{}"))
+            RUNTIME.save_search()
             return self.send(200, {"_id": m.group(2), "_seq_no": s["seq"], "_primary_term": 1})
         if path == "/_bulk":
             lines = [json.loads(l) for l in data.decode().splitlines() if l.strip()]
@@ -1260,6 +1287,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             return self.send(200, {})
         if self.path == "/standin/apply":
             return self.apply(body.get("text", ""))
+        if self.path == "/standin/diff":
+            return self.diff(body.get("text", ""))
         if self.path == "/standin/delete":
             with RUNTIME.lock:
                 state = self.state()
@@ -1321,6 +1350,31 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             state["applied_text"] = state.get("applied_text", "") + "".join("---\n" + d.strip("\n") + "\n" for d in kept)
             self.save(state)
         return self.send(200, {"applied": applied})
+
+    def diff(self, text):
+        """What `kubectl diff` tells: the documents whose object is missing or differs from what was applied (a
+        Secret by its annotations and the SHA-256 of each value; a comment document by being in the applied
+        text, since it carries the kustomize stand-in's patches)."""
+        try:
+            described = [(doc, *describe(doc)) for doc in split_documents(text)]
+        except ValueError as e:
+            return self.send(400, {"message": str(e)})
+        if not described:
+            return self.send(400, {"message": "no objects passed to diff"})
+        state = self.state()
+        objects, applied_text = state.get("objects", {}), state.get("applied_text", "")
+        differ = []
+        for doc, obj, _ in described:
+            if obj is None:
+                if "---\n" + doc.strip("\n") + "\n" not in applied_text:
+                    differ.append("comment")
+                continue
+            key = object_key(obj["kind"], obj["namespace"], obj["name"])
+            old = objects.get(key)
+            fields = ("annotations", "hashes") if obj["kind"] == "Secret" else ("text",)
+            if old is None or any(old.get(f) != obj.get(f) for f in fields):
+                differ.append(key)
+        return self.send(200, {"differ": differ})
 
     def local(self, address):
         r = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True)
