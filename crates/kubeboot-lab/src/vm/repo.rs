@@ -324,6 +324,44 @@ mod standin_tests {
         );
     }
 
+    /// `kubectl diff` (the manifest stages' guards) against what the API server holds: nothing differs for the
+    /// documents as applied, a changed Secret value or ConfigMap differs, an object never applied differs.
+    #[test]
+    fn diff_tells_what_differs_from_what_was_applied() {
+        let secret = |v: &str| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: logging\ndata:\n  password: {v}\n"
+            )
+        };
+        let config = |v: &str| {
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: logging\ndata:\n  a: {v}\n")
+        };
+        let applied = format!("---\n{}---\n{}", secret("c2VjcmV0LXZhbHVl"), config("one"));
+        let diff = |text: &str| {
+            python(&format!(
+                "objects = {{}}\nfor doc in k.split_documents({applied:?}):\n    o, _ = k.describe(doc)\n    objects[k.object_key(o['kind'], o['namespace'], o['name'])] = o\n\
+                 h = k.ApiHandler.__new__(k.ApiHandler)\n\
+                 h.state = lambda: {{'objects': objects, 'applied_text': ''}}\n\
+                 h.send = lambda status, body: print(status, json.dumps(body))\n\
+                 h.diff({text:?})\n"
+            ))
+        };
+        assert_eq!(diff(&applied).trim(), r#"200 {"differ": []}"#);
+        assert_eq!(
+            diff(&format!("---\n{}---\n{}", secret("b3RoZXI="), config("one"))).trim(),
+            r#"200 {"differ": ["Secret/logging/s"]}"#
+        );
+        assert_eq!(
+            diff(&config("two")).trim(),
+            r#"200 {"differ": ["ConfigMap/logging/c"]}"#
+        );
+        assert_eq!(
+            diff(&config("one").replace("name: c", "name: new")).trim(),
+            r#"200 {"differ": ["ConfigMap/logging/new"]}"#
+        );
+        assert!(diff("").starts_with("400 "), "no documents is an error, as kubectl's");
+    }
+
     /// A Secret's values never reach the API server's state: only their SHA-256.
     #[test]
     fn a_secret_is_kept_as_hashes() {

@@ -39,7 +39,8 @@ What is stood in, because none of it can be had on this machine (no Kubernetes p
   each `--endpoint` over the switch), OpenSearch on its Service's ClusterIP (health, snapshot repository, ISM and
   SM policies, _bulk, _count; basic auth against the admin Secret's hash) and behind the ingress for
   `opensearch.<domain>`, and Fluent Bit, which sends a record every few seconds to its [OUTPUT] Host:Port with
-  the password from its Secret.
+  the password from its Secret (after a reboot, when the values are no longer in memory, with the SHA-256 the
+  state file keeps of it: the API server never writes a Secret value to disk).
 """
 
 import hashlib
@@ -64,6 +65,9 @@ KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
 # The API server's state: where a real control plane keeps it (etcd's data folder), as one JSON file.
 APISERVER_STATE = "/var/lib/etcd/standin-apiserver.json"
 SEARCH_STATE = "/var/lib/etcd/standin-opensearch.json"
+# How the stand-in Fluent Bit logs in once a reboot took the Secret values out of memory: user and the SHA-256 of
+# the password its Secret holds (a real agent would read the Secret again; here only its hash is on disk).
+STANDIN_HASH_AUTH = "KubebootStandinHash"
 TOKEN_RE = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 # The one jsonpath the shipped stages ask for.
@@ -1008,21 +1012,32 @@ class Runtime:
                 settings[parts[0]] = parts[1]
         if not settings.get("Host"):
             return
-        env = {}
+        env, hashes = {}, {}
         for k, ref in agent["annotations"].items():
             if k.startswith("kubeboot.io/standin-secret-env."):
                 name, _, key = str(ref).partition("/")
-                env[k.rsplit(".", 1)[1]] = self.secrets.get(object_key("Secret", agent["namespace"], name), {}).get(key, "")
-        password = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), settings.get("HTTP_Passwd", ""))
+                secret = object_key("Secret", agent["namespace"], name)
+                var = k.rsplit(".", 1)[1]
+                if key in self.secrets.get(secret, {}):
+                    env[var] = self.secrets[secret][key]
+                hashes[var] = ((objects.get(secret) or {}).get("hashes") or {}).get(key)
+        configured = settings.get("HTTP_Passwd", "")
+        only = re.fullmatch(r"\$\{(\w+)\}", configured)
+        if only and only.group(1) not in env and hashes.get(only.group(1)):
+            # After a reboot the values are gone from memory (they are never on disk) while the Secret is still
+            # there, as in etcd: the agent proves it holds the Secret's password by its SHA-256 (STANDIN_HASH_AUTH).
+            auth = f"{STANDIN_HASH_AUTH} {settings.get('HTTP_User', '')}:{hashes[only.group(1)]}"
+        else:
+            password = re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), ""), configured)
+            import base64
+            auth = "Basic " + base64.b64encode(f"{settings.get('HTTP_User', '')}:{password}".encode()).decode()
         index = settings.get("Logstash_Prefix", "logs") + "-" + time.strftime("%Y.%m.%d", time.gmtime())
         record = {"@timestamp": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "log": "kubeboot VM lab",
                   "kubernetes": {"host": socket.gethostname()}}
         body = json.dumps({"index": {"_index": index}}) + "\n" + json.dumps(record) + "\n"
         req = urllib.request.Request(f"http://{settings['Host']}:{settings.get('Port', '80')}/_bulk", data=body.encode(),
                                      method="POST", headers={"Content-Type": "application/x-ndjson"})
-        import base64
-        req.add_header("Authorization", "Basic " + base64.b64encode(
-            f"{settings.get('HTTP_User', '')}:{password}".encode()).decode())
+        req.add_header("Authorization", auth)
         try:
             urllib.request.urlopen(req, timeout=5).read()
         except (OSError, urllib.error.URLError) as e:
@@ -1125,16 +1140,20 @@ class SearchHandler(JsonHandler):
     def authorized(self):
         import base64
         auth = self.headers.get("Authorization", "")
-        if not auth.startswith("Basic "):
+        if auth.startswith(STANDIN_HASH_AUTH + " "):
+            user, _, digest = auth[len(STANDIN_HASH_AUTH) + 1:].partition(":")
+        elif auth.startswith("Basic "):
+            user, _, password = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
+            digest = sha256(password)
+        else:
             return False
-        user, _, password = base64.b64decode(auth[6:]).decode(errors="replace").partition(":")
         objects = read_state().get("objects", {})
         for o in objects.values():
             ref = o["annotations"].get("kubeboot.io/standin-admin-secret") if o["kind"] == "Service" else None
             if ref:
                 name, _, key = ref.partition("/")
                 secret = objects.get(object_key("Secret", o["namespace"], name)) or {}
-                return user == "admin" and (secret.get("hashes") or {}).get(key) == sha256(password)
+                return user == "admin" and (secret.get("hashes") or {}).get(key) == digest
         return False
 
     def handle_any(self, method):
