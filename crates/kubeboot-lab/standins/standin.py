@@ -1257,6 +1257,11 @@ class Kubectl:
         self.ns = self.flags.get("-n") or self.flags.get("--namespace") or "default"
         self.output = self.flags.get("-o") or self.flags.get("--output")
 
+    def input(self):
+        """The documents of `-f FILE` or `-f -` (stdin)."""
+        source = self.flags.get("-f") or self.flags.get("--filename")
+        return sys.stdin.read() if source in (None, True, "-") else open(source).read()
+
 
 def applied_text():
     try:
@@ -1279,9 +1284,7 @@ def kubectl(argv):
         out("Client Version: " + kubeadm_version() + "\n")
         return 0
     if verb == "diff":
-        # Read before the state lock: the kustomize build feeding the pipe may need it.
-        source = k.flags.get("-f") or k.flags.get("--filename")
-        diff_text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
+        diff_text = k.input()  # read before the state lock: the kustomize build feeding the pipe may need it
     state = State()
     if not os.path.exists(kubeconfig) or state["cluster"] is None:
         err("The connection to the server localhost:8080 was refused - did you specify the right host or port?\n")
@@ -1290,9 +1293,7 @@ def kubectl(argv):
     if verb == "diff":
         return kubectl_diff(state, diff_text)
     if verb == "apply":
-        source = k.flags.get("-f") or k.flags.get("--filename")
-        text = sys.stdin.read() if source in (None, "-") else open(source).read()
-        docs = split_yaml_docs(text)
+        docs = split_yaml_docs(k.input())
         objects = [describe_doc(d) for d in docs]
         keep = "".join("---\n" + d.strip("\n") + "\n" for d, o in zip(docs, objects) if o["kind"] != "Secret")
         # Comments carry the patches the kustomize stand-in did not apply; they are part of what was applied.

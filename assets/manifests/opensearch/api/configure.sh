@@ -29,15 +29,19 @@ os GET /_cluster/health | grep -Eq '"status":"(green|yellow)"'
 #          from the keystore (S3ClientSettings)
 os PUT /_snapshot/logs-s3 --fail --data-binary "@$api/snapshot-repository.json"
 os POST /_snapshot/logs-s3/_verify --fail > /dev/null
-# ISM: create, or update in place when it already exists (PUT with its seq_no/primary_term).
-cur=$(os GET /_plugins/_ism/policies/logs-lifecycle || true)
-seq=$(printf '%s' "$cur" | sed -n 's/.*"_seq_no":\([0-9]*\).*/\1/p')
-term=$(printf '%s' "$cur" | sed -n 's/.*"_primary_term":\([0-9]*\).*/\1/p')
-if [ -n "$seq" ] && [ -n "$term" ]; then
-  os PUT "/_plugins/_ism/policies/logs-lifecycle?if_seq_no=$seq&if_primary_term=$term" --fail --data-binary "@$api/ism-policy.json"
-else
-  os PUT /_plugins/_ism/policies/logs-lifecycle --fail --data-binary "@$api/ism-policy.json"
-fi
+# PATH FILE CREATE-METHOD: a policy created, or updated in place when it already exists (PUT with its
+# seq_no/primary_term). ISM creates with PUT, SM with POST.
+policy() {
+  cur=$(os GET "$1" || true)
+  seq=$(printf '%s' "$cur" | sed -n 's/.*"_seq_no":\([0-9]*\).*/\1/p')
+  term=$(printf '%s' "$cur" | sed -n 's/.*"_primary_term":\([0-9]*\).*/\1/p')
+  if [ -n "$seq" ] && [ -n "$term" ]; then
+    os PUT "$1?if_seq_no=$seq&if_primary_term=$term" --fail --data-binary "@$2"
+  else
+    os "$3" "$1" --fail --data-binary "@$2"
+  fi
+}
+policy /_plugins/_ism/policies/logs-lifecycle "$api/ism-policy.json" PUT
 # SM: its deletion only looks at snapshots SM itself took (marked with the policy in their metadata)
 # plus those matching deletion.snapshot_pattern; the ISM snapshot action names its snapshots
 # logs-archive-<date>, so snapshot_pattern "logs-archive-*" (a pattern other than the policy's own
@@ -46,14 +50,7 @@ fi
 #          engine/states/deletion/DeletingState.kt, model/SMPolicy.kt (Deletion.snapshot_pattern),
 #          indexstatemanagement/step/snapshot/AttemptSnapshotStep.kt (name = snapshot + "-" + date);
 #          ISM policy fields: model/Policy.kt, State.kt, Transition.kt, ISMTemplate.kt
-cur=$(os GET /_plugins/_sm/policies/logs-archive || true)
-seq=$(printf '%s' "$cur" | sed -n 's/.*"_seq_no":\([0-9]*\).*/\1/p')
-term=$(printf '%s' "$cur" | sed -n 's/.*"_primary_term":\([0-9]*\).*/\1/p')
-if [ -n "$seq" ] && [ -n "$term" ]; then
-  os PUT "/_plugins/_sm/policies/logs-archive?if_seq_no=$seq&if_primary_term=$term" --fail --data-binary "@$api/sm-policy.json"
-else
-  os POST /_plugins/_sm/policies/logs-archive --fail --data-binary "@$api/sm-policy.json"
-fi
+policy /_plugins/_sm/policies/logs-archive "$api/sm-policy.json" POST
 # What --check compares with next time.
 sha256sum "$api/snapshot-repository.json" "$api/ism-policy.json" "$api/sm-policy.json" > "$record.tmp"
 mv "$record.tmp" "$record"

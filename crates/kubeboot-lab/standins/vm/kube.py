@@ -676,6 +676,11 @@ class Kubectl:
         self.ns = self.flags.get("-n") or self.flags.get("--namespace") or "default"
         self.output = self.flags.get("-o") or self.flags.get("--output") or ""
 
+    def input(self):
+        """The documents of `-f FILE` or `-f -` (stdin)."""
+        source = self.flags.get("-f") or self.flags.get("--filename")
+        return sys.stdin.read() if source in (None, True, "-") else open(source).read()
+
     def targets(self, first):
         """KIND NAME..., KIND/NAME... from word `first` on, as (Kind, name) pairs."""
         words, out = self.words[first:], []
@@ -698,9 +703,7 @@ def kubectl_objects(server, argv):
     k = Kubectl(argv)
     verb = k.words[0] if k.words else ""
     if verb == "apply":
-        source = k.flags.get("-f") or k.flags.get("--filename")
-        text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
-        status, body = api(server, "POST", "/standin/apply", {"text": text})
+        status, body = api(server, "POST", "/standin/apply", {"text": k.input()})
         if status != 200:
             err(f"error: {body.get('message', body)}\n")
             return 1
@@ -709,9 +712,7 @@ def kubectl_objects(server, argv):
         return 0
     if verb == "diff":
         # As kubectl diff: exit 0 when the objects are as the input says, 1 when one differs, above 1 on an error.
-        source = k.flags.get("-f") or k.flags.get("--filename")
-        text = sys.stdin.read() if source in (None, True, "-") else open(source).read()
-        status, body = api(server, "POST", "/standin/diff", {"text": text})
+        status, body = api(server, "POST", "/standin/diff", {"text": k.input()})
         if status != 200:
             err(f"error: {body.get('message', body)}\n")
             return 2
