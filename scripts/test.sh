@@ -49,5 +49,5 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace
 echo "== SSH benchmark smoke run (4 lab hosts, W1, kubeboot and the single-shell floor)"
-cargo build --locked --quiet --bin kubeboot
+cargo build --locked --quiet --bin kubeboot --bin kubeboot-node
 KUBEBOOT="${CARGO_TARGET_DIR:-target}/debug/kubeboot" bash benches/ssh/smoke.sh

@@ -26,6 +26,51 @@ async fn connect(t: &TestLab) -> Session {
         .unwrap_or_else(|e| panic!("connect failed: {e}"))
 }
 
+/// Connects to node-1 with jobs run by the node helper (`helper`) or by the persistent shell's own
+/// job text, and checks that they are: the parent of a job's `sh` is `kubeboot-node` (its cached
+/// copy, `kubeboot-node-SHA`) only with the helper, for the login user's shell and root's.
+async fn connect_runner(t: &TestLab, helper: bool) -> Session {
+    let mut target = target(t);
+    target.node_helper = helper;
+    let s = Session::connect(target)
+        .await
+        .unwrap_or_else(|e| panic!("connect failed: {e}"));
+    for become_ in [false, true] {
+        let (exit, lines) = run(
+            &s,
+            &Command {
+                become_,
+                ..cmd("ps -o comm= -p $PPID")
+            },
+        )
+        .await;
+        assert_eq!(exit.unwrap(), Exit::Code(0), "{lines:?}");
+        assert_eq!(
+            stdout(&lines).first().is_some_and(|c| c.starts_with("kubeboot-node")),
+            helper,
+            "node helper {helper}, become {become_}: the job's parent is {lines:?}"
+        );
+    }
+    s
+}
+
+/// A test of what the executor guarantees, once with each way a node runs jobs: the node helper
+/// (`kubeboot-node`), and the persistent shell's own job text (used where the helper cannot run).
+macro_rules! with_each_job_runner {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn node_helper() {
+                super::$name(true).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn shell() {
+                super::$name(false).await
+            }
+        }
+    };
+}
+
 fn cmd(script: &str) -> Command {
     Command {
         script: script.to_string(),
@@ -71,10 +116,10 @@ async fn wait_until_gone(needle: &str) -> bool {
     false
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exec_streams_lines_as_they_are_printed() {
+with_each_job_runner!(exec_streams_lines_as_they_are_printed);
+async fn exec_streams_lines_as_they_are_printed(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     let start = Instant::now();
     let seen = Mutex::new(Vec::new());
     let exit = s
@@ -98,10 +143,10 @@ async fn exec_streams_lines_as_they_are_printed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact() {
+with_each_job_runner!(exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact);
+async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     assert_eq!(run(&s, &cmd("exit 7")).await.0.unwrap(), Exit::Code(7));
     assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
 
@@ -122,10 +167,10 @@ async fn exit_codes_and_env_values_with_quotes_and_newlines_arrive_intact() {
     assert!(matches!(run(&s, &bad).await.0, Err(SshError::Protocol(_))));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn stdin_of_the_user_command_is_empty() {
+with_each_job_runner!(stdin_of_the_user_command_is_empty);
+async fn stdin_of_the_user_command_is_empty(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     let (exit, lines) = run(
         &s,
         &cmd("if read -r x; then echo \"got $x\"; else echo empty; fi; cat; echo end"),
@@ -135,11 +180,11 @@ async fn stdin_of_the_user_command_is_empty() {
     assert_eq!(stdout(&lines), ["empty", "end"]);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn become_runs_as_root_and_ps_never_shows_the_password() {
+with_each_job_runner!(become_runs_as_root_and_ps_never_shows_the_password);
+async fn become_runs_as_root_and_ps_never_shows_the_password(helper: bool) {
     let t = start_lab(1);
     let password = lab::password(&t.lab.dir).unwrap();
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     let become_ = Command {
         become_: true,
         ..cmd("id -u; echo ready; sleep 2.34")
@@ -235,10 +280,10 @@ async fn stop_once_started(s: &Session, c: &Command, cancel: bool) -> (Option<Re
     (result, at.elapsed())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cancel_kills_the_remote_process() {
+with_each_job_runner!(cancel_kills_the_remote_process);
+async fn cancel_kills_the_remote_process(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     // The job says when it runs (no fixed wait: at load 45 a become job once took over a second to start).
     for (needle, become_) in [("sleep 317", false), ("sleep 318", true)] {
         let c = Command {
@@ -258,13 +303,13 @@ async fn cancel_kills_the_remote_process() {
     }
 }
 
+with_each_job_runner!(a_timed_out_or_cancelled_command_dies_with_everything_it_started);
 /// A task's timeout drops the exec future: the command must die with everything it started, also
 /// what left its process group for a session of its own (as apt does with dpkg, which kept running
 /// on the VMs after a timed-out install).
-#[tokio::test(flavor = "multi_thread")]
-async fn a_timed_out_or_cancelled_command_dies_with_everything_it_started() {
+async fn a_timed_out_or_cancelled_command_dies_with_everything_it_started(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     for (n, (become_, cancel)) in [(false, false), (true, false), (false, true), (true, true)]
         .into_iter()
         .enumerate()
@@ -297,10 +342,10 @@ async fn a_timed_out_or_cancelled_command_dies_with_everything_it_started() {
     assert_eq!(run(&s, &cmd("true")).await.0.unwrap(), Exit::Code(0));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dropping_the_exec_future_kills_the_remote_process() {
+with_each_job_runner!(dropping_the_exec_future_kills_the_remote_process);
+async fn dropping_the_exec_future_kills_the_remote_process(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     let c = cmd("sleep 327");
     let result = tokio::time::timeout(
         Duration::from_secs(1),
@@ -506,10 +551,10 @@ async fn an_encrypted_key_file_is_a_clear_error() {
     assert!(err.to_string().contains("ssh-add"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twenty_commands_share_one_connection() {
+with_each_job_runner!(twenty_commands_share_one_connection);
+async fn twenty_commands_share_one_connection(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     for i in 0..20 {
         let (exit, lines) = run(&s, &cmd(&format!("echo {i}"))).await;
         assert_eq!(exit.unwrap(), Exit::Code(0));
@@ -529,14 +574,16 @@ async fn twenty_commands_share_one_connection() {
     let log = std::fs::read_to_string(t.lab.sshd_log("node-1")).unwrap();
     assert_eq!(log.matches("Accepted publickey").count(), 1, "{log}");
 
-    // The 32 finished jobs do not linger as zombies of the long-lived shell: the shell is the
-    // outermost `sh` above this job (the ones between are its wrapper subshells). The shell reaps
+    // The 32 finished jobs do not linger as zombies of the long-lived shell or the node helper:
+    // the helper is this job's parent, the shell the outermost `sh` above it (the ones between are
+    // its wrapper subshells). The shell reaps
     // what has ended when it starts a job; a job reports its end just before its last processes
     // exit, so the jobs that ended together a moment ago may still be on their way out when the
     // first check starts (each check reaps them): a few checks, a moment apart. Were finished jobs
     // never reaped, all 32 would stay.
     let count = cmd(concat!(
-        "p=$$; while pp=$(ps -o ppid= -p \"$p\" | tr -d ' ') && [ \"$(ps -o comm= -p \"$pp\")\" = sh ]; do p=$pp; done\n",
+        "p=$$; while pp=$(ps -o ppid= -p \"$p\" | tr -d ' ') && c=$(ps -o comm= -p \"$pp\") && [ \"$c\" = sh ]; do p=$pp; done\n",
+        "case $c in kubeboot-node*) p=$pp ;; esac\n",
         "ps -o stat= --ppid \"$p\" | grep -c Z || true",
     ));
     let mut zombies = usize::MAX;
@@ -552,10 +599,10 @@ async fn twenty_commands_share_one_connection() {
     assert!(zombies <= 1, "{zombies} finished jobs were never reaped");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
+with_each_job_runner!(losing_the_node_while_a_command_runs_is_reported_not_hung);
+async fn losing_the_node_while_a_command_runs_is_reported_not_hung(helper: bool) {
     let t = start_lab(2);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     let dir = t.lab.dir.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -572,6 +619,7 @@ async fn losing_the_node_while_a_command_runs_is_reported_not_hung() {
 
     // A frozen node (SIGSTOP) is found dead by the keepalives.
     let mut target = t.lab.target("node-2").unwrap();
+    target.node_helper = helper;
     target.keepalive = Duration::from_millis(500);
     let s = Session::connect(target).await.unwrap();
     // The session is fully set up (its shell runs) before the node freezes.
@@ -614,10 +662,10 @@ async fn the_lab_writes_an_inventory_and_restarts_stopped_nodes() {
     connect(&t).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn fifty_small_commands_on_one_node_run_quickly() {
+with_each_job_runner!(fifty_small_commands_on_one_node_run_quickly);
+async fn fifty_small_commands_on_one_node_run_quickly(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     for become_ in [false, true] {
         let c = Command { become_, ..cmd("true") };
         run(&s, &c).await.0.unwrap();
@@ -675,10 +723,10 @@ async fn probing_a_host_key_tells_known_unknown_and_changed_apart_without_loggin
     assert!(probe_host_key(&closed).await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn each_job_has_its_own_process_group_and_environment_and_cancel_kills_only_it() {
+with_each_job_runner!(each_job_has_its_own_process_group_and_environment_and_cancel_kills_only_it);
+async fn each_job_has_its_own_process_group_and_environment_and_cancel_kills_only_it(helper: bool) {
     let t = start_lab(1);
-    let s = connect(&t).await;
+    let s = connect_runner(&t, helper).await;
     // The job's shell leads its own session and process group.
     let c = Command {
         env: vec![("KB_ONE".into(), "1".into())],

@@ -47,6 +47,7 @@ VARIANTS = [
     ("kubeboot", "kubeboot", False),
     (BASELINE, "kubeboot", False),  # only with --baseline: another kubeboot binary, e.g. main before a change
     ("kubeboot (no persistent shell)", "kubeboot", False),
+    ("kubeboot (no node helper)", "kubeboot", False),  # the persistent shell runs the jobs itself
     ("floor: one ssh, one shell", "floor", False),
     ("floor: ControlMaster, ssh per command", "floor", False),
     ("ansible command linear", "ansible", True),
@@ -255,13 +256,16 @@ def prepare(lab, work, wl, variant, args):
             lines += [f"  - name: t{i + 1}", f"    run: {json.dumps(command)}"]
         (pb / f"00-{wl.lower()}.yaml").write_text("\n".join(lines) + "\n")
         inventory = lab.dir / "inventory.toml"
-        if "no persistent" in variant:
-            # The inventory setting (older kubeboot read the environment switch KUBEBOOT_SSH_PERSISTENT_SHELL=0).
+        setting = ("persistent_shell = false" if "no persistent" in variant
+                   else "node_helper = false" if "no node helper" in variant else None)
+        if setting:
+            # Inventory settings (older kubeboot read the environment switch KUBEBOOT_SSH_PERSISTENT_SHELL=0,
+            # and before the node helper there was nothing to turn off).
             text = inventory.read_text()
             if "\n[ssh]\n" not in "\n" + text:
-                sys.exit(f"{inventory} has no [ssh] table to put persistent_shell = false in")
+                sys.exit(f"{inventory} has no [ssh] table to put {setting} in")
             inventory = work / "inventory.toml"
-            inventory.write_text(text.replace("[ssh]\n", "[ssh]\npersistent_shell = false\n", 1))
+            inventory.write_text(text.replace("[ssh]\n", f"[ssh]\n{setting}\n", 1))
         state = work / "state"  # fresh per run: run() removes it first
         argv = [binary, "-i", str(inventory), "-p", str(pb), "--state-dir", str(state),
                 "apply", "--yes", "--output", "json", "--forks", str(n)]

@@ -38,7 +38,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${KUBEBOOT:-}" ]; then
     echo "== building kubeboot (release)" >&2
-    (cd "$repo" && cargo build --release --quiet --bin kubeboot)
+    (cd "$repo" && cargo build --release --quiet --bin kubeboot --bin kubeboot-node)
     KUBEBOOT="${CARGO_TARGET_DIR:-$repo/target}/release/kubeboot"
 fi
 [ -x "$KUBEBOOT" ] || die "no kubeboot binary at $KUBEBOOT"

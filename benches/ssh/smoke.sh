@@ -11,7 +11,7 @@ repo=$(cd "$here/../.." && pwd)
 
 [ "$(id -u)" = 0 ] || { echo "smoke.sh: needs root (the lab creates the user kblab and runs sshd)" >&2; exit 2; }
 if [ -z "${KUBEBOOT:-}" ]; then
-    (cd "$repo" && cargo build --quiet --bin kubeboot)
+    (cd "$repo" && cargo build --quiet --bin kubeboot --bin kubeboot-node)
     KUBEBOOT="${CARGO_TARGET_DIR:-$repo/target}/debug/kubeboot"
 fi
 # bench.py runs kubeboot from its own work folders: a relative path would not resolve there.

@@ -500,6 +500,7 @@ impl Lab {
             connect_timeout: Duration::from_secs(10),
             keepalive: Duration::from_secs(10),
             persistent_shell: true,
+            node_helper: true,
         };
         let secrets = NodeSecrets {
             password: None,

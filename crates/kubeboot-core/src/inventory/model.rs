@@ -35,6 +35,9 @@ pub struct SshSettings {
     /// Run each node's commands through one persistent shell (one channel, one sudo per node)
     /// instead of one channel per command. Default true.
     pub persistent_shell: bool,
+    /// Let the persistent shell hand its jobs to kubeboot's node helper (`kubeboot-node`, copied
+    /// to the node once) where it can run. Default true.
+    pub node_helper: bool,
 }
 
 /// A cluster's part in the environment.
@@ -151,6 +154,7 @@ impl SshSettings {
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,
             persistent_shell: self.persistent_shell,
+            node_helper: self.node_helper,
         }
     }
 }

@@ -23,6 +23,7 @@ pub(super) const SSH_KEYS: &[&str] = &[
     "connect_timeout",
     "keepalive",
     "persistent_shell",
+    "node_helper",
 ];
 /// Keys refused with a message of their own (a secret written in the file), not as unknown keys.
 pub(super) const SECRET_KEYS: &[&str] = &["password", "sudo_password"];
@@ -43,6 +44,7 @@ pub(super) struct SshPartial {
     connect_timeout: Option<Duration>,
     keepalive: Option<Duration>,
     persistent_shell: Option<bool>,
+    node_helper: Option<bool>,
 }
 
 impl SshPartial {
@@ -75,6 +77,7 @@ impl SshPartial {
                 .unwrap_or(Duration::from_secs(15)),
             keepalive: self.keepalive.or(defaults.keepalive).unwrap_or(Duration::from_secs(10)),
             persistent_shell: self.persistent_shell.or(defaults.persistent_shell).unwrap_or(true),
+            node_helper: self.node_helper.or(defaults.node_helper).unwrap_or(true),
         }
     }
 }
@@ -95,6 +98,7 @@ impl Loader<'_> {
             connect_timeout: self.duration_in(table, "connect_timeout"),
             keepalive: self.duration_in(table, "keepalive"),
             persistent_shell: self.boolean_in(table, "persistent_shell"),
+            node_helper: self.boolean_in(table, "node_helper"),
         }
     }
 

@@ -72,6 +72,7 @@ impl Session {
                 become_mode: OnceCell::new(),
                 sudo_checked: OnceCell::new(),
                 sftp: OnceCell::new(),
+                no_helper: AtomicBool::new(false),
             }),
         })
     }

@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::follow::{Followed, Step, follow};
+use super::node_helper::{self, Answer};
 use super::script::{LineBuffer, quote};
 use super::{Command, Exit, SshError};
 use crate::event::Stream;
@@ -63,6 +64,8 @@ pub(crate) struct Executor {
     dir: String,
     /// sudo asked for the password when it started this shell.
     sudo_asked: bool,
+    /// The node helper runs the jobs (see [`node_helper`]); else the shell does.
+    helper: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -79,6 +82,8 @@ pub(crate) struct ShellOptions {
     /// and checks it (one sudo and at most one password hash per node, no probe), and a refused
     /// password (sudo prompts again) never makes sudo read the prelude as further tries.
     pub sudo_prompt: Option<&'static str>,
+    /// Hand the jobs to the node helper where it can run (see [`node_helper`]).
+    pub helper: bool,
 }
 
 /// What the root shell prints once sudo has let it run (see [`ShellOptions::sudo_prompt`]).
@@ -198,6 +203,44 @@ impl Executor {
             return Err(StartError::Unsupported);
         };
 
+        // The node helper, where it can run: asked for; sent (once) when the node has no copy.
+        let mut helper = false;
+        if shell.helper
+            && shell.need_setsid
+            && let Some(local) = node_helper::local()
+        {
+            let mut text = local.start_text(&nonce);
+            let mut uploaded = false;
+            loop {
+                write
+                    .data_bytes(std::mem::take(&mut text).into_bytes())
+                    .await
+                    .map_err(|_| StartError::Ssh(lost("while starting the node helper")))?;
+                let mut answer = None;
+                while answer.is_none() {
+                    match read.wait().await {
+                        Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
+                            answer = answer.take().or(node_helper::answer(&nonce, &l))
+                        }),
+                        Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => {
+                            return Err(StartError::Ssh(lost("while starting the node helper")));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                match answer {
+                    Some(Answer::Ready) => helper = true,
+                    Some(Answer::Missing) if !uploaded => {
+                        uploaded = true;
+                        text = local.upload_text(&nonce) + &local.start_text(&nonce);
+                        continue;
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        }
+
         let (writes, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let jobs: Arc<Mutex<HashMap<u64, Job>>> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
@@ -214,7 +257,7 @@ impl Executor {
                         Some(b) => b,
                         None => break,
                     },
-                    _ = beats.tick() => BEAT.to_vec(),
+                    _ = beats.tick() => if helper { HELPER_BEAT } else { BEAT }.to_vec(),
                 };
                 if write.data_bytes(bytes).await.is_err() {
                     break;
@@ -235,7 +278,7 @@ impl Executor {
                 loop {
                     match read.wait().await {
                         Some(ChannelMsg::Data { data }) => {
-                            buf.push(&data, &mut |l| route(&jobs, &nonce, &writes, &l));
+                            buf.push(&data, &mut |l| route(&jobs, &nonce, helper, &writes, &l));
                         }
                         Some(ChannelMsg::Close) | None => break,
                         Some(_) => {}
@@ -262,6 +305,7 @@ impl Executor {
             ended,
             dir,
             sudo_asked,
+            helper,
             _permit: permit,
         })
     }
@@ -269,6 +313,11 @@ impl Executor {
     /// Whether sudo asked for the password when it started this shell (see [`ShellOptions::sudo_prompt`]).
     pub(crate) fn sudo_asked(&self) -> bool {
         self.sudo_asked
+    }
+
+    /// Whether the node helper runs this shell's jobs.
+    pub(crate) fn runs_helper(&self) -> bool {
+        self.helper
     }
 
     /// The shell's folder on the node: private to the shell's user, removed when the shell ends.
@@ -280,7 +329,11 @@ impl Executor {
     /// running), and this waits up to `within` for it to have done so.
     pub(crate) async fn close(&self, within: Duration) {
         if self.is_alive() {
-            let _ = self.writes.send(b"exit 0\n".to_vec());
+            let _ = self.writes.send(if self.helper {
+                b"Q\n".to_vec()
+            } else {
+                b"exit 0\n".to_vec()
+            });
         }
         let mut ended = self.ended.clone();
         let _ = tokio::time::timeout(within, ended.wait_for(|e| *e)).await;
@@ -310,7 +363,12 @@ impl Executor {
                 },
             );
         }
-        if !self.is_alive() || self.writes.send(job_text(&self.nonce, id, cmd).into_bytes()).is_err() {
+        let text = if self.helper {
+            node_helper::job_request(id, &cmd.env, &cmd.script)
+        } else {
+            job_text(&self.nonce, id, cmd).into_bytes()
+        };
+        if !self.is_alive() || self.writes.send(text).is_err() {
             self.forget(id);
             return Err(lost("before the command could start"));
         }
@@ -384,7 +442,7 @@ impl Executor {
         job.frames = None;
         match job.pid {
             Some(pid) => {
-                let _ = self.writes.send(kill_text(pid).into_bytes());
+                let _ = self.writes.send(kill_text(self.helper, pid));
                 jobs.remove(&id);
             }
             None => job.kill_when_started = true,
@@ -407,14 +465,24 @@ impl Drop for KillOnDrop<'_> {
     }
 }
 
-/// What the shell runs to kill a job: its process group and every process descended from it
-/// (see `__kb_kill` in [`FUNCTIONS`]).
-fn kill_text(pid: u32) -> String {
-    format!("__kb_kill {pid}\n")
+/// What kills a job: its process group and every process descended from it (`__kb_kill` in
+/// [`FUNCTIONS`] for the shell, the same in the node helper).
+fn kill_text(helper: bool, pid: u32) -> Vec<u8> {
+    if helper {
+        format!("K {pid}\n").into_bytes()
+    } else {
+        format!("__kb_kill {pid}\n").into_bytes()
+    }
 }
 
 /// Handles one line from the shell: `<nonce> <id> <kind> [text]`. Lines without the nonce are not ours.
-fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboundedSender<Vec<u8>>, line: &str) {
+fn route(
+    jobs: &Mutex<HashMap<u64, Job>>,
+    nonce: &str,
+    helper: bool,
+    writes: &mpsc::WeakUnboundedSender<Vec<u8>>,
+    line: &str,
+) {
     let Some(rest) = line.strip_prefix(nonce).and_then(|r| r.strip_prefix(' ')) else {
         return;
     };
@@ -436,7 +504,7 @@ fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboun
                 if job.kill_when_started
                     && let Some(writes) = writes.upgrade()
                 {
-                    let _ = writes.send(kill_text(pid).into_bytes());
+                    let _ = writes.send(kill_text(helper, pid));
                     jobs.remove(&id);
                 }
             }
@@ -590,6 +658,8 @@ echo "@N - R $__kb_d"
 
 /// The line kubeboot sends every beat: the watchdog's counter starts again.
 const BEAT: &[u8] = b"kill -s USR1 \"$__kb_w\" 2>/dev/null\n";
+/// The same for the node helper, which passes it on to the watchdog.
+const HELPER_BEAT: &[u8] = b"B\n";
 
 /// What clears a job's PID file in place: newlines over the PID written there (at most 7 digits
 /// and a newline, Linux's largest `pid_max` being 2^22), so the file's first line is empty and no
@@ -787,9 +857,9 @@ mod tests {
         );
         let (writes, _queue) = mpsc::unbounded_channel();
         let writes = writes.downgrade();
-        route(&jobs, "n0nce", &writes, "fake 3 X 0");
-        route(&jobs, "n0nce", &writes, "n0nce 3 O X 0 looks like a frame");
-        route(&jobs, "n0nce", &writes, "n0nce 3 X 5");
+        route(&jobs, "n0nce", false, &writes, "fake 3 X 0");
+        route(&jobs, "n0nce", false, &writes, "n0nce 3 O X 0 looks like a frame");
+        route(&jobs, "n0nce", false, &writes, "n0nce 3 X 5");
         assert!(matches!(rx.try_recv(), Ok(Frame::Line(Stream::Stdout, l)) if l == "X 0 looks like a frame"));
         assert!(matches!(rx.try_recv(), Ok(Frame::Exit(5))));
         assert!(rx.try_recv().is_err());

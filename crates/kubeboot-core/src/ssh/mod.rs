@@ -18,6 +18,7 @@ mod executor;
 mod follow;
 mod forward;
 mod host_key;
+mod node_helper;
 mod script;
 mod shells;
 mod sudo;
@@ -74,6 +75,10 @@ pub struct Target {
     /// become, runs its own sudo). A node that cannot host the shell (no `setsid`, no `mktemp`)
     /// falls back to that on its own.
     pub persistent_shell: bool,
+    /// The persistent shell hands its jobs to the node helper (see [`node_helper`]), copied to the
+    /// node once, where it can run: one fork and one exec per job instead of the shell's job
+    /// wrapper. Off, or where it cannot run: the shell runs them.
+    pub node_helper: bool,
 }
 
 impl Target {
@@ -138,6 +143,8 @@ struct Inner {
     /// Set once sudo has taken the password on this node (by a root shell's start, or a check).
     sudo_checked: OnceCell<()>,
     sftp: OnceCell<russh_sftp::client::SftpSession>,
+    /// Set once the node helper turned out not to run on this node: later shells do not try.
+    no_helper: AtomicBool,
 }
 
 impl Session {
@@ -163,6 +170,11 @@ impl Session {
         if let Some((name, _)) = cmd.env.iter().find(|(name, _)| !script::is_env_name(name)) {
             return Err(SshError::Protocol(format!(
                 "`{name}` is not a valid environment variable name (use letters, digits and _)"
+            )));
+        }
+        if let Some((name, _)) = cmd.env.iter().find(|(_, value)| value.contains('\0')) {
+            return Err(SshError::Protocol(format!(
+                "the value of `{name}` holds a NUL byte, which no environment variable can hold"
             )));
         }
         if self.inner.persistent.load(Ordering::SeqCst)

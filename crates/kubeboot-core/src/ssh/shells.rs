@@ -44,10 +44,12 @@ impl Session {
             p = self.inner.channels.clone().acquire_owned() => p.map_err(|_| self.lost("(session closed)"))?,
             _ = cancel.cancelled() => return Err(SshError::Cancelled),
         };
+        let helper = self.inner.target.node_helper && !self.inner.no_helper.load(Ordering::SeqCst);
         let options = executor::ShellOptions {
             beat: self.inner.target.keepalive,
             need_setsid: true,
             sudo_prompt,
+            helper,
         };
         let start = executor::Executor::start(&self.inner.handle, permit, command, prefix, options, |w| self.lost(w));
         let started = tokio::select! {
@@ -58,6 +60,15 @@ impl Session {
         let started = started.unwrap_or(Err(executor::StartError::Unsupported));
         match started {
             Ok(shell) => {
+                if helper && !shell.runs_helper() {
+                    self.inner.no_helper.store(true, Ordering::SeqCst);
+                    tracing::info!(
+                        node = %self.inner.target.node,
+                        "kubeboot-node does not run there (another architecture, an older C library, or a cache \
+                         folder it cannot write or run from): the shell runs the jobs"
+                    );
+                }
+                tracing::debug!(node = %self.inner.target.node, root = become_, helper = shell.runs_helper(), "persistent shell started");
                 if sudo_prompt.is_some() {
                     let asked = shell.sudo_asked();
                     let _ = self
@@ -112,6 +123,7 @@ impl Session {
             beat: self.inner.target.keepalive,
             need_setsid: false,
             sudo_prompt: None,
+            helper: false,
         };
         let start = executor::Executor::start(&self.inner.handle, permit, "sh -s", Vec::new(), options, |w| {
             self.lost(w)
