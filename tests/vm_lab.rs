@@ -405,6 +405,34 @@ fn node_state(vms: &Vms, node: &str) -> String {
     )
 }
 
+/// The node helper ran the jobs on the VMs (Debian 12: the jump host's architecture and C library): each VM
+/// holds one copy for the login user and one for root, and no run's log says a shell ran the jobs instead.
+fn node_helper_ran(vms: &Vms) {
+    for node in NODES {
+        let copies = vms.root(
+            node,
+            "ls /var/cache/kubeboot/ \"$(getent passwd \"$SUDO_USER\" | cut -d: -f6)/.cache/kubeboot/\"",
+        );
+        assert_eq!(
+            copies.lines().filter(|l| l.starts_with("kubeboot-node-")).count(),
+            2,
+            "{node}: the node helper's copies for root and the login user: {copies}"
+        );
+    }
+    let logs = vms.dir.join("state/logs");
+    for run in std::fs::read_dir(&logs)
+        .unwrap_or_else(|e| panic!("{}: {e}", logs.display()))
+        .flatten()
+    {
+        let log = std::fs::read_to_string(run.path().join("kubeboot.log")).unwrap_or_default();
+        assert!(
+            !log.contains("kubeboot-node does not run there"),
+            "{}: a shell ran the jobs instead of the node helper",
+            run.path().display()
+        );
+    }
+}
+
 /// `apply --fresh` of the whole install on finished, rebooted nodes changes nothing: every task `ok` (the checks,
 /// `changed_when: false`, and copies with nothing to write) or skipped by its guard or condition (a manifest
 /// stage's `kubectl diff` of what it would apply, the Secrets' and OpenSearch's own checks, the buckets' HEAD), and
@@ -586,6 +614,7 @@ fn real_vms_boot_air_gapped_and_take_the_shipped_install() {
     };
     if let Some(run) = &run {
         manifest_stages_ran(&vms, run);
+        node_helper_ran(&vms);
         reboot_and_verify(&vms);
         fresh_changes_nothing(&vms);
     }

@@ -4,8 +4,10 @@
 //!
 //! kubeboot copies this program to the node once (to `~/.cache/kubeboot/`, or `/var/cache/kubeboot/`
 //! for root, by its SHA-256) and the shell runs it in the foreground as
-//! `kubeboot-node serve NONCE FOLDER WATCHDOG`: everything after that on the shell's stdin is for
-//! it, and when it ends the shell ends too (cleaning up its folder as always).
+//! `kubeboot-node serve PROTOCOL NONCE FOLDER WATCHDOG`: everything after that on the shell's
+//! stdin is for it, and when it ends the shell ends too (cleaning up its folder as always). A
+//! kubeboot that speaks another PROTOCOL (a `kubeboot-node` of another build beside it) gets exit
+//! status 3 before anything is read, and its shell runs the jobs itself.
 //!
 //! Requests, on stdin:
 //! - `J ID NENV LEN` and a newline, then LEN bytes: NENV `NAME=VALUE` entries each ended by a NUL,
@@ -14,13 +16,14 @@
 //!   `/dev/null`, the helper's environment plus the entries, and its PID in `FOLDER/ID.pid`
 //!   (written before `sh` runs, cleared in place once its output ended; the shell's cleanup kills
 //!   what those files name);
-//! - `K PGID`: kill a job, its process group and every process descended from it (see [`kill`]);
+//! - `K ID`: kill a job, its process group and every process descended from it (see [`kill`]);
 //! - `B`: a beat, passed on to the shell's watchdog (`WATCHDOG`) as SIGUSR1;
 //! - `Q`, or the end of stdin: the end.
 //!
-//! Frames, on stdout, exactly as the shell's job text writes them: `NONCE ID P PID`,
-//! `NONCE ID O LINE`, `NONCE ID E LINE`, `NONCE ID X STATUS` (128 + the signal for a killed job),
-//! `NONCE ID D` (last: all its output was read), and `NONCE - R helper` once ready.
+//! Frames, on stdout, as the shell's job text writes them: `NONCE ID O LINE`, `NONCE ID E LINE`,
+//! `NONCE ID X STATUS` (128 + the signal for a killed job), `NONCE ID D` (last: all its output was
+//! read), and `NONCE - R helper` once ready. No `P` frame: kubeboot kills by job id, so a job costs
+//! one frame (one SSH packet) less.
 //!
 //! Linux only (it reads /proc to kill), no dependencies beyond libc: kubeboot only uses it on a
 //! node whose `uname -m` is the architecture it was built for, and falls back to the shell's jobs
@@ -39,17 +42,20 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod node {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
     use std::ffi::{CString, OsStr};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+    use std::sync::{Arc, Mutex};
 
     /// Longest line piece sent in one frame; kubeboot splits lines at 64 KiB, so a piece with its
     /// frame prefix stays below that.
     const MAX_PIECE: usize = 60 * 1024;
+    /// What this helper speaks: the requests and frames below.
+    const PROTOCOL: &str = "1";
     /// How often a job whose output stays open (a background process holds it) is checked for
     /// having exited, so `X` is not held back by that process.
     const EXIT_CHECK_MS: i32 = 100;
@@ -60,13 +66,24 @@ mod node {
         watchdog: libc::pid_t,
     }
 
+    /// The process group of each job whose output has not ended yet, by job id.
+    type Running = Arc<Mutex<HashMap<u64, libc::pid_t>>>;
+
     pub(super) fn main() {
         let args: Vec<String> = std::env::args().collect();
+        if args.get(1).is_some_and(|a| a == "serve") && args.get(2).is_some_and(|p| p != PROTOCOL) {
+            eprintln!(
+                "kubeboot-node speaks protocol {PROTOCOL}, not {}: use the kubeboot-node of the same build",
+                args[2]
+            );
+            std::process::exit(3);
+        }
         let Some(args) = parse_args(&args) else {
-            eprintln!("usage: kubeboot-node serve NONCE FOLDER WATCHDOG-PID (started by kubeboot)");
+            eprintln!("usage: kubeboot-node serve {PROTOCOL} NONCE FOLDER WATCHDOG-PID (started by kubeboot)");
             std::process::exit(2);
         };
         let sh = find_sh();
+        let running = Running::default();
         frames(format!("{} - R helper\n", args.nonce).as_bytes());
         let stdin = std::io::stdin();
         let mut input = BufReader::new(stdin.lock());
@@ -87,12 +104,12 @@ mod node {
                     if input.read_exact(&mut payload).is_err() {
                         break;
                     }
-                    start_job(&args, &sh, id, nenv as usize, &payload);
+                    start_job(&args, &sh, &running, id, nenv as usize, &payload);
                 }
                 Some("K") => {
-                    if let Some(pgid) = words.next().and_then(|w| w.parse::<libc::pid_t>().ok())
-                        && pgid > 1
-                    {
+                    let id = words.next().and_then(|w| w.parse::<u64>().ok());
+                    let pgid = id.and_then(|id| running.lock().ok()?.get(&id).copied());
+                    if let Some(pgid) = pgid.filter(|p| *p > 1) {
                         kill(pgid);
                     }
                 }
@@ -108,10 +125,10 @@ mod node {
     }
 
     fn parse_args(args: &[String]) -> Option<Args> {
-        let [_, serve, nonce, dir, watchdog] = args else {
+        let [_, serve, protocol, nonce, dir, watchdog] = args else {
             return None;
         };
-        if serve != "serve" || nonce.is_empty() || nonce.contains(char::is_whitespace) {
+        if serve != "serve" || protocol != PROTOCOL || nonce.is_empty() || nonce.contains(char::is_whitespace) {
             return None;
         }
         Some(Args {
@@ -139,7 +156,7 @@ mod node {
         }
     }
 
-    fn start_job(args: &Args, sh: &std::path::Path, id: u64, nenv: usize, payload: &[u8]) {
+    fn start_job(args: &Args, sh: &std::path::Path, running: &Running, id: u64, nenv: usize, payload: &[u8]) {
         let tag = format!("{} {id}", args.nonce);
         let mut parts = payload.splitn(nenv + 1, |&b| b == 0);
         let env: Vec<(&OsStr, &OsStr)> = parts
@@ -186,11 +203,18 @@ mod node {
                 return;
             }
         };
-        frames(format!("{tag} P {}\n", child.id()).as_bytes());
+        if let Ok(mut jobs) = running.lock() {
+            jobs.insert(id, child.id() as libc::pid_t);
+        }
         let pid_file = format!("{}/{id}.pid", args.dir);
-        let _ = std::thread::Builder::new()
-            .stack_size(64 * 1024)
-            .spawn(move || follow(tag, pid_file, &mut child, text));
+        let running = running.clone();
+        let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            follow(&tag, &pid_file, &mut child, text, || {
+                if let Ok(mut jobs) = running.lock() {
+                    jobs.remove(&id);
+                }
+            })
+        });
     }
 
     /// The job's PID, at the start of its PID file, in place (no truncation, no new file after the
@@ -224,8 +248,8 @@ mod node {
     }
 
     /// One job, on a thread of its own: sends it its script, relays its output line by line, and
-    /// reports `X` when it exits and `D` once its output has ended too.
-    fn follow(tag: String, pid_file: String, child: &mut Child, text: Vec<u8>) {
+    /// reports `X` when it exits and `D` once its output has ended too (`ended` runs just before).
+    fn follow(tag: &str, pid_file: &str, child: &mut Child, text: Vec<u8>, ended: impl FnOnce()) {
         if let Some(mut stdin) = child.stdin.take() {
             // sh reads the whole function before it runs anything; a sh that ended early
             // (EPIPE) shows in its exit status.
@@ -271,7 +295,8 @@ mod node {
                 }
             }
             if exited && output_ended {
-                clear_pid(&pid_file);
+                ended();
+                clear_pid(pid_file);
                 batch.extend_from_slice(format!("{tag} D\n").as_bytes());
                 frames(&batch);
                 return;
@@ -462,10 +487,11 @@ mod node {
         #[test]
         fn arguments_must_be_complete() {
             let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>()).is_some();
-            assert!(a(&["kubeboot-node", "serve", "abc", "/tmp/x", "42"]));
-            assert!(!a(&["kubeboot-node", "serve", "abc", "/tmp/x"]));
-            assert!(!a(&["kubeboot-node", "serve", "abc", "/tmp/x", "1"]));
-            assert!(!a(&["kubeboot-node", "run", "abc", "/tmp/x", "42"]));
+            assert!(a(&["kubeboot-node", "serve", PROTOCOL, "abc", "/tmp/x", "42"]));
+            assert!(!a(&["kubeboot-node", "serve", PROTOCOL, "abc", "/tmp/x"]));
+            assert!(!a(&["kubeboot-node", "serve", PROTOCOL, "abc", "/tmp/x", "1"]));
+            assert!(!a(&["kubeboot-node", "serve", "0", "abc", "/tmp/x", "42"]));
+            assert!(!a(&["kubeboot-node", "run", PROTOCOL, "abc", "/tmp/x", "42"]));
         }
     }
 }

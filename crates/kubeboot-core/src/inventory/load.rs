@@ -351,6 +351,26 @@ s3 = { env = "KB_S3" }
     }
 
     #[test]
+    fn node_helper_defaults_on_and_a_node_overrides_ssh() {
+        let inv = parse_ok(GOOD);
+        assert!(inv.nodes.iter().all(|n| n.ssh.node_helper));
+        let text = GOOD.replacen("[ssh]\n", "[ssh]\nnode_helper = false\n", 1).replacen(
+            "port = 2222\n",
+            "port = 2222\nnode_helper = true\n",
+            1,
+        );
+        let inv = parse_ok(&text);
+        assert!(!inv.nodes[0].ssh.node_helper);
+        assert!(inv.nodes[1].ssh.node_helper);
+        assert!(!inv.nodes[0].ssh_target(Default::default(), false).node_helper);
+        let e = parse_err("[ssh]\nnode_helper = 1\n[[nodes]]\nname = \"a\"\naddress = \"10.0.0.1\"\n");
+        assert!(
+            e.contains("inventory.toml:2:15: error: `node_helper` must be true or false, not integer"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_get_a_did_you_mean() {
         let e = parse_err("[[nodes]]\nname = \"a\"\nadress = \"10.0.0.1\"\n");
         assert!(e.contains("inventory.toml:3:1: error: unknown key `adress`"), "{e}");

@@ -10,6 +10,11 @@
 //! `D` (all its output is flushed). Cancel, a timeout or a dropped future writes `__kb_kill pgid`
 //! to the shell: the job's group and everything descended from it, in any group or session.
 //!
+//! Where it can, the shell hands its jobs to the node helper right after its prelude (see
+//! [`node_helper`]): `kubeboot-node` then reads the shell's stdin and writes the same frames (no `P`:
+//! it is told to kill by job id), and each job costs one fork and one exec of `sh` instead of the
+//! wrapper below. Everything else (the folder, the watchdog, the cleanup) stays the shell's.
+//!
 //! Each shell has its own folder on the node (`$TMPDIR/kubeboot-jobs.*`: job PID files, uploads in
 //! transit), and however the session ends the folder goes away with the shell: see [`prelude`]
 //! for each ending. A folder whose shell never got the chance (the node lost power) is removed
@@ -278,7 +283,7 @@ impl Executor {
                 loop {
                     match read.wait().await {
                         Some(ChannelMsg::Data { data }) => {
-                            buf.push(&data, &mut |l| route(&jobs, &nonce, helper, &writes, &l));
+                            buf.push(&data, &mut |l| route(&jobs, &nonce, &writes, &l));
                         }
                         Some(ChannelMsg::Close) | None => break,
                         Some(_) => {}
@@ -440,9 +445,15 @@ impl Executor {
         let Ok(mut jobs) = self.jobs.lock() else { return };
         let Some(job) = jobs.get_mut(&id) else { return };
         job.frames = None;
+        if self.helper {
+            // The helper kills by job id: it knows the job's process group from the start.
+            let _ = self.writes.send(format!("K {id}\n").into_bytes());
+            jobs.remove(&id);
+            return;
+        }
         match job.pid {
             Some(pid) => {
-                let _ = self.writes.send(kill_text(self.helper, pid));
+                let _ = self.writes.send(kill_text(pid).into_bytes());
                 jobs.remove(&id);
             }
             None => job.kill_when_started = true,
@@ -465,24 +476,14 @@ impl Drop for KillOnDrop<'_> {
     }
 }
 
-/// What kills a job: its process group and every process descended from it (`__kb_kill` in
-/// [`FUNCTIONS`] for the shell, the same in the node helper).
-fn kill_text(helper: bool, pid: u32) -> Vec<u8> {
-    if helper {
-        format!("K {pid}\n").into_bytes()
-    } else {
-        format!("__kb_kill {pid}\n").into_bytes()
-    }
+/// What the shell runs to kill a job: its process group and every process descended from it
+/// (see `__kb_kill` in [`FUNCTIONS`]; the node helper does the same for `K ID`).
+fn kill_text(pid: u32) -> String {
+    format!("__kb_kill {pid}\n")
 }
 
 /// Handles one line from the shell: `<nonce> <id> <kind> [text]`. Lines without the nonce are not ours.
-fn route(
-    jobs: &Mutex<HashMap<u64, Job>>,
-    nonce: &str,
-    helper: bool,
-    writes: &mpsc::WeakUnboundedSender<Vec<u8>>,
-    line: &str,
-) {
+fn route(jobs: &Mutex<HashMap<u64, Job>>, nonce: &str, writes: &mpsc::WeakUnboundedSender<Vec<u8>>, line: &str) {
     let Some(rest) = line.strip_prefix(nonce).and_then(|r| r.strip_prefix(' ')) else {
         return;
     };
@@ -504,7 +505,7 @@ fn route(
                 if job.kill_when_started
                     && let Some(writes) = writes.upgrade()
                 {
-                    let _ = writes.send(kill_text(helper, pid));
+                    let _ = writes.send(kill_text(pid).into_bytes());
                     jobs.remove(&id);
                 }
             }
@@ -719,6 +720,7 @@ fn job_text(nonce: &str, id: u64, cmd: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ssh::node_helper::PROTOCOL;
 
     #[test]
     fn a_job_cannot_end_its_here_document_early() {
@@ -815,10 +817,65 @@ mod tests {
         let spawn = cost_per_job(n, bare("setsid sh -s </dev/null"));
         let sh = cost_per_job(n, bare("sh -s </dev/null"));
         let fork = cost_per_job(n, bare("( true )"));
+        let helper = helper_cost_per_job(n);
         println!(
-            "CPU per job in dash: executor job {job:.2} ms; bare `true` {floor:.3} ms; \
-             one fork {fork:.2} ms; `sh` {sh:.2} ms; `setsid sh` {spawn:.2} ms"
+            "CPU per job in dash: executor job {job:.2} ms; with the node helper {helper:.2} ms; \
+             bare `true` {floor:.3} ms; one fork {fork:.2} ms; `sh` {sh:.2} ms; `setsid sh` {spawn:.2} ms"
         );
+    }
+
+    /// What one `true` job costs when the node helper runs it (built beside the test executable:
+    /// `cargo build --bin kubeboot-node` first), in milliseconds of CPU of the helper and its jobs.
+    fn helper_cost_per_job(jobs: u64) -> f64 {
+        use std::io::{BufRead, BufReader, Write};
+        let exe = std::env::current_exe().expect("test executable");
+        let helper = [
+            exe.with_file_name("kubeboot-node"),
+            exe.parent().unwrap().with_file_name("kubeboot-node"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("kubeboot-node is built (cargo build --bin kubeboot-node)");
+        let dir = std::env::temp_dir().join(format!("kubeboot-helper-cost.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a folder");
+        let nonce = "0123456789abcdef";
+        let before = children_cpu();
+        let mut node = std::process::Command::new(helper)
+            .args([
+                "serve",
+                PROTOCOL,
+                nonce,
+                dir.to_str().unwrap(),
+                &std::process::id().to_string(),
+            ])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", "/tmp")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubeboot-node runs");
+        let mut stdin = node.stdin.take().expect("stdin");
+        let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+        let mut wait_for = |frame: &str| {
+            for line in lines.by_ref() {
+                if line.expect("a line").starts_with(frame) {
+                    return;
+                }
+            }
+            panic!("the helper ended before {frame}");
+        };
+        wait_for(&format!("{nonce} - R helper"));
+        for _ in 0..jobs {
+            stdin
+                .write_all(&node_helper::job_request(1, &[], "true\n"))
+                .expect("a job");
+            wait_for(&format!("{nonce} 1 D"));
+        }
+        drop(stdin);
+        node.wait().expect("kubeboot-node ends");
+        let _ = std::fs::remove_dir_all(&dir);
+        (children_cpu() - before) * 1000.0 / jobs as f64
     }
 
     #[test]
@@ -857,9 +914,9 @@ mod tests {
         );
         let (writes, _queue) = mpsc::unbounded_channel();
         let writes = writes.downgrade();
-        route(&jobs, "n0nce", false, &writes, "fake 3 X 0");
-        route(&jobs, "n0nce", false, &writes, "n0nce 3 O X 0 looks like a frame");
-        route(&jobs, "n0nce", false, &writes, "n0nce 3 X 5");
+        route(&jobs, "n0nce", &writes, "fake 3 X 0");
+        route(&jobs, "n0nce", &writes, "n0nce 3 O X 0 looks like a frame");
+        route(&jobs, "n0nce", &writes, "n0nce 3 X 5");
         assert!(matches!(rx.try_recv(), Ok(Frame::Line(Stream::Stdout, l)) if l == "X 0 looks like a frame"));
         assert!(matches!(rx.try_recv(), Ok(Frame::Exit(5))));
         assert!(rx.try_recv().is_err());

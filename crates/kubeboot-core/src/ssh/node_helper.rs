@@ -12,6 +12,10 @@ use std::sync::OnceLock;
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+/// The requests and frames this kubeboot speaks with the helper (`PROTOCOL` in its source): a
+/// `kubeboot-node` of another build answers exit status 3, and the shell runs the jobs.
+pub(crate) const PROTOCOL: &str = "1";
+
 /// The helper found next to kubeboot's executable.
 pub(crate) struct LocalHelper {
     bytes: Vec<u8>,
@@ -69,7 +73,8 @@ impl LocalHelper {
     /// symlinks), is run: nobody else can swap it between the SHA-256 check and the start (for
     /// root that would be a way in).
     /// It answers `H missing`, `H arch` or `H failed` instead (126 and 127 are the shell's own
-    /// statuses for a program it could not run; the helper never ends with them).
+    /// statuses for a program it could not run, 3 the helper's for another protocol; it never
+    /// ends with them once it runs).
     pub(crate) fn start_text(&self, nonce: &str) -> String {
         format!(
             r#"if [ "$(id -u)" = 0 ]; then __kb_c=/var/cache/kubeboot; else __kb_c=${{XDG_CACHE_HOME:-$HOME/.cache}}/kubeboot; fi
@@ -79,9 +84,9 @@ if [ "$(uname -m 2>/dev/null)" != '{arch}' ]; then
 elif [ ! -L "$__kb_c" ] && [ -O "$__kb_c" ] && [ -f "$__kb_h" ] && [ ! -L "$__kb_h" ] && [ -O "$__kb_h" ] \
   && case $(ls -ld "$__kb_c" 2>/dev/null) in d???------*) true ;; *) false ;; esac \
   && [ "$(sha256sum < "$__kb_h" 2>/dev/null)" = '{sha}  -' ]; then
-  "$__kb_h" serve '{nonce}' "$__kb_d" "$__kb_w" 4>&-
+  "$__kb_h" serve {PROTOCOL} '{nonce}' "$__kb_d" "$__kb_w" 4>&-
   __kb_r=$?
-  case $__kb_r in 126|127) echo '{nonce} - H failed' ;; *) exit "$__kb_r" ;; esac
+  case $__kb_r in 3|126|127) echo '{nonce} - H failed' ;; *) exit "$__kb_r" ;; esac
 else
   echo '{nonce} - H missing'
 fi
