@@ -43,12 +43,12 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod node {
     use std::collections::{HashMap, HashSet};
-    use std::ffi::{CString, OsStr};
+    use std::ffi::{CStr, CString, OsStr};
+    use std::fs::File;
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-    use std::process::{Child, ChildStderr, ChildStdout, Stdio};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::{Arc, Mutex};
 
     /// Longest line piece sent in one frame; kubeboot splits lines at 64 KiB, so a piece with its
@@ -139,12 +139,13 @@ mod node {
     }
 
     /// The `sh` the shell would run: the first on PATH, found once.
-    fn find_sh() -> std::path::PathBuf {
+    fn find_sh() -> CString {
         let path = std::env::var_os("PATH").unwrap_or_default();
         std::env::split_paths(&path)
             .map(|d| d.join("sh"))
             .find(|p| p.is_file())
-            .unwrap_or_else(|| "/bin/sh".into())
+            .and_then(|p| CString::new(p.into_os_string().into_vec()).ok())
+            .unwrap_or_else(|| c"/bin/sh".into())
     }
 
     /// Writes frames to stdout in one piece; the channel being gone ends the helper (and with it
@@ -156,7 +157,7 @@ mod node {
         }
     }
 
-    fn start_job(args: &Args, sh: &std::path::Path, running: &Running, id: u64, nenv: usize, payload: &[u8]) {
+    fn start_job(args: &Args, sh: &CStr, running: &Running, id: u64, nenv: usize, payload: &[u8]) {
         let tag = format!("{} {id}", args.nonce);
         let mut parts = payload.splitn(nenv + 1, |&b| b == 0);
         let env: Vec<(&OsStr, &OsStr)> = parts
@@ -175,28 +176,9 @@ mod node {
         }
         text.extend_from_slice(b"} </dev/null\n__kb_job\n");
 
-        let Ok(pid_file) = CString::new(format!("{}/{id}.pid", args.dir)) else {
-            return;
-        };
-        let mut command = std::process::Command::new(sh);
-        command
-            .arg("-s")
-            .envs(env)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: between fork and exec only async-signal-safe calls (setsid, getpid, open, write,
-        // close) on memory prepared before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                write_pid(&pid_file, libc::getpid())
-            });
-        }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
+        let pid_file = format!("{}/{id}.pid", args.dir);
+        let mut job = match spawn_sh(sh, &env, &pid_file) {
+            Ok(job) => job,
             Err(e) => {
                 // A job whose folder is already gone started while its shell was ending: it does not run.
                 frames(format!("{tag} E kubeboot-node: cannot start sh: {e}\n{tag} X 127\n{tag} D\n").as_bytes());
@@ -204,12 +186,11 @@ mod node {
             }
         };
         if let Ok(mut jobs) = running.lock() {
-            jobs.insert(id, child.id() as libc::pid_t);
+            jobs.insert(id, job.pid);
         }
-        let pid_file = format!("{}/{id}.pid", args.dir);
         let running = running.clone();
         let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
-            follow(&tag, &pid_file, &mut child, text, || {
+            follow(&tag, &pid_file, &mut job, text, || {
                 if let Ok(mut jobs) = running.lock() {
                     jobs.remove(&id);
                 }
@@ -217,39 +198,135 @@ mod node {
         });
     }
 
-    /// The job's PID, at the start of its PID file, in place (no truncation, no new file after the
-    /// first use of an id). Runs in the child between fork and exec.
-    fn write_pid(path: &CString, pid: libc::pid_t) -> std::io::Result<()> {
-        let mut digits = [0u8; 12];
-        let mut n = pid as u32;
-        let mut at = digits.len() - 1;
-        digits[at] = b'\n';
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
+    /// A job's `sh -s`, started with its script pipe on stdin and its output on two pipes.
+    struct Job {
+        pid: libc::pid_t,
+        stdin: Option<File>,
+        stdout: Option<File>,
+        stderr: Option<File>,
+    }
+
+    impl Job {
+        /// The job's exit status (128 + the signal for a killed one) once it has exited: waits for
+        /// it with `block`, else only looks.
+        fn exit(&self, block: bool) -> Option<i32> {
+            let mut status = 0;
+            loop {
+                // SAFETY: waitpid on our own child, writing into a local.
+                let r = unsafe { libc::waitpid(self.pid, &mut status, if block { 0 } else { libc::WNOHANG }) };
+                if r == self.pid {
+                    break;
+                }
+                if r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return if r < 0 { Some(-1) } else { None };
             }
+            Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                -1
+            })
         }
-        // SAFETY: open/write/close on a NUL-terminated path and a stack buffer.
+    }
+
+    /// Starts `sh -s` for a job with posix_spawn (a vfork: nothing of the helper is copied, as a
+    /// fork would copy it) in a session and process group of its own, with default signal
+    /// handling and mask, and the helper's environment plus `env`. Its PID file is opened first (no
+    /// folder, no job) and gets the PID right after the start.
+    fn spawn_sh(sh: &CStr, env: &[(&OsStr, &OsStr)], pid_file: &str) -> std::io::Result<Job> {
+        let mut pid_out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(pid_file)?;
+        let envp: Vec<CString> = std::env::vars_os()
+            .filter(|(name, _)| !env.iter().any(|(n, _)| n == name))
+            .chain(env.iter().map(|(n, v)| (n.to_os_string(), v.to_os_string())))
+            .filter_map(|(n, v)| {
+                let mut entry = n.into_vec();
+                entry.push(b'=');
+                entry.extend_from_slice(v.as_bytes());
+                CString::new(entry).ok()
+            })
+            .collect();
+        let envp_ptrs: Vec<*mut libc::c_char> = envp
+            .iter()
+            .map(|e| e.as_ptr() as *mut libc::c_char)
+            .chain(std::iter::once(std::ptr::null_mut()))
+            .collect();
+        let argv: [*mut libc::c_char; 3] = [sh.as_ptr() as *mut _, c"-s".as_ptr() as *mut _, std::ptr::null_mut()];
+        let mut pipes = [[-1; 2]; 3];
+        // SAFETY: plain libc calls on locals; every descriptor made here is closed or owned by a File.
         unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o600);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
+            for i in 0..pipes.len() {
+                if libc::pipe2(pipes[i].as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+                    let e = std::io::Error::last_os_error();
+                    for fd in pipes[..i].iter().flatten() {
+                        libc::close(*fd);
+                    }
+                    return Err(e);
+                }
             }
-            let wrote = libc::write(fd, digits[at..].as_ptr().cast(), digits.len() - at);
-            libc::close(fd);
-            if wrote < 0 {
-                return Err(std::io::Error::last_os_error());
+            let [input, output, errors] = pipes;
+            let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+            let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+            libc::posix_spawn_file_actions_init(&mut actions);
+            libc::posix_spawn_file_actions_adddup2(&mut actions, input[0], 0);
+            libc::posix_spawn_file_actions_adddup2(&mut actions, output[1], 1);
+            libc::posix_spawn_file_actions_adddup2(&mut actions, errors[1], 2);
+            libc::posix_spawnattr_init(&mut attr);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::posix_spawnattr_setsigmask(&mut attr, &none);
+            let mut default: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut default);
+            libc::sigaddset(&mut default, libc::SIGPIPE);
+            libc::posix_spawnattr_setsigdefault(&mut attr, &default);
+            libc::posix_spawnattr_setflags(
+                &mut attr,
+                libc::POSIX_SPAWN_SETSID
+                    | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
+                    | libc::POSIX_SPAWN_SETSIGDEF as libc::c_short,
+            );
+            let mut pid: libc::pid_t = 0;
+            let rc = libc::posix_spawn(
+                &mut pid,
+                sh.as_ptr(),
+                &actions,
+                &attr,
+                argv.as_ptr(),
+                envp_ptrs.as_ptr(),
+            );
+            libc::posix_spawn_file_actions_destroy(&mut actions);
+            libc::posix_spawnattr_destroy(&mut attr);
+            for fd in [input[0], output[1], errors[1]] {
+                libc::close(fd);
             }
+            if rc != 0 {
+                for fd in [input[1], output[0], errors[0]] {
+                    libc::close(fd);
+                }
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            // The PID at the start of the file, in place (no truncation, no new file after the
+            // first use of an id); the shell's cleanup kills what these files name.
+            let _ = pid_out.write_all(format!("{pid}\n").as_bytes());
+            Ok(Job {
+                pid,
+                stdin: Some(File::from_raw_fd(input[1])),
+                stdout: Some(File::from_raw_fd(output[0])),
+                stderr: Some(File::from_raw_fd(errors[0])),
+            })
         }
-        Ok(())
     }
 
     /// One job, on a thread of its own: sends it its script, relays its output line by line, and
     /// reports `X` when it exits and `D` once its output has ended too (`ended` runs just before).
-    fn follow(tag: &str, pid_file: &str, child: &mut Child, text: Vec<u8>, ended: impl FnOnce()) {
+    fn follow(tag: &str, pid_file: &str, child: &mut Job, text: Vec<u8>, ended: impl FnOnce()) {
         if let Some(mut stdin) = child.stdin.take() {
             // sh reads the whole function before it runs anything; a sh that ended early
             // (EPIPE) shows in its exit status.
@@ -282,17 +359,9 @@ mod node {
                 }
             }
             let output_ended = out.fd().is_none() && err.fd().is_none();
-            if !exited {
-                let status = if output_ended {
-                    child.wait().ok()
-                } else {
-                    child.try_wait().ok().flatten()
-                };
-                if let Some(status) = status {
-                    exited = true;
-                    let code = status.code().or(status.signal().map(|s| 128 + s)).unwrap_or(-1);
-                    batch.extend_from_slice(format!("{tag} X {code}\n").as_bytes());
-                }
+            if !exited && let Some(code) = child.exit(output_ended) {
+                exited = true;
+                batch.extend_from_slice(format!("{tag} X {code}\n").as_bytes());
             }
             if exited && output_ended {
                 ended();
@@ -317,36 +386,22 @@ mod node {
 
     /// One of a job's output pipes, cut into lines.
     struct Stream {
-        pipe: Option<Box<dyn ReadFd + Send>>,
+        pipe: Option<File>,
         prefix: String,
         pending: Vec<u8>,
     }
 
-    trait ReadFd: Read {
-        fn raw(&self) -> i32;
-    }
-    impl ReadFd for ChildStdout {
-        fn raw(&self) -> i32 {
-            self.as_raw_fd()
-        }
-    }
-    impl ReadFd for ChildStderr {
-        fn raw(&self) -> i32 {
-            self.as_raw_fd()
-        }
-    }
-
     impl Stream {
-        fn new(pipe: Option<impl ReadFd + Send + 'static>, prefix: String) -> Stream {
+        fn new(pipe: Option<File>, prefix: String) -> Stream {
             Stream {
-                pipe: pipe.map(|p| Box::new(p) as Box<dyn ReadFd + Send>),
+                pipe,
                 prefix,
                 pending: Vec::new(),
             }
         }
 
         fn fd(&self) -> Option<i32> {
-            self.pipe.as_ref().map(|p| p.raw())
+            self.pipe.as_ref().map(|p| p.as_raw_fd())
         }
 
         /// Reads what is there; appends a frame for every complete line (and, at the end of the

@@ -58,20 +58,34 @@ impl Facts {
         }
     }
 
-    /// The shell command that prints what [`Facts::parse`] reads. Read-only, POSIX sh.
+    /// The shell command that prints what [`Facts::parse`] reads. Read-only, POSIX sh. It runs once
+    /// per node and run, so it reads what it can with shell builtins (`read`, `.`) and runs three
+    /// programs (`uname`, `getconf`, `df`; `sed` only where a kube-apiserver manifest is) instead of
+    /// one per fact: each one is a fork and an exec on the node (~1 ms of CPU on the bench machine).
     pub const GATHER_SCRIPT: &'static str = r#"
-echo "arch=$(uname -m)"
-echo "hostname=$(hostname 2>/dev/null || uname -n)"
+set -- $(uname -n -m 2>/dev/null)
+echo "arch=${2-}"
+echo "hostname=${1-}"
 echo "cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || echo 0)"
-echo "memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
-echo "disk_kb=$(df -Pk / 2>/dev/null | awk 'NR==2 {print $2}')"
-echo "user=$(id -un)"
+__kb_k= __kb_v=
+read -r __kb_k __kb_v _ 2>/dev/null < /proc/meminfo
+[ "$__kb_k" = MemTotal: ] || __kb_v=
+echo "memory_kb=$__kb_v"
+echo "disk_kb=$(df -Pk / 2>/dev/null | { read -r _; read -r _ __kb_v _; echo "${__kb_v-}"; })"
+echo "user=${USER:-$(id -un)}"
 if [ -r /etc/os-release ]; then . /etc/os-release; fi
 echo "os_id=${ID:-unknown}"
 echo "os_like=${ID_LIKE:-}"
 echo "os_version=${VERSION_ID:-0}"
-echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
-echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\1/p' /etc/kubernetes/manifests/kube-apiserver.yaml 2>/dev/null | head -n 1)"
+__kb_v=
+read -r __kb_v 2>/dev/null < /proc/sys/kernel/random/boot_id
+echo "boot_id=$__kb_v"
+__kb_v=/etc/kubernetes/manifests/kube-apiserver.yaml
+if [ -r "$__kb_v" ]; then
+  echo "kubernetes=$(sed -n 's/.*image: *[^ ]*kube-apiserver:\(v[0-9][0-9.]*\).*/\1/p' "$__kb_v" | head -n 1)"
+else
+  echo "kubernetes="
+fi
 "#;
 
     /// Reads the `key=value` lines printed by [`Facts::GATHER_SCRIPT`].
@@ -134,6 +148,56 @@ fn family(id: &str, like: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The script gathers the same facts as the one-program-per-fact script it replaced, in dash
+    /// and in bash as sh, on this machine.
+    #[test]
+    fn the_gather_script_reads_this_machine_in_dash_and_bash() {
+        let old = r#"
+echo "arch=$(uname -m)"
+echo "hostname=$(hostname 2>/dev/null || uname -n)"
+echo "cpus=$(getconf _NPROCESSORS_ONLN 2>/dev/null || nproc 2>/dev/null || echo 0)"
+echo "memory_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)"
+echo "disk_kb=$(df -Pk / 2>/dev/null | awk 'NR==2 {print $2}')"
+echo "user=$(id -un)"
+if [ -r /etc/os-release ]; then . /etc/os-release; fi
+echo "os_id=${ID:-unknown}"
+echo "os_like=${ID_LIKE:-}"
+echo "os_version=${VERSION_ID:-0}"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null)"
+"#;
+        let run = |shell: &str, script: &str| {
+            let out = std::process::Command::new(shell)
+                .args(["-c", script])
+                .env(
+                    "USER",
+                    String::from_utf8_lossy(&std::process::Command::new("id").arg("-un").output().unwrap().stdout)
+                        .trim(),
+                )
+                .output()
+                .unwrap_or_else(|e| panic!("{shell} must be installed (the CI installs dash): {e}"));
+            assert!(
+                out.status.success(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.stderr.is_empty(),
+                "{shell}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Facts::parse(&String::from_utf8_lossy(&out.stdout))
+        };
+        let before = run("dash", old);
+        assert!(before.memory_mb > 0 && before.cpus > 0 && !before.arch.is_empty() && !before.boot_id.is_empty());
+        for shell in ["dash", "bash"] {
+            let mut now = run(shell, Facts::GATHER_SCRIPT);
+            assert_eq!(now.kubernetes, "");
+            now.kubernetes = before.kubernetes.clone();
+            // df's free space is the only fact that may move between the two runs; its size does not.
+            assert_eq!(format!("{now:?}"), format!("{before:?}"), "{shell}");
+        }
+    }
 
     #[test]
     fn parse_reads_an_ubuntu_node() {

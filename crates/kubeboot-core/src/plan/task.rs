@@ -101,7 +101,7 @@ pub(super) fn plan_task(
         fingerprint,
         inputs,
         secrets,
-        after: Vec::new(),
+        after: Default::default(),
         decision,
         register: def.register.as_ref().map(|r| Register {
             name: r.name.clone(),
