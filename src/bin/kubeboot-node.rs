@@ -43,7 +43,7 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod node {
     use std::collections::{HashMap, HashSet};
-    use std::ffi::{CStr, CString, OsStr};
+    use std::ffi::{CStr, CString, OsStr, OsString};
     use std::fs::File;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::fd::{AsRawFd, FromRawFd};
@@ -83,6 +83,8 @@ mod node {
             std::process::exit(2);
         };
         let sh = find_sh();
+        // Every job starts from the environment the helper got, read once.
+        let base: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         let running = Running::default();
         frames(format!("{} - R helper\n", args.nonce).as_bytes());
         let stdin = std::io::stdin();
@@ -104,7 +106,7 @@ mod node {
                     if input.read_exact(&mut payload).is_err() {
                         break;
                     }
-                    start_job(&args, &sh, &running, id, nenv as usize, &payload);
+                    start_job(&args, &sh, &base, &running, id, nenv as usize, &payload);
                 }
                 Some("K") => {
                     let id = words.next().and_then(|w| w.parse::<u64>().ok());
@@ -157,7 +159,15 @@ mod node {
         }
     }
 
-    fn start_job(args: &Args, sh: &CStr, running: &Running, id: u64, nenv: usize, payload: &[u8]) {
+    fn start_job(
+        args: &Args,
+        sh: &CStr,
+        base: &[(OsString, OsString)],
+        running: &Running,
+        id: u64,
+        nenv: usize,
+        payload: &[u8],
+    ) {
         let tag = format!("{} {id}", args.nonce);
         let mut parts = payload.splitn(nenv + 1, |&b| b == 0);
         let env: Vec<(&OsStr, &OsStr)> = parts
@@ -177,7 +187,7 @@ mod node {
         text.extend_from_slice(b"} </dev/null\n__kb_job\n");
 
         let pid_file = format!("{}/{id}.pid", args.dir);
-        let mut job = match spawn_sh(sh, &env, &pid_file) {
+        let mut job = match spawn_sh(sh, base, &env, &pid_file) {
             Ok(job) => job,
             Err(e) => {
                 // A job whose folder is already gone started while its shell was ending: it does not run.
@@ -236,18 +246,25 @@ mod node {
     /// fork would copy it) in a session and process group of its own, with default signal
     /// handling and mask, and the helper's environment plus `env`. Its PID file is opened first (no
     /// folder, no job) and gets the PID right after the start.
-    fn spawn_sh(sh: &CStr, env: &[(&OsStr, &OsStr)], pid_file: &str) -> std::io::Result<Job> {
+    fn spawn_sh(
+        sh: &CStr,
+        base: &[(OsString, OsString)],
+        env: &[(&OsStr, &OsStr)],
+        pid_file: &str,
+    ) -> std::io::Result<Job> {
         let mut pid_out = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(pid_file)?;
-        let envp: Vec<CString> = std::env::vars_os()
+        let envp: Vec<CString> = base
+            .iter()
+            .map(|(n, v)| (n.as_os_str(), v.as_os_str()))
             .filter(|(name, _)| !env.iter().any(|(n, _)| n == name))
-            .chain(env.iter().map(|(n, v)| (n.to_os_string(), v.to_os_string())))
+            .chain(env.iter().copied())
             .filter_map(|(n, v)| {
-                let mut entry = n.into_vec();
+                let mut entry = n.as_bytes().to_vec();
                 entry.push(b'=');
                 entry.extend_from_slice(v.as_bytes());
                 CString::new(entry).ok()

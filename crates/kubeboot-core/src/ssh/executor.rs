@@ -189,20 +189,14 @@ impl Executor {
         // Wait for the ready frame before handing the shell out.
         let ready = format!("{nonce} - R /");
         let unsupported = format!("{nonce} - U");
-        let mut state: Option<Option<String>> = None;
-        while state.is_none() {
-            match read.wait().await {
-                Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
-                    if l.starts_with(&ready) {
-                        state = Some(Some(l[ready.len() - 1..].to_string()));
-                    } else if l == unsupported {
-                        state = Some(None);
-                    }
-                }),
-                Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => state = Some(None),
-                Some(_) => {}
+        let state = next_line(&mut read, &mut buf, |l| {
+            if l.starts_with(&ready) {
+                Some(Some(l[ready.len() - 1..].to_string()))
+            } else {
+                (l == unsupported).then_some(None)
             }
-        }
+        })
+        .await;
         let Some(Some(dir)) = state else {
             let _ = write.close().await;
             return Err(StartError::Unsupported);
@@ -221,26 +215,15 @@ impl Executor {
                     .data_bytes(std::mem::take(&mut text).into_bytes())
                     .await
                     .map_err(|_| StartError::Ssh(lost("while starting the node helper")))?;
-                let mut answer = None;
-                while answer.is_none() {
-                    match read.wait().await {
-                        Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
-                            answer = answer.take().or(node_helper::answer(&nonce, &l))
-                        }),
-                        Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => {
-                            return Err(StartError::Ssh(lost("while starting the node helper")));
-                        }
-                        Some(_) => {}
-                    }
-                }
-                match answer {
+                match next_line(&mut read, &mut buf, |l| node_helper::answer(&nonce, l)).await {
+                    None => return Err(StartError::Ssh(lost("while starting the node helper"))),
                     Some(Answer::Ready) => helper = true,
                     Some(Answer::Missing) if !uploaded => {
                         uploaded = true;
                         text = local.upload_text(&nonce) + &local.start_text(&nonce);
                         continue;
                     }
-                    _ => {}
+                    Some(_) => {}
                 }
                 break;
             }
@@ -459,6 +442,28 @@ impl Executor {
             None => job.kill_when_started = true,
         }
     }
+}
+
+/// Reads the shell's output until a line that `pick` recognises, and returns what it made of it;
+/// None once the shell ended first.
+async fn next_line<T>(
+    read: &mut russh::ChannelReadHalf,
+    buf: &mut LineBuffer,
+    mut pick: impl FnMut(&str) -> Option<T>,
+) -> Option<T> {
+    let mut found = None;
+    while found.is_none() {
+        match read.wait().await {
+            Some(ChannelMsg::Data { data }) => buf.push(&data, &mut |l| {
+                if found.is_none() {
+                    found = pick(&l);
+                }
+            }),
+            Some(ChannelMsg::ExitStatus { .. }) | Some(ChannelMsg::Close) | None => return None,
+            Some(_) => {}
+        }
+    }
+    found
 }
 
 /// Kills the job when `run` ends early: cancelled, or its future dropped.
@@ -746,6 +751,9 @@ mod tests {
         assert!(text.contains("export TOKEN='\\''s3cret'\\''\n"), "{text}");
     }
 
+    /// The nonce of the cost measurements' shells and helpers.
+    const COST_NONCE: &str = "0123456789abcdef";
+
     /// CPU seconds of every child this process has reaped so far (they count once reaped).
     fn children_cpu() -> f64 {
         // SAFETY: getrusage only writes the struct it is given.
@@ -760,36 +768,55 @@ mod tests {
     /// it gets that one's id again), with the small environment a lean sshd gives; returns the CPU
     /// per job in milliseconds.
     fn cost_per_job(jobs: u64, text: impl Fn(&str, u64) -> String) -> f64 {
+        let nonce = COST_NONCE;
+        let mut dash = std::process::Command::new("dash");
+        dash.arg("-s");
+        let start = prelude(nonce, 60, true);
+        run_jobs(dash, start.as_bytes(), &format!("{nonce} - R "), jobs, || {
+            text(nonce, 1).into_bytes()
+        })
+    }
+
+    /// Starts `program` with the small environment a lean sshd gives, sends it `start`, waits for a
+    /// line beginning with `ready`, then sends `jobs` jobs one after the other (each once the last
+    /// reported `D` as job 1, so it gets that one's id again); returns the CPU per job in
+    /// milliseconds, of the program and everything it reaped.
+    fn run_jobs(
+        mut program: std::process::Command,
+        start: &[u8],
+        ready: &str,
+        jobs: u64,
+        job: impl Fn() -> Vec<u8>,
+    ) -> f64 {
         use std::io::{BufRead, BufReader, Write};
-        let nonce = "0123456789abcdef";
+        let nonce = COST_NONCE;
         let before = children_cpu();
-        let mut shell = std::process::Command::new("dash")
-            .arg("-s")
+        let mut child = program
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", "/tmp")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .expect("dash runs");
-        let mut stdin = shell.stdin.take().expect("stdin");
-        let mut lines = BufReader::new(shell.stdout.take().expect("stdout")).lines();
-        stdin.write_all(prelude(nonce, 60, true).as_bytes()).expect("prelude");
-        let mut wait_for = |frame: String| {
+            .expect("the program runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        stdin.write_all(start).expect("its start");
+        let mut wait_for = |frame: &str| {
             for line in lines.by_ref() {
-                if line.expect("a line").starts_with(&frame) {
+                if line.expect("a line").starts_with(frame) {
                     return;
                 }
             }
-            panic!("the shell ended before {frame}");
+            panic!("it ended before {frame}");
         };
-        wait_for(format!("{nonce} - R "));
+        wait_for(ready);
         for _ in 0..jobs {
-            stdin.write_all(text(nonce, 1).as_bytes()).expect("a job");
-            wait_for(format!("{nonce} 1 D"));
+            stdin.write_all(&job()).expect("a job");
+            wait_for(&format!("{nonce} 1 D"));
         }
         drop(stdin);
-        shell.wait().expect("dash ends");
+        child.wait().expect("it ends");
         (children_cpu() - before) * 1000.0 / jobs as f64
     }
 
@@ -827,7 +854,6 @@ mod tests {
     /// What one `true` job costs when the node helper runs it (built beside the test executable:
     /// `cargo build --bin kubeboot-node` first), in milliseconds of CPU of the helper and its jobs.
     fn helper_cost_per_job(jobs: u64) -> f64 {
-        use std::io::{BufRead, BufReader, Write};
         let exe = std::env::current_exe().expect("test executable");
         let helper = [
             exe.with_file_name("kubeboot-node"),
@@ -838,66 +864,26 @@ mod tests {
         .expect("kubeboot-node is built (cargo build --bin kubeboot-node)");
         let dir = std::env::temp_dir().join(format!("kubeboot-helper-cost.{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a folder");
-        let nonce = "0123456789abcdef";
-        let before = children_cpu();
-        let mut node = std::process::Command::new(helper)
-            .args([
-                "serve",
-                PROTOCOL,
-                nonce,
-                dir.to_str().unwrap(),
-                &std::process::id().to_string(),
-            ])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", "/tmp")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubeboot-node runs");
-        let mut stdin = node.stdin.take().expect("stdin");
-        let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-        let mut wait_for = |frame: &str| {
-            for line in lines.by_ref() {
-                if line.expect("a line").starts_with(frame) {
-                    return;
-                }
-            }
-            panic!("the helper ended before {frame}");
-        };
-        wait_for(&format!("{nonce} - R helper"));
-        for _ in 0..jobs {
-            stdin
-                .write_all(&node_helper::job_request(1, &[], "true\n"))
-                .expect("a job");
-            wait_for(&format!("{nonce} 1 D"));
-        }
-        drop(stdin);
-        node.wait().expect("kubeboot-node ends");
+        let nonce = COST_NONCE;
+        let mut node = std::process::Command::new(helper);
+        node.args([
+            "serve",
+            PROTOCOL,
+            nonce,
+            dir.to_str().unwrap(),
+            &std::process::id().to_string(),
+        ]);
+        let cost = run_jobs(node, b"", &format!("{nonce} - R helper"), jobs, || {
+            node_helper::job_request(1, &[], "true\n")
+        });
         let _ = std::fs::remove_dir_all(&dir);
-        (children_cpu() - before) * 1000.0 / jobs as f64
+        cost
     }
 
     #[test]
     fn the_prelude_parses_in_dash_and_in_bash_as_sh() {
-        use std::io::Write;
         for need_setsid in [true, false] {
-            let text = prelude("n0nce", 10, need_setsid);
-            for shell in ["dash", "bash"] {
-                let mut child = std::process::Command::new(shell)
-                    .arg("-n")
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("{shell} must be installed (the CI installs dash): {e}"));
-                child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-                let out = child.wait_with_output().unwrap();
-                assert!(
-                    out.status.success(),
-                    "{shell}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            crate::ssh::script::assert_parses_in_dash_and_bash(&prelude("n0nce", 10, need_setsid));
         }
     }
 

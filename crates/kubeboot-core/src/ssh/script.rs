@@ -123,6 +123,27 @@ fn char_boundary(bytes: &[u8], max: usize) -> usize {
     if cut == 0 { max.min(bytes.len()) } else { cut }
 }
 
+/// Test help: `text` parses as a script in dash and in bash as sh (`-n`: nothing runs).
+#[cfg(test)]
+pub(crate) fn assert_parses_in_dash_and_bash(text: &str) {
+    use std::io::Write;
+    for shell in ["dash", "bash"] {
+        let mut child = std::process::Command::new(shell)
+            .arg("-n")
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{shell} must be installed (the CI installs dash): {e}"));
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
